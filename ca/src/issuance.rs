@@ -1,0 +1,282 @@
+//! The one way into issuance: CSR -> policy -> reserve serial and record intent -> sign -> record
+//! certificate -> return. A crash between any two steps leaves either nothing, or an intent whose
+//! serial is never reused, and never a returned certificate without a record.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ring::rand::SystemRandom;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::csr::parse_and_verify_csr;
+use crate::issuers::{ActiveIssuer, IssuerKind, der_to_pem};
+use crate::keys::{Passphrase, decrypt_key_pem};
+use crate::names::{AuthorizedNames, Name};
+use crate::profile::{LeafSpec, Profile, leaf_params};
+use crate::serial::Serial;
+use crate::store::{CertificateIntent, Store};
+use crate::{CaError, Policy};
+
+/// Steps of issuance, reported to a [`StepHook`] (crash tests kill the process at each one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuanceStep {
+    /// The serial is reserved and the intent committed; nothing is signed yet.
+    IntentRecorded,
+    /// The certificate is signed but not yet recorded.
+    Signed,
+    /// The certificate is recorded; it is about to be returned.
+    Recorded,
+}
+
+/// Observer called after each issuance step.
+pub type StepHook = Arc<dyn Fn(IssuanceStep) + Send + Sync>;
+
+/// A request to issue one certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct IssueRequest<'a> {
+    /// PKCS#10 CSR, DER or PEM.
+    pub csr: &'a [u8],
+    /// Which profile to issue under.
+    pub profile: Profile,
+    /// Who asks, for records and audit (`acme:<account>`, `workload:<id>`, `operator`).
+    pub requester: &'a str,
+    /// Requested lifetime; the profile default when None.
+    pub lifetime: Option<Duration>,
+    /// Names the requester proved control of; None means "policy alone decides" (operator use).
+    pub authorized: Option<&'a AuthorizedNames>,
+}
+
+/// A signed, recorded certificate.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// Its serial.
+    pub serial: Serial,
+    /// Leaf DER.
+    pub der: Vec<u8>,
+    /// Issuer chain DER (intermediate first), without the root.
+    pub chain_der: Vec<Vec<u8>>,
+    /// Names in the certificate.
+    pub names: Vec<Name>,
+    /// Validity.
+    pub not_before: OffsetDateTime,
+    /// Validity.
+    pub not_after: OffsetDateTime,
+    /// Journal id of the issuer that signed it.
+    pub issuer_id: String,
+}
+
+impl IssuedCertificate {
+    /// Leaf followed by the chain, PEM (`application/pem-certificate-chain`, RFC 8555 section 9.1).
+    pub fn pem_chain(&self) -> String {
+        std::iter::once(&self.der)
+            .chain(&self.chain_der)
+            .map(|d| der_to_pem(d))
+            .collect()
+    }
+}
+
+/// The CA: policy, the active issuer and the store, behind [`Authority::issue`].
+pub struct Authority {
+    store: Store,
+    policy: Policy,
+    active: RwLock<Option<Arc<ActiveIssuer>>>,
+    rng: SystemRandom,
+    hook: Option<StepHook>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Loads the active intermediate from the journal and decrypts its key.
+    pub async fn load(store: Store, policy: Policy, pass: &Passphrase) -> Result<Self, CaError> {
+        policy.validate()?;
+        let record = store
+            .active_issuer(IssuerKind::Intermediate)
+            .await?
+            .ok_or(CaError::NoActiveIssuer)?;
+        let key_pem = record.key_pem_enc.as_deref().ok_or_else(|| {
+            CaError::Config(format!(
+                "the active intermediate {} has no key in the store",
+                record.id
+            ))
+        })?;
+        let key = decrypt_key_pem(key_pem, pass, &format!("intermediate {}", record.id))?;
+        let id = record.id.clone();
+        let active = ActiveIssuer::new(record, key)?;
+        store
+            .append_audit(AuditEvent::now(
+                "ca",
+                "key.load",
+                &id,
+                Outcome::Success,
+                "intermediate key decrypted for signing",
+            ))
+            .await?;
+        let abandoned = store
+            .abandon_stale_intents(Duration::from_secs(300))
+            .await?;
+        if abandoned > 0 {
+            warn!(
+                abandoned,
+                "issuance intents left by a crashed process were marked abandoned; their serials stay reserved"
+            );
+        }
+        info!(issuer = %id, not_after = %crate::issuers::rfc3339(active.record.not_after), "active issuer loaded");
+        Ok(Authority {
+            store,
+            policy,
+            active: RwLock::new(Some(Arc::new(active))),
+            rng: SystemRandom::new(),
+            hook: None,
+        })
+    }
+
+    /// Installs an observer of issuance steps.
+    pub fn set_step_hook(&mut self, hook: StepHook) {
+        self.hook = Some(hook);
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The issuer that signs now.
+    pub fn active_issuer(&self) -> Result<Arc<ActiveIssuer>, CaError> {
+        self.active
+            .read()
+            .map_err(|_| CaError::NoActiveIssuer)?
+            .clone()
+            .ok_or(CaError::NoActiveIssuer)
+    }
+
+    fn step(&self, s: IssuanceStep) {
+        if let Some(h) = &self.hook {
+            h(s);
+        }
+    }
+
+    /// Issues a certificate. Refusals are audited and change nothing else.
+    pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        match self.issue_inner(&req).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let outcome = match e.kind() {
+                    crate::error::ErrorKind::BadRequest | crate::error::ErrorKind::Rejected => {
+                        Outcome::Refused
+                    }
+                    _ => Outcome::Failed,
+                };
+                let ev = AuditEvent::now(
+                    req.requester,
+                    "certificate.issue",
+                    req.profile.as_str(),
+                    outcome,
+                    e.to_string(),
+                );
+                if let Err(audit_err) = self.store.append_audit(ev).await {
+                    warn!(error = %audit_err, "could not audit a failed issuance");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn issue_inner(&self, req: &IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        let csr = parse_and_verify_csr(req.csr)?;
+        let names = self.policy.names_for(&csr, req.profile, req.authorized)?;
+        let issuer = self.active_issuer()?;
+        let now = OffsetDateTime::now_utc();
+        let (not_before, not_after) =
+            self.policy
+                .validity(req.profile, req.lifetime, now, issuer.record.not_after)?;
+        let serial = Serial::random(&self.rng)?;
+        let common_name = csr.common_name.as_deref();
+        let subject = common_name.map(|cn| format!("CN={cn}")).unwrap_or_default();
+        let spec = LeafSpec {
+            profile: req.profile,
+            key: csr.key,
+            names: &names,
+            common_name,
+            serial: &serial,
+            not_before,
+            not_after,
+        };
+        let params = leaf_params(&spec, &self.policy)?;
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
+            .map_err(|e| CaError::UnsupportedKey(format!("cannot encode the subject key: {e}")))?;
+
+        // 1. Reserve the serial and record the intent.
+        self.store
+            .record_intent(CertificateIntent {
+                serial: serial.to_hex(),
+                issuer_id: issuer.record.id.clone(),
+                profile: req.profile.as_str().to_owned(),
+                requester: req.requester.to_owned(),
+                subject,
+                sans: serde_json::to_string(&names).map_err(|e| CaError::Store(e.to_string()))?,
+                key_fingerprint: csr.key_fingerprint.clone(),
+                not_before,
+                not_after,
+            })
+            .await?;
+        self.step(IssuanceStep::IntentRecorded);
+
+        // 2. Sign.
+        let cert = params
+            .signed_by(&spki, &issuer.issuer)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        let der = cert.der().to_vec();
+        self.step(IssuanceStep::Signed);
+
+        // 3. Record the certificate (with its audit event, in one transaction).
+        let detail = format!(
+            "profile={} names={} key={} signed_by={}",
+            req.profile,
+            names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            &csr.key_fingerprint[..16],
+            issuer.record.id
+        );
+        self.store
+            .record_issued(
+                &serial.to_hex(),
+                der_to_pem(&der),
+                AuditEvent::now(
+                    req.requester,
+                    "certificate.issue",
+                    serial.to_hex(),
+                    Outcome::Success,
+                    detail,
+                ),
+            )
+            .await?;
+        self.step(IssuanceStep::Recorded);
+
+        Ok(IssuedCertificate {
+            serial,
+            der,
+            chain_der: issuer.chain_der.clone(),
+            names,
+            not_before,
+            not_after,
+            issuer_id: issuer.record.id.clone(),
+        })
+    }
+}

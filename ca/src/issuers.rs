@@ -1,0 +1,247 @@
+//! The issuer journal: every root and intermediate the CA has known, each in one state.
+//!
+//! ```text
+//!   prepared ──► active ──► retired ──► expired
+//! ```
+//! A prepared issuer is published in chains and bundles before it signs anything; exactly one
+//! intermediate is active and signs; a retired one signs nothing but stays trusted until the last
+//! certificate it signed has expired. The database enforces "at most one active issuer per kind".
+
+use std::fmt;
+
+use rcgen::KeyPair;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+
+use crate::{CaError, sha256_fingerprint};
+
+/// Root or intermediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerKind {
+    /// A trust anchor. Its key may live offline.
+    Root,
+    /// The CA that signs leaves; its key is held (encrypted) by the server.
+    Intermediate,
+}
+
+/// Where an issuer is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerState {
+    /// Published in bundles and chains, not yet signing.
+    Prepared,
+    /// Signing.
+    Active,
+    /// No longer signing, still trusted.
+    Retired,
+    /// Past its NotAfter (or revoked); dropped from bundles.
+    Expired,
+}
+
+macro_rules! str_enum {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The name stored in the journal.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+            pub(crate) fn parse(s: &str) -> Result<Self, CaError> {
+                match s {
+                    $($s => Ok(Self::$v),)*
+                    other => Err(CaError::Store(format!("unknown {} {other:?}", stringify!($t)))),
+                }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+str_enum!(IssuerKind { Root => "root", Intermediate => "intermediate" });
+str_enum!(IssuerState { Prepared => "prepared", Active => "active", Retired => "retired", Expired => "expired" });
+
+/// One entry of the issuer journal.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuerRecord {
+    /// Stable id: the first 16 hex digits of the certificate's SHA-256 fingerprint.
+    pub id: String,
+    /// Root or intermediate.
+    pub kind: IssuerKind,
+    /// Journal state.
+    pub state: IssuerState,
+    /// The issuer that signed this one (None for roots).
+    pub parent_id: Option<String>,
+    /// Subject DN, for display.
+    pub subject: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PKCS#8 encrypted PEM; None when the key is offline (typical for roots).
+    pub key_pem_enc: Option<String>,
+    /// Subject key identifier, hex.
+    pub ski: String,
+    /// SHA-256 of the certificate DER, hex.
+    pub fingerprint: String,
+    /// Certificate NotBefore.
+    pub not_before: OffsetDateTime,
+    /// Certificate NotAfter.
+    pub not_after: OffsetDateTime,
+    /// When the record entered the journal.
+    pub created_at: OffsetDateTime,
+    /// When the state last changed.
+    pub state_changed_at: OffsetDateTime,
+}
+
+impl fmt::Debug for IssuerRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuerRecord")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("state", &self.state)
+            .field("subject", &self.subject)
+            .field("not_after", &rfc3339(self.not_after))
+            .field("has_key", &self.key_pem_enc.is_some())
+            .finish()
+    }
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Decodes the first CERTIFICATE block of a PEM text.
+pub(crate) fn pem_to_der(pem: &str) -> Result<Vec<u8>, CaError> {
+    let (label, der) = pkcs8::der::pem::decode_vec(pem.trim().as_bytes())
+        .map_err(|e| CaError::InvalidCertificate(format!("bad PEM: {e}")))?;
+    if label != "CERTIFICATE" {
+        return Err(CaError::InvalidCertificate(format!(
+            "PEM label is {label}, expected CERTIFICATE"
+        )));
+    }
+    Ok(der)
+}
+
+pub(crate) fn der_to_pem(der: &[u8]) -> String {
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+impl IssuerRecord {
+    /// Builds a journal record from a CA certificate, checking that it is one.
+    pub fn from_cert(
+        der: &[u8],
+        kind: IssuerKind,
+        state: IssuerState,
+        parent_id: Option<String>,
+        key_pem_enc: Option<String>,
+    ) -> Result<Self, CaError> {
+        let (rest, cert) = X509Certificate::from_der(der)
+            .map_err(|e| CaError::InvalidCertificate(format!("not an X.509 certificate: {e}")))?;
+        if !rest.is_empty() {
+            return Err(CaError::InvalidCertificate(
+                "trailing bytes after the certificate".into(),
+            ));
+        }
+        if !cert.is_ca() {
+            return Err(CaError::InvalidCertificate(format!(
+                "{} is not a CA certificate (cA=false)",
+                cert.subject()
+            )));
+        }
+        let ski = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(hex::encode(k.0)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                CaError::InvalidCertificate(format!(
+                    "{} has no subject key identifier",
+                    cert.subject()
+                ))
+            })?;
+        let fingerprint = sha256_fingerprint(der);
+        let now = OffsetDateTime::now_utc();
+        Ok(IssuerRecord {
+            id: fingerprint[..16].to_owned(),
+            kind,
+            state,
+            parent_id,
+            subject: cert.subject().to_string(),
+            cert_pem: der_to_pem(der),
+            key_pem_enc,
+            ski,
+            fingerprint,
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            created_at: now,
+            state_changed_at: now,
+        })
+    }
+
+    /// The certificate DER.
+    pub fn cert_der(&self) -> Result<Vec<u8>, CaError> {
+        pem_to_der(&self.cert_pem)
+    }
+}
+
+/// The issuer that signs now: its record, its decrypted key (held in memory only) and the chain
+/// that goes with every certificate it signs.
+pub struct ActiveIssuer {
+    /// Journal entry.
+    pub record: IssuerRecord,
+    /// DER chain returned after a leaf: this intermediate first, then any further
+    /// non-root parents. The root itself is distributed separately.
+    pub chain_der: Vec<Vec<u8>>,
+    pub(crate) issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for ActiveIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActiveIssuer")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActiveIssuer {
+    /// Pairs a journal record with its decrypted key, checking that they belong together.
+    pub fn new(record: IssuerRecord, key: KeyPair) -> Result<Self, CaError> {
+        let der = record.cert_der()?;
+        check_key_matches(&der, &key, &record.subject)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&der.as_slice().into(), key)
+            .map_err(|e| CaError::InvalidCertificate(format!("{}: {e}", record.subject)))?;
+        Ok(ActiveIssuer {
+            record,
+            chain_der: vec![der],
+            issuer,
+        })
+    }
+
+    /// The chain as PEM (intermediate first).
+    pub fn chain_pem(&self) -> String {
+        self.chain_der.iter().map(|d| der_to_pem(d)).collect()
+    }
+}
+
+/// Fails unless `key` is the private key for the certificate `cert_der`.
+pub(crate) fn check_key_matches(cert_der: &[u8], key: &KeyPair, what: &str) -> Result<(), CaError> {
+    use rcgen::PublicKeyData;
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| CaError::InvalidCertificate(format!("{what}: {e}")))?;
+    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(CaError::Key(format!(
+            "the key does not belong to the certificate {what}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Lanyard's CA core.
+//!
+//! Everything that touches a CA private key or the durable record of issuance lives here, and nothing
+//! here speaks HTTP. The web edge (`issuer-api`) hands this crate a CSR, a profile, who is asking and
+//! which names they proved control of; it gets back a signed chain or a typed [`CaError`].
+//!
+//! The one narrow way into issuance is [`Authority::issue`]. It runs in the order of a crash-safe CA
+//! (reserve the serial and record the intent, sign, record the certificate) so that no certificate is
+//! ever returned without a durable record and no serial is ever used twice.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod authority;
+mod bundle;
+mod csr;
+mod error;
+mod fsutil;
+mod issuance;
+mod issuers;
+mod keys;
+mod names;
+mod policy;
+mod profile;
+mod serial;
+pub mod store;
+
+pub use audit::{AuditEvent, Outcome};
+pub use authority::{CaMaterial, ImportedCa, InitOptions, create_ca, import_ca};
+pub use bundle::{TrustBundle, sha256_fingerprint};
+pub use csr::{KeyKind, VerifiedCsr, parse_and_verify_csr};
+pub use error::{CaError, ErrorKind};
+pub use fsutil::write_atomic;
+pub use issuance::{Authority, IssuanceStep, IssueRequest, IssuedCertificate, StepHook};
+pub use issuers::{ActiveIssuer, IssuerKind, IssuerRecord, IssuerState};
+pub use keys::{
+    KeyAlgorithm, PASSPHRASE_ENV, Passphrase, decrypt_key_pem, encrypt_key_pem, generate_key,
+    parse_key_pem,
+};
+pub use names::{AuthorizedNames, Name, SpiffeId};
+pub use policy::{DnsPolicy, LifetimePolicy, Policy};
+pub use profile::Profile;
+pub use serial::Serial;
+pub use store::Store;
+
+/// Re-exported so callers can build keys and parameters without a direct rcgen dependency.
+pub use rcgen;

@@ -1,0 +1,334 @@
+//! Who may get which names, and for how long. Pure functions over a [`VerifiedCsr`]; no I/O.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::csr::VerifiedCsr;
+use crate::names::{AuthorizedNames, Name, check_dns_name, check_trust_domain};
+use crate::profile::Profile;
+use crate::{CaError, SpiffeId};
+
+/// Issuance policy of one CA.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// The SPIFFE trust domain workload identities must belong to.
+    pub trust_domain: String,
+    /// Which DNS names and IP addresses may be certified at all.
+    pub dns: DnsPolicy,
+    /// Lifetimes for the `workload` profile (X509-SVIDs).
+    pub workload: LifetimePolicy,
+    /// Lifetimes for the `tls-server` profile.
+    pub tls_server: LifetimePolicy,
+    /// How far NotBefore is backdated, to tolerate clock skew between peers.
+    #[serde(with = "humantime_serde")]
+    pub backdate: Duration,
+    /// CRL distribution point URL written into issued certificates (RFC 5280 section 4.2.1.13).
+    pub crl_url: Option<String>,
+    /// AIA caIssuers URL written into issued certificates (RFC 5280 section 4.2.2.1).
+    pub ca_issuers_url: Option<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            trust_domain: "lanyard.internal".into(),
+            dns: DnsPolicy::default(),
+            workload: LifetimePolicy {
+                default: Duration::from_secs(3600),
+                max: Duration::from_secs(24 * 3600),
+            },
+            tls_server: LifetimePolicy {
+                default: Duration::from_secs(24 * 3600),
+                max: Duration::from_secs(30 * 24 * 3600),
+            },
+            backdate: Duration::from_secs(60),
+            crl_url: None,
+            ca_issuers_url: None,
+        }
+    }
+}
+
+/// Which DNS names and IP addresses may appear in certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsPolicy {
+    /// If not empty, every DNS name must equal or lie below one of these suffixes.
+    pub allow_suffixes: Vec<String>,
+    /// DNS names equal to or below these suffixes are refused, whatever the allow list says.
+    pub deny_suffixes: Vec<String>,
+    /// Refuse IP address SANs.
+    pub deny_ip_addresses: bool,
+}
+
+/// Default and maximum certificate lifetime of one profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifetimePolicy {
+    /// Lifetime when the request names none.
+    #[serde(with = "humantime_serde")]
+    pub default: Duration,
+    /// Longest lifetime a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+/// An issuer must have at least this much life left to sign a leaf.
+const MIN_ISSUER_REMAINING: time::Duration = time::Duration::seconds(60);
+
+fn suffix_matches(name: &str, suffix: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    let suffix = suffix.trim_start_matches('.');
+    name == suffix
+        || (name.len() > suffix.len()
+            && name.ends_with(suffix)
+            && name.as_bytes()[name.len() - suffix.len() - 1] == b'.')
+}
+
+impl Policy {
+    /// Checks the configuration itself; a bad policy must stop the server at start, not at issuance.
+    pub fn validate(&self) -> Result<(), CaError> {
+        check_trust_domain(&self.trust_domain)
+            .map_err(|r| CaError::Config(format!("trust_domain: {r}")))?;
+        for (name, lp) in [
+            ("workload", &self.workload),
+            ("tls_server", &self.tls_server),
+        ] {
+            if lp.default.is_zero() || lp.default > lp.max {
+                return Err(CaError::Config(format!(
+                    "{name}: the default lifetime must be positive and not above the maximum"
+                )));
+            }
+        }
+        for s in self
+            .dns
+            .allow_suffixes
+            .iter()
+            .chain(&self.dns.deny_suffixes)
+        {
+            // Single-label suffixes ("svc", "internal") are fine: check the suffix as a name below it.
+            check_dns_name(&format!("x.{}", s.trim_start_matches('.')))
+                .map_err(|e| CaError::Config(format!("DNS suffix: {e}")))?;
+        }
+        if self.backdate > Duration::from_secs(3600) {
+            return Err(CaError::Config("backdate may not exceed 1h".into()));
+        }
+        Ok(())
+    }
+
+    /// Decides the names a certificate gets: the CSR's SANs plus its common name, checked against
+    /// the profile, this policy and (if given) the names the requester proved control of.
+    pub fn names_for(
+        &self,
+        csr: &VerifiedCsr,
+        profile: Profile,
+        authorized: Option<&AuthorizedNames>,
+    ) -> Result<Vec<Name>, CaError> {
+        let mut names: BTreeSet<Name> = csr.names.iter().cloned().collect();
+        if let Some(cn) = &csr.common_name {
+            // A CN must also be a SAN (RFC 6125 clients ignore the CN); add it so policy sees it.
+            let as_name = match cn.parse() {
+                Ok(ip) => Name::Ip(ip),
+                Err(_) => Name::Dns(check_dns_name(cn)?),
+            };
+            names.insert(as_name);
+        }
+
+        let spiffe: Vec<&SpiffeId> = names
+            .iter()
+            .filter_map(|n| {
+                if let Name::Spiffe(s) = n {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        match profile {
+            Profile::Workload => {
+                let [id] = spiffe.as_slice() else {
+                    return Err(CaError::BadIdentity(format!(
+                        "a workload certificate carries exactly one spiffe:// URI SAN, the CSR has {}",
+                        spiffe.len()
+                    )));
+                };
+                if id.trust_domain() != self.trust_domain {
+                    return Err(CaError::NameNotAllowed {
+                        name: id.to_string(),
+                        reason: format!("outside the trust domain {}", self.trust_domain),
+                    });
+                }
+                if id.path().is_empty() {
+                    return Err(CaError::BadIdentity(
+                        "a workload SPIFFE ID needs a path".into(),
+                    ));
+                }
+                if let Some(ip) = names.iter().find(|n| matches!(n, Name::Ip(_))) {
+                    return Err(CaError::BadName {
+                        name: ip.to_string(),
+                        reason: "workload certificates carry a SPIFFE ID and DNS names only".into(),
+                    });
+                }
+            }
+            Profile::TlsServer => {
+                if let Some(id) = spiffe.first() {
+                    return Err(CaError::BadName {
+                        name: id.to_string(),
+                        reason: "SPIFFE IDs are issued under the workload profile".into(),
+                    });
+                }
+                if names.is_empty() {
+                    return Err(CaError::BadIdentity(
+                        "the CSR names no DNS name or IP address".into(),
+                    ));
+                }
+            }
+        }
+
+        for n in &names {
+            match n {
+                Name::Dns(d) => {
+                    if let Some(s) = self.dns.deny_suffixes.iter().find(|s| suffix_matches(d, s)) {
+                        return Err(CaError::NameNotAllowed {
+                            name: d.clone(),
+                            reason: format!("denied suffix {s}"),
+                        });
+                    }
+                    if !self.dns.allow_suffixes.is_empty()
+                        && !self.dns.allow_suffixes.iter().any(|s| suffix_matches(d, s))
+                    {
+                        return Err(CaError::NameNotAllowed {
+                            name: d.clone(),
+                            reason: "not below any allowed DNS suffix".into(),
+                        });
+                    }
+                }
+                Name::Ip(ip) if self.dns.deny_ip_addresses => {
+                    return Err(CaError::NameNotAllowed {
+                        name: ip.to_string(),
+                        reason: "IP addresses are not issued".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        if let Some(auth) = authorized {
+            let allowed: BTreeSet<&Name> = auth.names.iter().collect();
+            if let Some(extra) = names.iter().find(|n| !allowed.contains(n)) {
+                return Err(CaError::NameNotAllowed {
+                    name: extra.to_string(),
+                    reason: "the requester is not authorized for this name".into(),
+                });
+            }
+            if auth.exact {
+                if let Some(missing) = allowed.iter().find(|n| !names.contains(**n)) {
+                    return Err(CaError::BadIdentity(format!(
+                        "the CSR does not request the authorized name {missing}"
+                    )));
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// The validity window: NotBefore backdated by [`Policy::backdate`], NotAfter after the requested
+    /// (or default) lifetime, capped at the issuer's own NotAfter.
+    pub fn validity(
+        &self,
+        profile: Profile,
+        requested: Option<Duration>,
+        now: OffsetDateTime,
+        issuer_not_after: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+        let lp = match profile {
+            Profile::Workload => self.workload,
+            Profile::TlsServer => self.tls_server,
+        };
+        let lifetime = requested.unwrap_or(lp.default);
+        if lifetime > lp.max {
+            return Err(CaError::LifetimeTooLong {
+                profile: profile.as_str(),
+                requested_secs: lifetime.as_secs() as i64,
+                max_secs: lp.max.as_secs() as i64,
+            });
+        }
+        if lifetime.is_zero() {
+            return Err(CaError::BadIdentity(
+                "the requested lifetime is zero".into(),
+            ));
+        }
+        if issuer_not_after - now < MIN_ISSUER_REMAINING {
+            return Err(CaError::IssuerExpiring {
+                not_after: crate::issuers::rfc3339(issuer_not_after),
+            });
+        }
+        let not_after = (now + lifetime).min(issuer_not_after);
+        Ok((now - self.backdate, not_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_match_on_label_boundaries() {
+        assert!(suffix_matches("a.example.com", "example.com"));
+        assert!(suffix_matches("example.com", "example.com"));
+        assert!(suffix_matches("*.example.com", ".example.com"));
+        assert!(!suffix_matches("badexample.com", "example.com"));
+        assert!(!suffix_matches("com", "example.com"));
+    }
+
+    #[test]
+    fn validity_caps_at_issuer_and_backdates() {
+        let p = Policy::default();
+        let now = OffsetDateTime::now_utc();
+        let (nb, na) = p
+            .validity(Profile::Workload, None, now, now + time::Duration::days(1))
+            .expect("ok");
+        assert_eq!(nb, now - time::Duration::seconds(60));
+        assert_eq!(na, now + time::Duration::hours(1));
+        let (_, na) = p
+            .validity(
+                Profile::Workload,
+                None,
+                now,
+                now + time::Duration::minutes(10),
+            )
+            .expect("capped");
+        assert_eq!(na, now + time::Duration::minutes(10));
+        assert!(matches!(
+            p.validity(
+                Profile::Workload,
+                None,
+                now,
+                now + time::Duration::seconds(30)
+            ),
+            Err(CaError::IssuerExpiring { .. })
+        ));
+        assert!(matches!(
+            p.validity(
+                Profile::Workload,
+                Some(Duration::from_secs(48 * 3600)),
+                now,
+                now + time::Duration::days(9)
+            ),
+            Err(CaError::LifetimeTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        let mut p = Policy::default();
+        p.trust_domain = "Bad Domain".into();
+        assert!(p.validate().is_err());
+        let mut p = Policy::default();
+        p.workload.default = Duration::from_secs(48 * 3600);
+        assert!(p.validate().is_err());
+        assert!(Policy::default().validate().is_ok());
+    }
+}

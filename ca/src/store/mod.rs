@@ -1,0 +1,354 @@
+//! Durable records: the issuer journal, every certificate from serial reservation on, and the
+//! audit trail. SQLite (embedded default, WAL, fsync on commit) or PostgreSQL (several replicas),
+//! with one schema and one set of migrations, through sqlx's `Any` driver.
+//!
+//! Writes on the issuance path go through a single group-commit writer: concurrent issuances
+//! queue their writes and one transaction commits a whole batch, so the cost of an fsync is shared
+//! instead of paid per certificate. A caller is answered only after its batch has committed.
+
+mod records;
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+pub use records::{CertificateIntent, CertificateRecord, CertificateStatus};
+use writer::{Job, Write};
+
+use crate::CaError;
+use crate::audit::{AuditEvent, Outcome};
+use crate::issuers::{IssuerKind, IssuerRecord, IssuerState};
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// Handle to the durable store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    writer: mpsc::Sender<Job>,
+}
+
+/// Maps sqlx errors: anything that means "could not talk to the database" is `StoreUnavailable`.
+pub(crate) fn db_err(e: sqlx::Error) -> CaError {
+    match e {
+        sqlx::Error::PoolClosed
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => CaError::StoreUnavailable(e.to_string()),
+        sqlx::Error::Database(ref d) => {
+            // SQLite: busy/locked/readonly/full/ioerr/cantopen; PostgreSQL: class 08 (connection),
+            // 53 (resources), 57P (shutdown).
+            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
+            let unavailable = matches!(code.as_str(), "5" | "6" | "8" | "10" | "13" | "14")
+                || code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P");
+            if unavailable {
+                CaError::StoreUnavailable(e.to_string())
+            } else {
+                CaError::Store(e.to_string())
+            }
+        }
+        other => CaError::Store(other.to_string()),
+    }
+}
+
+pub(crate) fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+pub(crate) fn from_unix(s: i64) -> Result<OffsetDateTime, CaError> {
+    OffsetDateTime::from_unix_timestamp(s)
+        .map_err(|e| CaError::Store(format!("bad timestamp {s}: {e}")))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and runs migrations.
+    ///
+    /// `sqlite:///abs/path/lanyard.db` or `postgres://user@host:port/db`.
+    pub async fn open(url: &str) -> Result<Store, CaError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(CaError::Config(format!(
+                "unsupported database URL (expected sqlite:// or postgres://): {}",
+                redact_url(url)
+            )));
+        };
+        let url = if backend == Backend::Sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let opts = AnyConnectOptions::from_str(&url)
+            .map_err(|e| CaError::Config(format!("database URL: {e}")))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL for concurrent readers; synchronous=FULL so a commit is on disk when
+                        // it returns, which is what "durably recorded before it is returned" needs.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(|e| match db_err(e) {
+                CaError::Store(m) => CaError::StoreUnavailable(m),
+                other => other,
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| CaError::Store(format!("migrations: {e}")))?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer::run(pool.clone(), rx));
+        Ok(Store {
+            pool,
+            backend,
+            writer: tx,
+        })
+    }
+
+    /// The database kind.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool; later calls fail with `StoreUnavailable`.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn submit(&self, write: Write) -> Result<(), CaError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?
+    }
+
+    /// Step 1 of issuance: reserve the serial (primary key) and record what is about to be signed.
+    /// Fails if the serial was ever used before.
+    pub async fn record_intent(&self, intent: CertificateIntent) -> Result<(), CaError> {
+        self.submit(Write::Intent(intent)).await
+    }
+
+    /// Step 3 of issuance: record the signed certificate and its audit event in one transaction.
+    pub async fn record_issued(
+        &self,
+        serial: &str,
+        cert_pem: String,
+        audit: AuditEvent,
+    ) -> Result<(), CaError> {
+        self.submit(Write::Issued {
+            serial: serial.to_owned(),
+            cert_pem,
+            issued_at: unix(OffsetDateTime::now_utc()),
+            audit,
+        })
+        .await
+    }
+
+    /// Appends an audit event (group-committed).
+    pub async fn append_audit(&self, event: AuditEvent) -> Result<(), CaError> {
+        self.submit(Write::Audit(event)).await
+    }
+
+    /// Marks intents older than `older_than` as abandoned: their process died before recording the
+    /// certificate, so it was never returned. The serial stays reserved. Returns how many.
+    pub async fn abandon_stale_intents(&self, older_than: Duration) -> Result<u64, CaError> {
+        let cutoff = unix(OffsetDateTime::now_utc()) - older_than.as_secs() as i64;
+        let r = sqlx::query("UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' AND created_at <= $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected())
+    }
+
+    /// One certificate by serial (hex).
+    pub async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, CaError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            records::cert_columns!(),
+            " FROM certificates WHERE serial = $1"
+        ))
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| CertificateRecord::from_row(&r)).transpose()
+    }
+
+    /// All certificate records, newest first, at most `limit`.
+    pub async fn certificates(&self, limit: i64) -> Result<Vec<CertificateRecord>, CaError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            records::cert_columns!(),
+            " FROM certificates ORDER BY created_at DESC, serial LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(CertificateRecord::from_row).collect()
+    }
+
+    /// Number of certificate rows in each status: (intent, issued, abandoned).
+    pub async fn certificate_counts(&self) -> Result<(i64, i64, i64), CaError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM certificates GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let mut c = (0, 0, 0);
+        for r in rows {
+            let status: String = r.try_get("status").map_err(db_err)?;
+            let n: i64 = r.try_get("n").map_err(db_err)?;
+            match status.as_str() {
+                "intent" => c.0 = n,
+                "issued" => c.1 = n,
+                _ => c.2 = n,
+            }
+        }
+        Ok(c)
+    }
+
+    /// The most recent audit events, newest first.
+    pub async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, CaError> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, target, outcome, detail FROM audit_events ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    at: from_unix(r.try_get("at").map_err(db_err)?)?,
+                    actor: r.try_get("actor").map_err(db_err)?,
+                    action: r.try_get("action").map_err(db_err)?,
+                    target: r.try_get("target").map_err(db_err)?,
+                    outcome: Outcome::parse(&r.try_get::<String, _>("outcome").map_err(db_err)?),
+                    detail: r.try_get("detail").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds issuers to the journal with their audit events, all or nothing.
+    pub async fn insert_issuers(
+        &self,
+        issuers: &[&IssuerRecord],
+        audit: &[AuditEvent],
+    ) -> Result<(), CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for r in issuers {
+            sqlx::query(
+                "INSERT INTO issuers (id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, \
+                 not_before, not_after, created_at, state_changed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&r.id)
+            .bind(r.kind.as_str())
+            .bind(r.state.as_str())
+            .bind(r.parent_id.clone())
+            .bind(&r.subject)
+            .bind(&r.cert_pem)
+            .bind(r.key_pem_enc.clone())
+            .bind(&r.ski)
+            .bind(&r.fingerprint)
+            .bind(unix(r.not_before))
+            .bind(unix(r.not_after))
+            .bind(unix(r.created_at))
+            .bind(unix(r.state_changed_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for ev in audit {
+            writer::insert_audit(&mut tx, ev).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// The whole issuer journal, oldest first.
+    pub async fn issuers(&self) -> Result<Vec<IssuerRecord>, CaError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, not_before, \
+             not_after, created_at, state_changed_at FROM issuers ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(issuer_from_row).collect()
+    }
+
+    /// The active issuer of a kind, if any.
+    pub async fn active_issuer(&self, kind: IssuerKind) -> Result<Option<IssuerRecord>, CaError> {
+        Ok(self
+            .issuers()
+            .await?
+            .into_iter()
+            .find(|r| r.kind == kind && r.state == IssuerState::Active))
+    }
+}
+
+fn issuer_from_row(r: &AnyRow) -> Result<IssuerRecord, CaError> {
+    Ok(IssuerRecord {
+        id: r.try_get("id").map_err(db_err)?,
+        kind: IssuerKind::parse(&r.try_get::<String, _>("kind").map_err(db_err)?)?,
+        state: IssuerState::parse(&r.try_get::<String, _>("state").map_err(db_err)?)?,
+        parent_id: r.try_get("parent_id").map_err(db_err)?,
+        subject: r.try_get("subject").map_err(db_err)?,
+        cert_pem: r.try_get("cert_pem").map_err(db_err)?,
+        key_pem_enc: r.try_get("key_pem_enc").map_err(db_err)?,
+        ski: r.try_get("ski").map_err(db_err)?,
+        fingerprint: r.try_get("fingerprint").map_err(db_err)?,
+        not_before: from_unix(r.try_get("not_before").map_err(db_err)?)?,
+        not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
+        created_at: from_unix(r.try_get("created_at").map_err(db_err)?)?,
+        state_changed_at: from_unix(r.try_get("state_changed_at").map_err(db_err)?)?,
+    })
+}
+
+/// Hides a password in a database URL for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

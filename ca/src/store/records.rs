@@ -1,0 +1,113 @@
+//! Row types of the `certificates` table.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+
+use super::{db_err, from_unix};
+use crate::CaError;
+
+/// What is about to be signed, recorded before signing (step 1 of issuance).
+#[derive(Debug, Clone)]
+pub struct CertificateIntent {
+    /// Serial, hex.
+    pub serial: String,
+    /// Issuer journal id.
+    pub issuer_id: String,
+    /// Profile name.
+    pub profile: String,
+    /// Who asked.
+    pub requester: String,
+    /// Subject DN (may be empty).
+    pub subject: String,
+    /// SANs as a JSON array of names.
+    pub sans: String,
+    /// SHA-256 of the subject public key info, hex.
+    pub key_fingerprint: String,
+    /// Validity.
+    pub not_before: OffsetDateTime,
+    /// Validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// Status of a certificate row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// Serial reserved and intent recorded; not (yet) signed and recorded.
+    Intent,
+    /// Signed and recorded.
+    Issued,
+    /// The process died between intent and record; never returned.
+    Abandoned,
+}
+
+/// A row of the `certificates` table.
+#[derive(Debug, Clone)]
+pub struct CertificateRecord {
+    /// Serial, hex.
+    pub serial: String,
+    /// Row status.
+    pub status: CertificateStatus,
+    /// Issuer journal id.
+    pub issuer_id: String,
+    /// Profile name.
+    pub profile: String,
+    /// Who asked.
+    pub requester: String,
+    /// Subject DN.
+    pub subject: String,
+    /// SANs, JSON.
+    pub sans: String,
+    /// Key fingerprint, hex.
+    pub key_fingerprint: String,
+    /// Validity.
+    pub not_before: OffsetDateTime,
+    /// Validity.
+    pub not_after: OffsetDateTime,
+    /// The certificate, once issued.
+    pub cert_pem: Option<String>,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// The columns [`CertificateRecord::from_row`] reads (a macro so queries stay `&'static str`).
+macro_rules! cert_columns {
+    () => {
+        "serial, status, issuer_id, profile, requester, subject, sans, key_fingerprint, not_before, not_after, \
+         cert_pem, revoked_at"
+    };
+}
+pub(super) use cert_columns;
+
+impl CertificateRecord {
+    pub(super) fn from_row(r: &AnyRow) -> Result<Self, CaError> {
+        let status: String = r.try_get("status").map_err(db_err)?;
+        Ok(CertificateRecord {
+            serial: r.try_get("serial").map_err(db_err)?,
+            status: match status.as_str() {
+                "intent" => CertificateStatus::Intent,
+                "issued" => CertificateStatus::Issued,
+                "abandoned" => CertificateStatus::Abandoned,
+                other => {
+                    return Err(CaError::Store(format!(
+                        "unknown certificate status {other:?}"
+                    )));
+                }
+            },
+            issuer_id: r.try_get("issuer_id").map_err(db_err)?,
+            profile: r.try_get("profile").map_err(db_err)?,
+            requester: r.try_get("requester").map_err(db_err)?,
+            subject: r.try_get("subject").map_err(db_err)?,
+            sans: r.try_get("sans").map_err(db_err)?,
+            key_fingerprint: r.try_get("key_fingerprint").map_err(db_err)?,
+            not_before: from_unix(r.try_get("not_before").map_err(db_err)?)?,
+            not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
+            cert_pem: r.try_get("cert_pem").map_err(db_err)?,
+            revoked_at: r
+                .try_get::<Option<i64>, _>("revoked_at")
+                .map_err(db_err)?
+                .map(from_unix)
+                .transpose()?,
+        })
+    }
+}
