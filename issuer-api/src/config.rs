@@ -1,0 +1,128 @@
+//! `lanyard-ca` configuration: a TOML file, overridden by command-line flags. Unknown keys are
+//! errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ca::{InitOptions, Policy};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the CA keeps its database (SQLite default), root certificate and offline root key.
+    pub data_dir: PathBuf,
+    /// Database URL; default `sqlite://<data_dir>/lanyard.db`. `postgres://...` for replicas.
+    pub database_url: Option<String>,
+    /// HTTPS listen address. Loopback by default.
+    pub listen: SocketAddr,
+    /// Names in the server's own TLS certificate.
+    pub server_names: Vec<String>,
+    /// File holding the CA passphrase (else `LANYARD_CA_PASSPHRASE`).
+    pub passphrase_file: Option<PathBuf>,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+    /// Issuance policy.
+    pub policy: Policy,
+    /// How `init` (and the development auto-init) creates the CA.
+    pub init: InitOptions,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("lanyard-data"),
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            passphrase_file: None,
+            log_format: LogFormat::Text,
+            policy: Policy::default(),
+            init: InitOptions::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file; a missing file named explicitly is an error.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        Ok(cfg)
+    }
+
+    /// Checks the settings that can be checked without touching anything.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.policy.validate().context("invalid [policy]")?;
+        if self.server_names.is_empty() {
+            bail!("server_names must name at least one DNS name or IP address for the server certificate");
+        }
+        if self.init.intermediate_lifetime > self.init.root_lifetime {
+            bail!("[init] intermediate_lifetime may not exceed root_lifetime");
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        if let Some(u) = &self.database_url {
+            return Ok(u.clone());
+        }
+        let dir = std::path::absolute(&self.data_dir)
+            .with_context(|| format!("resolving data directory {}", self.data_dir.display()))?;
+        Ok(format!("sqlite://{}", dir.join("lanyard.db").display()))
+    }
+
+    /// Path of the root certificate file.
+    pub fn root_cert_path(&self) -> PathBuf {
+        self.data_dir.join("root.pem")
+    }
+
+    /// Path of the (encrypted) root key file, to be moved offline.
+    pub fn root_key_path(&self) -> PathBuf {
+        self.data_dir.join("root.key.pem")
+    }
+
+    /// Path of the generated passphrase of a development CA.
+    pub fn dev_passphrase_path(&self) -> PathBuf {
+        self.data_dir.join("dev-passphrase")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").is_err());
+        assert!(toml::from_str::<Config>("listen = \"not an address\"\n").is_err());
+        assert!(toml::from_str::<Config>("[policy.workload]\ndefault = \"1h\"\nmax = \"eventually\"\n").is_err());
+        let cfg: Config = toml::from_str(
+            "data_dir = \"/tmp/x\"\n[policy]\ntrust_domain = \"example.org\"\n[policy.workload]\ndefault = \"5m\"\nmax = \"1h\"\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.policy.workload.default.as_secs(), 300);
+        cfg.validate().expect("valid");
+        let mut bad = cfg.clone();
+        bad.policy.trust_domain = "UPPER".into();
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! Lanyard's web edge: the HTTPS server and operator commands of `lanyard-ca`.
+//!
+//! This crate never touches a CA key or SQL: it asks the `ca` crate, which owns both.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod identity;
+pub mod ops;
+pub mod problem;
+pub mod routes;
+pub mod server;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use ca::Authority;
+use tracing::info;
+
+use crate::config::Config;
+use crate::ops::PassphraseSource;
+
+/// Opens (auto-initializing a development CA on an empty store), loads the authority and serves
+/// HTTPS until `shutdown` resolves. `on_listen` gets the bound address (tests use port 0).
+pub async fn run_server(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let store = ops::open_store(&cfg).await?;
+    let mut pass = ops::passphrase(&cfg)?;
+    if store.issuers().await?.is_empty() {
+        let p = match pass.take() {
+            Some(p) => p,
+            None => {
+                let p = ca::Passphrase::random()?;
+                ca::write_atomic(&cfg.dev_passphrase_path(), p.expose().as_bytes(), 0o600)?;
+                (p, PassphraseSource::DevFile)
+            }
+        };
+        println!("lanyard-ca: empty data directory; initializing a development CA");
+        let material = ops::init(&cfg, &store, &p.0, None).await?;
+        ops::announce(&cfg, &material);
+        pass = Some(p);
+    }
+    let (pass, source) = pass.ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })?;
+    if source == PassphraseSource::DevFile {
+        ops::warn_dev_passphrase(&cfg);
+    }
+    let authority = Arc::new(Authority::load(store, cfg.policy.clone(), &pass).await?);
+    drop(pass);
+    let identity = identity::ServerIdentity::start(authority.clone(), cfg.server_names.clone())
+        .await
+        .context("issuing the server's own TLS certificate")?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        info!(address = %addr, "listening on a non-loopback address");
+    }
+    on_listen(addr);
+    let app = routes::router(Arc::new(routes::AppState { authority }));
+    server::serve_tls(listener, identity, app, shutdown).await
+}

@@ -1,0 +1,151 @@
+//! `lanyard-ca`: create, serve and inspect a Lanyard CA.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use issuer_api::config::{Config, LogFormat};
+use issuer_api::ops;
+
+/// Lanyard: an internal certificate authority for short-lived mTLS identities.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard-ca", version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "LANYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Database URL, sqlite:// or postgres:// (overrides `database_url`).
+    #[arg(long, global = true, env = "LANYARD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// File with the CA passphrase (else LANYARD_CA_PASSPHRASE).
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new root and intermediate, or import existing ones, into the data directory.
+    Init {
+        /// Key algorithm: p256 (default), p384 or ed25519.
+        #[arg(long)]
+        key_algorithm: Option<ca::KeyAlgorithm>,
+        /// Import this root certificate (PEM) instead of creating one.
+        #[arg(long)]
+        import_root: Option<PathBuf>,
+        /// The imported root's key (PEM; needed only to create a new intermediate).
+        #[arg(long)]
+        import_root_key: Option<PathBuf>,
+        /// Import this intermediate certificate (PEM), signed by the root.
+        #[arg(long)]
+        import_intermediate: Option<PathBuf>,
+        /// The imported intermediate's key (PEM).
+        #[arg(long)]
+        import_intermediate_key: Option<PathBuf>,
+    },
+    /// Serve HTTPS (loopback by default). On an empty data directory, first initialize a development CA.
+    Serve {
+        /// Listen address (overrides `listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Show the issuer journal and certificate counts.
+    Status,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(d) = cli.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(u) = cli.database_url {
+        cfg.database_url = Some(u);
+    }
+    if let Some(p) = cli.passphrase_file {
+        cfg.passphrase_file = Some(p);
+    }
+    if let Some(f) = cli.log_format {
+        cfg.log_format = f;
+    }
+    init_logging(cfg.log_format);
+    match cli.command {
+        Command::Init { key_algorithm, import_root, import_root_key, import_intermediate, import_intermediate_key } => {
+            if let Some(a) = key_algorithm {
+                cfg.init.key_algorithm = a;
+            }
+            cfg.validate()?;
+            let import = ops::read_import(
+                import_root.as_deref(),
+                import_root_key.as_deref(),
+                import_intermediate.as_deref(),
+                import_intermediate_key.as_deref(),
+            )?;
+            let (pass, _) = ops::passphrase(&cfg)?
+                .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
+                .context("init needs the passphrase that will protect the CA keys")?;
+            let store = ops::open_store(&cfg).await?;
+            let material = ops::init(&cfg, &store, &pass, import.as_ref()).await?;
+            ops::announce(&cfg, &material);
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let shutdown = async {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            };
+            issuer_api::run_server(cfg, shutdown, |addr| println!("lanyard-ca: listening on https://{addr}")).await
+        }
+        Command::Status => {
+            let store = ops::open_store(&cfg).await?;
+            print!("{}", ops::status(&store).await?);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lanyard-ca: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanyard-ca: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

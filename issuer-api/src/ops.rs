@@ -1,0 +1,184 @@
+//! Operator commands: create or import the CA, open it for serving, and report its state.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use ca::{AuditEvent, CaMaterial, ImportedCa, IssuerRecord, Outcome, Passphrase, Store, TrustBundle};
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// Where the passphrase came from; a development CA's generated passphrase earns a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassphraseSource {
+    /// `passphrase_file` / `--passphrase-file`.
+    File,
+    /// `LANYARD_CA_PASSPHRASE`.
+    Env,
+    /// `<data_dir>/dev-passphrase`, written by the development auto-init.
+    DevFile,
+}
+
+/// Finds the operator's passphrase: the configured file, else the environment, else the
+/// development passphrase file of an auto-initialized CA.
+pub fn passphrase(cfg: &Config) -> anyhow::Result<Option<(Passphrase, PassphraseSource)>> {
+    if let Some(p) = &cfg.passphrase_file {
+        return Ok(Some((Passphrase::from_file(p)?, PassphraseSource::File)));
+    }
+    if let Some(p) = Passphrase::from_env()? {
+        return Ok(Some((p, PassphraseSource::Env)));
+    }
+    let dev = cfg.dev_passphrase_path();
+    if dev.exists() {
+        return Ok(Some((Passphrase::from_file(&dev)?, PassphraseSource::DevFile)));
+    }
+    Ok(None)
+}
+
+/// Creates the data directory (0700) and opens the store.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    create_private_dir(&cfg.data_dir)?;
+    let url = cfg.database_url()?;
+    Store::open(&url).await.with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates (or imports) the CA into an empty store. Writes `root.pem` and, if the root key is at
+/// hand, the encrypted `root.key.pem` (0600) for the operator to move offline.
+pub async fn init(cfg: &Config, store: &Store, pass: &Passphrase, import: Option<&ImportedCa>) -> anyhow::Result<CaMaterial> {
+    if !store.issuers().await?.is_empty() {
+        bail!(
+            "this CA is already initialized ({}); refusing to create another root",
+            ca::store::redact_url(&cfg.database_url()?)
+        );
+    }
+    let material = match import {
+        Some(imp) => ca::import_ca(imp, &cfg.init, pass)?,
+        None => ca::create_ca(&cfg.init, pass)?,
+    };
+    // Files first, then the journal: if the insert fails, a rerun simply overwrites the files.
+    ca::write_atomic(&cfg.root_cert_path(), material.root.cert_pem.as_bytes(), 0o644)?;
+    if let Some(k) = &material.root_key_pem_enc {
+        ca::write_atomic(&cfg.root_key_path(), k.as_bytes(), 0o600)?;
+    }
+    let how = if import.is_some() { "imported" } else { "created" };
+    let mut audit = vec![
+        AuditEvent::now("operator", "ca.init", &material.root.id, Outcome::Success, format!("root {how}: {}", material.root.subject)),
+        AuditEvent::now(
+            "operator",
+            "issuer.activate",
+            &material.intermediate.id,
+            Outcome::Success,
+            format!("intermediate {how}: {}", material.intermediate.subject),
+        ),
+    ];
+    if import.is_none() || import.is_some_and(|i| i.intermediate_cert_pem.is_none()) {
+        audit.push(AuditEvent::now(
+            "operator",
+            "key.sign",
+            &material.root.id,
+            Outcome::Success,
+            format!("root key signed intermediate {}", material.intermediate.id),
+        ));
+    }
+    store.insert_issuers(&[&material.root, &material.intermediate], &audit).await?;
+    info!(root = %material.root.id, intermediate = %material.intermediate.id, "CA {how}");
+    Ok(material)
+}
+
+/// Reads the import files named on the command line.
+pub fn read_import(
+    root: Option<&Path>,
+    root_key: Option<&Path>,
+    intermediate: Option<&Path>,
+    intermediate_key: Option<&Path>,
+) -> anyhow::Result<Option<ImportedCa>> {
+    let read = |p: Option<&Path>| -> anyhow::Result<Option<String>> {
+        p.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()
+    };
+    let Some(root_cert_pem) = read(root)? else {
+        if root_key.is_some() || intermediate.is_some() || intermediate_key.is_some() {
+            bail!("--import-root is required when importing");
+        }
+        return Ok(None);
+    };
+    Ok(Some(ImportedCa {
+        root_cert_pem,
+        root_key_pem: read(root_key)?,
+        intermediate_cert_pem: read(intermediate)?,
+        intermediate_key_pem: read(intermediate_key)?,
+    }))
+}
+
+/// Human-readable journal and counters for `lanyard-ca status`.
+pub async fn status(store: &Store) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let journal = store.issuers().await?;
+    if journal.is_empty() {
+        return Ok("not initialized: run `lanyard-ca init` (or `lanyard-ca serve` for a development CA)\n".into());
+    }
+    let mut out = String::new();
+    let now = time::OffsetDateTime::now_utc();
+    writeln!(out, "{:<17} {:<13} {:<9} {:<22} {:<10} subject", "id", "kind", "state", "not after", "remaining")?;
+    for r in &journal {
+        writeln!(
+            out,
+            "{:<17} {:<13} {:<9} {:<22} {:<10} {}",
+            r.id,
+            r.kind.as_str(),
+            r.state.as_str(),
+            r.not_after.format(&time::format_description::well_known::Rfc3339)?,
+            remaining(r, now),
+            r.subject
+        )?;
+    }
+    let bundle = TrustBundle::from_journal(&journal);
+    let (intent, issued, abandoned) = store.certificate_counts().await?;
+    writeln!(out, "\nroot fingerprint (sha256): {}", bundle.primary_fingerprint().unwrap_or("-"))?;
+    writeln!(out, "certificates: {issued} issued, {intent} in flight, {abandoned} abandoned")?;
+    Ok(out)
+}
+
+fn remaining(r: &IssuerRecord, now: time::OffsetDateTime) -> String {
+    let d = r.not_after - now;
+    if d.is_negative() {
+        "expired".into()
+    } else if d.whole_days() > 0 {
+        format!("{}d", d.whole_days())
+    } else {
+        format!("{}h{}m", d.whole_hours(), d.whole_minutes() % 60)
+    }
+}
+
+/// Prints how to trust this CA; used after init and after the development auto-init.
+pub fn announce(cfg: &Config, material: &CaMaterial) {
+    println!("root certificate:   {}", std::path::absolute(cfg.root_cert_path()).unwrap_or(cfg.root_cert_path()).display());
+    println!("root fingerprint:   sha256:{}", material.root.fingerprint);
+    if material.root_key_pem_enc.is_some() {
+        println!(
+            "root key:           {} (encrypted; move it offline, the server does not need it)",
+            cfg.root_key_path().display()
+        );
+    }
+    println!("intermediate:       {}", material.intermediate.subject);
+}
+
+/// Warns about the development passphrase.
+pub fn warn_dev_passphrase(cfg: &Config) {
+    warn!(
+        file = %cfg.dev_passphrase_path().display(),
+        "DEVELOPMENT CA: its keys are encrypted with a generated passphrase stored next to them; \
+         use `lanyard-ca init` with LANYARD_CA_PASSPHRASE or --passphrase-file for anything real"
+    );
+}

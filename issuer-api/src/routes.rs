@@ -1,0 +1,83 @@
+//! HTTP routes of the CA that exist today: health, trust material and the fingerprint to pin.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ca::{Authority, TrustBundle};
+
+use crate::problem::Problem;
+
+/// Shared state of the web edge.
+#[derive(Debug)]
+pub struct AppState {
+    /// The CA core.
+    pub authority: Arc<Authority>,
+}
+
+/// PEM chains are served as `application/pem-certificate-chain` (RFC 8555 section 9.1).
+fn pem(body: String) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
+    r
+}
+
+async fn bundle(state: &AppState) -> Result<TrustBundle, Problem> {
+    Ok(TrustBundle::from_journal(&state.authority.store().issuers().await.map_err(Problem::from)?))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let active = state.authority.active_issuer().map_err(Problem::from)?;
+    // A health check that does not reach the store would report "ok" while issuance fails.
+    state.authority.store().certificate_counts().await.map_err(Problem::from)?;
+    Ok(axum::Json(serde_json::json!({
+        "status": "ok",
+        "active_issuer": active.record.id,
+        "active_issuer_not_after": active.record.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    }))
+    .into_response())
+}
+
+async fn roots(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    Ok(pem(bundle(&state).await?.pem()))
+}
+
+async fn chain(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    Ok(pem(state.authority.active_issuer().map_err(Problem::from)?.chain_pem()))
+}
+
+async fn fingerprint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let b = bundle(&state).await?;
+    let roots: Vec<_> = b
+        .roots
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "subject": r.subject,
+                "state": r.state.as_str(),
+                "sha256": r.fingerprint,
+                "not_after": r.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "sha256": b.primary_fingerprint(), "roots": roots })).into_response())
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found()
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/roots.pem", get(roots))
+        .route("/chain.pem", get(chain))
+        .route("/root-fingerprint", get(fingerprint))
+        .fallback(not_found)
+        .with_state(state)
+}
