@@ -46,4 +46,6 @@ echo "test.sh: PostgreSQL $(basename "$(dirname "$pgbin")") on 127.0.0.1:$port"
 export LANYARD_TEST_POSTGRES_URL="postgres://lanyard@127.0.0.1:$port/postgres"
 export LANYARD_REQUIRE_POSTGRES=1
 
+# End-to-end tests run the real binaries (lanyard-ca, crash-issue): build them first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

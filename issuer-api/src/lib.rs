@@ -43,7 +43,9 @@ pub async fn run_server(
         ops::announce(&cfg, &material);
         pass = Some(p);
     }
-    let (pass, source) = pass.ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })?;
+    let (pass, source) = pass.ok_or(ca::CaError::MissingPassphrase {
+        env: ca::PASSPHRASE_ENV.into(),
+    })?;
     if source == PassphraseSource::DevFile {
         ops::warn_dev_passphrase(&cfg);
     }

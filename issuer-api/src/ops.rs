@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ca::{AuditEvent, CaMaterial, ImportedCa, IssuerRecord, Outcome, Passphrase, Store, TrustBundle};
+use ca::{
+    AuditEvent, CaMaterial, ImportedCa, IssuerRecord, Outcome, Passphrase, Store, TrustBundle,
+};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -30,7 +32,10 @@ pub fn passphrase(cfg: &Config) -> anyhow::Result<Option<(Passphrase, Passphrase
     }
     let dev = cfg.dev_passphrase_path();
     if dev.exists() {
-        return Ok(Some((Passphrase::from_file(&dev)?, PassphraseSource::DevFile)));
+        return Ok(Some((
+            Passphrase::from_file(&dev)?,
+            PassphraseSource::DevFile,
+        )));
     }
     Ok(None)
 }
@@ -39,7 +44,9 @@ pub fn passphrase(cfg: &Config) -> anyhow::Result<Option<(Passphrase, Passphrase
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     create_private_dir(&cfg.data_dir)?;
     let url = cfg.database_url()?;
-    Store::open(&url).await.with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
+    Store::open(&url)
+        .await
+        .with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -56,7 +63,12 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Creates (or imports) the CA into an empty store. Writes `root.pem` and, if the root key is at
 /// hand, the encrypted `root.key.pem` (0600) for the operator to move offline.
-pub async fn init(cfg: &Config, store: &Store, pass: &Passphrase, import: Option<&ImportedCa>) -> anyhow::Result<CaMaterial> {
+pub async fn init(
+    cfg: &Config,
+    store: &Store,
+    pass: &Passphrase,
+    import: Option<&ImportedCa>,
+) -> anyhow::Result<CaMaterial> {
     if !store.issuers().await?.is_empty() {
         bail!(
             "this CA is already initialized ({}); refusing to create another root",
@@ -68,13 +80,27 @@ pub async fn init(cfg: &Config, store: &Store, pass: &Passphrase, import: Option
         None => ca::create_ca(&cfg.init, pass)?,
     };
     // Files first, then the journal: if the insert fails, a rerun simply overwrites the files.
-    ca::write_atomic(&cfg.root_cert_path(), material.root.cert_pem.as_bytes(), 0o644)?;
+    ca::write_atomic(
+        &cfg.root_cert_path(),
+        material.root.cert_pem.as_bytes(),
+        0o644,
+    )?;
     if let Some(k) = &material.root_key_pem_enc {
         ca::write_atomic(&cfg.root_key_path(), k.as_bytes(), 0o600)?;
     }
-    let how = if import.is_some() { "imported" } else { "created" };
+    let how = if import.is_some() {
+        "imported"
+    } else {
+        "created"
+    };
     let mut audit = vec![
-        AuditEvent::now("operator", "ca.init", &material.root.id, Outcome::Success, format!("root {how}: {}", material.root.subject)),
+        AuditEvent::now(
+            "operator",
+            "ca.init",
+            &material.root.id,
+            Outcome::Success,
+            format!("root {how}: {}", material.root.subject),
+        ),
         AuditEvent::now(
             "operator",
             "issuer.activate",
@@ -92,7 +118,9 @@ pub async fn init(cfg: &Config, store: &Store, pass: &Passphrase, import: Option
             format!("root key signed intermediate {}", material.intermediate.id),
         ));
     }
-    store.insert_issuers(&[&material.root, &material.intermediate], &audit).await?;
+    store
+        .insert_issuers(&[&material.root, &material.intermediate], &audit)
+        .await?;
     info!(root = %material.root.id, intermediate = %material.intermediate.id, "CA {how}");
     Ok(material)
 }
@@ -105,7 +133,8 @@ pub fn read_import(
     intermediate_key: Option<&Path>,
 ) -> anyhow::Result<Option<ImportedCa>> {
     let read = |p: Option<&Path>| -> anyhow::Result<Option<String>> {
-        p.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()
+        p.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+            .transpose()
     };
     let Some(root_cert_pem) = read(root)? else {
         if root_key.is_some() || intermediate.is_some() || intermediate_key.is_some() {
@@ -126,11 +155,18 @@ pub async fn status(store: &Store) -> anyhow::Result<String> {
     use std::fmt::Write;
     let journal = store.issuers().await?;
     if journal.is_empty() {
-        return Ok("not initialized: run `lanyard-ca init` (or `lanyard-ca serve` for a development CA)\n".into());
+        return Ok(
+            "not initialized: run `lanyard-ca init` (or `lanyard-ca serve` for a development CA)\n"
+                .into(),
+        );
     }
     let mut out = String::new();
     let now = time::OffsetDateTime::now_utc();
-    writeln!(out, "{:<17} {:<13} {:<9} {:<22} {:<10} subject", "id", "kind", "state", "not after", "remaining")?;
+    writeln!(
+        out,
+        "{:<17} {:<13} {:<9} {:<22} {:<10} subject",
+        "id", "kind", "state", "not after", "remaining"
+    )?;
     for r in &journal {
         writeln!(
             out,
@@ -138,15 +174,23 @@ pub async fn status(store: &Store) -> anyhow::Result<String> {
             r.id,
             r.kind.as_str(),
             r.state.as_str(),
-            r.not_after.format(&time::format_description::well_known::Rfc3339)?,
+            r.not_after
+                .format(&time::format_description::well_known::Rfc3339)?,
             remaining(r, now),
             r.subject
         )?;
     }
     let bundle = TrustBundle::from_journal(&journal);
     let (intent, issued, abandoned) = store.certificate_counts().await?;
-    writeln!(out, "\nroot fingerprint (sha256): {}", bundle.primary_fingerprint().unwrap_or("-"))?;
-    writeln!(out, "certificates: {issued} issued, {intent} in flight, {abandoned} abandoned")?;
+    writeln!(
+        out,
+        "\nroot fingerprint (sha256): {}",
+        bundle.primary_fingerprint().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "certificates: {issued} issued, {intent} in flight, {abandoned} abandoned"
+    )?;
     Ok(out)
 }
 
@@ -163,7 +207,12 @@ fn remaining(r: &IssuerRecord, now: time::OffsetDateTime) -> String {
 
 /// Prints how to trust this CA; used after init and after the development auto-init.
 pub fn announce(cfg: &Config, material: &CaMaterial) {
-    println!("root certificate:   {}", std::path::absolute(cfg.root_cert_path()).unwrap_or(cfg.root_cert_path()).display());
+    println!(
+        "root certificate:   {}",
+        std::path::absolute(cfg.root_cert_path())
+            .unwrap_or(cfg.root_cert_path())
+            .display()
+    );
     println!("root fingerprint:   sha256:{}", material.root.fingerprint);
     if material.root_key_pem_enc.is_some() {
         println!(
