@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -72,10 +70,7 @@ fn ca_name(org: &str, role: &str, now: OffsetDateTime, serial: &Serial) -> Disti
     // pick chains by the issuer's CN, which matters once roots are rotated and cross-signed.
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, org);
-    dn.push(
-        DnType::CommonName,
-        format!("{org} {role} {} {}", now.date(), &serial.to_hex()[..8]),
-    );
+    dn.push(DnType::CommonName, format!("{org} {role} {} {}", now.date(), &serial.to_hex()[..8]));
     dn
 }
 
@@ -110,9 +105,7 @@ fn new_root(opts: &InitOptions, key: &KeyPair, now: OffsetDateTime) -> Result<Ve
     );
     // A self-signed root's AKI would only repeat its SKI.
     p.use_authority_key_identifier_extension = false;
-    let cert = p
-        .self_signed(key)
-        .map_err(|e| CaError::Signing(format!("root: {e}")))?;
+    let cert = p.self_signed(key).map_err(|e| CaError::Signing(format!("root: {e}")))?;
     Ok(cert.der().to_vec())
 }
 
@@ -124,8 +117,7 @@ pub(crate) fn sign_intermediate(
     intermediate_key: &KeyPair,
     now: OffsetDateTime,
 ) -> Result<Vec<u8>, CaError> {
-    let (_, root) = X509Certificate::from_der(root_der)
-        .map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
+    let (_, root) = X509Certificate::from_der(root_der).map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
     let root_not_after = root.validity().not_after.to_datetime();
     let rng = ring::rand::SystemRandom::new();
     let serial = Serial::random(&rng)?;
@@ -138,9 +130,7 @@ pub(crate) fn sign_intermediate(
     );
     let issuer = rcgen::Issuer::from_ca_cert_der(&root_der.into(), root_key)
         .map_err(|e| CaError::InvalidCertificate(format!("root: {e}")))?;
-    let cert = p
-        .signed_by(intermediate_key, &issuer)
-        .map_err(|e| CaError::Signing(format!("intermediate: {e}")))?;
+    let cert = p.signed_by(intermediate_key, &issuer).map_err(|e| CaError::Signing(format!("intermediate: {e}")))?;
     Ok(cert.der().to_vec())
 }
 
@@ -152,8 +142,7 @@ pub fn create_ca(opts: &InitOptions, pass: &Passphrase) -> Result<CaMaterial, Ca
     let root_key_pem_enc = encrypt_key_pem(&root_key, pass)?;
     let int_key = generate_key(opts.key_algorithm)?;
     let int_der = sign_intermediate(opts, &root_der, root_key, &int_key, now)?;
-    let root =
-        IssuerRecord::from_cert(&root_der, IssuerKind::Root, IssuerState::Active, None, None)?;
+    let root = IssuerRecord::from_cert(&root_der, IssuerKind::Root, IssuerState::Active, None, None)?;
     let intermediate = IssuerRecord::from_cert(
         &int_der,
         IssuerKind::Intermediate,
@@ -161,40 +150,24 @@ pub fn create_ca(opts: &InitOptions, pass: &Passphrase) -> Result<CaMaterial, Ca
         Some(root.id.clone()),
         Some(encrypt_key_pem(&int_key, pass)?),
     )?;
-    Ok(CaMaterial {
-        root,
-        root_key_pem_enc: Some(root_key_pem_enc),
-        intermediate,
-    })
+    Ok(CaMaterial { root, root_key_pem_enc: Some(root_key_pem_enc), intermediate })
 }
 
 /// Imports an existing root (and intermediate), checking that keys match certificates, that the
 /// root is a self-signed CA and that the intermediate is a CA signed by it. Without an imported
 /// intermediate, a new one is created with the root key.
-pub fn import_ca(
-    imp: &ImportedCa,
-    opts: &InitOptions,
-    pass: &Passphrase,
-) -> Result<CaMaterial, CaError> {
+pub fn import_ca(imp: &ImportedCa, opts: &InitOptions, pass: &Passphrase) -> Result<CaMaterial, CaError> {
     let now = OffsetDateTime::now_utc();
     let root_der = pem_to_der(&imp.root_cert_pem)?;
-    let (_, root_cert) = X509Certificate::from_der(&root_der)
-        .map_err(|e| CaError::InvalidCertificate(format!("root: {e}")))?;
+    let (_, root_cert) =
+        X509Certificate::from_der(&root_der).map_err(|e| CaError::InvalidCertificate(format!("root: {e}")))?;
     if root_cert.subject() != root_cert.issuer() || root_cert.verify_signature(None).is_err() {
-        return Err(CaError::InvalidCertificate(
-            "the root certificate is not self-signed".into(),
-        ));
+        return Err(CaError::InvalidCertificate("the root certificate is not self-signed".into()));
     }
-    if !root_cert
-        .validity()
-        .is_valid_at(x509_parser::time::ASN1Time::from(now))
-    {
-        return Err(CaError::InvalidCertificate(
-            "the root certificate is not valid now".into(),
-        ));
+    if !root_cert.validity().is_valid_at(x509_parser::time::ASN1Time::from(now)) {
+        return Err(CaError::InvalidCertificate("the root certificate is not valid now".into()));
     }
-    let root =
-        IssuerRecord::from_cert(&root_der, IssuerKind::Root, IssuerState::Active, None, None)?;
+    let root = IssuerRecord::from_cert(&root_der, IssuerKind::Root, IssuerState::Active, None, None)?;
     let root_key = match &imp.root_key_pem {
         Some(pem) => {
             let k = parse_key_pem(pem, pass, "root key")?;
@@ -203,10 +176,7 @@ pub fn import_ca(
         }
         None => None,
     };
-    let root_key_pem_enc = root_key
-        .as_ref()
-        .map(|k| encrypt_key_pem(k, pass))
-        .transpose()?;
+    let root_key_pem_enc = root_key.as_ref().map(|k| encrypt_key_pem(k, pass)).transpose()?;
 
     let intermediate = match (&imp.intermediate_cert_pem, &imp.intermediate_key_pem) {
         (Some(cert_pem), Some(key_pem)) => {
@@ -214,17 +184,10 @@ pub fn import_ca(
             let (_, cert) = X509Certificate::from_der(&der)
                 .map_err(|e| CaError::InvalidCertificate(format!("intermediate: {e}")))?;
             if cert.verify_signature(Some(root_cert.public_key())).is_err() {
-                return Err(CaError::InvalidCertificate(
-                    "the intermediate is not signed by the root".into(),
-                ));
+                return Err(CaError::InvalidCertificate("the intermediate is not signed by the root".into()));
             }
-            if !cert
-                .validity()
-                .is_valid_at(x509_parser::time::ASN1Time::from(now))
-            {
-                return Err(CaError::InvalidCertificate(
-                    "the intermediate certificate is not valid now".into(),
-                ));
+            if !cert.validity().is_valid_at(x509_parser::time::ASN1Time::from(now)) {
+                return Err(CaError::InvalidCertificate("the intermediate certificate is not valid now".into()));
             }
             let key = parse_key_pem(key_pem, pass, "intermediate key")?;
             check_key_matches(&der, &key, "intermediate")?;
@@ -237,19 +200,14 @@ pub fn import_ca(
             )?
         }
         (Some(_), None) => {
-            return Err(CaError::Config(
-                "an imported intermediate needs its key".into(),
-            ));
+            return Err(CaError::Config("an imported intermediate needs its key".into()));
         }
         (None, Some(_)) => {
-            return Err(CaError::Config(
-                "an intermediate key was given without its certificate".into(),
-            ));
+            return Err(CaError::Config("an intermediate key was given without its certificate".into()));
         }
         (None, None) => {
-            let root_key = root_key.ok_or_else(|| {
-                CaError::Config("import a root key, or an intermediate certificate and key".into())
-            })?;
+            let root_key = root_key
+                .ok_or_else(|| CaError::Config("import a root key, or an intermediate certificate and key".into()))?;
             let int_key = generate_key(opts.key_algorithm)?;
             let der = sign_intermediate(opts, &root_der, root_key, &int_key, now)?;
             IssuerRecord::from_cert(
@@ -261,9 +219,5 @@ pub fn import_ca(
             )?
         }
     };
-    Ok(CaMaterial {
-        root,
-        root_key_pem_enc,
-        intermediate,
-    })
+    Ok(CaMaterial { root, root_key_pem_enc, intermediate })
 }

@@ -18,11 +18,8 @@ pub struct TrustBundle {
 impl TrustBundle {
     /// Builds the bundle from the issuer journal: every root that is not expired.
     pub fn from_journal(journal: &[IssuerRecord]) -> Self {
-        let mut roots: Vec<IssuerRecord> = journal
-            .iter()
-            .filter(|r| r.kind == IssuerKind::Root && r.state != IssuerState::Expired)
-            .cloned()
-            .collect();
+        let mut roots: Vec<IssuerRecord> =
+            journal.iter().filter(|r| r.kind == IssuerKind::Root && r.state != IssuerState::Expired).cloned().collect();
         roots.sort_by_key(|r| (r.state != IssuerState::Active, r.not_before));
         TrustBundle { roots }
     }

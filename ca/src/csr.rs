@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
-    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_SHA256WITHRSA,
+    OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
+    OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -59,18 +59,14 @@ const MAX_CSR_LEN: usize = 64 * 1024;
 /// the requested names.
 pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     if input.len() > MAX_CSR_LEN {
-        return Err(CaError::MalformedCsr(format!(
-            "larger than {MAX_CSR_LEN} bytes"
-        )));
+        return Err(CaError::MalformedCsr(format!("larger than {MAX_CSR_LEN} bytes")));
     }
     let pem_der;
     let der = if input.starts_with(b"-----BEGIN") {
-        let (label, der) = pkcs8::der::pem::decode_vec(input)
-            .map_err(|e| CaError::MalformedCsr(format!("bad PEM: {e}")))?;
+        let (label, der) =
+            pkcs8::der::pem::decode_vec(input).map_err(|e| CaError::MalformedCsr(format!("bad PEM: {e}")))?;
         if label != "CERTIFICATE REQUEST" && label != "NEW CERTIFICATE REQUEST" {
-            return Err(CaError::MalformedCsr(format!(
-                "PEM label is {label}, expected CERTIFICATE REQUEST"
-            )));
+            return Err(CaError::MalformedCsr(format!("PEM label is {label}, expected CERTIFICATE REQUEST")));
         }
         pem_der = der;
         pem_der.as_slice()
@@ -80,10 +76,7 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     let (rest, csr) = X509CertificationRequest::from_der(der)
         .map_err(|e| CaError::MalformedCsr(format!("not a PKCS#10 request: {e}")))?;
     if !rest.is_empty() {
-        return Err(CaError::MalformedCsr(format!(
-            "{} trailing bytes after the request",
-            rest.len()
-        )));
+        return Err(CaError::MalformedCsr(format!("{} trailing bytes after the request", rest.len())));
     }
 
     let sig_oid = &csr.signature_algorithm.algorithm;
@@ -96,16 +89,13 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
         OID_PKCS1_SHA512WITHRSA,
     ];
     if !accepted.contains(sig_oid) {
-        return Err(CaError::UnsupportedSignatureAlgorithm(
-            sig_oid.to_id_string(),
-        ));
+        return Err(CaError::UnsupportedSignatureAlgorithm(sig_oid.to_id_string()));
     }
 
     let info = &csr.certification_request_info;
     let spki = &info.subject_pki;
     let key = key_kind(spki)?;
-    csr.verify_signature()
-        .map_err(|_| CaError::BadCsrSignature)?;
+    csr.verify_signature().map_err(|_| CaError::BadCsrSignature)?;
 
     let mut names = BTreeSet::new();
     if let Some(exts) = csr.requested_extensions() {
@@ -119,13 +109,9 @@ pub fn parse_and_verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     }
     let mut common_name = None;
     for cn in info.subject.iter_common_name() {
-        let value = cn
-            .as_str()
-            .map_err(|_| CaError::MalformedCsr("the subject common name is not a string".into()))?;
+        let value = cn.as_str().map_err(|_| CaError::MalformedCsr("the subject common name is not a string".into()))?;
         if common_name.replace(value.to_owned()).is_some() {
-            return Err(CaError::MalformedCsr(
-                "more than one common name in the subject".into(),
-            ));
+            return Err(CaError::MalformedCsr("more than one common name in the subject".into()));
         }
     }
 
@@ -142,9 +128,7 @@ fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKin
     let alg = &spki.algorithm.algorithm;
     if *alg == OID_SIG_ED25519 {
         if spki.subject_public_key.data.len() != 32 {
-            return Err(CaError::UnsupportedKey(
-                "Ed25519 key is not 32 bytes".into(),
-            ));
+            return Err(CaError::UnsupportedKey("Ed25519 key is not 32 bytes".into()));
         }
         return Ok(KeyKind::Ed25519);
     }
@@ -160,10 +144,7 @@ fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKin
         } else if curve == OID_NIST_EC_P384 {
             Ok(KeyKind::P384)
         } else {
-            Err(CaError::UnsupportedKey(format!(
-                "EC curve {} (accepted: P-256, P-384)",
-                curve.to_id_string()
-            )))
+            Err(CaError::UnsupportedKey(format!("EC curve {} (accepted: P-256, P-384)", curve.to_id_string())))
         };
     }
     if *alg == OID_PKCS1_RSAENCRYPTION {
@@ -172,9 +153,7 @@ fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKin
             _ => return Err(CaError::UnsupportedKey("malformed RSA key".into())),
         };
         if !(2048..=8192).contains(&bits) {
-            return Err(CaError::UnsupportedKey(format!(
-                "RSA-{bits} (accepted: 2048 to 8192 bits)"
-            )));
+            return Err(CaError::UnsupportedKey(format!("RSA-{bits} (accepted: 2048 to 8192 bits)")));
         }
         return Ok(KeyKind::Rsa(bits));
     }
@@ -188,22 +167,15 @@ fn general_name(gn: &GeneralName<'_>) -> Result<Name, CaError> {
     match gn {
         GeneralName::DNSName(d) => Ok(Name::Dns(check_dns_name(d)?)),
         GeneralName::IPAddress(b) => match b.len() {
-            4 => Ok(Name::Ip(IpAddr::from(
-                <[u8; 4]>::try_from(*b).map_err(|_| bad_ip())?,
-            ))),
-            16 => Ok(Name::Ip(IpAddr::from(
-                <[u8; 16]>::try_from(*b).map_err(|_| bad_ip())?,
-            ))),
+            4 => Ok(Name::Ip(IpAddr::from(<[u8; 4]>::try_from(*b).map_err(|_| bad_ip())?))),
+            16 => Ok(Name::Ip(IpAddr::from(<[u8; 16]>::try_from(*b).map_err(|_| bad_ip())?))),
             _ => Err(bad_ip()),
         },
         GeneralName::URI(u) => {
             if u.starts_with("spiffe://") {
                 Ok(Name::Spiffe(SpiffeId::parse(u)?))
             } else {
-                Err(CaError::BadName {
-                    name: (*u).to_owned(),
-                    reason: "only spiffe:// URIs are issued".into(),
-                })
+                Err(CaError::BadName { name: (*u).to_owned(), reason: "only spiffe:// URIs are issued".into() })
             }
         }
         other => Err(CaError::BadName {

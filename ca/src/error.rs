@@ -55,9 +55,7 @@ pub enum CaError {
     #[error("bad identity request: {0}")]
     BadIdentity(String),
     /// The requested lifetime exceeds what the profile allows.
-    #[error(
-        "requested lifetime {requested_secs}s exceeds the maximum {max_secs}s of profile {profile}"
-    )]
+    #[error("requested lifetime {requested_secs}s exceeds the maximum {max_secs}s of profile {profile}")]
     LifetimeTooLong {
         /// Profile name.
         profile: &'static str,
@@ -127,22 +125,13 @@ impl CaError {
             | BadIdentity(_) => ErrorKind::BadRequest,
             NameNotAllowed { .. } | LifetimeTooLong { .. } => ErrorKind::Rejected,
             NoActiveIssuer | IssuerExpiring { .. } | StoreUnavailable(_) => ErrorKind::Unavailable,
-            WrongPassphrase(_) | MissingPassphrase { .. } | InvalidCertificate(_) | Config(_) => {
-                ErrorKind::Config
-            }
+            WrongPassphrase(_) | MissingPassphrase { .. } | InvalidCertificate(_) | Config(_) => ErrorKind::Config,
             Store(_) | Key(_) | Signing(_) | Io { .. } => ErrorKind::Internal,
         }
     }
 
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| CaError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| CaError::Io { action, path, source }
     }
 }

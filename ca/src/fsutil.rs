@@ -16,9 +16,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError>
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| CaError::Config(format!("{} is not a file path", path.display())))?;
+    let name = path.file_name().ok_or_else(|| CaError::Config(format!("{} is not a file path", path.display())))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -34,9 +32,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError>
         f.sync_all().map_err(CaError::io("fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, path).map_err(CaError::io("rename into", path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(CaError::io("fsync directory", dir))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(CaError::io("fsync directory", dir))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -70,11 +70,19 @@ pub struct IssuedCertificate {
 impl IssuedCertificate {
     /// Leaf followed by the chain, PEM (`application/pem-certificate-chain`, RFC 8555 section 9.1).
     pub fn pem_chain(&self) -> String {
-        std::iter::once(&self.der)
-            .chain(&self.chain_der)
-            .map(|d| der_to_pem(d))
-            .collect()
+        std::iter::once(&self.der).chain(&self.chain_der).map(|d| der_to_pem(d)).collect()
     }
+}
+
+/// A request that passed every check, ready to be recorded and signed.
+struct Prepared {
+    csr: crate::csr::VerifiedCsr,
+    names: Vec<Name>,
+    issuer: Arc<ActiveIssuer>,
+    serial: Serial,
+    params: rcgen::CertificateParams,
+    spki: rcgen::SubjectPublicKeyInfo,
+    subject: String,
 }
 
 /// The CA: policy, the active issuer and the store, behind [`Authority::issue`].
@@ -88,9 +96,7 @@ pub struct Authority {
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
+        f.debug_struct("Authority").field("policy", &self.policy).finish_non_exhaustive()
     }
 }
 
@@ -98,16 +104,11 @@ impl Authority {
     /// Loads the active intermediate from the journal and decrypts its key.
     pub async fn load(store: Store, policy: Policy, pass: &Passphrase) -> Result<Self, CaError> {
         policy.validate()?;
-        let record = store
-            .active_issuer(IssuerKind::Intermediate)
-            .await?
-            .ok_or(CaError::NoActiveIssuer)?;
-        let key_pem = record.key_pem_enc.as_deref().ok_or_else(|| {
-            CaError::Config(format!(
-                "the active intermediate {} has no key in the store",
-                record.id
-            ))
-        })?;
+        let record = store.active_issuer(IssuerKind::Intermediate).await?.ok_or(CaError::NoActiveIssuer)?;
+        let key_pem = record
+            .key_pem_enc
+            .as_deref()
+            .ok_or_else(|| CaError::Config(format!("the active intermediate {} has no key in the store", record.id)))?;
         let key = decrypt_key_pem(key_pem, pass, &format!("intermediate {}", record.id))?;
         let id = record.id.clone();
         let active = ActiveIssuer::new(record, key)?;
@@ -120,9 +121,7 @@ impl Authority {
                 "intermediate key decrypted for signing",
             ))
             .await?;
-        let abandoned = store
-            .abandon_stale_intents(Duration::from_secs(300))
-            .await?;
+        let abandoned = store.abandon_stale_intents(Duration::from_secs(300)).await?;
         if abandoned > 0 {
             warn!(
                 abandoned,
@@ -156,11 +155,7 @@ impl Authority {
 
     /// The issuer that signs now.
     pub fn active_issuer(&self) -> Result<Arc<ActiveIssuer>, CaError> {
-        self.active
-            .read()
-            .map_err(|_| CaError::NoActiveIssuer)?
-            .clone()
-            .ok_or(CaError::NoActiveIssuer)
+        self.active.read().map_err(|_| CaError::NoActiveIssuer)?.clone().ok_or(CaError::NoActiveIssuer)
     }
 
     fn step(&self, s: IssuanceStep) {
@@ -175,18 +170,11 @@ impl Authority {
             Ok(c) => Ok(c),
             Err(e) => {
                 let outcome = match e.kind() {
-                    crate::error::ErrorKind::BadRequest | crate::error::ErrorKind::Rejected => {
-                        Outcome::Refused
-                    }
+                    crate::error::ErrorKind::BadRequest | crate::error::ErrorKind::Rejected => Outcome::Refused,
                     _ => Outcome::Failed,
                 };
-                let ev = AuditEvent::now(
-                    req.requester,
-                    "certificate.issue",
-                    req.profile.as_str(),
-                    outcome,
-                    e.to_string(),
-                );
+                let ev =
+                    AuditEvent::now(req.requester, "certificate.issue", req.profile.as_str(), outcome, e.to_string());
                 if let Err(audit_err) = self.store.append_audit(ev).await {
                     warn!(error = %audit_err, "could not audit a failed issuance");
                 }
@@ -195,29 +183,37 @@ impl Authority {
         }
     }
 
-    async fn issue_inner(&self, req: &IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
+    /// For benchmarks: all the CPU work of [`Authority::issue`] (CSR parsing and verification,
+    /// policy, building and signing the certificate) with nothing recorded and nothing returned but
+    /// the certificate's size. It measures the ceiling that durable issuance is compared with.
+    pub fn measure_ceiling(&self, req: &IssueRequest<'_>) -> Result<usize, CaError> {
+        let p = self.prepare(req)?;
+        let cert = p.params.signed_by(&p.spki, &p.issuer.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(cert.der().len())
+    }
+
+    /// Everything before the first write: verify the CSR, apply policy, pick the issuer, build the
+    /// certificate parameters.
+    fn prepare(&self, req: &IssueRequest<'_>) -> Result<Prepared, CaError> {
         let csr = parse_and_verify_csr(req.csr)?;
         let names = self.policy.names_for(&csr, req.profile, req.authorized)?;
         let issuer = self.active_issuer()?;
         let now = OffsetDateTime::now_utc();
-        let (not_before, not_after) =
-            self.policy
-                .validity(req.profile, req.lifetime, now, issuer.record.not_after)?;
+        let (not_before, not_after) = self.policy.validity(req.profile, req.lifetime, now, issuer.record.not_after)?;
         let serial = Serial::random(&self.rng)?;
         let common_name = csr.common_name.as_deref();
-        let subject = common_name.map(|cn| format!("CN={cn}")).unwrap_or_default();
-        let spec = LeafSpec {
-            profile: req.profile,
-            key: csr.key,
-            names: &names,
-            common_name,
-            serial: &serial,
-            not_before,
-            not_after,
-        };
+        let spec =
+            LeafSpec { profile: req.profile, key: csr.key, names: &names, common_name, serial: &serial, not_before, not_after };
         let params = leaf_params(&spec, &self.policy)?;
         let spki = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
             .map_err(|e| CaError::UnsupportedKey(format!("cannot encode the subject key: {e}")))?;
+        let subject = common_name.map(|cn| format!("CN={cn}")).unwrap_or_default();
+        Ok(Prepared { csr, names, issuer, serial, params, spki, subject })
+    }
+
+    async fn issue_inner(&self, req: &IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        let Prepared { csr, names, issuer, serial, params, spki, subject } = self.prepare(req)?;
+        let (not_before, not_after) = (params.not_before, params.not_after);
 
         // 1. Reserve the serial and record the intent.
         self.store
@@ -236,9 +232,7 @@ impl Authority {
         self.step(IssuanceStep::IntentRecorded);
 
         // 2. Sign.
-        let cert = params
-            .signed_by(&spki, &issuer.issuer)
-            .map_err(|e| CaError::Signing(e.to_string()))?;
+        let cert = params.signed_by(&spki, &issuer.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
         let der = cert.der().to_vec();
         self.step(IssuanceStep::Signed);
 
@@ -246,11 +240,7 @@ impl Authority {
         let detail = format!(
             "profile={} names={} key={} signed_by={}",
             req.profile,
-            names
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
             &csr.key_fingerprint[..16],
             issuer.record.id
         );
@@ -258,13 +248,7 @@ impl Authority {
             .record_issued(
                 &serial.to_hex(),
                 der_to_pem(&der),
-                AuditEvent::now(
-                    req.requester,
-                    "certificate.issue",
-                    serial.to_hex(),
-                    Outcome::Success,
-                    detail,
-                ),
+                AuditEvent::now(req.requester, "certificate.issue", serial.to_hex(), Outcome::Success, detail),
             )
             .await?;
         self.step(IssuanceStep::Recorded);

@@ -107,8 +107,7 @@ impl fmt::Debug for IssuerRecord {
 }
 
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// Decodes the first CERTIFICATE block of a PEM text.
@@ -116,9 +115,7 @@ pub(crate) fn pem_to_der(pem: &str) -> Result<Vec<u8>, CaError> {
     let (label, der) = pkcs8::der::pem::decode_vec(pem.trim().as_bytes())
         .map_err(|e| CaError::InvalidCertificate(format!("bad PEM: {e}")))?;
     if label != "CERTIFICATE" {
-        return Err(CaError::InvalidCertificate(format!(
-            "PEM label is {label}, expected CERTIFICATE"
-        )));
+        return Err(CaError::InvalidCertificate(format!("PEM label is {label}, expected CERTIFICATE")));
     }
     Ok(der)
 }
@@ -146,15 +143,10 @@ impl IssuerRecord {
         let (rest, cert) = X509Certificate::from_der(der)
             .map_err(|e| CaError::InvalidCertificate(format!("not an X.509 certificate: {e}")))?;
         if !rest.is_empty() {
-            return Err(CaError::InvalidCertificate(
-                "trailing bytes after the certificate".into(),
-            ));
+            return Err(CaError::InvalidCertificate("trailing bytes after the certificate".into()));
         }
         if !cert.is_ca() {
-            return Err(CaError::InvalidCertificate(format!(
-                "{} is not a CA certificate (cA=false)",
-                cert.subject()
-            )));
+            return Err(CaError::InvalidCertificate(format!("{} is not a CA certificate (cA=false)", cert.subject())));
         }
         let ski = cert
             .extensions()
@@ -163,12 +155,7 @@ impl IssuerRecord {
                 ParsedExtension::SubjectKeyIdentifier(k) => Some(hex::encode(k.0)),
                 _ => None,
             })
-            .ok_or_else(|| {
-                CaError::InvalidCertificate(format!(
-                    "{} has no subject key identifier",
-                    cert.subject()
-                ))
-            })?;
+            .ok_or_else(|| CaError::InvalidCertificate(format!("{} has no subject key identifier", cert.subject())))?;
         let fingerprint = sha256_fingerprint(der);
         let now = OffsetDateTime::now_utc();
         Ok(IssuerRecord {
@@ -207,9 +194,7 @@ pub struct ActiveIssuer {
 
 impl fmt::Debug for ActiveIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ActiveIssuer")
-            .field("record", &self.record)
-            .finish_non_exhaustive()
+        f.debug_struct("ActiveIssuer").field("record", &self.record).finish_non_exhaustive()
     }
 }
 
@@ -220,11 +205,7 @@ impl ActiveIssuer {
         check_key_matches(&der, &key, &record.subject)?;
         let issuer = rcgen::Issuer::from_ca_cert_der(&der.as_slice().into(), key)
             .map_err(|e| CaError::InvalidCertificate(format!("{}: {e}", record.subject)))?;
-        Ok(ActiveIssuer {
-            record,
-            chain_der: vec![der],
-            issuer,
-        })
+        Ok(ActiveIssuer { record, chain_der: vec![der], issuer })
     }
 
     /// The chain as PEM (intermediate first).
@@ -236,12 +217,10 @@ impl ActiveIssuer {
 /// Fails unless `key` is the private key for the certificate `cert_der`.
 pub(crate) fn check_key_matches(cert_der: &[u8], key: &KeyPair, what: &str) -> Result<(), CaError> {
     use rcgen::PublicKeyData;
-    let (_, cert) = X509Certificate::from_der(cert_der)
-        .map_err(|e| CaError::InvalidCertificate(format!("{what}: {e}")))?;
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| CaError::InvalidCertificate(format!("{what}: {e}")))?;
     if cert.public_key().raw != key.subject_public_key_info().as_slice() {
-        return Err(CaError::Key(format!(
-            "the key does not belong to the certificate {what}"
-        )));
+        return Err(CaError::Key(format!("the key does not belong to the certificate {what}")));
     }
     Ok(())
 }

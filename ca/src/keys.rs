@@ -48,9 +48,7 @@ impl std::str::FromStr for KeyAlgorithm {
             "p256" | "p-256" | "ecdsa-p256" => Ok(KeyAlgorithm::P256),
             "p384" | "p-384" | "ecdsa-p384" => Ok(KeyAlgorithm::P384),
             "ed25519" => Ok(KeyAlgorithm::Ed25519),
-            other => Err(CaError::Config(format!(
-                "unknown key algorithm {other:?}: expected p256, p384 or ed25519"
-            ))),
+            other => Err(CaError::Config(format!("unknown key algorithm {other:?}: expected p256, p384 or ed25519"))),
         }
     }
 }
@@ -88,19 +86,14 @@ impl Passphrase {
     pub fn new(s: impl Into<String>) -> Result<Self, CaError> {
         let s = Zeroizing::new(s.into());
         if s.chars().count() < Self::MIN_LEN {
-            return Err(CaError::Config(format!(
-                "the CA passphrase must be at least {} characters",
-                Self::MIN_LEN
-            )));
+            return Err(CaError::Config(format!("the CA passphrase must be at least {} characters", Self::MIN_LEN)));
         }
         Ok(Passphrase(s))
     }
 
     /// Reads the passphrase from a file (trailing newline removed).
     pub fn from_file(path: &Path) -> Result<Self, CaError> {
-        let raw = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(CaError::io("read passphrase file", path))?,
-        );
+        let raw = Zeroizing::new(std::fs::read_to_string(path).map_err(CaError::io("read passphrase file", path))?);
         Self::new(raw.trim_end_matches(['\r', '\n']).to_owned())
     }
 
@@ -109,9 +102,9 @@ impl Passphrase {
         match std::env::var(PASSPHRASE_ENV) {
             Ok(v) => Self::new(v).map(Some),
             Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(CaError::Config(format!(
-                "{PASSPHRASE_ENV} is not valid UTF-8"
-            ))),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(CaError::Config(format!("{PASSPHRASE_ENV} is not valid UTF-8")))
+            }
         }
     }
 
@@ -119,9 +112,7 @@ impl Passphrase {
     pub fn random() -> Result<Self, CaError> {
         use ring::rand::{SecureRandom, SystemRandom};
         let mut b = [0u8; 24];
-        SystemRandom::new()
-            .fill(&mut b)
-            .map_err(|_| CaError::Key("system RNG failed".into()))?;
+        SystemRandom::new().fill(&mut b).map_err(|_| CaError::Key("system RNG failed".into()))?;
         Self::new(hex::encode(b))
     }
 
@@ -134,14 +125,10 @@ impl Passphrase {
 /// Encrypts a key pair into a PKCS#8 `ENCRYPTED PRIVATE KEY` PEM document.
 pub fn encrypt_key_pem(key: &KeyPair, pass: &Passphrase) -> Result<String, CaError> {
     let der = Zeroizing::new(key.serialize_der());
-    let info = PrivateKeyInfoRef::try_from(der.as_slice())
-        .map_err(|e| CaError::Key(format!("re-read PKCS#8: {e}")))?;
-    let enc = info
-        .encrypt(pass.0.as_bytes())
-        .map_err(|e| CaError::Key(format!("encrypt key: {e}")))?;
-    let pem = enc
-        .to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
-        .map_err(|e| CaError::Key(format!("encode key: {e}")))?;
+    let info = PrivateKeyInfoRef::try_from(der.as_slice()).map_err(|e| CaError::Key(format!("re-read PKCS#8: {e}")))?;
+    let enc = info.encrypt(pass.0.as_bytes()).map_err(|e| CaError::Key(format!("encrypt key: {e}")))?;
+    let pem =
+        enc.to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF).map_err(|e| CaError::Key(format!("encode key: {e}")))?;
     Ok(pem.to_string())
 }
 
@@ -150,17 +137,13 @@ pub fn decrypt_key_pem(pem: &str, pass: &Passphrase, what: &str) -> Result<KeyPa
     let (label, der) = pkcs8::der::pem::decode_vec(pem.as_bytes())
         .map_err(|e| CaError::Key(format!("{what}: not a PEM document: {e}")))?;
     if label != "ENCRYPTED PRIVATE KEY" {
-        return Err(CaError::Key(format!(
-            "{what}: expected an ENCRYPTED PRIVATE KEY, found {label}"
-        )));
+        return Err(CaError::Key(format!("{what}: expected an ENCRYPTED PRIVATE KEY, found {label}")));
     }
     let enc = EncryptedPrivateKeyInfoRef::try_from(der.as_slice())
         .map_err(|e| CaError::Key(format!("{what}: malformed encrypted key: {e}")))?;
     // With CBC there is no MAC: a wrong passphrase shows up as bad padding or as garbage that does
     // not parse as PKCS#8. Both mean the same thing to the operator.
-    let plain = enc
-        .decrypt(pass.0.as_bytes())
-        .map_err(|_| CaError::WrongPassphrase(what.to_owned()))?;
+    let plain = enc.decrypt(pass.0.as_bytes()).map_err(|_| CaError::WrongPassphrase(what.to_owned()))?;
     KeyPair::try_from(plain.as_bytes()).map_err(|_| CaError::WrongPassphrase(what.to_owned()))
 }
 
@@ -183,16 +166,11 @@ mod tests {
 
     #[test]
     fn round_trip_every_algorithm() {
-        for alg in [
-            KeyAlgorithm::P256,
-            KeyAlgorithm::P384,
-            KeyAlgorithm::Ed25519,
-        ] {
+        for alg in [KeyAlgorithm::P256, KeyAlgorithm::P384, KeyAlgorithm::Ed25519] {
             let k = generate_key(alg).expect("generate");
             let pem = encrypt_key_pem(&k, &pass("correct horse battery")).expect("encrypt");
             assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
-            let back =
-                decrypt_key_pem(&pem, &pass("correct horse battery"), "test").expect("decrypt");
+            let back = decrypt_key_pem(&pem, &pass("correct horse battery"), "test").expect("decrypt");
             assert_eq!(back.public_key_raw(), k.public_key_raw(), "{alg}");
         }
     }
@@ -201,12 +179,8 @@ mod tests {
     fn wrong_passphrase_is_a_clear_error() {
         let k = generate_key(KeyAlgorithm::P256).expect("generate");
         let pem = encrypt_key_pem(&k, &pass("correct horse battery")).expect("encrypt");
-        let err = decrypt_key_pem(&pem, &pass("incorrect horse battery"), "root key")
-            .expect_err("must fail");
-        assert!(
-            matches!(err, CaError::WrongPassphrase(ref w) if w == "root key"),
-            "{err}"
-        );
+        let err = decrypt_key_pem(&pem, &pass("incorrect horse battery"), "root key").expect_err("must fail");
+        assert!(matches!(err, CaError::WrongPassphrase(ref w) if w == "root key"), "{err}");
         assert!(err.to_string().contains("wrong passphrase"));
     }
 
@@ -220,8 +194,7 @@ mod tests {
     #[test]
     fn plaintext_key_is_refused_by_decrypt() {
         let k = generate_key(KeyAlgorithm::P256).expect("generate");
-        let err = decrypt_key_pem(&k.serialize_pem(), &pass("correct horse battery"), "k")
-            .expect_err("plain");
+        let err = decrypt_key_pem(&k.serialize_pem(), &pass("correct horse battery"), "k").expect_err("plain");
         assert!(matches!(err, CaError::Key(_)), "{err}");
     }
 }

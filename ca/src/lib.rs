@@ -33,8 +33,7 @@ pub use fsutil::write_atomic;
 pub use issuance::{Authority, IssuanceStep, IssueRequest, IssuedCertificate, StepHook};
 pub use issuers::{ActiveIssuer, IssuerKind, IssuerRecord, IssuerState};
 pub use keys::{
-    KeyAlgorithm, PASSPHRASE_ENV, Passphrase, decrypt_key_pem, encrypt_key_pem, generate_key,
-    parse_key_pem,
+    KeyAlgorithm, PASSPHRASE_ENV, Passphrase, decrypt_key_pem, encrypt_key_pem, generate_key, parse_key_pem,
 };
 pub use names::{AuthorizedNames, Name, SpiffeId};
 pub use policy::{DnsPolicy, LifetimePolicy, Policy};

@@ -36,10 +36,7 @@ impl Default for Policy {
         Policy {
             trust_domain: "lanyard.internal".into(),
             dns: DnsPolicy::default(),
-            workload: LifetimePolicy {
-                default: Duration::from_secs(3600),
-                max: Duration::from_secs(24 * 3600),
-            },
+            workload: LifetimePolicy { default: Duration::from_secs(3600), max: Duration::from_secs(24 * 3600) },
             tls_server: LifetimePolicy {
                 default: Duration::from_secs(24 * 3600),
                 max: Duration::from_secs(30 * 24 * 3600),
@@ -90,24 +87,15 @@ fn suffix_matches(name: &str, suffix: &str) -> bool {
 impl Policy {
     /// Checks the configuration itself; a bad policy must stop the server at start, not at issuance.
     pub fn validate(&self) -> Result<(), CaError> {
-        check_trust_domain(&self.trust_domain)
-            .map_err(|r| CaError::Config(format!("trust_domain: {r}")))?;
-        for (name, lp) in [
-            ("workload", &self.workload),
-            ("tls_server", &self.tls_server),
-        ] {
+        check_trust_domain(&self.trust_domain).map_err(|r| CaError::Config(format!("trust_domain: {r}")))?;
+        for (name, lp) in [("workload", &self.workload), ("tls_server", &self.tls_server)] {
             if lp.default.is_zero() || lp.default > lp.max {
                 return Err(CaError::Config(format!(
                     "{name}: the default lifetime must be positive and not above the maximum"
                 )));
             }
         }
-        for s in self
-            .dns
-            .allow_suffixes
-            .iter()
-            .chain(&self.dns.deny_suffixes)
-        {
+        for s in self.dns.allow_suffixes.iter().chain(&self.dns.deny_suffixes) {
             // Single-label suffixes ("svc", "internal") are fine: check the suffix as a name below it.
             check_dns_name(&format!("x.{}", s.trim_start_matches('.')))
                 .map_err(|e| CaError::Config(format!("DNS suffix: {e}")))?;
@@ -136,16 +124,8 @@ impl Policy {
             names.insert(as_name);
         }
 
-        let spiffe: Vec<&SpiffeId> = names
-            .iter()
-            .filter_map(|n| {
-                if let Name::Spiffe(s) = n {
-                    Some(s)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let spiffe: Vec<&SpiffeId> =
+            names.iter().filter_map(|n| if let Name::Spiffe(s) = n { Some(s) } else { None }).collect();
         match profile {
             Profile::Workload => {
                 let [id] = spiffe.as_slice() else {
@@ -161,9 +141,7 @@ impl Policy {
                     });
                 }
                 if id.path().is_empty() {
-                    return Err(CaError::BadIdentity(
-                        "a workload SPIFFE ID needs a path".into(),
-                    ));
+                    return Err(CaError::BadIdentity("a workload SPIFFE ID needs a path".into()));
                 }
                 if let Some(ip) = names.iter().find(|n| matches!(n, Name::Ip(_))) {
                     return Err(CaError::BadName {
@@ -180,9 +158,7 @@ impl Policy {
                     });
                 }
                 if names.is_empty() {
-                    return Err(CaError::BadIdentity(
-                        "the CSR names no DNS name or IP address".into(),
-                    ));
+                    return Err(CaError::BadIdentity("the CSR names no DNS name or IP address".into()));
                 }
             }
         }
@@ -191,10 +167,7 @@ impl Policy {
             match n {
                 Name::Dns(d) => {
                     if let Some(s) = self.dns.deny_suffixes.iter().find(|s| suffix_matches(d, s)) {
-                        return Err(CaError::NameNotAllowed {
-                            name: d.clone(),
-                            reason: format!("denied suffix {s}"),
-                        });
+                        return Err(CaError::NameNotAllowed { name: d.clone(), reason: format!("denied suffix {s}") });
                     }
                     if !self.dns.allow_suffixes.is_empty()
                         && !self.dns.allow_suffixes.iter().any(|s| suffix_matches(d, s))
@@ -256,14 +229,10 @@ impl Policy {
             });
         }
         if lifetime.is_zero() {
-            return Err(CaError::BadIdentity(
-                "the requested lifetime is zero".into(),
-            ));
+            return Err(CaError::BadIdentity("the requested lifetime is zero".into()));
         }
         if issuer_not_after - now < MIN_ISSUER_REMAINING {
-            return Err(CaError::IssuerExpiring {
-                not_after: crate::issuers::rfc3339(issuer_not_after),
-            });
+            return Err(CaError::IssuerExpiring { not_after: crate::issuers::rfc3339(issuer_not_after) });
         }
         let not_after = (now + lifetime).min(issuer_not_after);
         Ok((now - self.backdate, not_after))
@@ -287,36 +256,17 @@ mod tests {
     fn validity_caps_at_issuer_and_backdates() {
         let p = Policy::default();
         let now = OffsetDateTime::now_utc();
-        let (nb, na) = p
-            .validity(Profile::Workload, None, now, now + time::Duration::days(1))
-            .expect("ok");
+        let (nb, na) = p.validity(Profile::Workload, None, now, now + time::Duration::days(1)).expect("ok");
         assert_eq!(nb, now - time::Duration::seconds(60));
         assert_eq!(na, now + time::Duration::hours(1));
-        let (_, na) = p
-            .validity(
-                Profile::Workload,
-                None,
-                now,
-                now + time::Duration::minutes(10),
-            )
-            .expect("capped");
+        let (_, na) = p.validity(Profile::Workload, None, now, now + time::Duration::minutes(10)).expect("capped");
         assert_eq!(na, now + time::Duration::minutes(10));
         assert!(matches!(
-            p.validity(
-                Profile::Workload,
-                None,
-                now,
-                now + time::Duration::seconds(30)
-            ),
+            p.validity(Profile::Workload, None, now, now + time::Duration::seconds(30)),
             Err(CaError::IssuerExpiring { .. })
         ));
         assert!(matches!(
-            p.validity(
-                Profile::Workload,
-                Some(Duration::from_secs(48 * 3600)),
-                now,
-                now + time::Duration::days(9)
-            ),
+            p.validity(Profile::Workload, Some(Duration::from_secs(48 * 3600)), now, now + time::Duration::days(9)),
             Err(CaError::LifetimeTooLong { .. })
         ));
     }

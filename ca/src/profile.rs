@@ -4,8 +4,8 @@
 use std::fmt;
 
 use rcgen::{
-    CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType,
+    CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    SanType,
 };
 use time::OffsetDateTime;
 
@@ -46,9 +46,7 @@ impl std::str::FromStr for Profile {
         match s {
             "workload" => Ok(Profile::Workload),
             "tls-server" => Ok(Profile::TlsServer),
-            other => Err(CaError::Config(format!(
-                "unknown profile {other:?}: expected workload or tls-server"
-            ))),
+            other => Err(CaError::Config(format!("unknown profile {other:?}: expected workload or tls-server"))),
         }
     }
 }
@@ -65,10 +63,7 @@ pub(crate) struct LeafSpec<'a> {
 }
 
 /// Builds the rcgen parameters for a leaf certificate.
-pub(crate) fn leaf_params(
-    spec: &LeafSpec<'_>,
-    policy: &Policy,
-) -> Result<CertificateParams, CaError> {
+pub(crate) fn leaf_params(spec: &LeafSpec<'_>, policy: &Policy) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     p.serial_number = Some(spec.serial.to_rcgen());
     p.not_before = spec.not_before;
@@ -83,19 +78,15 @@ pub(crate) fn leaf_params(
         .iter()
         .map(|n| {
             Ok(match n {
-                Name::Dns(d) => {
-                    SanType::DnsName(d.clone().try_into().map_err(|_| CaError::BadName {
-                        name: d.clone(),
-                        reason: "not IA5".into(),
-                    })?)
-                }
+                Name::Dns(d) => SanType::DnsName(
+                    d.clone().try_into().map_err(|_| CaError::BadName { name: d.clone(), reason: "not IA5".into() })?,
+                ),
                 Name::Ip(ip) => SanType::IpAddress(*ip),
-                Name::Spiffe(s) => {
-                    SanType::URI(s.to_string().try_into().map_err(|_| CaError::BadName {
-                        name: s.to_string(),
-                        reason: "not IA5".into(),
-                    })?)
-                }
+                Name::Spiffe(s) => SanType::URI(
+                    s.to_string()
+                        .try_into()
+                        .map_err(|_| CaError::BadName { name: s.to_string(), reason: "not IA5".into() })?,
+                ),
             })
         })
         .collect::<Result<_, CaError>>()?;
@@ -108,16 +99,11 @@ pub(crate) fn leaf_params(
         p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
     p.extended_key_usages = match spec.profile {
-        Profile::Workload => vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
+        Profile::Workload => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         Profile::TlsServer => vec![ExtendedKeyUsagePurpose::ServerAuth],
     };
     if let Some(url) = &policy.crl_url {
-        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
-            uris: vec![url.clone()],
-        }];
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![url.clone()] }];
     }
     if let Some(url) = &policy.ca_issuers_url {
         p.custom_extensions.push(aia_ca_issuers(url));
@@ -132,8 +118,7 @@ fn aia_ca_issuers(url: &str) -> CustomExtension {
     let content = yasna::construct_der(|w| {
         w.write_sequence(|w| {
             w.next().write_sequence(|w| {
-                w.next()
-                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(CA_ISSUERS));
+                w.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(CA_ISSUERS));
                 // GeneralName uniformResourceIdentifier: [6] IMPLICIT IA5String
                 w.next().write_tagged_implicit(yasna::Tag::context(6), |w| {
                     w.write_bytes(url.as_bytes());

@@ -16,8 +16,7 @@ impl Serial {
     /// INTEGER is always exactly 16 octets and its hex form is canonical.
     pub fn random(rng: &SystemRandom) -> Result<Self, CaError> {
         let mut b = [0u8; 16];
-        rng.fill(&mut b)
-            .map_err(|_| CaError::Key("system RNG failed".into()))?;
+        rng.fill(&mut b).map_err(|_| CaError::Key("system RNG failed".into()))?;
         b[0] = (b[0] & 0x7f) | 0x40;
         Ok(Serial(b))
     }

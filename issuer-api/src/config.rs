@@ -60,10 +60,9 @@ impl Config {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config file {}", p.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("invalid config file {}", p.display()))?
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
             }
             None => Config::default(),
         };
@@ -74,9 +73,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.policy.validate().context("invalid [policy]")?;
         if self.server_names.is_empty() {
-            bail!(
-                "server_names must name at least one DNS name or IP address for the server certificate"
-            );
+            bail!("server_names must name at least one DNS name or IP address for the server certificate");
         }
         if self.init.intermediate_lifetime > self.init.root_lifetime {
             bail!("[init] intermediate_lifetime may not exceed root_lifetime");
@@ -118,10 +115,7 @@ mod tests {
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").is_err());
         assert!(toml::from_str::<Config>("listen = \"not an address\"\n").is_err());
-        assert!(
-            toml::from_str::<Config>("[policy.workload]\ndefault = \"1h\"\nmax = \"eventually\"\n")
-                .is_err()
-        );
+        assert!(toml::from_str::<Config>("[policy.workload]\ndefault = \"1h\"\nmax = \"eventually\"\n").is_err());
         let cfg: Config = toml::from_str(
             "data_dir = \"/tmp/x\"\n[policy]\ntrust_domain = \"example.org\"\n[policy.workload]\ndefault = \"5m\"\nmax = \"1h\"\n",
         )

@@ -27,10 +27,7 @@ impl ResolvesServerCert for ServerIdentity {
     }
 }
 
-async fn issue(
-    authority: &Authority,
-    names: &[String],
-) -> anyhow::Result<(Arc<CertifiedKey>, time::OffsetDateTime)> {
+async fn issue(authority: &Authority, names: &[String]) -> anyhow::Result<(Arc<CertifiedKey>, time::OffsetDateTime)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = ca::rcgen::DistinguishedName::new();
@@ -52,36 +49,23 @@ async fn issue(
         })
         .await?;
     let mut chain = vec![CertificateDer::from(issued.der.clone())];
-    chain.extend(
-        issued
-            .chain_der
-            .iter()
-            .map(|d| CertificateDer::from(d.clone())),
-    );
-    let signing = any_supported_type(&PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        key.serialize_der(),
-    )))?;
-    Ok((
-        Arc::new(CertifiedKey::new(chain, signing)),
-        issued.not_after,
-    ))
+    chain.extend(issued.chain_der.iter().map(|d| CertificateDer::from(d.clone())));
+    let signing = any_supported_type(&PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))?;
+    Ok((Arc::new(CertifiedKey::new(chain, signing)), issued.not_after))
 }
 
 impl ServerIdentity {
     /// Issues the first certificate and starts the renewal task.
     pub async fn start(authority: Arc<Authority>, names: Vec<String>) -> anyhow::Result<Arc<Self>> {
         let (ck, not_after) = issue(&authority, &names).await?;
-        let me = Arc::new(ServerIdentity {
-            current: RwLock::new(ck),
-        });
+        let me = Arc::new(ServerIdentity { current: RwLock::new(ck) });
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
             let mut not_after = not_after;
             loop {
                 let left = (not_after - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-                let wait = Duration::try_from(left * 2 / 3)
-                    .unwrap_or(Duration::from_secs(60))
-                    .max(Duration::from_secs(5));
+                let wait =
+                    Duration::try_from(left * 2 / 3).unwrap_or(Duration::from_secs(60)).max(Duration::from_secs(5));
                 tokio::time::sleep(wait).await;
                 let Some(me) = weak.upgrade() else { return };
                 match issue(&authority, &names).await {

@@ -43,9 +43,7 @@ pub async fn run_server(
         ops::announce(&cfg, &material);
         pass = Some(p);
     }
-    let (pass, source) = pass.ok_or(ca::CaError::MissingPassphrase {
-        env: ca::PASSPHRASE_ENV.into(),
-    })?;
+    let (pass, source) = pass.ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })?;
     if source == PassphraseSource::DevFile {
         ops::warn_dev_passphrase(&cfg);
     }
@@ -54,9 +52,8 @@ pub async fn run_server(
     let identity = identity::ServerIdentity::start(authority.clone(), cfg.server_names.clone())
         .await
         .context("issuing the server's own TLS certificate")?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         info!(address = %addr, "listening on a non-loopback address");

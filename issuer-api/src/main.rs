@@ -21,12 +21,7 @@ struct Cli {
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Database URL, sqlite:// or postgres:// (overrides `database_url`).
-    #[arg(
-        long,
-        global = true,
-        env = "LANYARD_DATABASE_URL",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "LANYARD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// File with the CA passphrase (else LANYARD_CA_PASSPHRASE).
     #[arg(long, global = true)]
@@ -71,9 +66,7 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
@@ -96,13 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     init_logging(cfg.log_format);
     match cli.command {
-        Command::Init {
-            key_algorithm,
-            import_root,
-            import_root_key,
-            import_intermediate,
-            import_intermediate_key,
-        } => {
+        Command::Init { key_algorithm, import_root, import_root_key, import_intermediate, import_intermediate_key } => {
             if let Some(a) = key_algorithm {
                 cfg.init.key_algorithm = a;
             }
@@ -114,9 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 import_intermediate_key.as_deref(),
             )?;
             let (pass, _) = ops::passphrase(&cfg)?
-                .ok_or(ca::CaError::MissingPassphrase {
-                    env: ca::PASSPHRASE_ENV.into(),
-                })
+                .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("init needs the passphrase that will protect the CA keys")?;
             let store = ops::open_store(&cfg).await?;
             let material = ops::init(&cfg, &store, &pass, import.as_ref()).await?;
@@ -128,21 +113,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.listen = l;
             }
             let shutdown = async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(_) => return std::future::pending().await,
-                    };
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
             };
-            issuer_api::run_server(cfg, shutdown, |addr| {
-                println!("lanyard-ca: listening on https://{addr}")
-            })
-            .await
+            issuer_api::run_server(cfg, shutdown, |addr| println!("lanyard-ca: listening on https://{addr}")).await
         }
         Command::Status => {
             let store = ops::open_store(&cfg).await?;

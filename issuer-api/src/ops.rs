@@ -3,9 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ca::{
-    AuditEvent, CaMaterial, ImportedCa, IssuerRecord, Outcome, Passphrase, Store, TrustBundle,
-};
+use ca::{AuditEvent, CaMaterial, ImportedCa, IssuerRecord, Outcome, Passphrase, Store, TrustBundle};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -32,10 +30,7 @@ pub fn passphrase(cfg: &Config) -> anyhow::Result<Option<(Passphrase, Passphrase
     }
     let dev = cfg.dev_passphrase_path();
     if dev.exists() {
-        return Ok(Some((
-            Passphrase::from_file(&dev)?,
-            PassphraseSource::DevFile,
-        )));
+        return Ok(Some((Passphrase::from_file(&dev)?, PassphraseSource::DevFile)));
     }
     Ok(None)
 }
@@ -44,9 +39,7 @@ pub fn passphrase(cfg: &Config) -> anyhow::Result<Option<(Passphrase, Passphrase
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     create_private_dir(&cfg.data_dir)?;
     let url = cfg.database_url()?;
-    Store::open(&url)
-        .await
-        .with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
+    Store::open(&url).await.with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -80,19 +73,11 @@ pub async fn init(
         None => ca::create_ca(&cfg.init, pass)?,
     };
     // Files first, then the journal: if the insert fails, a rerun simply overwrites the files.
-    ca::write_atomic(
-        &cfg.root_cert_path(),
-        material.root.cert_pem.as_bytes(),
-        0o644,
-    )?;
+    ca::write_atomic(&cfg.root_cert_path(), material.root.cert_pem.as_bytes(), 0o644)?;
     if let Some(k) = &material.root_key_pem_enc {
         ca::write_atomic(&cfg.root_key_path(), k.as_bytes(), 0o600)?;
     }
-    let how = if import.is_some() {
-        "imported"
-    } else {
-        "created"
-    };
+    let how = if import.is_some() { "imported" } else { "created" };
     let mut audit = vec![
         AuditEvent::now(
             "operator",
@@ -118,9 +103,7 @@ pub async fn init(
             format!("root key signed intermediate {}", material.intermediate.id),
         ));
     }
-    store
-        .insert_issuers(&[&material.root, &material.intermediate], &audit)
-        .await?;
+    store.insert_issuers(&[&material.root, &material.intermediate], &audit).await?;
     info!(root = %material.root.id, intermediate = %material.intermediate.id, "CA {how}");
     Ok(material)
 }
@@ -133,8 +116,7 @@ pub fn read_import(
     intermediate_key: Option<&Path>,
 ) -> anyhow::Result<Option<ImportedCa>> {
     let read = |p: Option<&Path>| -> anyhow::Result<Option<String>> {
-        p.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
-            .transpose()
+        p.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()
     };
     let Some(root_cert_pem) = read(root)? else {
         if root_key.is_some() || intermediate.is_some() || intermediate_key.is_some() {
@@ -155,18 +137,11 @@ pub async fn status(store: &Store) -> anyhow::Result<String> {
     use std::fmt::Write;
     let journal = store.issuers().await?;
     if journal.is_empty() {
-        return Ok(
-            "not initialized: run `lanyard-ca init` (or `lanyard-ca serve` for a development CA)\n"
-                .into(),
-        );
+        return Ok("not initialized: run `lanyard-ca init` (or `lanyard-ca serve` for a development CA)\n".into());
     }
     let mut out = String::new();
     let now = time::OffsetDateTime::now_utc();
-    writeln!(
-        out,
-        "{:<17} {:<13} {:<9} {:<22} {:<10} subject",
-        "id", "kind", "state", "not after", "remaining"
-    )?;
+    writeln!(out, "{:<17} {:<13} {:<9} {:<22} {:<10} subject", "id", "kind", "state", "not after", "remaining")?;
     for r in &journal {
         writeln!(
             out,
@@ -174,23 +149,15 @@ pub async fn status(store: &Store) -> anyhow::Result<String> {
             r.id,
             r.kind.as_str(),
             r.state.as_str(),
-            r.not_after
-                .format(&time::format_description::well_known::Rfc3339)?,
+            r.not_after.format(&time::format_description::well_known::Rfc3339)?,
             remaining(r, now),
             r.subject
         )?;
     }
     let bundle = TrustBundle::from_journal(&journal);
     let (intent, issued, abandoned) = store.certificate_counts().await?;
-    writeln!(
-        out,
-        "\nroot fingerprint (sha256): {}",
-        bundle.primary_fingerprint().unwrap_or("-")
-    )?;
-    writeln!(
-        out,
-        "certificates: {issued} issued, {intent} in flight, {abandoned} abandoned"
-    )?;
+    writeln!(out, "\nroot fingerprint (sha256): {}", bundle.primary_fingerprint().unwrap_or("-"))?;
+    writeln!(out, "certificates: {issued} issued, {intent} in flight, {abandoned} abandoned")?;
     Ok(out)
 }
 
@@ -209,9 +176,7 @@ fn remaining(r: &IssuerRecord, now: time::OffsetDateTime) -> String {
 pub fn announce(cfg: &Config, material: &CaMaterial) {
     println!(
         "root certificate:   {}",
-        std::path::absolute(cfg.root_cert_path())
-            .unwrap_or(cfg.root_cert_path())
-            .display()
+        std::path::absolute(cfg.root_cert_path()).unwrap_or(cfg.root_cert_path()).display()
     );
     println!("root fingerprint:   sha256:{}", material.root.fingerprint);
     if material.root_key_pem_enc.is_some() {

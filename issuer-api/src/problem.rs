@@ -39,9 +39,7 @@ impl Problem {
 impl From<CaError> for Problem {
     fn from(e: CaError) -> Self {
         match e.kind() {
-            ErrorKind::BadRequest => {
-                Problem::new(StatusCode::BAD_REQUEST, "badRequest", e.to_string())
-            }
+            ErrorKind::BadRequest => Problem::new(StatusCode::BAD_REQUEST, "badRequest", e.to_string()),
             ErrorKind::Rejected => Problem::new(StatusCode::FORBIDDEN, "rejected", e.to_string()),
             ErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "CA unavailable");
@@ -53,11 +51,7 @@ impl From<CaError> for Problem {
             }
             _ => {
                 tracing::error!(error = %e, "internal error");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
         }
     }
@@ -68,10 +62,7 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut r = (status, body).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         r
     }
 }

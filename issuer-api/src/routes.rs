@@ -21,33 +21,18 @@ pub struct AppState {
 /// PEM chains are served as `application/pem-certificate-chain` (RFC 8555 section 9.1).
 fn pem(body: String) -> Response {
     let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/pem-certificate-chain"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
     r
 }
 
 async fn bundle(state: &AppState) -> Result<TrustBundle, Problem> {
-    Ok(TrustBundle::from_journal(
-        &state
-            .authority
-            .store()
-            .issuers()
-            .await
-            .map_err(Problem::from)?,
-    ))
+    Ok(TrustBundle::from_journal(&state.authority.store().issuers().await.map_err(Problem::from)?))
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
     let active = state.authority.active_issuer().map_err(Problem::from)?;
     // A health check that does not reach the store would report "ok" while issuance fails.
-    state
-        .authority
-        .store()
-        .certificate_counts()
-        .await
-        .map_err(Problem::from)?;
+    state.authority.store().certificate_counts().await.map_err(Problem::from)?;
     Ok(axum::Json(serde_json::json!({
         "status": "ok",
         "active_issuer": active.record.id,
@@ -61,11 +46,7 @@ async fn roots(State(state): State<Arc<AppState>>) -> Result<Response, Problem> 
 }
 
 async fn chain(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
-    Ok(pem(state
-        .authority
-        .active_issuer()
-        .map_err(Problem::from)?
-        .chain_pem()))
+    Ok(pem(state.authority.active_issuer().map_err(Problem::from)?.chain_pem()))
 }
 
 async fn fingerprint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
@@ -83,10 +64,7 @@ async fn fingerprint(State(state): State<Arc<AppState>>) -> Result<Response, Pro
             })
         })
         .collect();
-    Ok(
-        axum::Json(serde_json::json!({ "sha256": b.primary_fingerprint(), "roots": roots }))
-            .into_response(),
-    )
+    Ok(axum::Json(serde_json::json!({ "sha256": b.primary_fingerprint(), "roots": roots })).into_response())
 }
 
 async fn not_found() -> Problem {

@@ -19,11 +19,7 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is not built (cargo build --workspace --bins)",
-        p.display()
-    );
+    assert!(p.exists(), "{} is not built (cargo build --workspace --bins)", p.display());
     p
 }
 
@@ -48,20 +44,12 @@ impl Drop for CaProcess {
 /// Starts `lanyard-ca serve` on a free loopback port and waits until it listens.
 pub fn start_ca(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<CaProcess> {
     let mut cmd = Command::new(bin("lanyard-ca"));
-    cmd.args(args)
-        .arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0");
-    cmd.env_remove("LANYARD_CA_PASSPHRASE")
-        .env("LANYARD_LOG", "warn");
+    cmd.args(args).arg("serve").arg("--listen").arg("127.0.0.1:0");
+    cmd.env_remove("LANYARD_CA_PASSPHRASE").env("LANYARD_LOG", "warn");
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn lanyard-ca")?;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawn lanyard-ca")?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut banner = String::new();
     let mut lines = BufReader::new(stdout).lines();
@@ -78,11 +66,7 @@ pub fn start_ca(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<CaProces
         banner.push('\n');
         if let Some(addr) = line.strip_prefix("lanyard-ca: listening on https://") {
             let addr = addr.parse()?;
-            return Ok(CaProcess {
-                child,
-                addr,
-                banner,
-            });
+            return Ok(CaProcess { child, addr, banner });
         }
     }
 }
@@ -90,9 +74,7 @@ pub fn start_ca(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<CaProces
 /// Runs `lanyard-ca` to completion; returns (success, stdout, stderr).
 pub fn run_ca(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(bool, String, String)> {
     let mut cmd = Command::new(bin("lanyard-ca"));
-    cmd.args(args)
-        .env_remove("LANYARD_CA_PASSPHRASE")
-        .env("LANYARD_LOG", "warn");
+    cmd.args(args).env_remove("LANYARD_CA_PASSPHRASE").env("LANYARD_LOG", "warn");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -163,66 +145,41 @@ pub async fn https_get(
     root_pem: Option<&str>,
 ) -> anyhow::Result<Response> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let config = match root_pem {
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in <CertificateDer<'static> as rustls_pki_types::pem::PemObject>::pem_slice_iter(
-                pem.as_bytes(),
-            ) {
+            for c in <CertificateDer<'static> as rustls_pki_types::pem::PemObject>::pem_slice_iter(pem.as_bytes()) {
                 roots.add(c?)?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-            .with_no_client_auth(),
+        None => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
+        }
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(10),
-        connector.connect(ServerName::try_from(host.to_owned())?, tcp),
-    )
-    .await
-    .context("TLS handshake timed out")??;
-    let peer_chain = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.to_vec())
-        .unwrap_or_default();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    let tls =
+        tokio::time::timeout(Duration::from_secs(10), connector.connect(ServerName::try_from(host.to_owned())?, tcp))
+            .await
+            .context("TLS handshake timed out")??;
+    let peer_chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", host)
-        .body(Empty::<Bytes>::new())?;
+    let req = hyper::Request::get(path).header("host", host).body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let body = resp.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Response {
-        status,
-        content_type,
-        body,
-        peer_chain,
-    })
+    Ok(Response { status, content_type, body, peer_chain })
 }
 
 /// SHA-256 of the first certificate in a PEM text, hex.
 pub fn pem_fingerprint(pem: &str) -> anyhow::Result<String> {
-    let der = <CertificateDer<'static> as rustls_pki_types::pem::PemObject>::pem_slice_iter(
-        pem.as_bytes(),
-    )
-    .next()
-    .context("no certificate in PEM")??;
+    let der = <CertificateDer<'static> as rustls_pki_types::pem::PemObject>::pem_slice_iter(pem.as_bytes())
+        .next()
+        .context("no certificate in PEM")??;
     Ok(ca::sha256_fingerprint(&der))
 }

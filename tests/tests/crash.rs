@@ -15,26 +15,16 @@ async fn databases(dir: &std::path::Path) -> Vec<String> {
     let mut v = vec![format!("sqlite://{}", dir.join("crash.db").display())];
     if let Ok(admin) = std::env::var("LANYARD_TEST_POSTGRES_URL") {
         use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect to the test PostgreSQL");
+        let mut c = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
         let name = format!("lanyard_crash_{}", std::process::id());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name}"
-        )))
-        .execute(&mut c)
-        .await
-        .expect("drop");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
             .execute(&mut c)
             .await
-            .expect("create");
+            .expect("drop");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.expect("create");
         v.push(format!("{}/{name}", admin.rsplit_once('/').expect("db").0));
     } else {
-        assert!(
-            std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(),
-            "PostgreSQL required but not provided"
-        );
+        assert!(std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(), "PostgreSQL required but not provided");
     }
     v
 }
@@ -45,19 +35,13 @@ fn run_child(url: &str, crash_at: Option<&str>) -> (bool, String) {
     p.distinguished_name = ca::rcgen::DistinguishedName::new();
     let csr = p.serialize_request(&key).expect("csr");
     let mut cmd = Command::new(bin("crash-issue"));
-    cmd.arg(url)
-        .arg(hex::encode(csr.der()))
-        .env("LANYARD_CA_PASSPHRASE", PASS)
-        .env("RUST_BACKTRACE", "0");
+    cmd.arg(url).arg(hex::encode(csr.der())).env("LANYARD_CA_PASSPHRASE", PASS).env("RUST_BACKTRACE", "0");
     match crash_at {
         Some(s) => cmd.env("LANYARD_CRASH_AT", s),
         None => cmd.env_remove("LANYARD_CRASH_AT"),
     };
     let out = cmd.output().expect("spawn crash-issue");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[tokio::test]
@@ -71,13 +55,7 @@ async fn killed_between_steps_never_returns_unrecorded_and_never_reuses_serials(
             store
                 .insert_issuers(
                     &[&m.root, &m.intermediate],
-                    &[AuditEvent::now(
-                        "operator",
-                        "ca.init",
-                        &m.root.id,
-                        Outcome::Success,
-                        "",
-                    )],
+                    &[AuditEvent::now("operator", "ca.init", &m.root.id, Outcome::Success, "")],
                 )
                 .await
                 .expect("insert");
@@ -93,32 +71,19 @@ async fn killed_between_steps_never_returns_unrecorded_and_never_reuses_serials(
         for step in ["intent", "signed", "recorded"] {
             let (ok, out) = run_child(&url, Some(step));
             assert!(!ok, "the child survived its crash point {step}");
-            assert!(
-                out.is_empty(),
-                "a crashed child returned a certificate at {step}: {out}"
-            );
+            assert!(out.is_empty(), "a crashed child returned a certificate at {step}: {out}");
             crashed.push(step);
         }
 
         let store = Store::open(&url).await.expect("reopen");
-        let rec = store
-            .certificate(&clean_serial)
-            .await
-            .expect("read")
-            .expect("clean certificate recorded");
+        let rec = store.certificate(&clean_serial).await.expect("read").expect("clean certificate recorded");
         assert_eq!(rec.status, CertificateStatus::Issued);
         assert!(out_matches(&rec.cert_pem, &clean_serial));
 
         let all = store.certificates(100).await.expect("list");
         assert_eq!(all.len(), 4, "one row per attempt: {all:?}");
-        let intents: Vec<_> = all
-            .iter()
-            .filter(|r| r.status == CertificateStatus::Intent)
-            .collect();
-        let issued: Vec<_> = all
-            .iter()
-            .filter(|r| r.status == CertificateStatus::Issued)
-            .collect();
+        let intents: Vec<_> = all.iter().filter(|r| r.status == CertificateStatus::Intent).collect();
+        let issued: Vec<_> = all.iter().filter(|r| r.status == CertificateStatus::Issued).collect();
         // Crashes after "intent" and after "signed" leave an intent without a certificate; a crash
         // after "recorded" leaves a recorded certificate that was never handed out.
         assert_eq!(intents.len(), 2, "{all:?}");
@@ -126,19 +91,9 @@ async fn killed_between_steps_never_returns_unrecorded_and_never_reuses_serials(
         assert!(intents.iter().all(|r| r.cert_pem.is_none()));
 
         // Recovery marks stale intents abandoned; their serials stay reserved forever.
-        assert_eq!(
-            store
-                .abandon_stale_intents(std::time::Duration::ZERO)
-                .await
-                .expect("abandon"),
-            2
-        );
+        assert_eq!(store.abandon_stale_intents(std::time::Duration::ZERO).await.expect("abandon"), 2);
         for r in &intents {
-            let again = store
-                .certificate(&r.serial)
-                .await
-                .expect("read")
-                .expect("row");
+            let again = store.certificate(&r.serial).await.expect("read").expect("row");
             assert_eq!(again.status, CertificateStatus::Abandoned);
             let reuse = store
                 .record_intent(CertificateIntent {
@@ -153,11 +108,7 @@ async fn killed_between_steps_never_returns_unrecorded_and_never_reuses_serials(
                     not_after: time::OffsetDateTime::now_utc(),
                 })
                 .await;
-            assert!(
-                reuse.is_err(),
-                "serial {} could be reserved twice",
-                r.serial
-            );
+            assert!(reuse.is_err(), "serial {} could be reserved twice", r.serial);
         }
         let serials: std::collections::HashSet<_> = all.iter().map(|r| r.serial.clone()).collect();
         assert_eq!(serials.len(), all.len());
@@ -172,8 +123,9 @@ async fn killed_between_steps_never_returns_unrecorded_and_never_reuses_serials(
 
 fn out_matches(pem: &Option<String>, serial: &str) -> bool {
     let Some(pem) = pem else { return false };
-    let der = <rustls_pki_types::CertificateDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(pem.as_bytes())
-        .expect("pem");
+    let der =
+        <rustls_pki_types::CertificateDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(pem.as_bytes())
+            .expect("pem");
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
     hex::encode(cert.raw_serial()) == serial
 }

@@ -57,11 +57,7 @@ pub(crate) fn db_err(e: sqlx::Error) -> CaError {
                 || code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57P");
-            if unavailable {
-                CaError::StoreUnavailable(e.to_string())
-            } else {
-                CaError::Store(e.to_string())
-            }
+            if unavailable { CaError::StoreUnavailable(e.to_string()) } else { CaError::Store(e.to_string()) }
         }
         other => CaError::Store(other.to_string()),
     }
@@ -72,8 +68,7 @@ pub(crate) fn unix(t: OffsetDateTime) -> i64 {
 }
 
 pub(crate) fn from_unix(s: i64) -> Result<OffsetDateTime, CaError> {
-    OffsetDateTime::from_unix_timestamp(s)
-        .map_err(|e| CaError::Store(format!("bad timestamp {s}: {e}")))
+    OffsetDateTime::from_unix_timestamp(s).map_err(|e| CaError::Store(format!("bad timestamp {s}: {e}")))
 }
 
 impl Store {
@@ -92,13 +87,9 @@ impl Store {
                 redact_url(url)
             )));
         };
-        let url = if backend == Backend::Sqlite && !url.contains('?') {
-            format!("{url}?mode=rwc")
-        } else {
-            url.to_owned()
-        };
-        let opts = AnyConnectOptions::from_str(&url)
-            .map_err(|e| CaError::Config(format!("database URL: {e}")))?;
+        let url =
+            if backend == Backend::Sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_owned() };
+        let opts = AnyConnectOptions::from_str(&url).map_err(|e| CaError::Config(format!("database URL: {e}")))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
@@ -121,17 +112,10 @@ impl Store {
                 CaError::Store(m) => CaError::StoreUnavailable(m),
                 other => other,
             })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| CaError::Store(format!("migrations: {e}")))?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| CaError::Store(format!("migrations: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer::run(pool.clone(), rx));
-        Ok(Store {
-            pool,
-            backend,
-            writer: tx,
-        })
+        Ok(Store { pool, backend, writer: tx })
     }
 
     /// The database kind.
@@ -150,8 +134,7 @@ impl Store {
             .send(Job { write, reply })
             .await
             .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?
+        rx.await.map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?
     }
 
     /// Step 1 of issuance: reserve the serial (primary key) and record what is about to be signed.
@@ -161,12 +144,7 @@ impl Store {
     }
 
     /// Step 3 of issuance: record the signed certificate and its audit event in one transaction.
-    pub async fn record_issued(
-        &self,
-        serial: &str,
-        cert_pem: String,
-        audit: AuditEvent,
-    ) -> Result<(), CaError> {
+    pub async fn record_issued(&self, serial: &str, cert_pem: String, audit: AuditEvent) -> Result<(), CaError> {
         self.submit(Write::Issued {
             serial: serial.to_owned(),
             cert_pem,
@@ -185,25 +163,22 @@ impl Store {
     /// certificate, so it was never returned. The serial stays reserved. Returns how many.
     pub async fn abandon_stale_intents(&self, older_than: Duration) -> Result<u64, CaError> {
         let cutoff = unix(OffsetDateTime::now_utc()) - older_than.as_secs() as i64;
-        let r = sqlx::query("UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' AND created_at <= $1")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let r =
+            sqlx::query("UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' AND created_at <= $1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
         Ok(r.rows_affected())
     }
 
     /// One certificate by serial (hex).
     pub async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, CaError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            records::cert_columns!(),
-            " FROM certificates WHERE serial = $1"
-        ))
-        .bind(serial)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let row = sqlx::query(concat!("SELECT ", records::cert_columns!(), " FROM certificates WHERE serial = $1"))
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
         row.map(|r| CertificateRecord::from_row(&r)).transpose()
     }
 
@@ -264,11 +239,7 @@ impl Store {
     }
 
     /// Adds issuers to the journal with their audit events, all or nothing.
-    pub async fn insert_issuers(
-        &self,
-        issuers: &[&IssuerRecord],
-        audit: &[AuditEvent],
-    ) -> Result<(), CaError> {
+    pub async fn insert_issuers(&self, issuers: &[&IssuerRecord], audit: &[AuditEvent]) -> Result<(), CaError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for r in issuers {
             sqlx::query(
@@ -313,11 +284,7 @@ impl Store {
 
     /// The active issuer of a kind, if any.
     pub async fn active_issuer(&self, kind: IssuerKind) -> Result<Option<IssuerRecord>, CaError> {
-        Ok(self
-            .issuers()
-            .await?
-            .into_iter()
-            .find(|r| r.kind == kind && r.state == IssuerState::Active))
+        Ok(self.issuers().await?.into_iter().find(|r| r.kind == kind && r.state == IssuerState::Active))
     }
 }
 

@@ -89,9 +89,7 @@ impl CertificateRecord {
                 "issued" => CertificateStatus::Issued,
                 "abandoned" => CertificateStatus::Abandoned,
                 other => {
-                    return Err(CaError::Store(format!(
-                        "unknown certificate status {other:?}"
-                    )));
+                    return Err(CaError::Store(format!("unknown certificate status {other:?}")));
                 }
             },
             issuer_id: r.try_get("issuer_id").map_err(db_err)?,
@@ -103,11 +101,7 @@ impl CertificateRecord {
             not_before: from_unix(r.try_get("not_before").map_err(db_err)?)?,
             not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
             cert_pem: r.try_get("cert_pem").map_err(db_err)?,
-            revoked_at: r
-                .try_get::<Option<i64>, _>("revoked_at")
-                .map_err(db_err)?
-                .map(from_unix)
-                .transpose()?,
+            revoked_at: r.try_get::<Option<i64>, _>("revoked_at").map_err(db_err)?.map(from_unix).transpose()?,
         })
     }
 }

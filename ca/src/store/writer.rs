@@ -14,12 +14,7 @@ const MAX_BATCH: usize = 512;
 
 pub(super) enum Write {
     Intent(CertificateIntent),
-    Issued {
-        serial: String,
-        cert_pem: String,
-        issued_at: i64,
-        audit: AuditEvent,
-    },
+    Issued { serial: String, cert_pem: String, issued_at: i64, audit: AuditEvent },
     Audit(AuditEvent),
 }
 
@@ -49,11 +44,8 @@ pub(super) async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
                 let msg = e.to_string();
                 let unavailable = matches!(e, CaError::StoreUnavailable(_));
                 for job in batch.drain(..) {
-                    let err = if unavailable {
-                        CaError::StoreUnavailable(msg.clone())
-                    } else {
-                        CaError::Store(msg.clone())
-                    };
+                    let err =
+                        if unavailable { CaError::StoreUnavailable(msg.clone()) } else { CaError::Store(msg.clone()) };
                     let _ = job.reply.send(Err(err));
                 }
             }
@@ -91,12 +83,7 @@ async fn apply(tx: &mut Transaction<'static, Any>, write: &Write) -> Result<(), 
             .await
             .map_err(db_err)?;
         }
-        Write::Issued {
-            serial,
-            cert_pem,
-            issued_at,
-            audit,
-        } => {
+        Write::Issued { serial, cert_pem, issued_at, audit } => {
             let r = sqlx::query(
                 "UPDATE certificates SET status = 'issued', cert_pem = $1, issued_at = $2 \
                  WHERE serial = $3 AND status = 'intent'",
@@ -108,9 +95,7 @@ async fn apply(tx: &mut Transaction<'static, Any>, write: &Write) -> Result<(), 
             .await
             .map_err(db_err)?;
             if r.rows_affected() != 1 {
-                return Err(CaError::Store(format!(
-                    "no pending intent for serial {serial}"
-                )));
+                return Err(CaError::Store(format!("no pending intent for serial {serial}")));
             }
             insert_audit(tx, audit).await.map_err(db_err)?;
         }
@@ -121,23 +106,22 @@ async fn apply(tx: &mut Transaction<'static, Any>, write: &Write) -> Result<(), 
 
 /// Inserts one audit event. Ids are the event time in nanoseconds followed by random bits, so they
 /// sort by time and never collide across replicas.
-pub(super) async fn insert_audit(
-    tx: &mut Transaction<'static, Any>,
-    ev: &AuditEvent,
-) -> Result<(), sqlx::Error> {
+pub(super) async fn insert_audit(tx: &mut Transaction<'static, Any>, ev: &AuditEvent) -> Result<(), sqlx::Error> {
     use ring::rand::SecureRandom;
     let mut rnd = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut rnd);
     let id = format!("{:020}-{}", ev.at.unix_timestamp_nanos(), hex::encode(rnd));
-    sqlx::query("INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-        .bind(id)
-        .bind(unix(ev.at))
-        .bind(&ev.actor)
-        .bind(&ev.action)
-        .bind(&ev.target)
-        .bind(ev.outcome.as_str())
-        .bind(&ev.detail)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+    sqlx::query(
+        "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(unix(ev.at))
+    .bind(&ev.actor)
+    .bind(&ev.action)
+    .bind(&ev.target)
+    .bind(ev.outcome.as_str())
+    .bind(&ev.detail)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
 }

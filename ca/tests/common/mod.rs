@@ -31,18 +31,13 @@ pub async fn databases(dir: &Path) -> Vec<String> {
 /// Creates an empty database on the test server and returns its URL.
 pub async fn fresh_pg_database(admin_url: &str) -> String {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .expect("connect to the test PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.expect("connect to the test PostgreSQL");
     let name = format!("lanyard_{}", hex::encode(rand_bytes()));
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
         .expect("create database");
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .expect("URL has a database");
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).expect("URL has a database");
     format!("{base}/{name}")
 }
 
@@ -60,19 +55,11 @@ pub async fn authority(url: &str, policy: Policy) -> (Authority, ca::CaMaterial)
     store
         .insert_issuers(
             &[&material.root, &material.intermediate],
-            &[AuditEvent::now(
-                "operator",
-                "ca.init",
-                &material.root.id,
-                Outcome::Success,
-                "test",
-            )],
+            &[AuditEvent::now("operator", "ca.init", &material.root.id, Outcome::Success, "test")],
         )
         .await
         .expect("insert issuers");
-    let auth = Authority::load(store, policy, &pass())
-        .await
-        .expect("load authority");
+    let auth = Authority::load(store, policy, &pass()).await.expect("load authority");
     (auth, material)
 }
 
@@ -106,11 +93,8 @@ pub fn p256() -> KeyPair {
 
 /// Runs the openssl CLI; panics with its output when it fails.
 pub fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl (apt-get install openssl)");
+    let out =
+        Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl (apt-get install openssl)");
     assert!(
         out.status.success(),
         "openssl {args:?} failed: {}{}",

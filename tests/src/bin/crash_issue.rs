@@ -10,15 +10,9 @@ use ca::{Authority, IssuanceStep, IssueRequest, Passphrase, Policy, Profile, Sto
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: crash-issue DB_URL CSR_HEX"))?;
-    let csr = hex::decode(
-        args.next()
-            .ok_or_else(|| anyhow::anyhow!("usage: crash-issue DB_URL CSR_HEX"))?,
-    )?;
-    let pass =
-        Passphrase::from_env()?.ok_or_else(|| anyhow::anyhow!("LANYARD_CA_PASSPHRASE not set"))?;
+    let url = args.next().ok_or_else(|| anyhow::anyhow!("usage: crash-issue DB_URL CSR_HEX"))?;
+    let csr = hex::decode(args.next().ok_or_else(|| anyhow::anyhow!("usage: crash-issue DB_URL CSR_HEX"))?)?;
+    let pass = Passphrase::from_env()?.ok_or_else(|| anyhow::anyhow!("LANYARD_CA_PASSPHRASE not set"))?;
     let crash_at = match std::env::var("LANYARD_CRASH_AT").as_deref() {
         Ok("intent") => Some(IssuanceStep::IntentRecorded),
         Ok("signed") => Some(IssuanceStep::Signed),

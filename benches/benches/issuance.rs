@@ -1,0 +1,104 @@
+//! Issuance throughput: durable (intent + certificate committed, fsync on commit) against the
+//! ceiling of the same CPU work with nothing recorded.
+//!
+//! `cargo bench -p benches --bench issuance` (env `LANYARD_BENCH_N`: certificates per run,
+//! `LANYARD_BENCH_CONCURRENCY`: in-flight issuances in the all-cores run).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use benches::{report, tls_csrs};
+use ca::{Authority, AuditEvent, InitOptions, IssueRequest, Outcome, Passphrase, Policy, Profile, Store};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn authority(dir: &std::path::Path) -> Authority {
+    let pass = Passphrase::random().expect("pass");
+    let store = Store::open(&format!("sqlite://{}", dir.join("bench.db").display())).await.expect("store");
+    let m = ca::create_ca(&InitOptions::default(), &pass).expect("ca");
+    store
+        .insert_issuers(&[&m.root, &m.intermediate], &[AuditEvent::now("bench", "ca.init", &m.root.id, Outcome::Success, "")])
+        .await
+        .expect("insert");
+    Authority::load(store, Policy::default(), &pass).await.expect("load")
+}
+
+fn req(csr: &[u8]) -> IssueRequest<'_> {
+    IssueRequest { csr, profile: Profile::TlsServer, requester: "bench", lifetime: None, authorized: None }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run a quick smoke then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = env_usize("LANYARD_BENCH_N", if quick { 200 } else { 20_000 });
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let concurrency = env_usize("LANYARD_BENCH_CONCURRENCY", 256);
+    println!("issuance benchmark: {n} P-256 CSRs per run, {cores} cores, SQLite (WAL, synchronous=FULL)");
+    let csrs = Arc::new(tls_csrs(n));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build().expect("runtime");
+    let auth = Arc::new(rt.block_on(authority(dir.path())));
+
+    // Ceiling, one thread: verify CSR + policy + sign, nothing recorded.
+    let t = Instant::now();
+    for c in csrs.iter() {
+        auth.measure_ceiling(&req(c)).expect("sign");
+    }
+    let ceil_1 = report("ceiling (verify+sign), 1 thread", n, t.elapsed());
+
+    // Ceiling, all cores.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for k in 0..cores {
+            let (auth, csrs) = (auth.clone(), csrs.clone());
+            s.spawn(move || {
+                for c in csrs.iter().skip(k).step_by(cores) {
+                    auth.measure_ceiling(&req(c)).expect("sign");
+                }
+            });
+        }
+    });
+    let ceil_all = report(&format!("ceiling (verify+sign), {cores} threads"), n, t.elapsed());
+
+    // Durable, one at a time on a single-threaded runtime: every issuance pays its own commits.
+    let single_n = n.min(2_000);
+    let single = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dir1 = tempfile::tempdir().expect("tempdir");
+    let auth1 = single.block_on(authority(dir1.path()));
+    let t = Instant::now();
+    single.block_on(async {
+        for c in csrs.iter().take(single_n) {
+            auth1.issue(req(c)).await.expect("issue");
+        }
+    });
+    let durable_1 = report("durable issuance, 1 thread, sequential", single_n, t.elapsed());
+
+    // Durable, all cores, many in flight: group commit shares each fsync across a batch.
+    let t = Instant::now();
+    rt.block_on(async {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (auth, csrs, next) = (auth.clone(), csrs.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(c) = csrs.get(i) else { break };
+                    auth.issue(req(c)).await.expect("issue");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join");
+        }
+    });
+    let durable_all = report(&format!("durable issuance, {cores} cores, {concurrency} in flight"), n, t.elapsed());
+
+    let counts = rt.block_on(auth.store().certificate_counts()).expect("counts");
+    assert_eq!(counts.1 as usize, n, "every issued certificate is recorded");
+    println!();
+    println!("durable / ceiling, 1 thread:   {:>6.1} %", 100.0 * durable_1 / ceil_1);
+    println!("durable / ceiling, all cores:  {:>6.1} %  (target >= 70 %)", 100.0 * durable_all / ceil_all);
+}
