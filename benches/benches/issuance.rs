@@ -2,13 +2,13 @@
 //! ceiling of the same CPU work with nothing recorded.
 //!
 //! `cargo bench -p benches --bench issuance` (env `LANYARD_BENCH_N`: certificates per run,
-//! `LANYARD_BENCH_CONCURRENCY`: in-flight issuances in the all-cores run).
+//! `LANYARD_BENCH_CONCURRENCY`: comma-separated in-flight counts for the all-cores runs).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use benches::{report, tls_csrs};
-use ca::{Authority, AuditEvent, InitOptions, IssueRequest, Outcome, Passphrase, Policy, Profile, Store};
+use benches::{cpu_time, report, report_cpu, tls_csrs};
+use ca::{AuditEvent, Authority, InitOptions, IssueRequest, Outcome, Passphrase, Policy, Profile, Store};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -19,7 +19,10 @@ async fn authority(dir: &std::path::Path) -> Authority {
     let store = Store::open(&format!("sqlite://{}", dir.join("bench.db").display())).await.expect("store");
     let m = ca::create_ca(&InitOptions::default(), &pass).expect("ca");
     store
-        .insert_issuers(&[&m.root, &m.intermediate], &[AuditEvent::now("bench", "ca.init", &m.root.id, Outcome::Success, "")])
+        .insert_issuers(
+            &[&m.root, &m.intermediate],
+            &[AuditEvent::now("bench", "ca.init", &m.root.id, Outcome::Success, "")],
+        )
         .await
         .expect("insert");
     Authority::load(store, Policy::default(), &pass).await.expect("load")
@@ -34,7 +37,11 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = env_usize("LANYARD_BENCH_N", if quick { 200 } else { 20_000 });
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let concurrency = env_usize("LANYARD_BENCH_CONCURRENCY", 256);
+    let concurrency_sweep: Vec<usize> = match std::env::var("LANYARD_BENCH_CONCURRENCY") {
+        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Err(_) if quick => vec![64],
+        Err(_) => vec![256, 1024, 4096],
+    };
     println!("issuance benchmark: {n} P-256 CSRs per run, {cores} cores, SQLite (WAL, synchronous=FULL)");
     let csrs = Arc::new(tls_csrs(n));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -49,7 +56,7 @@ fn main() {
     let ceil_1 = report("ceiling (verify+sign), 1 thread", n, t.elapsed());
 
     // Ceiling, all cores.
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_time());
     std::thread::scope(|s| {
         for k in 0..cores {
             let (auth, csrs) = (auth.clone(), csrs.clone());
@@ -60,7 +67,7 @@ fn main() {
             });
         }
     });
-    let ceil_all = report(&format!("ceiling (verify+sign), {cores} threads"), n, t.elapsed());
+    let ceil_all = report_cpu(&format!("ceiling (verify+sign), {cores} threads"), n, t.elapsed(), cpu);
 
     // Durable, one at a time on a single-threaded runtime: every issuance pays its own commits.
     let single_n = n.min(2_000);
@@ -75,30 +82,37 @@ fn main() {
     });
     let durable_1 = report("durable issuance, 1 thread, sequential", single_n, t.elapsed());
 
-    // Durable, all cores, many in flight: group commit shares each fsync across a batch.
-    let t = Instant::now();
-    rt.block_on(async {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let (auth, csrs, next) = (auth.clone(), csrs.clone(), next.clone());
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(c) = csrs.get(i) else { break };
-                    auth.issue(req(c)).await.expect("issue");
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("join");
-        }
-    });
-    let durable_all = report(&format!("durable issuance, {cores} cores, {concurrency} in flight"), n, t.elapsed());
-
-    let counts = rt.block_on(auth.store().certificate_counts()).expect("counts");
-    assert_eq!(counts.1 as usize, n, "every issued certificate is recorded");
+    // Durable, all cores, many in flight: group commit shares each fsync across a batch. A sweep
+    // over in-flight counts shows how much concurrency the group commit needs.
+    let mut best = 0.0f64;
+    for &concurrency in &concurrency_sweep {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = Arc::new(rt.block_on(authority(dir.path())));
+        let (t, cpu) = (Instant::now(), cpu_time());
+        rt.block_on(async {
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let (auth, csrs, next) = (auth.clone(), csrs.clone(), next.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(c) = csrs.get(i) else { break };
+                        auth.issue(req(c)).await.expect("issue");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("join");
+            }
+        });
+        let r = report_cpu(&format!("durable issuance, {cores} cores, {concurrency} in flight"), n, t.elapsed(), cpu);
+        let counts = rt.block_on(auth.store().certificate_counts()).expect("counts");
+        assert_eq!(counts.1 as usize, n, "every issued certificate is recorded");
+        println!("{:<44} {:>6.1} % of the all-cores ceiling", "", 100.0 * r / ceil_all);
+        best = best.max(r);
+    }
     println!();
     println!("durable / ceiling, 1 thread:   {:>6.1} %", 100.0 * durable_1 / ceil_1);
-    println!("durable / ceiling, all cores:  {:>6.1} %  (target >= 70 %)", 100.0 * durable_all / ceil_all);
+    println!("durable / ceiling, all cores:  {:>6.1} %  (best of the sweep; target >= 70 %)", 100.0 * best / ceil_all);
 }

@@ -30,3 +30,29 @@ pub fn report(name: &str, n: usize, d: Duration) -> f64 {
     println!("{name:<44} {n:>7} certs in {:>8.3}s = {r:>10.1} certs/s", d.as_secs_f64());
     r
 }
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (Linux).
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Like [`report`], adding the CPU time per certificate spent since `cpu_start`.
+pub fn report_cpu(name: &str, n: usize, d: Duration, cpu_start: Duration) -> f64 {
+    let r = report(name, n, d);
+    let cpu = cpu_time().saturating_sub(cpu_start);
+    println!(
+        "{:<44} {:>7.1} us CPU per cert, {:.0} % of {} cores busy",
+        "",
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        100.0 * cpu.as_secs_f64()
+            / d.as_secs_f64()
+            / std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    r
+}

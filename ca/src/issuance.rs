@@ -202,8 +202,15 @@ impl Authority {
         let (not_before, not_after) = self.policy.validity(req.profile, req.lifetime, now, issuer.record.not_after)?;
         let serial = Serial::random(&self.rng)?;
         let common_name = csr.common_name.as_deref();
-        let spec =
-            LeafSpec { profile: req.profile, key: csr.key, names: &names, common_name, serial: &serial, not_before, not_after };
+        let spec = LeafSpec {
+            profile: req.profile,
+            key: csr.key,
+            names: &names,
+            common_name,
+            serial: &serial,
+            not_before,
+            not_after,
+        };
         let params = leaf_params(&spec, &self.policy)?;
         let spki = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
             .map_err(|e| CaError::UnsupportedKey(format!("cannot encode the subject key: {e}")))?;
@@ -223,7 +230,7 @@ impl Authority {
                 profile: req.profile.as_str().to_owned(),
                 requester: req.requester.to_owned(),
                 subject,
-                sans: serde_json::to_string(&names).map_err(|e| CaError::Store(e.to_string()))?,
+                sans: names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
                 key_fingerprint: csr.key_fingerprint.clone(),
                 not_before,
                 not_after,
@@ -236,21 +243,8 @@ impl Authority {
         let der = cert.der().to_vec();
         self.step(IssuanceStep::Signed);
 
-        // 3. Record the certificate (with its audit event, in one transaction).
-        let detail = format!(
-            "profile={} names={} key={} signed_by={}",
-            req.profile,
-            names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
-            &csr.key_fingerprint[..16],
-            issuer.record.id
-        );
-        self.store
-            .record_issued(
-                &serial.to_hex(),
-                der_to_pem(&der),
-                AuditEvent::now(req.requester, "certificate.issue", serial.to_hex(), Outcome::Success, detail),
-            )
-            .await?;
+        // 3. Record the certificate (the record is the issuance's audit event, see `record_issued`).
+        self.store.record_issued(&serial.to_hex(), der_to_pem(&der)).await?;
         self.step(IssuanceStep::Recorded);
 
         Ok(IssuedCertificate {

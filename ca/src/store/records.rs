@@ -20,7 +20,7 @@ pub struct CertificateIntent {
     pub requester: String,
     /// Subject DN (may be empty).
     pub subject: String,
-    /// SANs as a JSON array of names.
+    /// SANs, comma-separated (`dns:a.example,ip:10.0.0.1,spiffe://td/x`; no name can hold a comma).
     pub sans: String,
     /// SHA-256 of the subject public key info, hex.
     pub key_fingerprint: String,
@@ -56,7 +56,7 @@ pub struct CertificateRecord {
     pub requester: String,
     /// Subject DN.
     pub subject: String,
-    /// SANs, JSON.
+    /// SANs, comma-separated as in [`CertificateIntent::sans`].
     pub sans: String,
     /// Key fingerprint, hex.
     pub key_fingerprint: String,
@@ -70,11 +70,13 @@ pub struct CertificateRecord {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
-/// The columns [`CertificateRecord::from_row`] reads (a macro so queries stay `&'static str`).
+/// The columns [`CertificateRecord::from_row`] reads and the join they come from (a macro so
+/// queries stay `&'static str`).
 macro_rules! cert_columns {
     () => {
-        "serial, status, issuer_id, profile, requester, subject, sans, key_fingerprint, not_before, not_after, \
-         cert_pem, revoked_at"
+        "c.serial, CASE WHEN i.serial IS NULL THEN c.status ELSE 'issued' END AS status, c.issuer_id, c.profile, \
+         c.requester, c.subject, c.sans, c.key_fingerprint, c.not_before, c.not_after, i.cert_pem, c.revoked_at \
+         FROM certificates c LEFT JOIN issued_certificates i ON i.serial = c.serial"
     };
 }
 pub(super) use cert_columns;

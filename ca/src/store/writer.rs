@@ -5,16 +5,16 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::CertificateIntent;
-use super::{db_err, unix};
+use super::{Backend, db_err, unix};
 use crate::CaError;
 use crate::audit::AuditEvent;
 
 /// Largest batch committed in one transaction.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 4096;
 
 pub(super) enum Write {
     Intent(CertificateIntent),
-    Issued { serial: String, cert_pem: String, issued_at: i64, audit: AuditEvent },
+    Issued { serial: String, cert_pem: String, issued_at: i64 },
     Audit(AuditEvent),
 }
 
@@ -23,10 +23,10 @@ pub(super) struct Job {
     pub(super) reply: oneshot::Sender<Result<(), CaError>>,
 }
 
-pub(super) async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+pub(super) async fn run(backend: Backend, pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match commit(&pool, &batch).await {
+        match commit(backend, &pool, &batch).await {
             Ok(()) => {
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Ok(()));
@@ -36,7 +36,7 @@ pub(super) async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
                 // One bad write (e.g. a serial collision) must not fail its neighbours: retry each
                 // on its own so every caller gets its own answer.
                 for job in batch.drain(..) {
-                    let r = commit(&pool, std::slice::from_ref(&job)).await;
+                    let r = commit(backend, &pool, std::slice::from_ref(&job)).await;
                     let _ = job.reply.send(r);
                 }
             }
@@ -53,75 +53,150 @@ pub(super) async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-async fn commit(pool: &AnyPool, jobs: &[Job]) -> Result<(), CaError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<(), CaError> {
+    let mut intents = Vec::new();
+    let mut issued = Vec::new();
+    let mut audits = Vec::new();
     for job in jobs {
-        apply(&mut tx, &job.write).await?;
+        match &job.write {
+            Write::Intent(i) => intents.push(i),
+            Write::Issued { serial, cert_pem, issued_at } => issued.push((serial, cert_pem, *issued_at)),
+            Write::Audit(ev) => audits.push(ev),
+        }
+    }
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    // One multi-row statement per kind and chunk: statement overhead, not row count, dominates.
+    let now = unix(OffsetDateTime::now_utc());
+    for chunk in intents.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row_insert(
+            backend,
+            "INSERT INTO certificates (serial, status, issuer_id, profile, requester, subject, sans, \
+             key_fingerprint, not_before, not_after, created_at) VALUES ",
+            10,
+            chunk.len(),
+            Some("'intent'"),
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in chunk {
+            q = q
+                .bind(&i.serial)
+                .bind(&i.issuer_id)
+                .bind(&i.profile)
+                .bind(&i.requester)
+                .bind(&i.subject)
+                .bind(&i.sans)
+                .bind(&i.key_fingerprint)
+                .bind(unix(i.not_before))
+                .bind(unix(i.not_after))
+                .bind(now);
+        }
+        q.execute(&mut *tx).await.map_err(db_err)?;
+    }
+    // The foreign key to `certificates` makes a record without a prior intent impossible.
+    for chunk in issued.chunks(ROWS_PER_STATEMENT) {
+        let sql = multi_row_insert(
+            backend,
+            "INSERT INTO issued_certificates (serial, cert_pem, issued_at) VALUES ",
+            3,
+            chunk.len(),
+            None,
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (serial, pem, at) in chunk {
+            q = q.bind(*serial).bind(*pem).bind(*at);
+        }
+        q.execute(&mut *tx).await.map_err(db_err)?;
+    }
+    for chunk in audits.chunks(ROWS_PER_STATEMENT) {
+        insert_audits(backend, &mut tx, chunk).await.map_err(db_err)?;
     }
     tx.commit().await.map_err(db_err)
 }
 
-async fn apply(tx: &mut Transaction<'static, Any>, write: &Write) -> Result<(), CaError> {
-    match write {
-        Write::Intent(i) => {
-            sqlx::query(
-                "INSERT INTO certificates (serial, status, issuer_id, profile, requester, subject, sans, \
-                 key_fingerprint, not_before, not_after, created_at) \
-                 VALUES ($1, 'intent', $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&i.serial)
-            .bind(&i.issuer_id)
-            .bind(&i.profile)
-            .bind(&i.requester)
-            .bind(&i.subject)
-            .bind(&i.sans)
-            .bind(&i.key_fingerprint)
-            .bind(unix(i.not_before))
-            .bind(unix(i.not_after))
-            .bind(unix(OffsetDateTime::now_utc()))
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-        }
-        Write::Issued { serial, cert_pem, issued_at, audit } => {
-            let r = sqlx::query(
-                "UPDATE certificates SET status = 'issued', cert_pem = $1, issued_at = $2 \
-                 WHERE serial = $3 AND status = 'intent'",
-            )
-            .bind(cert_pem)
-            .bind(*issued_at)
-            .bind(serial)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-            if r.rows_affected() != 1 {
-                return Err(CaError::Store(format!("no pending intent for serial {serial}")));
+/// Rows per multi-row statement (10 columns x 256 rows stays far below every bind-parameter limit).
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// `prefix` followed by `rows` tuples of placeholders; `extra` is a literal placed second in every
+/// tuple (the intent status). Only placeholders are generated, never values.
+///
+/// PostgreSQL needs `$n`. SQLite gets anonymous `?`: for named parameters sqlx asks SQLite for each
+/// parameter's name, a linear scan per parameter, which made large statements quadratic.
+fn multi_row_insert(backend: Backend, prefix: &str, cols: usize, rows: usize, extra: Option<&str>) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(prefix.len() + rows * cols * 6);
+    sql.push_str(prefix);
+    let mut n = 0;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            n += 1;
+            if c > 0 {
+                sql.push_str(", ");
             }
-            insert_audit(tx, audit).await.map_err(db_err)?;
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    let _ = write!(sql, "${n}");
+                }
+            }
+            if c == 0 {
+                if let Some(e) = extra {
+                    let _ = write!(sql, ", {e}");
+                }
+            }
         }
-        Write::Audit(ev) => insert_audit(tx, ev).await.map_err(db_err)?,
+        sql.push(')');
     }
-    Ok(())
+    sql
 }
 
-/// Inserts one audit event. Ids are the event time in nanoseconds followed by random bits, so they
+pub(super) async fn insert_audit(
+    backend: Backend,
+    tx: &mut Transaction<'static, Any>,
+    ev: &AuditEvent,
+) -> Result<(), sqlx::Error> {
+    insert_audits(backend, tx, &[ev]).await
+}
+
+/// Inserts audit events. Ids are the event time in nanoseconds followed by random bits, so they
 /// sort by time and never collide across replicas.
-pub(super) async fn insert_audit(tx: &mut Transaction<'static, Any>, ev: &AuditEvent) -> Result<(), sqlx::Error> {
+async fn insert_audits(
+    backend: Backend,
+    tx: &mut Transaction<'static, Any>,
+    events: &[&AuditEvent],
+) -> Result<(), sqlx::Error> {
     use ring::rand::SecureRandom;
-    let mut rnd = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut rnd);
-    let id = format!("{:020}-{}", ev.at.unix_timestamp_nanos(), hex::encode(rnd));
-    sqlx::query(
-        "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(id)
-    .bind(unix(ev.at))
-    .bind(&ev.actor)
-    .bind(&ev.action)
-    .bind(&ev.target)
-    .bind(ev.outcome.as_str())
-    .bind(&ev.detail)
-    .execute(&mut **tx)
-    .await
-    .map(|_| ())
+    let rng = ring::rand::SystemRandom::new();
+    let sql = multi_row_insert(
+        backend,
+        "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES ",
+        7,
+        events.len(),
+        None,
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for ev in events {
+        let mut rnd = [0u8; 8];
+        let _ = rng.fill(&mut rnd);
+        q = q
+            .bind(format!("{:020}-{}", ev.at.unix_timestamp_nanos(), hex::encode(rnd)))
+            .bind(unix(ev.at))
+            .bind(&ev.actor)
+            .bind(&ev.action)
+            .bind(&ev.target)
+            .bind(ev.outcome.as_str())
+            .bind(&ev.detail);
+    }
+    q.execute(&mut **tx).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn multi_row_placeholders() {
+        use super::{Backend, multi_row_insert};
+        assert_eq!(multi_row_insert(Backend::Postgres, "X ", 2, 2, None), "X ($1, $2), ($3, $4)");
+        assert_eq!(multi_row_insert(Backend::Postgres, "X ", 2, 1, Some("'i'")), "X ($1, 'i', $2)");
+        assert_eq!(multi_row_insert(Backend::Sqlite, "X ", 2, 2, Some("'i'")), "X (?, 'i', ?), (?, 'i', ?)");
+    }
 }
