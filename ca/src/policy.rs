@@ -196,12 +196,10 @@ impl Policy {
                     reason: "the requester is not authorized for this name".into(),
                 });
             }
-            if auth.exact {
-                if let Some(missing) = allowed.iter().find(|n| !names.contains(**n)) {
-                    return Err(CaError::BadIdentity(format!(
-                        "the CSR does not request the authorized name {missing}"
-                    )));
-                }
+            if auth.exact
+                && let Some(missing) = allowed.iter().find(|n| !names.contains(**n))
+            {
+                return Err(CaError::BadIdentity(format!("the CSR does not request the authorized name {missing}")));
             }
         }
         Ok(names.into_iter().collect())

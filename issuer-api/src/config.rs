@@ -112,6 +112,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("toml block") + 8;
+        let end = start + readme[start..].find("```").expect("end of block");
+        let cfg: Config = toml::from_str(&readme[start..end]).expect("README config parses");
+        cfg.validate().expect("README config is valid");
+        assert_eq!(cfg.policy.tls_server.max.as_secs(), 30 * 24 * 3600);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").is_err());
         assert!(toml::from_str::<Config>("listen = \"not an address\"\n").is_err());

@@ -139,10 +139,10 @@ fn multi_row_insert(backend: Backend, prefix: &str, cols: usize, rows: usize, ex
                     let _ = write!(sql, "${n}");
                 }
             }
-            if c == 0 {
-                if let Some(e) = extra {
-                    let _ = write!(sql, ", {e}");
-                }
+            if c == 0
+                && let Some(e) = extra
+            {
+                let _ = write!(sql, ", {e}");
             }
         }
         sql.push(')');
