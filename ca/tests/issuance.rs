@@ -382,3 +382,26 @@ async fn concurrent_issuance_gives_unique_recorded_serials() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_journal_never_holds_two_active_intermediates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let (auth, _) = authority(&url, policy()).await;
+        // A second, complete CA whose intermediate also claims to be active.
+        let other = ca::create_ca(&ca::InitOptions::default(), &pass()).expect("ca");
+        let mut second = other.intermediate.clone();
+        second.parent_id = None; // its root is not in this journal; only the state may differ
+        let err = auth.store().insert_issuers(&[&second], &[]).await.expect_err("two active");
+        assert!(matches!(err, CaError::Store(_)), "{err:?}");
+        // All or nothing: nothing of the refused insert is in the journal.
+        let journal = auth.store().issuers().await.expect("journal");
+        assert_eq!(journal.len(), 2);
+        assert!(journal.iter().all(|r| r.id != other.intermediate.id));
+        // A prepared one is fine.
+        let mut prepared = second;
+        prepared.state = ca::IssuerState::Prepared;
+        auth.store().insert_issuers(&[&prepared], &[]).await.expect("prepared issuer");
+        assert_eq!(auth.store().issuers().await.expect("journal").len(), 3);
+    }
+}

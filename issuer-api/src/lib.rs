@@ -3,6 +3,7 @@
 //! This crate never touches a CA key or SQL: it asks the `ca` crate, which owns both.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod config;
 pub mod identity;
 pub mod ops;

@@ -1,0 +1,2 @@
+//! RFC 8555 ACME. Built piece by piece: today the JWS layer (request authentication).
+pub mod jws;
