@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lanyard's whole test suite, as the README documents it and CI runs it.
 #
-# On a fresh Debian machine with Rust this installs what the tests need (PostgreSQL, openssl),
+# On a fresh Debian machine with Rust this installs what the tests need (PostgreSQL, openssl,
+# the ACME clients lego and uacme),
 # starts a throwaway PostgreSQL on loopback, runs every test of the workspace against it and
 # against SQLite, and stops the server again, whatever the outcome.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-packages=(postgresql openssl ca-certificates)
+packages=(postgresql openssl ca-certificates lego uacme util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,7 +42,7 @@ pub struct AuthorizedNames {
 
 /// Normalises and checks a DNS name (RFC 1034 preferred syntax, LDH labels, at most one leading
 /// wildcard label). Returns the lower-cased name.
-pub(crate) fn check_dns_name(raw: &str) -> Result<String, CaError> {
+pub fn check_dns_name(raw: &str) -> Result<String, CaError> {
     let bad = |reason: &str| CaError::BadName { name: raw.to_owned(), reason: reason.to_owned() };
     let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
     if name.is_empty() || name.len() > 253 {

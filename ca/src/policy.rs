@@ -164,28 +164,7 @@ impl Policy {
         }
 
         for n in &names {
-            match n {
-                Name::Dns(d) => {
-                    if let Some(s) = self.dns.deny_suffixes.iter().find(|s| suffix_matches(d, s)) {
-                        return Err(CaError::NameNotAllowed { name: d.clone(), reason: format!("denied suffix {s}") });
-                    }
-                    if !self.dns.allow_suffixes.is_empty()
-                        && !self.dns.allow_suffixes.iter().any(|s| suffix_matches(d, s))
-                    {
-                        return Err(CaError::NameNotAllowed {
-                            name: d.clone(),
-                            reason: "not below any allowed DNS suffix".into(),
-                        });
-                    }
-                }
-                Name::Ip(ip) if self.dns.deny_ip_addresses => {
-                    return Err(CaError::NameNotAllowed {
-                        name: ip.to_string(),
-                        reason: "IP addresses are not issued".into(),
-                    });
-                }
-                _ => {}
-            }
+            self.check_name(n)?;
         }
 
         if let Some(auth) = authorized {
@@ -203,6 +182,30 @@ impl Policy {
             }
         }
         Ok(names.into_iter().collect())
+    }
+
+    /// Checks one name against the DNS allow/deny lists and the IP rule (not against a profile).
+    /// ACME uses it at newOrder, before any CSR exists.
+    pub fn check_name(&self, n: &Name) -> Result<(), CaError> {
+        match n {
+            Name::Dns(d) => {
+                if let Some(s) = self.dns.deny_suffixes.iter().find(|s| suffix_matches(d, s)) {
+                    return Err(CaError::NameNotAllowed { name: d.clone(), reason: format!("denied suffix {s}") });
+                }
+                if !self.dns.allow_suffixes.is_empty() && !self.dns.allow_suffixes.iter().any(|s| suffix_matches(d, s))
+                {
+                    return Err(CaError::NameNotAllowed {
+                        name: d.clone(),
+                        reason: "not below any allowed DNS suffix".into(),
+                    });
+                }
+                Ok(())
+            }
+            Name::Ip(ip) if self.dns.deny_ip_addresses => {
+                Err(CaError::NameNotAllowed { name: ip.to_string(), reason: "IP addresses are not issued".into() })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The validity window: NotBefore backdated by [`Policy::backdate`], NotAfter after the requested

@@ -27,6 +27,8 @@ pub struct Config {
     pub policy: Policy,
     /// How `init` (and the development auto-init) creates the CA.
     pub init: InitOptions,
+    /// The ACME server (RFC 8555) under `/acme`.
+    pub acme: crate::acme::AcmeConfig,
 }
 
 /// Log output format.
@@ -51,6 +53,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             policy: Policy::default(),
             init: InitOptions::default(),
+            acme: crate::acme::AcmeConfig::default(),
         }
     }
 }

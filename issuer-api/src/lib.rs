@@ -60,6 +60,13 @@ pub async fn run_server(
         info!(address = %addr, "listening on a non-loopback address");
     }
     on_listen(addr);
-    let app = routes::router(Arc::new(routes::AppState { authority }));
+    let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone() }));
+    if cfg.acme.enabled {
+        let base = cfg.acme.public_url.clone().unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
+        let acme = acme::Acme::new(authority, cfg.acme.clone(), base).await?;
+        info!(directory = %acme.url("/directory"), "ACME enabled");
+        acme::spawn_cleanup(acme.clone());
+        app = app.merge(acme::router(acme));
+    }
     server::serve_tls(listener, identity, app, shutdown).await
 }

@@ -1,6 +1,8 @@
 //! Helpers for Lanyard's end-to-end tests: run the real binaries, talk real TLS to them.
 #![forbid(unsafe_code)]
 
+pub mod acme;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -97,6 +99,20 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The server's certificate chain as presented in the handshake.
     pub peer_chain: Vec<CertificateDer<'static>>,
+    /// All response headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// Accepts any server certificate: used only to fetch the root before comparing its fingerprint
@@ -144,6 +160,18 @@ pub async fn https_get(
     path: &str,
     root_pem: Option<&str>,
 ) -> anyhow::Result<Response> {
+    https_request(addr, host, "GET", path, None, root_pem).await
+}
+
+/// HTTPS request with an optional body `(content type, bytes)`; see [`https_get`] for `root_pem`.
+pub async fn https_request(
+    addr: std::net::SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    root_pem: Option<&str>,
+) -> anyhow::Result<Response> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -168,12 +196,24 @@ pub async fn https_get(
     let peer_chain = tls.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path).header("host", host).body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", host);
+    let payload = match body {
+        Some((ct, bytes)) => {
+            req = req.header("content-type", ct);
+            Full::new(Bytes::from(bytes))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let resp = sender.send_request(req.body(payload)?).await?;
     let status = resp.status().as_u16();
     let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
     let body = resp.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Response { status, content_type, body, peer_chain })
+    Ok(Response { status, content_type, body, peer_chain, headers })
 }
 
 /// SHA-256 of the first certificate in a PEM text, hex.

@@ -6,6 +6,7 @@
 //! queue their writes and one transaction commits a whole batch, so the cost of an fsync is shared
 //! instead of paid per certificate. A caller is answered only after its batch has committed.
 
+pub mod acme;
 mod records;
 mod writer;
 
@@ -139,7 +140,7 @@ impl Store {
             .send(Job { write, reply })
             .await
             .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?;
-        rx.await.map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?
+        rx.await.map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?.map(|_| ())
     }
 
     /// Step 1 of issuance: reserve the serial (primary key) and record what is about to be signed.

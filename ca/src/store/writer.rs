@@ -14,22 +14,32 @@ const MAX_BATCH: usize = 4096;
 
 pub(super) enum Write {
     Intent(CertificateIntent),
-    Issued { serial: String, cert_pem: String, issued_at: i64 },
+    Issued {
+        serial: String,
+        cert_pem: String,
+        issued_at: i64,
+    },
     Audit(AuditEvent),
+    /// Marks an ACME nonce used; affects 0 rows when it already was (a replay).
+    Nonce {
+        nonce: String,
+        expires_at: i64,
+    },
 }
 
 pub(super) struct Job {
     pub(super) write: Write,
-    pub(super) reply: oneshot::Sender<Result<(), CaError>>,
+    /// Rows the write affected (1, or 0 for a replayed nonce).
+    pub(super) reply: oneshot::Sender<Result<u64, CaError>>,
 }
 
 pub(super) async fn run(backend: Backend, pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         match commit(backend, &pool, &batch).await {
-            Ok(()) => {
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Ok(()));
+            Ok(affected) => {
+                for (job, n) in batch.drain(..).zip(affected) {
+                    let _ = job.reply.send(Ok(n));
                 }
             }
             Err(e) if batch.len() > 1 && !matches!(e, CaError::StoreUnavailable(_)) => {
@@ -37,7 +47,7 @@ pub(super) async fn run(backend: Backend, pool: AnyPool, mut rx: mpsc::Receiver<
                 // on its own so every caller gets its own answer.
                 for job in batch.drain(..) {
                     let r = commit(backend, &pool, std::slice::from_ref(&job)).await;
-                    let _ = job.reply.send(r);
+                    let _ = job.reply.send(r.map(|v| v.first().copied().unwrap_or(0)));
                 }
             }
             Err(e) => {
@@ -53,18 +63,31 @@ pub(super) async fn run(backend: Backend, pool: AnyPool, mut rx: mpsc::Receiver<
     }
 }
 
-async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<(), CaError> {
+/// Commits a batch; returns the rows each job affected, in job order.
+async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<Vec<u64>, CaError> {
     let mut intents = Vec::new();
     let mut issued = Vec::new();
     let mut audits = Vec::new();
-    for job in jobs {
+    let mut affected = vec![1u64; jobs.len()];
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    for (k, job) in jobs.iter().enumerate() {
         match &job.write {
             Write::Intent(i) => intents.push(i),
             Write::Issued { serial, cert_pem, issued_at } => issued.push((serial, cert_pem, *issued_at)),
             Write::Audit(ev) => audits.push(ev),
+            Write::Nonce { nonce, expires_at } => {
+                affected[k] = sqlx::query(
+                    "INSERT INTO acme_used_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
+                )
+                .bind(nonce)
+                .bind(*expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+            }
         }
     }
-    let mut tx = pool.begin().await.map_err(db_err)?;
     // One multi-row statement per kind and chunk: statement overhead, not row count, dominates.
     let now = unix(OffsetDateTime::now_utc());
     for chunk in intents.chunks(ROWS_PER_STATEMENT) {
@@ -110,7 +133,8 @@ async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<(), Ca
     for chunk in audits.chunks(ROWS_PER_STATEMENT) {
         insert_audits(backend, &mut tx, chunk).await.map_err(db_err)?;
     }
-    tx.commit().await.map_err(db_err)
+    tx.commit().await.map_err(db_err)?;
+    Ok(affected)
 }
 
 /// Rows per multi-row statement (10 columns x 256 rows stays far below every bind-parameter limit).

@@ -1,2 +1,216 @@
-//! RFC 8555 ACME. Built piece by piece: today the JWS layer (request authentication).
+//! RFC 8555 ACME server.
+//!
+//! Every POST goes through [`Acme::authenticate`]: content type, JWS structure, `url`, key
+//! reference (`jwk` or `kid`), signature, then the nonce is redeemed, in that order so that garbage
+//! never costs a database write. Every response, errors included, carries a fresh `Replay-Nonce`
+//! and `Link: <directory>;rel="index"`.
+
+pub mod handlers;
 pub mod jws;
+pub mod nonce;
+pub mod problem;
+pub mod validation;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use ca::store::acme::AcmeAccount;
+use ca::{Authority, Store};
+use serde::Deserialize;
+
+use self::jws::{Jwk, ParsedJws};
+use self::nonce::Nonces;
+use self::problem::AcmeProblem;
+use self::validation::ValidationConfig;
+
+/// `[acme]` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// Serve ACME under `/acme`.
+    pub enabled: bool,
+    /// Public base URL clients reach the server at (`https://ca.internal:8443`); default
+    /// `https://localhost:<port>`. Every ACME URL is built from it.
+    pub public_url: Option<String>,
+    /// Terms of service URL; when set, newAccount must agree to it.
+    pub terms_of_service: Option<String>,
+    /// How long an order (and its authorizations) stays usable.
+    #[serde(with = "humantime_serde")]
+    pub order_lifetime: Duration,
+    /// Challenge validation settings.
+    pub validation: ValidationConfig,
+    /// TEST ONLY: treat every challenge as passed without connecting anywhere. Logged loudly at
+    /// start; never enable it on a CA anyone trusts.
+    pub insecure_always_valid_challenges: bool,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: true,
+            public_url: None,
+            terms_of_service: None,
+            order_lifetime: Duration::from_secs(24 * 3600),
+            validation: ValidationConfig::default(),
+            insecure_always_valid_challenges: false,
+        }
+    }
+}
+
+/// The ACME service state.
+#[derive(Debug)]
+pub struct Acme {
+    pub(crate) authority: Arc<Authority>,
+    pub(crate) store: Store,
+    pub(crate) nonces: Nonces,
+    pub(crate) base: String,
+    pub(crate) cfg: AcmeConfig,
+}
+
+/// An authenticated POST.
+#[derive(Debug)]
+pub(crate) struct Authenticated {
+    pub jws: ParsedJws,
+    /// The signer's account when signed with `kid`.
+    pub account: Option<AcmeAccount>,
+    /// The key that verified the signature.
+    pub jwk: Jwk,
+}
+
+impl Acme {
+    /// Builds the service; `base` is the public base URL without a trailing slash.
+    pub async fn new(authority: Arc<Authority>, cfg: AcmeConfig, base: String) -> Result<Arc<Self>, ca::CaError> {
+        let store = authority.store().clone();
+        let nonces = Nonces::new(store.clone()).await?;
+        if cfg.insecure_always_valid_challenges {
+            tracing::warn!(
+                "INSECURE: acme.insecure_always_valid_challenges is on; every ACME challenge passes without \
+                 validation. For load tests only."
+            );
+        }
+        Ok(Arc::new(Acme { authority, store, nonces, base: base.trim_end_matches('/').to_owned(), cfg }))
+    }
+
+    /// Absolute URL of an ACME path (`/acme/...`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/acme{path}", self.base)
+    }
+
+    /// Authenticates a POST to `path`. `want_jwk` selects the key reference the endpoint takes
+    /// (`None`: either, as for revokeCert).
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+        body: &[u8],
+        want_jwk: Option<bool>,
+    ) -> Result<Authenticated, AcmeProblem> {
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if ct.split(';').next().map(str::trim) != Some("application/jose+json") {
+            return Err(AcmeProblem::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "malformed",
+                "Content-Type must be application/jose+json",
+            ));
+        }
+        let jws = ParsedJws::parse(body)?;
+        if jws.header.url != self.url(path) {
+            return Err(AcmeProblem::unauthorized(format!(
+                "the JWS url {:?} is not the request URL {}",
+                jws.header.url,
+                self.url(path)
+            )));
+        }
+        let use_jwk = match want_jwk {
+            Some(w) => w,
+            None => jws.header.jwk.is_some(),
+        };
+        let (jwk, account) = if use_jwk {
+            let jwk = jws.require_jwk()?.clone();
+            jwk.validate()?;
+            (jwk, None)
+        } else {
+            let kid = jws.require_kid()?;
+            let id = kid
+                .strip_prefix(&self.url("/account/"))
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+                .ok_or_else(|| AcmeProblem::malformed("kid is not an account URL of this server"))?;
+            let account = self.store.acme_account(id).await.map_err(AcmeProblem::from)?.ok_or_else(|| {
+                AcmeProblem::new(axum::http::StatusCode::BAD_REQUEST, "accountDoesNotExist", "no such account")
+            })?;
+            if account.status != "valid" {
+                return Err(AcmeProblem::unauthorized(format!("the account is {}", account.status)));
+            }
+            let jwk: Jwk = serde_json::from_str(&account.jwk).map_err(AcmeProblem::internal)?;
+            (jwk, Some(account))
+        };
+        jws.verify(&jwk)?;
+        let nonce = jws.header.nonce.as_deref().ok_or_else(|| bad_nonce("the JWS has no nonce"))?;
+        if !self.nonces.redeem(nonce).await.map_err(AcmeProblem::from)? {
+            return Err(bad_nonce("the nonce is unknown, expired or already used"));
+        }
+        Ok(Authenticated { jws, account, jwk })
+    }
+}
+
+fn bad_nonce(detail: &str) -> AcmeProblem {
+    AcmeProblem::new(axum::http::StatusCode::BAD_REQUEST, "badNonce", detail)
+}
+
+/// Adds a fresh `Replay-Nonce`, `Link: <directory>;rel="index"` and `Cache-Control: no-store` to
+/// every ACME response, errors included.
+async fn common_headers(State(acme): State<Arc<Acme>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&acme.nonces.issue()) {
+        h.insert("replay-nonce", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("<{}>;rel=\"index\"", acme.url("/directory"))) {
+        h.append(header::LINK, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The ACME routes, to be merged into the server's router.
+pub fn router(acme: Arc<Acme>) -> Router {
+    use handlers::*;
+    Router::new()
+        .route("/acme/directory", get(directory))
+        .route("/acme/new-nonce", get(new_nonce_get).head(new_nonce_head))
+        .route("/acme/new-account", post(new_account))
+        .route("/acme/new-order", post(new_order))
+        .route("/acme/revoke-cert", post(revoke_cert))
+        .route("/acme/key-change", post(key_change))
+        .route("/acme/account/{id}", post(account))
+        .route("/acme/account/{id}/orders", post(account_orders))
+        .route("/acme/order/{id}", post(order))
+        .route("/acme/order/{id}/finalize", post(finalize))
+        .route("/acme/authz/{id}", post(authz))
+        .route("/acme/challenge/{id}", post(challenge))
+        .route("/acme/cert/{serial}", post(certificate))
+        .layer(axum::middleware::from_fn_with_state(acme.clone(), common_headers))
+        .with_state(acme)
+}
+
+/// Periodic cleanup of used nonces and expired orders.
+pub fn spawn_cleanup(acme: Arc<Acme>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            match acme.store.acme_cleanup(time::OffsetDateTime::now_utc().unix_timestamp()).await {
+                Ok((n, o)) if n + o > 0 => tracing::info!(nonces = n, orders = o, "ACME cleanup"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "ACME cleanup failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,493 @@
+//! ACME state (RFC 8555): accounts, orders, authorizations, challenges, used nonces. The web edge
+//! decides; this module only remembers, with every multi-row change in one transaction.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, db_err, unix};
+use crate::CaError;
+
+/// An ACME account (RFC 8555 section 7.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeAccount {
+    /// Opaque id (the last segment of the account URL).
+    pub id: String,
+    /// RFC 7638 thumbprint of the account key.
+    pub thumbprint: String,
+    /// The account key as JWK JSON.
+    pub jwk: String,
+    /// `valid`, `deactivated` or `revoked`.
+    pub status: String,
+    /// Contact URLs.
+    pub contact: Vec<String>,
+    /// The external account binding key id used at creation.
+    pub eab_kid: Option<String>,
+    /// Creation time (Unix seconds).
+    pub created_at: i64,
+}
+
+/// An ACME order (RFC 8555 section 7.1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeOrder {
+    /// Opaque id.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// `pending`, `ready`, `processing`, `valid`, `invalid`.
+    pub status: String,
+    /// Identifiers as JSON (`[{"type":"dns","value":"..."}]`).
+    pub identifiers: String,
+    /// Expiry (Unix seconds).
+    pub expires_at: i64,
+    /// Problem document JSON when invalid.
+    pub error: Option<String>,
+    /// Serial of the issued certificate.
+    pub cert_serial: Option<String>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// An authorization (RFC 8555 section 7.1.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeAuthz {
+    /// Opaque id.
+    pub id: String,
+    /// The order it belongs to.
+    pub order_id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// `dns` or `ip`.
+    pub id_type: String,
+    /// The identifier (without `*.` for wildcards).
+    pub id_value: String,
+    /// Whether the order asked for `*.<id_value>`.
+    pub wildcard: bool,
+    /// `pending`, `valid`, `invalid`, ...
+    pub status: String,
+    /// Expiry.
+    pub expires_at: i64,
+}
+
+/// A challenge (RFC 8555 section 7.1.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeChallenge {
+    /// Opaque id.
+    pub id: String,
+    /// The authorization it proves.
+    pub authz_id: String,
+    /// `http-01`, `tls-alpn-01`, `dns-01`.
+    pub kind: String,
+    /// Token (base64url, 128 bits or more).
+    pub token: String,
+    /// `pending`, `processing`, `valid`, `invalid`.
+    pub status: String,
+    /// When it was validated.
+    pub validated_at: Option<i64>,
+    /// Problem document JSON when invalid.
+    pub error: Option<String>,
+}
+
+fn s(r: &AnyRow, c: &str) -> Result<String, CaError> {
+    r.try_get(c).map_err(db_err)
+}
+
+fn account_from(r: &AnyRow) -> Result<AcmeAccount, CaError> {
+    Ok(AcmeAccount {
+        id: s(r, "id")?,
+        thumbprint: s(r, "thumbprint")?,
+        jwk: s(r, "jwk")?,
+        status: s(r, "status")?,
+        contact: serde_json::from_str(&s(r, "contact")?).map_err(|e| CaError::Store(e.to_string()))?,
+        eab_kid: r.try_get("eab_kid").map_err(db_err)?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn order_from(r: &AnyRow) -> Result<AcmeOrder, CaError> {
+    Ok(AcmeOrder {
+        id: s(r, "id")?,
+        account_id: s(r, "account_id")?,
+        status: s(r, "status")?,
+        identifiers: s(r, "identifiers")?,
+        expires_at: r.try_get("expires_at").map_err(db_err)?,
+        error: r.try_get("error").map_err(db_err)?,
+        cert_serial: r.try_get("cert_serial").map_err(db_err)?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn authz_from(r: &AnyRow) -> Result<AcmeAuthz, CaError> {
+    Ok(AcmeAuthz {
+        id: s(r, "id")?,
+        order_id: s(r, "order_id")?,
+        account_id: s(r, "account_id")?,
+        id_type: s(r, "id_type")?,
+        id_value: s(r, "id_value")?,
+        wildcard: r.try_get::<i32, _>("wildcard").map_err(db_err)? != 0,
+        status: s(r, "status")?,
+        expires_at: r.try_get("expires_at").map_err(db_err)?,
+    })
+}
+
+fn challenge_from(r: &AnyRow) -> Result<AcmeChallenge, CaError> {
+    Ok(AcmeChallenge {
+        id: s(r, "id")?,
+        authz_id: s(r, "authz_id")?,
+        kind: s(r, "type")?,
+        token: s(r, "token")?,
+        status: s(r, "status")?,
+        validated_at: r.try_get("validated_at").map_err(db_err)?,
+        error: r.try_get("error").map_err(db_err)?,
+    })
+}
+
+const ACCOUNT_COLS: &str = "id, thumbprint, jwk, status, contact, eab_kid, created_at";
+
+impl Store {
+    /// A named secret shared by every replica, created by whichever asks first.
+    pub async fn acme_secret(&self, name: &str, fresh: String) -> Result<String, CaError> {
+        sqlx::query("INSERT INTO acme_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(fresh)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let row = sqlx::query("SELECT value FROM acme_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        s(&row, "value")
+    }
+
+    /// Marks a nonce used; false if it already was (a replay). Group-committed.
+    pub async fn acme_use_nonce(&self, nonce: &str, expires_at: i64) -> Result<bool, CaError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(super::writer::Job {
+                write: super::writer::Write::Nonce { nonce: nonce.to_owned(), expires_at },
+                reply,
+            })
+            .await
+            .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?;
+        let affected = rx.await.map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))??;
+        Ok(affected == 1)
+    }
+
+    /// Creates an account, or returns the existing one for the same key (false = existed).
+    pub async fn acme_create_account(&self, a: &AcmeAccount) -> Result<(AcmeAccount, bool), CaError> {
+        let contact = serde_json::to_string(&a.contact).map_err(|e| CaError::Store(e.to_string()))?;
+        let r = sqlx::query(
+            "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, eab_kid, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (thumbprint) DO NOTHING",
+        )
+        .bind(&a.id)
+        .bind(&a.thumbprint)
+        .bind(&a.jwk)
+        .bind(&a.status)
+        .bind(contact)
+        .bind(a.eab_kid.clone())
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let existing = self
+            .acme_account_by_thumbprint(&a.thumbprint)
+            .await?
+            .ok_or_else(|| CaError::Store("account vanished".into()))?;
+        Ok((existing, r.rows_affected() == 1))
+    }
+
+    /// An account by id.
+    pub async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccount>, CaError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(account_from).transpose()
+    }
+
+    /// An account by key thumbprint.
+    pub async fn acme_account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<AcmeAccount>, CaError> {
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE thumbprint = $1")))
+                .bind(thumbprint)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        row.as_ref().map(account_from).transpose()
+    }
+
+    /// Updates contacts and status of a valid account; false if it is no longer valid.
+    pub async fn acme_update_account(&self, id: &str, contact: &[String], status: &str) -> Result<bool, CaError> {
+        let contact = serde_json::to_string(contact).map_err(|e| CaError::Store(e.to_string()))?;
+        let r = sqlx::query("UPDATE acme_accounts SET contact = $1, status = $2 WHERE id = $3 AND status = 'valid'")
+            .bind(contact)
+            .bind(status)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Creates an order with its authorizations and challenges, all or nothing.
+    pub async fn acme_create_order(
+        &self,
+        order: &AcmeOrder,
+        authzs: &[AcmeAuthz],
+        challenges: &[AcmeChallenge],
+    ) -> Result<(), CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO acme_orders (id, account_id, status, identifiers, expires_at, error, cert_serial, created_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)",
+        )
+        .bind(&order.id)
+        .bind(&order.account_id)
+        .bind(&order.status)
+        .bind(&order.identifiers)
+        .bind(order.expires_at)
+        .bind(order.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for a in authzs {
+            sqlx::query(
+                "INSERT INTO acme_authorizations (id, order_id, account_id, id_type, id_value, wildcard, status, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&a.id)
+            .bind(&a.order_id)
+            .bind(&a.account_id)
+            .bind(&a.id_type)
+            .bind(&a.id_value)
+            .bind(i32::from(a.wildcard))
+            .bind(&a.status)
+            .bind(a.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for c in challenges {
+            sqlx::query(
+                "INSERT INTO acme_challenges (id, authz_id, type, token, status, validated_at, error) \
+                 VALUES ($1, $2, $3, $4, $5, NULL, NULL)",
+            )
+            .bind(&c.id)
+            .bind(&c.authz_id)
+            .bind(&c.kind)
+            .bind(&c.token)
+            .bind(&c.status)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// An order by id.
+    pub async fn acme_order(&self, id: &str) -> Result<Option<AcmeOrder>, CaError> {
+        let row = sqlx::query(
+            "SELECT id, account_id, status, identifiers, expires_at, error, cert_serial, created_at \
+             FROM acme_orders WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(order_from).transpose()
+    }
+
+    /// The ids of an account's orders, newest first.
+    pub async fn acme_order_ids(&self, account_id: &str) -> Result<Vec<String>, CaError> {
+        let rows =
+            sqlx::query("SELECT id FROM acme_orders WHERE account_id = $1 ORDER BY created_at DESC, id LIMIT 1000")
+                .bind(account_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        rows.iter().map(|r| s(r, "id")).collect()
+    }
+
+    /// The order that produced a certificate.
+    pub async fn acme_order_for_cert(&self, serial: &str) -> Result<Option<AcmeOrder>, CaError> {
+        let row = sqlx::query(
+            "SELECT id, account_id, status, identifiers, expires_at, error, cert_serial, created_at \
+             FROM acme_orders WHERE cert_serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(order_from).transpose()
+    }
+
+    /// The authorizations of an order.
+    pub async fn acme_authzs_for_order(&self, order_id: &str) -> Result<Vec<AcmeAuthz>, CaError> {
+        let rows = sqlx::query(
+            "SELECT id, order_id, account_id, id_type, id_value, wildcard, status, expires_at \
+             FROM acme_authorizations WHERE order_id = $1 ORDER BY id",
+        )
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(authz_from).collect()
+    }
+
+    /// An authorization and its challenges.
+    pub async fn acme_authz(&self, id: &str) -> Result<Option<(AcmeAuthz, Vec<AcmeChallenge>)>, CaError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, order_id, account_id, id_type, id_value, wildcard, status, expires_at \
+             FROM acme_authorizations WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let authz = authz_from(&row)?;
+        let rows = sqlx::query(
+            "SELECT id, authz_id, type, token, status, validated_at, error FROM acme_challenges WHERE authz_id = $1 ORDER BY type",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(Some((authz, rows.iter().map(challenge_from).collect::<Result<_, _>>()?)))
+    }
+
+    /// A challenge and the authorization it belongs to.
+    pub async fn acme_challenge(&self, id: &str) -> Result<Option<(AcmeChallenge, AcmeAuthz)>, CaError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, authz_id, type, token, status, validated_at, error FROM acme_challenges WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let ch = challenge_from(&row)?;
+        let (authz, _) =
+            self.acme_authz(&ch.authz_id).await?.ok_or_else(|| CaError::Store("orphan challenge".into()))?;
+        Ok(Some((ch, authz)))
+    }
+
+    /// Records a validation result in one transaction: the challenge, its authorization and, when
+    /// this was the order's last pending authorization, the order (`ready`, or `invalid` on failure)
+    /// change together, so a client never sees valid authorizations under a pending order.
+    pub async fn acme_finish_challenge(
+        &self,
+        challenge_id: &str,
+        authz_id: &str,
+        order_id: &str,
+        valid: bool,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<(), CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let (ch_status, az_status) = if valid { ("valid", "valid") } else { ("invalid", "invalid") };
+        sqlx::query("UPDATE acme_challenges SET status = $1, validated_at = $2, error = $3 WHERE id = $4")
+            .bind(ch_status)
+            .bind(if valid { Some(now) } else { None })
+            .bind(error.map(str::to_owned))
+            .bind(challenge_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("UPDATE acme_authorizations SET status = $1 WHERE id = $2 AND status = 'pending'")
+            .bind(az_status)
+            .bind(authz_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if valid {
+            sqlx::query(
+                "UPDATE acme_orders SET status = 'ready' WHERE id = $1 AND status = 'pending' AND NOT EXISTS \
+                 (SELECT 1 FROM acme_authorizations a WHERE a.order_id = $1 AND a.status <> 'valid')",
+            )
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        } else {
+            sqlx::query("UPDATE acme_orders SET status = 'invalid', error = $1 WHERE id = $2 AND status = 'pending'")
+                .bind(error.map(str::to_owned))
+                .bind(order_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// Moves an order from one status to another (compare-and-set); false if it was not in `from`.
+    pub async fn acme_transition_order(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        cert_serial: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool, CaError> {
+        let r = sqlx::query(
+            "UPDATE acme_orders SET status = $1, cert_serial = COALESCE($2, cert_serial), error = COALESCE($3, error) \
+             WHERE id = $4 AND status = $5",
+        )
+        .bind(to)
+        .bind(cert_serial.map(str::to_owned))
+        .bind(error.map(str::to_owned))
+        .bind(id)
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Marks a certificate revoked with an RFC 5280 reason code; false if it already was.
+    pub async fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: i32,
+        at: time::OffsetDateTime,
+    ) -> Result<bool, CaError> {
+        let r = sqlx::query(
+            "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3 AND revoked_at IS NULL",
+        )
+        .bind(unix(at))
+        .bind(reason)
+        .bind(serial)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Deletes used nonces that have expired anyway, and expires stale pending orders.
+    pub async fn acme_cleanup(&self, now: i64) -> Result<(u64, u64), CaError> {
+        let n = sqlx::query("DELETE FROM acme_used_nonces WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        let o = sqlx::query(
+            "UPDATE acme_orders SET status = 'invalid', error = $1 \
+             WHERE expires_at < $2 AND status IN ('pending', 'ready', 'processing')",
+        )
+        .bind(r#"{"type":"urn:ietf:params:acme:error:malformed","detail":"order expired"}"#)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        Ok((n, o))
+    }
+}

@@ -1,0 +1,686 @@
+//! ACME resource handlers (RFC 8555 sections 7.1 to 7.6).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder};
+use ca::{AuthorizedNames, IssueRequest, Name, Profile};
+use ring::rand::SecureRandom;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::jws::Jwk;
+use super::problem::{AcmeProblem, Subproblem};
+use super::wire::*;
+use super::{Acme, Authenticated};
+
+type AcmeResult = Result<Response, AcmeProblem>;
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
+}
+
+/// A random opaque id (128 bits, base64url).
+fn new_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    B64.encode(b)
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    let mut r = (status, serde_json::to_vec(body).unwrap_or_default()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn with_header(mut r: Response, name: header::HeaderName, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(name, v);
+    }
+    r
+}
+
+fn path_of(uri: &OriginalUri) -> String {
+    uri.0.path().strip_prefix("/acme").unwrap_or(uri.0.path()).to_owned()
+}
+
+/// Parses a JSON payload; an empty payload (POST-as-GET) is refused where a body is required.
+fn payload<T: serde::de::DeserializeOwned>(auth: &Authenticated) -> Result<T, AcmeProblem> {
+    serde_json::from_slice(&auth.jws.payload).map_err(|e| AcmeProblem::malformed(format!("bad payload: {e}")))
+}
+
+fn require_post_as_get(auth: &Authenticated) -> Result<(), AcmeProblem> {
+    if auth.jws.payload.is_empty() {
+        Ok(())
+    } else {
+        Err(AcmeProblem::malformed("this resource is read with POST-as-GET (an empty payload)"))
+    }
+}
+
+fn owner<'a>(auth: &'a Authenticated, account_id: &str) -> Result<&'a AcmeAccount, AcmeProblem> {
+    let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("signed with jwk where kid is required"))?;
+    if acct.id != account_id {
+        // Not "forbidden": another account's resources do not exist for this one.
+        return Err(AcmeProblem::not_found());
+    }
+    Ok(acct)
+}
+
+/// GET /acme/directory (section 7.1.1).
+pub async fn directory(State(acme): State<Arc<Acme>>) -> Response {
+    json(
+        StatusCode::OK,
+        &Directory {
+            new_nonce: acme.url("/new-nonce"),
+            new_account: acme.url("/new-account"),
+            new_order: acme.url("/new-order"),
+            revoke_cert: acme.url("/revoke-cert"),
+            key_change: acme.url("/key-change"),
+            meta: DirectoryMeta {
+                terms_of_service: acme.cfg.terms_of_service.clone(),
+                external_account_required: false,
+            },
+        },
+    )
+}
+
+/// HEAD /acme/new-nonce answers 200 (section 7.2); the nonce comes from the common headers.
+pub async fn new_nonce_head() -> StatusCode {
+    StatusCode::OK
+}
+
+/// GET /acme/new-nonce answers 204 (section 7.2).
+pub async fn new_nonce_get() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+fn account_json(acme: &Acme, a: &AcmeAccount) -> Account {
+    Account {
+        status: a.status.clone(),
+        contact: a.contact.clone(),
+        orders: acme.url(&format!("/account/{}/orders", a.id)),
+        terms_of_service_agreed: true,
+    }
+}
+
+fn check_contacts(contact: &[String]) -> Result<(), AcmeProblem> {
+    for c in contact {
+        let ok = c.strip_prefix("mailto:").is_some_and(|addr| {
+            let mut parts = addr.split('@');
+            matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None)
+                if !l.is_empty() && ca::check_dns_name(d).is_ok() && !addr.contains([',', '?', ' ']))
+        });
+        if !ok {
+            return Err(AcmeProblem::new(
+                StatusCode::BAD_REQUEST,
+                "invalidContact",
+                format!("unsupported contact {c:?}: only mailto: with one address"),
+            ));
+        }
+    }
+    if contact.len() > 10 {
+        return Err(AcmeProblem::new(StatusCode::BAD_REQUEST, "invalidContact", "at most 10 contacts"));
+    }
+    Ok(())
+}
+
+/// POST /acme/new-account (section 7.3).
+pub async fn new_account(
+    State(acme): State<Arc<Acme>>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(true)).await?;
+    let req: AccountRequest = payload(&auth)?;
+    let thumbprint = auth.jwk.thumbprint();
+    if let Some(existing) = acme.store.acme_account_by_thumbprint(&thumbprint).await.map_err(AcmeProblem::from)? {
+        if existing.status != "valid" {
+            return Err(AcmeProblem::unauthorized(format!("the account for this key is {}", existing.status)));
+        }
+        let r = json(StatusCode::OK, &account_json(&acme, &existing));
+        return Ok(with_header(r, header::LOCATION, &acme.url(&format!("/account/{}", existing.id))));
+    }
+    if req.only_return_existing {
+        return Err(AcmeProblem::new(StatusCode::BAD_REQUEST, "accountDoesNotExist", "no account exists for this key"));
+    }
+    if req.external_account_binding.is_some() {
+        return Err(AcmeProblem::malformed("external account binding is not offered by this CA yet"));
+    }
+    if acme.cfg.terms_of_service.is_some() && req.terms_of_service_agreed != Some(true) {
+        return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "userActionRequired", "agree to the terms of service"));
+    }
+    let contact = req.contact.unwrap_or_default();
+    check_contacts(&contact)?;
+    let account = AcmeAccount {
+        id: new_id(),
+        thumbprint,
+        jwk: serde_json::to_string(&auth.jwk).map_err(AcmeProblem::internal)?,
+        status: "valid".into(),
+        contact,
+        eab_kid: None,
+        created_at: now(),
+    };
+    let (stored, created) = acme.store.acme_create_account(&account).await.map_err(AcmeProblem::from)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    if created {
+        tracing::info!(account = %stored.id, "ACME account created");
+    }
+    let r = json(status, &account_json(&acme, &stored));
+    Ok(with_header(r, header::LOCATION, &acme.url(&format!("/account/{}", stored.id))))
+}
+
+/// POST /acme/account/{id}: read, update contacts, or deactivate (sections 7.3.2, 7.3.6).
+pub async fn account(
+    State(acme): State<Arc<Acme>>,
+    Path(id): Path<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    let acct = owner(&auth, &id)?.clone();
+    if auth.jws.payload.is_empty() {
+        return Ok(json(StatusCode::OK, &account_json(&acme, &acct)));
+    }
+    let req: AccountRequest = payload(&auth)?;
+    let contact = match req.contact {
+        Some(c) => {
+            check_contacts(&c)?;
+            c
+        }
+        None => acct.contact.clone(),
+    };
+    let status = match req.status.as_deref() {
+        None | Some("valid") => "valid",
+        Some("deactivated") => "deactivated",
+        Some(other) => return Err(AcmeProblem::malformed(format!("an account cannot be set to {other:?}"))),
+    };
+    if !acme.store.acme_update_account(&acct.id, &contact, status).await.map_err(AcmeProblem::from)? {
+        return Err(AcmeProblem::unauthorized("the account is no longer valid"));
+    }
+    if status == "deactivated" {
+        tracing::info!(account = %acct.id, "ACME account deactivated");
+    }
+    let updated = AcmeAccount { contact, status: status.into(), ..acct };
+    Ok(json(StatusCode::OK, &account_json(&acme, &updated)))
+}
+
+/// POST /acme/account/{id}/orders (section 7.1.2.1).
+pub async fn account_orders(
+    State(acme): State<Arc<Acme>>,
+    Path(id): Path<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    require_post_as_get(&auth)?;
+    let acct = owner(&auth, &id)?;
+    let ids = acme.store.acme_order_ids(&acct.id).await.map_err(AcmeProblem::from)?;
+    Ok(json(StatusCode::OK, &OrdersList { orders: ids.iter().map(|o| acme.url(&format!("/order/{o}"))).collect() }))
+}
+
+/// Validates one requested identifier; returns it normalised with its policy name.
+fn check_identifier(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name, bool), (String, String)> {
+    match id.kind.as_str() {
+        "dns" => {
+            let wildcard = id.value.starts_with("*.");
+            let name = ca::check_dns_name(&id.value).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
+            if wildcard {
+                return Err((
+                    "rejectedIdentifier".into(),
+                    "wildcard names need dns-01, which this CA does not offer yet".into(),
+                ));
+            }
+            let n = Name::Dns(name.clone());
+            acme.authority.policy().check_name(&n).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
+            Ok((Identifier { kind: "dns".into(), value: name }, n, wildcard))
+        }
+        "ip" => {
+            let ip: IpAddr = id
+                .value
+                .parse()
+                .map_err(|_| ("malformed".to_owned(), format!("{:?} is not an IP address", id.value)))?;
+            let n = Name::Ip(ip);
+            acme.authority.policy().check_name(&n).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
+            Ok((Identifier { kind: "ip".into(), value: ip.to_string() }, n, false))
+        }
+        other => Err(("unsupportedIdentifier".into(), format!("identifier type {other:?} is not supported"))),
+    }
+}
+
+/// POST /acme/new-order (section 7.4).
+pub async fn new_order(State(acme): State<Arc<Acme>>, uri: OriginalUri, headers: HeaderMap, body: Bytes) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
+    let req: NewOrder = payload(&auth)?;
+    if req.not_before.is_some() || req.not_after.is_some() {
+        return Err(AcmeProblem::malformed("notBefore and notAfter are not supported; the profile decides validity"));
+    }
+    if req.identifiers.is_empty() || req.identifiers.len() > 100 {
+        return Err(AcmeProblem::malformed("an order needs 1 to 100 identifiers"));
+    }
+    let mut ids = BTreeSet::new();
+    let mut sub = Vec::new();
+    for id in &req.identifiers {
+        match check_identifier(&acme, id) {
+            Ok((norm, _, wildcard)) => {
+                ids.insert((norm, wildcard));
+            }
+            Err((kind, detail)) => sub.push(Subproblem {
+                kind: format!("urn:ietf:params:acme:error:{kind}"),
+                detail,
+                identifier: id.clone(),
+            }),
+        }
+    }
+    if !sub.is_empty() {
+        let kind = if sub.iter().all(|s| s.kind.ends_with("unsupportedIdentifier")) {
+            "unsupportedIdentifier"
+        } else {
+            "rejectedIdentifier"
+        };
+        let mut p =
+            AcmeProblem::new(StatusCode::BAD_REQUEST, kind, "some identifiers cannot be ordered; see subproblems");
+        p.subproblems = sub;
+        return Err(p);
+    }
+    let t = now();
+    let expires = t + acme.cfg.order_lifetime.as_secs() as i64;
+    let order_id = new_id();
+    let identifiers: Vec<Identifier> = ids.iter().map(|(i, _)| i.clone()).collect();
+    let mut authzs = Vec::new();
+    let mut challenges = Vec::new();
+    for (id, wildcard) in &ids {
+        let authz_id = new_id();
+        let kinds: &[&str] = if id.kind == "ip" { &["http-01"] } else { &["http-01", "tls-alpn-01"] };
+        for kind in kinds {
+            challenges.push(AcmeChallenge {
+                id: new_id(),
+                authz_id: authz_id.clone(),
+                kind: (*kind).into(),
+                token: new_id(),
+                status: "pending".into(),
+                validated_at: None,
+                error: None,
+            });
+        }
+        authzs.push(AcmeAuthz {
+            id: authz_id,
+            order_id: order_id.clone(),
+            account_id: acct.id.clone(),
+            id_type: id.kind.clone(),
+            id_value: id.value.clone(),
+            wildcard: *wildcard,
+            status: "pending".into(),
+            expires_at: expires,
+        });
+    }
+    let order = AcmeOrder {
+        id: order_id.clone(),
+        account_id: acct.id.clone(),
+        status: "pending".into(),
+        identifiers: serde_json::to_string(&identifiers).map_err(AcmeProblem::internal)?,
+        expires_at: expires,
+        error: None,
+        cert_serial: None,
+        created_at: t,
+    };
+    acme.store.acme_create_order(&order, &authzs, &challenges).await.map_err(AcmeProblem::from)?;
+    let body = order_json(&acme, &order, &authzs)?;
+    Ok(with_header(json(StatusCode::CREATED, &body), header::LOCATION, &acme.url(&format!("/order/{order_id}"))))
+}
+
+fn order_json(acme: &Acme, o: &AcmeOrder, authzs: &[AcmeAuthz]) -> Result<Order, AcmeProblem> {
+    Ok(Order {
+        status: o.status.clone(),
+        expires: rfc3339(o.expires_at),
+        identifiers: serde_json::from_str(&o.identifiers).map_err(AcmeProblem::internal)?,
+        authorizations: authzs.iter().map(|a| acme.url(&format!("/authz/{}", a.id))).collect(),
+        finalize: acme.url(&format!("/order/{}/finalize", o.id)),
+        certificate: o.cert_serial.as_ref().map(|s| acme.url(&format!("/cert/{s}"))),
+        error: o.error.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+    })
+}
+
+async fn load_order(acme: &Acme, auth: &Authenticated, id: &str) -> Result<(AcmeOrder, Vec<AcmeAuthz>), AcmeProblem> {
+    let o = acme.store.acme_order(id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    owner(auth, &o.account_id)?;
+    let authzs = acme.store.acme_authzs_for_order(&o.id).await.map_err(AcmeProblem::from)?;
+    Ok((o, authzs))
+}
+
+fn polled(r: Response, status: &str) -> Response {
+    if matches!(status, "pending" | "processing") { with_header(r, header::RETRY_AFTER, "1") } else { r }
+}
+
+/// POST /acme/order/{id} (section 7.4).
+pub async fn order(
+    State(acme): State<Arc<Acme>>,
+    Path(id): Path<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    require_post_as_get(&auth)?;
+    let (o, authzs) = load_order(&acme, &auth, &id).await?;
+    Ok(polled(json(StatusCode::OK, &order_json(&acme, &o, &authzs)?), &o.status))
+}
+
+fn challenge_json(acme: &Acme, c: &AcmeChallenge) -> Challenge {
+    Challenge {
+        kind: c.kind.clone(),
+        url: acme.url(&format!("/challenge/{}", c.id)),
+        status: c.status.clone(),
+        token: c.token.clone(),
+        validated: c.validated_at.map(rfc3339),
+        error: c.error.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+    }
+}
+
+/// POST /acme/authz/{id} (section 7.5).
+pub async fn authz(
+    State(acme): State<Arc<Acme>>,
+    Path(id): Path<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    require_post_as_get(&auth)?;
+    let (a, challenges) =
+        acme.store.acme_authz(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    owner(&auth, &a.account_id)?;
+    let status = if a.status == "pending" && a.expires_at < now() { "expired".to_owned() } else { a.status.clone() };
+    let body = Authorization {
+        identifier: Identifier { kind: a.id_type.clone(), value: a.id_value.clone() },
+        status: status.clone(),
+        expires: rfc3339(a.expires_at),
+        challenges: challenges.iter().map(|c| challenge_json(&acme, c)).collect(),
+        wildcard: a.wildcard,
+    };
+    Ok(polled(json(StatusCode::OK, &body), &status))
+}
+
+/// POST /acme/challenge/{id}: `{}` asks for validation (section 7.5.1), an empty payload reads.
+/// Validation runs before the answer, so the answer already says `valid` or `invalid`.
+pub async fn challenge(
+    State(acme): State<Arc<Acme>>,
+    Path(id): Path<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    let (ch, az) =
+        acme.store.acme_challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    owner(&auth, &az.account_id)?;
+    let up = acme.url(&format!("/authz/{}", az.id));
+    let respond = |c: &AcmeChallenge| {
+        with_header(json(StatusCode::OK, &challenge_json(&acme, c)), header::LINK, &format!("<{up}>;rel=\"up\""))
+    };
+    if auth.jws.payload.is_empty() || ch.status != "pending" || az.status != "pending" {
+        return Ok(respond(&ch));
+    }
+    let _: serde_json::Value = payload(&auth)?;
+    if az.expires_at < now() {
+        return Err(AcmeProblem::malformed("the authorization has expired"));
+    }
+    let key_authorization = format!("{}.{}", ch.token, auth.jwk.thumbprint());
+    let result = if acme.cfg.insecure_always_valid_challenges {
+        Ok(())
+    } else {
+        let v = &acme.cfg.validation;
+        match ch.kind.as_str() {
+            "http-01" => v.http01(&az.id_value, &ch.token, &key_authorization).await,
+            "tls-alpn-01" => v.tls_alpn01(&az.id_value, &key_authorization).await,
+            other => Err(super::validation::ValidationError {
+                kind: "malformed",
+                detail: format!("unknown challenge {other}"),
+            }),
+        }
+    };
+    let error = result.as_ref().err().map(|e| {
+        let mut p = AcmeProblem::new(StatusCode::FORBIDDEN, e.kind, e.detail.clone());
+        p.subproblems = vec![];
+        p.to_json()
+    });
+    if let Err(e) = &result {
+        tracing::info!(identifier = %az.id_value, challenge = %ch.kind, kind = e.kind, detail = %e.detail, "ACME validation failed");
+    }
+    acme.store
+        .acme_finish_challenge(&ch.id, &az.id, &az.order_id, result.is_ok(), error.as_deref(), now())
+        .await
+        .map_err(AcmeProblem::from)?;
+    let done = AcmeChallenge {
+        status: if result.is_ok() { "valid".into() } else { "invalid".into() },
+        validated_at: result.is_ok().then(now),
+        error,
+        ..ch
+    };
+    Ok(respond(&done))
+}
+
+/// True when `jwk` is the public key in the DER SubjectPublicKeyInfo `spki`.
+fn jwk_is_spki(jwk: &Jwk, spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> bool {
+    let key = spki.subject_public_key.data.as_ref();
+    let dec = |s: &str| B64.decode(s).unwrap_or_default();
+    match jwk {
+        Jwk::Ec { x, y, .. } => {
+            let mut p = vec![4u8];
+            p.extend(dec(x));
+            p.extend(dec(y));
+            key == p.as_slice()
+        }
+        Jwk::Okp { x, .. } => key == dec(x).as_slice(),
+        Jwk::Rsa { n, e } => match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+                let strip = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
+                strip(rsa.modulus) == strip(&dec(n)) && strip(rsa.exponent) == strip(&dec(e))
+            }
+            _ => false,
+        },
+    }
+}
+
+/// POST /acme/order/{id}/finalize (section 7.4): issues synchronously and answers `valid`.
+pub async fn finalize(
+    State(acme): State<Arc<Acme>>,
+    Path(id): Path<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    let (o, authzs) = load_order(&acme, &auth, &id).await?;
+    let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
+    let req: Finalize = payload(&auth)?;
+    if o.status != "ready" {
+        return Err(AcmeProblem::new(
+            StatusCode::FORBIDDEN,
+            "orderNotReady",
+            format!("the order is {}, not ready", o.status),
+        ));
+    }
+    if o.expires_at < now() {
+        return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "orderNotReady", "the order has expired"));
+    }
+    let csr = B64
+        .decode(req.csr.trim_end_matches('='))
+        .map_err(|_| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", "csr is not base64url"))?;
+    let verified = ca::parse_and_verify_csr(&csr).map_err(AcmeProblem::from_finalize)?;
+    let (_, spki) =
+        <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<_>>::from_der(&verified.spki_der)
+            .map_err(|_| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", "unreadable public key"))?;
+    if jwk_is_spki(&auth.jwk, &spki) {
+        return Err(AcmeProblem::new(
+            StatusCode::BAD_REQUEST,
+            "badCSR",
+            "the certificate key must differ from the account key",
+        ));
+    }
+    let names: Vec<Name> = authzs
+        .iter()
+        .map(|a| match a.id_type.as_str() {
+            "ip" => {
+                a.id_value.parse().map(Name::Ip).map_err(|_| AcmeProblem::internal("stored IP identifier unparseable"))
+            }
+            _ => Ok(Name::Dns(a.id_value.clone())),
+        })
+        .collect::<Result<_, _>>()?;
+    let authorized = AuthorizedNames { names, exact: true };
+    // Check the CSR against the order before the order leaves `ready`: a bad CSR changes nothing.
+    // RFC 8555 section 7.4: a CSR that does not name exactly the order's identifiers is a badCSR.
+    acme.authority
+        .policy()
+        .names_for(&verified, Profile::TlsServer, Some(&authorized))
+        .map_err(|e| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", e.to_string()))?;
+    if !acme.store.acme_transition_order(&o.id, "ready", "processing", None, None).await.map_err(AcmeProblem::from)? {
+        return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "orderNotReady", "the order is being finalized already"));
+    }
+    let requester = format!("acme:{}", acct.id);
+    let issued = acme
+        .authority
+        .issue(IssueRequest {
+            csr: &csr,
+            profile: Profile::TlsServer,
+            requester: &requester,
+            lifetime: None,
+            authorized: Some(&authorized),
+        })
+        .await;
+    let issued = match issued {
+        Ok(c) => c,
+        Err(e) => {
+            let p = AcmeProblem::from_finalize(e);
+            // Unavailable: back to ready so the client can retry; anything else ends the order.
+            let (to, err) = if p.status == 503 { ("ready", None) } else { ("invalid", Some(p.to_json())) };
+            let _ = acme.store.acme_transition_order(&o.id, "processing", to, None, err.as_deref()).await;
+            return Err(p);
+        }
+    };
+    let serial = issued.serial.to_hex();
+    acme.store
+        .acme_transition_order(&o.id, "processing", "valid", Some(&serial), None)
+        .await
+        .map_err(AcmeProblem::from)?;
+    let done = AcmeOrder { status: "valid".into(), cert_serial: Some(serial), ..o };
+    let r = json(StatusCode::OK, &order_json(&acme, &done, &authzs)?);
+    Ok(with_header(r, header::LOCATION, &acme.url(&format!("/order/{}", done.id))))
+}
+
+/// POST /acme/cert/{serial} (section 7.4.2): the chain as `application/pem-certificate-chain`.
+pub async fn certificate(
+    State(acme): State<Arc<Acme>>,
+    Path(serial): Path<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    require_post_as_get(&auth)?;
+    let o =
+        acme.store.acme_order_for_cert(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    owner(&auth, &o.account_id)?;
+    let rec = acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    let leaf = rec.cert_pem.ok_or_else(AcmeProblem::not_found)?;
+    let issuers = acme.store.issuers().await.map_err(AcmeProblem::from)?;
+    let issuer = issuers
+        .iter()
+        .find(|i| i.id == rec.issuer_id)
+        .ok_or_else(|| AcmeProblem::internal("issuer of a certificate missing"))?;
+    let mut r = (StatusCode::OK, format!("{leaf}{}", issuer.cert_pem)).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
+    Ok(r)
+}
+
+/// POST /acme/revoke-cert (section 7.6): by the ordering account (kid) or the certificate key (jwk).
+pub async fn revoke_cert(
+    State(acme): State<Arc<Acme>>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let auth = acme.authenticate(&headers, &path_of(&uri), &body, None).await?;
+    let req: Revoke = payload(&auth)?;
+    let reason = req.reason.unwrap_or(0);
+    if ![0, 1, 3, 4, 5, 9].contains(&reason) {
+        return Err(AcmeProblem::new(
+            StatusCode::BAD_REQUEST,
+            "badRevocationReason",
+            format!("reason {reason} is not accepted (0, 1, 3, 4, 5, 9)"),
+        ));
+    }
+    let der = B64
+        .decode(req.certificate.trim_end_matches('='))
+        .map_err(|_| AcmeProblem::malformed("certificate is not base64url"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| AcmeProblem::malformed("certificate is not DER X.509"))?;
+    let serial = hex::encode(cert.raw_serial());
+    let rec =
+        acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    let ours = rec.cert_pem.as_deref().and_then(pem_to_der).is_some_and(|d| d == der);
+    if !ours {
+        return Err(AcmeProblem::not_found());
+    }
+    let allowed = match &auth.account {
+        Some(acct) => acme
+            .store
+            .acme_order_for_cert(&serial)
+            .await
+            .map_err(AcmeProblem::from)?
+            .is_some_and(|o| o.account_id == acct.id),
+        None => jwk_is_spki(&auth.jwk, cert.public_key()),
+    };
+    if !allowed {
+        return Err(AcmeProblem::unauthorized(
+            "neither the ordering account nor the certificate key signed this request",
+        ));
+    }
+    if !acme.store.revoke_certificate(&serial, reason, OffsetDateTime::now_utc()).await.map_err(AcmeProblem::from)? {
+        return Err(AcmeProblem::new(StatusCode::BAD_REQUEST, "alreadyRevoked", "the certificate is already revoked"));
+    }
+    let who = auth.account.as_ref().map(|a| format!("acme:{}", a.id)).unwrap_or_else(|| "certificate-key".into());
+    let _ = acme
+        .store
+        .append_audit(ca::AuditEvent::now(
+            who,
+            "certificate.revoke",
+            &serial,
+            ca::Outcome::Success,
+            format!("reason={reason}"),
+        ))
+        .await;
+    tracing::info!(%serial, reason, "certificate revoked");
+    Ok(StatusCode::OK.into_response())
+}
+
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|c| c.to_vec())
+}
+
+/// POST /acme/key-change (section 7.3.5): not offered yet.
+pub async fn key_change(
+    State(acme): State<Arc<Acme>>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AcmeResult {
+    let _auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+    Err(AcmeProblem::new(StatusCode::NOT_IMPLEMENTED, "serverInternal", "key rollover is not offered by this CA yet"))
+}

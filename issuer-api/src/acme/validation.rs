@@ -1,0 +1,236 @@
+//! Challenge validation: the only outbound connections Lanyard makes. Targets are resolved through
+//! the configured host map (else the system resolver) and must lie in an allowed network; ports are
+//! configurable so tests run everything on loopback.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use ipnet::IpNet;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+/// Where and how validation may connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Port for http-01 (80 in production).
+    pub http01_port: u16,
+    /// Port for tls-alpn-01 (443 in production).
+    pub tls_alpn01_port: u16,
+    /// Static name -> address map consulted before DNS.
+    pub hosts: BTreeMap<String, IpAddr>,
+    /// Networks validation may connect to. An internal CA validates internal names, so the
+    /// default is loopback and the private ranges; anything else must be listed.
+    pub allowed_networks: Vec<IpNet>,
+    /// Per-validation timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            http01_port: 80,
+            tls_alpn01_port: 443,
+            hosts: BTreeMap::new(),
+            allowed_networks: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why validation failed, with the ACME error type it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// ACME error type (`connection`, `unauthorized`, `incorrectResponse`, `dns`, `tls`, `rejectedIdentifier`).
+    pub kind: &'static str,
+    /// What happened, for the client.
+    pub detail: String,
+}
+
+fn fail(kind: &'static str, detail: impl Into<String>) -> ValidationError {
+    ValidationError { kind, detail: detail.into() }
+}
+
+impl ValidationConfig {
+    async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, ValidationError> {
+        let ip = if let Ok(ip) = host.parse::<IpAddr>() {
+            ip
+        } else if let Some(ip) = self.hosts.get(host) {
+            *ip
+        } else {
+            let mut addrs = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| fail("dns", format!("cannot resolve {host}: {e}")))?;
+            addrs.next().ok_or_else(|| fail("dns", format!("{host} has no address")))?.ip()
+        };
+        if !self.allowed_networks.iter().any(|n| n.contains(&ip)) {
+            return Err(fail(
+                "rejectedIdentifier",
+                format!("{host} resolves to {ip}, outside the networks this CA validates"),
+            ));
+        }
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, ValidationError> {
+        let addr = self.resolve(host, port).await?;
+        tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| fail("connection", format!("timeout connecting to {addr}")))?
+            .map_err(|e| fail("connection", format!("cannot connect to {host} at {addr}: {e}")))
+    }
+
+    /// http-01 (RFC 8555 section 8.3): the key authorization at the well-known URL.
+    pub async fn http01(&self, host: &str, token: &str, key_authorization: &str) -> Result<(), ValidationError> {
+        let run = async {
+            let tcp = self.connect(host, self.http01_port).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| fail("connection", format!("HTTP handshake with {host}: {e}")))?;
+            tokio::spawn(conn);
+            let host_header = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+            let req = hyper::Request::get(format!("/.well-known/acme-challenge/{token}"))
+                .header("host", host_header)
+                .header("user-agent", "lanyard-acme-validator")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| fail("connection", e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| fail("connection", format!("{host}: {e}")))?;
+            if resp.status() != hyper::StatusCode::OK {
+                return Err(fail(
+                    "unauthorized",
+                    format!("http://{host}/.well-known/acme-challenge/{token} answered {}", resp.status()),
+                ));
+            }
+            let body = Limited::new(resp.into_body(), 8192)
+                .collect()
+                .await
+                .map_err(|_| fail("unauthorized", "challenge response too large or broken"))?
+                .to_bytes();
+            let got = String::from_utf8_lossy(&body);
+            if got.trim_end() != key_authorization {
+                return Err(fail(
+                    "unauthorized",
+                    format!("the key authorization at {host} does not match: got {:?}", truncate(&got)),
+                ));
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| fail("connection", format!("timeout validating {host}")))?
+    }
+
+    /// tls-alpn-01 (RFC 8737): a self-signed certificate for the name with the acmeIdentifier
+    /// extension over SHA-256 of the key authorization, negotiated with ALPN `acme-tls/1`.
+    pub async fn tls_alpn01(&self, host: &str, key_authorization: &str) -> Result<(), ValidationError> {
+        let run = async {
+            let tcp = self.connect(host, self.tls_alpn01_port).await?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            // TLS 1.3 only: the handshake signature is checked against the certificate's raw key
+            // (webpki refuses to parse a certificate with the critical acmeIdentifier extension),
+            // and rustls offers that check for TLS 1.3.
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| fail("tls", e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+            let name = ServerName::try_from(host.to_owned()).map_err(|_| fail("malformed", "bad server name"))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| fail("tls", format!("TLS with {host}: {e}")))?;
+            let (_, conn) = tls.get_ref();
+            if conn.alpn_protocol() != Some(b"acme-tls/1") {
+                return Err(fail("tls", format!("{host} did not negotiate acme-tls/1")));
+            }
+            let cert = conn.peer_certificates().and_then(|c| c.first()).ok_or_else(|| fail("tls", "no certificate"))?;
+            check_alpn_cert(cert, host, key_authorization)
+        };
+        tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| fail("connection", format!("timeout validating {host}")))?
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// RFC 8737 section 3: exactly one dNSName equal to the identifier, and a critical acmeIdentifier
+/// extension holding SHA-256 of the key authorization.
+fn check_alpn_cert(der: &CertificateDer<'_>, host: &str, key_authorization: &str) -> Result<(), ValidationError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| fail("tls", "unparseable certificate"))?;
+    let sans: Vec<_> =
+        cert.subject_alternative_name().ok().flatten().map(|s| s.value.general_names.clone()).unwrap_or_default();
+    if sans.len() != 1 || !matches!(sans[0], GeneralName::DNSName(d) if d.eq_ignore_ascii_case(host)) {
+        return Err(fail("unauthorized", format!("the acme-tls/1 certificate must name exactly {host}")));
+    }
+    let want = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+    let oid = x509_parser::der_parser::oid!(1.3.6.1.5.5.7.1.31);
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid == oid)
+        .ok_or_else(|| fail("unauthorized", "no acmeIdentifier extension"))?;
+    if !ext.critical {
+        return Err(fail("unauthorized", "the acmeIdentifier extension is not critical"));
+    }
+    // extnValue is an OCTET STRING (DER) holding the 32-byte digest: 04 20 <digest>.
+    let v = ext.value;
+    if v.len() != 34 || v[0] != 0x04 || v[1] != 0x20 || v[2..] != *want.as_ref() {
+        return Err(fail("unauthorized", "the acmeIdentifier does not match the key authorization"));
+    }
+    Ok(())
+}
+
+/// Accepts any certificate (tls-alpn-01 certificates are self-signed by design) but still checks
+/// handshake signatures, so the peer holds the key.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("tls-alpn-01 validation uses TLS 1.3".into()))
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let (_, cert) = x509_parser::parse_x509_certificate(c)
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let spki = rustls::pki_types::SubjectPublicKeyInfoDer::from(cert.public_key().raw);
+        rustls::crypto::verify_tls13_signature_with_raw_key(m, &spki, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,396 @@
+//! ACME against real clients (lego, uacme from Debian) and a negative suite of requests no real
+//! client would send. Everything runs on loopback: the CA's host map points the test names at
+//! 127.0.0.1 and the challenge ports are free ports picked here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde_json::json;
+use tests::acme::RawClient;
+use tests::{CaProcess, start_ca};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Ca {
+    proc: CaProcess,
+    root_pem: String,
+    root_path: PathBuf,
+    db_url: String,
+    http_port: u16,
+    tls_port: u16,
+}
+
+fn start(dir: &Path, extra: &str) -> Ca {
+    let (http_port, tls_port) = (free_port(), free_port());
+    let data = dir.join("data");
+    let cfg = dir.join("ca.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[policy.dns]\ndeny_suffixes = [\"forbidden.test\"]\n[acme]\n{extra}\n[acme.validation]\n\
+             http01_port = {http_port}\ntls_alpn01_port = {tls_port}\n\
+             hosts = {{ \"web.example.test\" = \"127.0.0.1\", \"api.example.test\" = \"127.0.0.1\", \"far.example.test\" = \"192.0.2.1\" }}\n",
+            data.display()
+        ),
+    )
+    .expect("config");
+    let proc = start_ca(&["--config", cfg.to_str().expect("utf8")], &[]).expect("start lanyard-ca");
+    let root_path = data.join("root.pem");
+    Ca {
+        proc,
+        root_pem: std::fs::read_to_string(&root_path).expect("root"),
+        root_path,
+        db_url: format!("sqlite://{}", data.join("lanyard.db").display()),
+        http_port,
+        tls_port,
+    }
+}
+
+fn directory(ca: &Ca) -> String {
+    format!("https://localhost:{}/acme/directory", ca.proc.addr.port())
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (is it installed? scripts/test.sh installs it)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn openssl_verify(root: &Path, chain_pem: &str, dir: &Path) {
+    let end = chain_pem.find("-----END CERTIFICATE-----").expect("pem") + 26;
+    std::fs::write(dir.join("leaf.pem"), &chain_pem[..end]).expect("write");
+    std::fs::write(dir.join("rest.pem"), &chain_pem[end..]).expect("write");
+    run(Command::new("openssl")
+        .args(["verify", "-purpose", "sslserver", "-CAfile"])
+        .arg(root)
+        .args(["-untrusted", "rest.pem", "leaf.pem"])
+        .current_dir(dir));
+}
+
+fn serial_of(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+    hex::encode(x509_parser::parse_x509_certificate(&der).expect("x509").1.raw_serial())
+}
+
+async fn revoked(db_url: &str, serial: &str) -> bool {
+    let store = ca::Store::open(db_url).await.expect("open store");
+    store.certificate(serial).await.expect("read").expect("recorded").revoked_at.is_some()
+}
+
+#[tokio::test]
+async fn lego_obtains_with_http01_renews_with_tls_alpn01_and_revokes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = start(d, "");
+    let lego = |domains: &[&str], args: &[&str]| {
+        let mut c = Command::new("lego");
+        c.env("LEGO_CA_CERTIFICATES", &ca.root_path).args([
+            "--server",
+            &directory(&ca),
+            "--email",
+            "ops@example.test",
+            "--accept-tos",
+        ]);
+        for dom in domains {
+            c.args(["--domains", dom]);
+        }
+        c.arg("--path").arg(d.join("lego")).args(args);
+        run(&mut c)
+    };
+    let both = ["web.example.test", "api.example.test"];
+    lego(&both, &["--http", "--http.port", &format!("127.0.0.1:{}", ca.http_port), "run"]);
+    let crt = d.join("lego/certificates/web.example.test.crt");
+    let first = std::fs::read_to_string(&crt).expect("certificate");
+    openssl_verify(&ca.root_path, &first, d);
+
+    let out = lego(
+        &both,
+        &["--tls", "--tls.port", &format!("127.0.0.1:{}", ca.tls_port), "renew", "--days", "30", "--no-random-sleep"],
+    );
+    assert!(out.contains("Server responded with a certificate"), "{out}");
+    let second = std::fs::read_to_string(&crt).expect("renewed certificate");
+    assert_ne!(serial_of(&first), serial_of(&second), "renewal issued a new certificate");
+    openssl_verify(&ca.root_path, &second, d);
+
+    // lego files the certificate under its first domain and revokes per domain: name that one.
+    lego(&both[..1], &["revoke"]);
+    assert!(revoked(&ca.db_url, &serial_of(&second)).await, "revocation recorded");
+    assert!(!revoked(&ca.db_url, &serial_of(&first)).await);
+}
+
+/// Serves files of `dir` at /.well-known/acme-challenge/<token> over plain HTTP, as a web server
+/// in front of an ACME client's webroot would.
+async fn serve_webroot(port: u16, dir: PathBuf) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind http-01 port");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let token = path.strip_prefix("/.well-known/acme-challenge/").unwrap_or("");
+                let body =
+                    if token.is_empty() || token.contains('/') { None } else { std::fs::read(dir.join(token)).ok() };
+                let resp = match body {
+                    Some(b) => [
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", b.len())
+                            .into_bytes(),
+                        b,
+                    ]
+                    .concat(),
+                    None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+                };
+                let _ = s.write_all(&resp).await;
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn uacme_obtains_and_revokes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = start(d, "");
+    let webroot = d.join("www");
+    std::fs::create_dir_all(&webroot).expect("webroot");
+    let _server = serve_webroot(ca.http_port, webroot.clone()).await;
+    let hook = d.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n[ \"$2\" = http-01 ] || exit 1\ncase \"$1\" in begin) printf '%s' \"$5\" > '{w}'/\"$4\";; *) rm -f '{w}'/\"$4\";; esac\n",
+            w = webroot.display()
+        ),
+    )
+    .expect("hook");
+    run(Command::new("chmod").arg("+x").arg(&hook));
+    // uacme (libcurl-gnutls) trusts only the system bundle: give it ours in a private mount
+    // namespace instead of touching the machine's trust store.
+    let conf = d.join("uacme");
+    let uacme = |cmds: String| {
+        let script =
+            format!("set -e; mount --bind '{}' /etc/ssl/certs/ca-certificates.crt; {cmds}", ca.root_path.display());
+        tokio::task::spawn_blocking(move || {
+            run(Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]))
+        })
+    };
+    let (a, c) = (directory(&ca), conf.display().to_string());
+    let out = uacme(format!(
+        "uacme -v -a '{a}' -c '{c}' -y new ops@example.test; uacme -v -a '{a}' -c '{c}' -h '{}' -t EC issue web.example.test",
+        hook.display()
+    ))
+    .await
+    .expect("join");
+    let cert_path = conf.join("web.example.test/cert.pem");
+    let cert = std::fs::read_to_string(&cert_path).unwrap_or_else(|_| panic!("no certificate: {out}"));
+    openssl_verify(&ca.root_path, &cert, d);
+    uacme(format!("uacme -v -a '{a}' -c '{c}' revoke '{}'", cert_path.display())).await.expect("join");
+    assert!(revoked(&ca.db_url, &serial_of(&cert)).await, "revocation recorded");
+}
+
+fn csr_b64(names: &[&str], key: &ca::rcgen::KeyPair) -> String {
+    let mut p =
+        ca::rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    p.distinguished_name = ca::rcgen::DistinguishedName::new();
+    B64.encode(p.serialize_request(key).expect("csr").der())
+}
+
+fn problem(r: &tests::Response) -> String {
+    r.json()["type"].as_str().unwrap_or_default().trim_start_matches("urn:ietf:params:acme:error:").to_owned()
+}
+
+#[tokio::test]
+async fn negative_suite_gets_the_right_errors_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = start(dir.path(), "insecure_always_valid_challenges = true");
+    let mut c = RawClient::new(ca.proc.addr, &ca.root_pem);
+
+    // newNonce: HEAD 200, GET 204, both with a nonce and the index link.
+    let h = tests::https_request(c.addr, "localhost", "HEAD", "/acme/new-nonce", None, Some(&ca.root_pem))
+        .await
+        .expect("head");
+    assert_eq!(h.status, 200);
+    let g = tests::https_request(c.addr, "localhost", "GET", "/acme/new-nonce", None, Some(&ca.root_pem))
+        .await
+        .expect("get");
+    assert_eq!(g.status, 204);
+    assert!(g.header("replay-nonce").is_some());
+    assert_eq!(g.header("link"), Some(format!("<{}>;rel=\"index\"", c.url("/directory")).as_str()));
+
+    // Unknown account.
+    c.kid = Some(c.url("/account/nope"));
+    let r = c.post("/new-order", Some(&json!({"identifiers": [{"type": "dns", "value": "web.example.test"}]}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "accountDoesNotExist"));
+    assert!(r.header("replay-nonce").is_some(), "errors carry a nonce too");
+    c.kid = None;
+    let acct = c.register().await;
+    assert_eq!(acct.status, 201);
+    let again = c.register().await;
+    assert_eq!(again.status, 200, "same key: the existing account");
+    let orders_path = c.path_of(acct.json()["orders"].as_str().expect("orders url"));
+    let order_count = |r: tests::Response| r.json()["orders"].as_array().map(|a| a.len()).unwrap_or(usize::MAX);
+
+    let new_order = json!({"identifiers": [{"type": "dns", "value": "web.example.test"}]});
+    // Bad nonce.
+    let body = c.sign(c.header(&c.url("/new-order"), "AAAAnotanonce"), Some(&new_order));
+    let r = c.send("/new-order", body).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "badNonce"));
+    assert!(r.header("replay-nonce").is_some(), "badNonce carries a fresh nonce");
+    // Wrong url.
+    let body = c.sign(c.header(&c.url("/new-account"), &c.nonce().await), Some(&new_order));
+    let r = c.send("/new-order", body).await;
+    assert_eq!((r.status, problem(&r).as_str()), (403, "unauthorized"));
+    // Unsupported algorithms.
+    for alg in ["HS256", "none", "RS1"] {
+        let mut hdr = c.header(&c.url("/new-order"), &c.nonce().await);
+        hdr["alg"] = json!(alg);
+        let r = c.send("/new-order", c.sign(hdr, Some(&new_order))).await;
+        assert_eq!((r.status, problem(&r).as_str()), (400, "badSignatureAlgorithm"), "{alg}");
+    }
+    // Wrong content type.
+    let body = c.sign(c.header(&c.url("/new-order"), &c.nonce().await), Some(&new_order));
+    let r = tests::https_request(
+        c.addr,
+        "localhost",
+        "POST",
+        "/acme/new-order",
+        Some(("application/json", body)),
+        Some(&ca.root_pem),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status, 415);
+    assert_eq!(order_count(c.post(&orders_path, None).await), 0, "no refused request created an order");
+
+    // Replayed JWS: the first creates an order, the replay is refused and creates nothing.
+    let body = c.sign(c.header(&c.url("/new-order"), &c.nonce().await), Some(&new_order));
+    let first = c.send("/new-order", body.clone()).await;
+    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    let replay = c.send("/new-order", body).await;
+    assert_eq!((replay.status, problem(&replay).as_str()), (400, "badNonce"));
+    assert_eq!(order_count(c.post(&orders_path, None).await), 1);
+
+    // Identifiers outside policy: rejected with per-identifier subproblems, no order.
+    let r = c
+        .post("/new-order", Some(&json!({"identifiers": [
+            {"type": "dns", "value": "ok.example.test"}, {"type": "dns", "value": "x.forbidden.test"}, {"type": "email", "value": "a@b.c"}]})))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(problem(&r), "rejectedIdentifier");
+    let subs = r.json()["subproblems"].as_array().cloned().unwrap_or_default();
+    assert_eq!(subs.len(), 2, "{:?}", r.json());
+    assert!(subs.iter().any(|s| s["identifier"]["value"] == "x.forbidden.test"));
+    assert!(subs.iter().any(|s| s["type"] == "urn:ietf:params:acme:error:unsupportedIdentifier"));
+    assert_eq!(order_count(c.post(&orders_path, None).await), 1);
+
+    // Finalize before the order is ready.
+    let order_url = first.header("location").expect("order location").to_owned();
+    let order = first.json();
+    let finalize_path = c.path_of(order["finalize"].as_str().expect("finalize"));
+    let key = ca::rcgen::KeyPair::generate().expect("key");
+    let r = c.post(&finalize_path, Some(&json!({"csr": csr_b64(&["web.example.test"], &key)}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (403, "orderNotReady"));
+
+    // Pass the challenge (always-valid test mode): the order is ready in the same step.
+    let authz_path = c.path_of(order["authorizations"][0].as_str().expect("authz"));
+    let authz = c.post(&authz_path, None).await.json();
+    let ch_path = c.path_of(authz["challenges"][0]["url"].as_str().expect("challenge"));
+    let ch = c.post(&ch_path, Some(&json!({}))).await;
+    assert_eq!(ch.json()["status"], "valid");
+    assert_eq!(c.post(&c.path_of(&order_url), None).await.json()["status"], "ready");
+
+    // Mismatched CSR and a CSR with the account key: badCSR, the order stays ready.
+    let r = c.post(&finalize_path, Some(&json!({"csr": csr_b64(&["api.example.test"], &key)}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "badCSR"));
+    let r =
+        c.post(&finalize_path, Some(&json!({"csr": csr_b64(&["web.example.test", "api.example.test"], &key)}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "badCSR"));
+    let r = c.post(&finalize_path, Some(&json!({"csr": "!!!"}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "badCSR"));
+    assert_eq!(c.post(&c.path_of(&order_url), None).await.json()["status"], "ready");
+    let store = ca::Store::open(&ca.db_url).await.expect("store");
+    assert_eq!(store.certificate_counts().await.expect("counts").1, 1, "only the server's own certificate");
+
+    // A good CSR: valid at once, with a certificate URL that downloads the chain.
+    let r = c.post(&finalize_path, Some(&json!({"csr": csr_b64(&["web.example.test"], &key)}))).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["status"], "valid");
+    let cert_path = c.path_of(r.json()["certificate"].as_str().expect("certificate url"));
+    let cert = c.post(&cert_path, None).await;
+    assert_eq!(cert.content_type, "application/pem-certificate-chain");
+    let pem = String::from_utf8(cert.body.clone()).expect("pem");
+    openssl_verify(&ca.root_path, &pem, dir.path());
+    let cert_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("der").to_vec()
+    };
+
+    // Another account may neither download nor revoke it.
+    let mut other = RawClient::new(ca.proc.addr, &ca.root_pem);
+    other.register().await;
+    assert_eq!(other.post(&cert_path, None).await.status, 404);
+    let revoke = json!({"certificate": B64.encode(&cert_der), "reason": 4});
+    let r = other.post("/revoke-cert", Some(&revoke)).await;
+    assert_eq!((r.status, problem(&r).as_str()), (403, "unauthorized"));
+    let r = c.post("/revoke-cert", Some(&json!({"certificate": B64.encode(&cert_der), "reason": 7}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "badRevocationReason"));
+    assert!(!revoked(&ca.db_url, &serial_of(&pem)).await, "refused revocations change nothing");
+    let r = c.post("/revoke-cert", Some(&revoke)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(revoked(&ca.db_url, &serial_of(&pem)).await);
+    let r = c.post("/revoke-cert", Some(&revoke)).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "alreadyRevoked"));
+
+    // Deactivated account: refused from then on, also when registering the same key again.
+    let acct_path = c.path_of(c.kid.as_deref().expect("kid"));
+    let r = c.post(&acct_path, Some(&json!({"status": "deactivated"}))).await;
+    assert_eq!(r.json()["status"], "deactivated");
+    let r = c.post("/new-order", Some(&new_order)).await;
+    assert_eq!((r.status, problem(&r).as_str()), (403, "unauthorized"));
+    c.kid = None;
+    let r = c.post("/new-account", Some(&json!({"termsOfServiceAgreed": true}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (403, "unauthorized"));
+    // onlyReturnExisting for an unknown key.
+    let fresh = RawClient::new(ca.proc.addr, &ca.root_pem);
+    let r = fresh.post("/new-account", Some(&json!({"onlyReturnExisting": true}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "accountDoesNotExist"));
+    // Bad contact.
+    let r = fresh.post("/new-account", Some(&json!({"contact": ["tel:+123"]}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "invalidContact"));
+}
+
+#[tokio::test]
+async fn validation_failures_report_type_and_detail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = start(dir.path(), "");
+    let mut c = RawClient::new(ca.proc.addr, &ca.root_pem);
+    c.register().await;
+    // Nothing listens on the http-01 port: connection error. far.example.test maps outside the
+    // allowed networks: rejected without connecting.
+    for (name, kind) in [("web.example.test", "connection"), ("far.example.test", "rejectedIdentifier")] {
+        let order = c.post("/new-order", Some(&json!({"identifiers": [{"type": "dns", "value": name}]}))).await.json();
+        let authz = c.post(&c.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
+        let http = authz["challenges"]
+            .as_array()
+            .expect("challenges")
+            .iter()
+            .find(|ch| ch["type"] == "http-01")
+            .expect("http-01")
+            .clone();
+        let r = c.post(&c.path_of(http["url"].as_str().expect("url")), Some(&json!({}))).await.json();
+        assert_eq!(r["status"], "invalid", "{r}");
+        assert_eq!(r["error"]["type"], format!("urn:ietf:params:acme:error:{kind}"), "{r}");
+        assert!(!r["error"]["detail"].as_str().unwrap_or_default().is_empty());
+        let order_url = c.path_of(order["finalize"].as_str().expect("f").trim_end_matches("/finalize"));
+        assert_eq!(c.post(&order_url, None).await.json()["status"], "invalid");
+    }
+}
