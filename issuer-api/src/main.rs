@@ -61,6 +61,19 @@ enum Command {
     },
     /// Show the issuer journal and certificate counts.
     Status,
+    /// External account binding keys for ACME (RFC 8555 section 7.3.4).
+    #[command(subcommand)]
+    Eab(EabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EabCommand {
+    /// Create a key: prints its id and HMAC key (base64url) for the ACME client, once.
+    Create {
+        /// DNS suffix the bound account may order (repeat for several); none: any name the CA allows.
+        #[arg(long = "allow-suffix")]
+        allow_suffixes: Vec<String>,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -123,6 +136,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             issuer_api::run_server(cfg, shutdown, |addr| println!("lanyard-ca: listening on https://{addr}")).await
+        }
+        Command::Eab(EabCommand::Create { allow_suffixes }) => {
+            let store = ops::open_store(&cfg).await?;
+            let (kid, key) = ops::create_eab_key(&store, allow_suffixes).await?;
+            println!("kid:      {kid}");
+            println!("hmac key: {key}");
+            println!("(lego: --eab --kid {kid} --hmac {key}; uacme: -e {kid}:{key})");
+            Ok(())
         }
         Command::Status => {
             let store = ops::open_store(&cfg).await?;

@@ -196,3 +196,43 @@ pub fn warn_dev_passphrase(cfg: &Config) {
          use `lanyard-ca init` with LANYARD_CA_PASSPHRASE or --passphrase-file for anything real"
     );
 }
+
+/// Creates an ACME external account binding key; returns (kid, base64url HMAC key).
+pub async fn create_eab_key(store: &Store, allowed_suffixes: Vec<String>) -> anyhow::Result<(String, String)> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    for s in &allowed_suffixes {
+        ca::check_dns_name(&format!("x.{}", s.trim_start_matches('.')))
+            .with_context(|| format!("--allow-suffix {s}"))?;
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let (mut kid, mut key) = ([0u8; 12], [0u8; 32]);
+    rng.fill(&mut kid).map_err(|_| anyhow::anyhow!("system RNG failed"))?;
+    rng.fill(&mut key).map_err(|_| anyhow::anyhow!("system RNG failed"))?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (kid, key) = (b64.encode(kid), b64.encode(key));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let suffixes: Vec<String> =
+        allowed_suffixes.iter().map(|s| s.trim_start_matches('.').to_ascii_lowercase()).collect();
+    store
+        .acme_create_eab_key(
+            &ca::store::acme::EabKey {
+                kid: kid.clone(),
+                hmac_key: key.clone(),
+                allowed_suffixes: suffixes.clone(),
+                account_id: None,
+            },
+            now,
+        )
+        .await?;
+    store
+        .append_audit(AuditEvent::now(
+            "operator",
+            "eab.create",
+            &kid,
+            Outcome::Success,
+            format!("allowed_suffixes={suffixes:?}"),
+        ))
+        .await?;
+    Ok((kid, key))
+}

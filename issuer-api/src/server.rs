@@ -12,6 +12,10 @@ use tracing::{debug, info, warn};
 
 use crate::identity::ServerIdentity;
 
+/// The client's address, put into every request's extensions (rate limits, logs).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// Binds `addr` and serves `app` over TLS until `shutdown` resolves.
 pub async fn serve_tls(
     listener: TcpListener,
@@ -48,7 +52,10 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let svc = hyper::service::service_fn(move |req| app.clone().call(req));
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                app.clone().call(req)
+            });
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)
                 .await

@@ -394,3 +394,105 @@ async fn validation_failures_report_type_and_detail() {
         assert_eq!(c.post(&order_url, None).await.json()["status"], "invalid");
     }
 }
+
+#[tokio::test]
+async fn instant_acme_with_eab_account_policy_renewal_info_replaces_and_key_change() {
+    use instant_acme::{
+        Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+        NewOrder, RetryPolicy, RevocationRequest,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = start(d, "require_eab = true");
+    let webroot = d.join("www");
+    std::fs::create_dir_all(&webroot).expect("webroot");
+    let _server = serve_webroot(ca.http_port, webroot.clone()).await;
+    let cfg = d.join("ca.toml");
+    let eab = |suffix: &str| {
+        let (ok, out, err) =
+            tests::run_ca(&["--config", cfg.to_str().expect("utf8"), "eab", "create", "--allow-suffix", suffix], &[])
+                .expect("eab create");
+        assert!(ok, "{err}");
+        let field = |name: &str| out.lines().find_map(|l| l.strip_prefix(name)).expect("field").trim().to_owned();
+        let key = B64.decode(field("hmac key:")).expect("b64");
+        ExternalAccountKey::new(field("kid:"), &key)
+    };
+    let new_account = NewAccount {
+        contact: &["mailto:ops@example.test"],
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    let builder = || Account::builder_with_root(&ca.root_path).expect("builder");
+
+    // EAB is required.
+    let Err(err) = builder().create(&new_account, directory(&ca), None).await else { panic!("created without EAB") };
+    assert!(err.to_string().contains("externalAccountRequired"), "{err}");
+    // A key restricted to web.example.test creates one account, and only one.
+    let key = eab("web.example.test");
+    let (mut account, _creds) =
+        builder().create(&new_account, directory(&ca), Some(&key)).await.expect("account with EAB");
+    let Err(err) = builder().create(&new_account, directory(&ca), Some(&key)).await else { panic!("EAB key reused") };
+    assert!(err.to_string().contains("already used"), "{err}");
+
+    // The account's policy: api.example.test is allowed by the CA but not by this account's key.
+    let Err(err) = account.new_order(&NewOrder::new(&[Identifier::Dns("api.example.test".into())])).await else {
+        panic!("ordered outside the account's policy")
+    };
+    assert!(err.to_string().contains("rejectedIdentifier"), "{err}");
+
+    async fn obtain(
+        account: &Account,
+        webroot: &Path,
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<String, instant_acme::Error> {
+        let ids = [Identifier::Dns("web.example.test".into())];
+        let mut new_order = NewOrder::new(&ids);
+        if let Some(r) = replaces {
+            new_order = new_order.replaces(r);
+        }
+        let mut order = account.new_order(&new_order).await?;
+        let mut authzs = order.authorizations();
+        while let Some(a) = authzs.next().await {
+            let mut a = a?;
+            if a.status == AuthorizationStatus::Valid {
+                continue;
+            }
+            let mut ch = a.challenge(ChallengeType::Http01).expect("http-01 offered");
+            std::fs::write(webroot.join(&ch.token), ch.key_authorization().as_str()).expect("write token");
+            ch.set_ready().await?;
+        }
+        order.poll_ready(&RetryPolicy::default()).await?;
+        order.finalize().await?;
+        order.poll_certificate(&RetryPolicy::default()).await
+    }
+    let chain = obtain(&account, &webroot, None).await.expect("certificate");
+    openssl_verify(&ca.root_path, &chain, d);
+    let cert_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(chain.as_bytes()).expect("der")
+    };
+
+    // renewalInfo: a window around two thirds of the 24 h lifetime, in the future.
+    let id = CertificateIdentifier::try_from(&cert_der).expect("cert id").into_owned();
+    let (info, retry_after) = account.renewal_info(&id).await.expect("renewal info");
+    let now = time::OffsetDateTime::now_utc();
+    let w = info.suggested_window;
+    assert!(
+        w.start > now + time::Duration::hours(14) && w.end < now + time::Duration::hours(18) && w.start < w.end,
+        "{w:?}"
+    );
+    assert!(retry_after > std::time::Duration::ZERO);
+
+    // Key rollover: the account keeps working with the new key.
+    let _new_credentials = account.update_key().await.expect("key change");
+    let renewed = obtain(&account, &webroot, Some(id.clone())).await.expect("renewal replacing the first certificate");
+    assert_ne!(serial_of(&renewed), serial_of(&chain));
+    // The same certificate cannot be replaced twice.
+    let err = obtain(&account, &webroot, Some(id.clone())).await.expect_err("already replaced");
+    assert!(err.to_string().contains("alreadyReplaced"), "{err}");
+
+    // Revocation moves the renewal window to the past.
+    account.revoke(&RevocationRequest { certificate: &cert_der, reason: None }).await.expect("revoke");
+    let (info, _) = account.renewal_info(&id).await.expect("renewal info");
+    assert!(info.suggested_window.end <= time::OffsetDateTime::now_utc(), "{:?}", info.suggested_window);
+}

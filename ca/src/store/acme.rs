@@ -24,6 +24,30 @@ pub struct AcmeAccount {
     pub eab_kid: Option<String>,
     /// Creation time (Unix seconds).
     pub created_at: i64,
+    /// DNS suffixes this account may order (from its EAB key); empty: the CA policy alone.
+    pub allowed_suffixes: Vec<String>,
+}
+
+/// An external account binding key (RFC 8555 section 7.3.4).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EabKey {
+    /// Key id given to the client.
+    pub kid: String,
+    /// The HMAC key, base64url.
+    pub hmac_key: String,
+    /// DNS suffixes accounts bound with this key may order; empty: any the CA allows.
+    pub allowed_suffixes: Vec<String>,
+    /// The account it was used for, if any (each key binds one account).
+    pub account_id: Option<String>,
+}
+
+impl std::fmt::Debug for EabKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EabKey")
+            .field("kid", &self.kid)
+            .field("allowed_suffixes", &self.allowed_suffixes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An ACME order (RFC 8555 section 7.1.3).
@@ -45,6 +69,8 @@ pub struct AcmeOrder {
     pub cert_serial: Option<String>,
     /// Creation time.
     pub created_at: i64,
+    /// RFC 9773 certID of the certificate this order replaces.
+    pub replaces: Option<String>,
 }
 
 /// An authorization (RFC 8555 section 7.1.4).
@@ -100,6 +126,8 @@ fn account_from(r: &AnyRow) -> Result<AcmeAccount, CaError> {
         contact: serde_json::from_str(&s(r, "contact")?).map_err(|e| CaError::Store(e.to_string()))?,
         eab_kid: r.try_get("eab_kid").map_err(db_err)?,
         created_at: r.try_get("created_at").map_err(db_err)?,
+        allowed_suffixes: serde_json::from_str(&s(r, "allowed_suffixes")?)
+            .map_err(|e| CaError::Store(e.to_string()))?,
     })
 }
 
@@ -113,6 +141,7 @@ fn order_from(r: &AnyRow) -> Result<AcmeOrder, CaError> {
         error: r.try_get("error").map_err(db_err)?,
         cert_serial: r.try_get("cert_serial").map_err(db_err)?,
         created_at: r.try_get("created_at").map_err(db_err)?,
+        replaces: r.try_get("replaces").map_err(db_err)?,
     })
 }
 
@@ -141,7 +170,8 @@ fn challenge_from(r: &AnyRow) -> Result<AcmeChallenge, CaError> {
     })
 }
 
-const ACCOUNT_COLS: &str = "id, thumbprint, jwk, status, contact, eab_kid, created_at";
+const ACCOUNT_COLS: &str = "id, thumbprint, jwk, status, contact, eab_kid, created_at, allowed_suffixes";
+const ORDER_COLS: &str = "id, account_id, status, identifiers, expires_at, error, cert_serial, created_at, replaces";
 
 impl Store {
     /// A named secret shared by every replica, created by whichever asks first.
@@ -177,9 +207,11 @@ impl Store {
     /// Creates an account, or returns the existing one for the same key (false = existed).
     pub async fn acme_create_account(&self, a: &AcmeAccount) -> Result<(AcmeAccount, bool), CaError> {
         let contact = serde_json::to_string(&a.contact).map_err(|e| CaError::Store(e.to_string()))?;
+        let suffixes = serde_json::to_string(&a.allowed_suffixes).map_err(|e| CaError::Store(e.to_string()))?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let r = sqlx::query(
-            "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, eab_kid, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (thumbprint) DO NOTHING",
+            "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, eab_kid, created_at, allowed_suffixes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (thumbprint) DO NOTHING",
         )
         .bind(&a.id)
         .bind(&a.thumbprint)
@@ -188,9 +220,26 @@ impl Store {
         .bind(contact)
         .bind(a.eab_kid.clone())
         .bind(a.created_at)
-        .execute(&self.pool)
+        .bind(suffixes)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        // An EAB key binds exactly one account: claim it in the same transaction.
+        if let (Some(kid), 1) = (&a.eab_kid, r.rows_affected()) {
+            let claimed = sqlx::query("UPDATE acme_eab_keys SET account_id = $1 WHERE kid = $2 AND account_id IS NULL")
+                .bind(&a.id)
+                .bind(kid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if claimed.rows_affected() != 1 {
+                return Err(CaError::NameNotAllowed {
+                    name: kid.clone(),
+                    reason: "this EAB key is already bound to an account".into(),
+                });
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
         let existing = self
             .acme_account_by_thumbprint(&a.thumbprint)
             .await?
@@ -241,8 +290,8 @@ impl Store {
     ) -> Result<(), CaError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query(
-            "INSERT INTO acme_orders (id, account_id, status, identifiers, expires_at, error, cert_serial, created_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)",
+            "INSERT INTO acme_orders (id, account_id, status, identifiers, expires_at, error, cert_serial, created_at, replaces) \
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7)",
         )
         .bind(&order.id)
         .bind(&order.account_id)
@@ -250,6 +299,7 @@ impl Store {
         .bind(&order.identifiers)
         .bind(order.expires_at)
         .bind(order.created_at)
+        .bind(order.replaces.clone())
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -289,14 +339,11 @@ impl Store {
 
     /// An order by id.
     pub async fn acme_order(&self, id: &str) -> Result<Option<AcmeOrder>, CaError> {
-        let row = sqlx::query(
-            "SELECT id, account_id, status, identifiers, expires_at, error, cert_serial, created_at \
-             FROM acme_orders WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ORDER_COLS} FROM acme_orders WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
         row.as_ref().map(order_from).transpose()
     }
 
@@ -313,14 +360,12 @@ impl Store {
 
     /// The order that produced a certificate.
     pub async fn acme_order_for_cert(&self, serial: &str) -> Result<Option<AcmeOrder>, CaError> {
-        let row = sqlx::query(
-            "SELECT id, account_id, status, identifiers, expires_at, error, cert_serial, created_at \
-             FROM acme_orders WHERE cert_serial = $1",
-        )
-        .bind(serial)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ORDER_COLS} FROM acme_orders WHERE cert_serial = $1")))
+                .bind(serial)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
         row.as_ref().map(order_from).transpose()
     }
 
@@ -449,6 +494,104 @@ impl Store {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Replaces an account's key (RFC 8555 section 7.3.5) if it still has `old_thumbprint`.
+    /// `Ok(Err(id))`: the new key already belongs to account `id`.
+    pub async fn acme_change_key(
+        &self,
+        id: &str,
+        old_thumbprint: &str,
+        new_thumbprint: &str,
+        new_jwk: &str,
+    ) -> Result<Result<bool, String>, CaError> {
+        if let Some(other) = self.acme_account_by_thumbprint(new_thumbprint).await? {
+            return Ok(Err(other.id));
+        }
+        let r = sqlx::query("UPDATE acme_accounts SET thumbprint = $1, jwk = $2 WHERE id = $3 AND thumbprint = $4")
+            .bind(new_thumbprint)
+            .bind(new_jwk)
+            .bind(id)
+            .bind(old_thumbprint)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(r) => Ok(Ok(r.rows_affected() == 1)),
+            // A concurrent registration took the key between the check and the update.
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                let other = self.acme_account_by_thumbprint(new_thumbprint).await?.map(|a| a.id).unwrap_or_default();
+                Ok(Err(other))
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Creates an external account binding key.
+    pub async fn acme_create_eab_key(&self, key: &EabKey, now: i64) -> Result<(), CaError> {
+        sqlx::query("INSERT INTO acme_eab_keys (kid, hmac_key, allowed_suffixes, account_id, created_at) VALUES ($1, $2, $3, NULL, $4)")
+            .bind(&key.kid)
+            .bind(&key.hmac_key)
+            .bind(serde_json::to_string(&key.allowed_suffixes).map_err(|e| CaError::Store(e.to_string()))?)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// An external account binding key by id.
+    pub async fn acme_eab_key(&self, kid: &str) -> Result<Option<EabKey>, CaError> {
+        let Some(r) =
+            sqlx::query("SELECT kid, hmac_key, allowed_suffixes, account_id FROM acme_eab_keys WHERE kid = $1")
+                .bind(kid)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(EabKey {
+            kid: s(&r, "kid")?,
+            hmac_key: s(&r, "hmac_key")?,
+            allowed_suffixes: serde_json::from_str(&s(&r, "allowed_suffixes")?)
+                .map_err(|e| CaError::Store(e.to_string()))?,
+            account_id: r.try_get("account_id").map_err(db_err)?,
+        }))
+    }
+
+    /// Asks every holder of a certificate to replace it now (renewalInfo answers with a window in
+    /// the past from `at` on).
+    pub async fn request_replacement(&self, serial: &str, at: i64) -> Result<bool, CaError> {
+        let r = sqlx::query("UPDATE certificates SET replace_after = $1 WHERE serial = $2")
+            .bind(at)
+            .bind(serial)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// When the CA asked for a certificate to be replaced, if it did.
+    pub async fn replacement_requested(&self, serial: &str) -> Result<Option<i64>, CaError> {
+        let r = sqlx::query("SELECT replace_after FROM certificates WHERE serial = $1")
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        match r {
+            Some(r) => r.try_get::<Option<i64>, _>("replace_after").map_err(db_err),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a valid order already replaced the certificate with this RFC 9773 certID.
+    pub async fn acme_replaced(&self, cert_id: &str) -> Result<bool, CaError> {
+        let r = sqlx::query("SELECT 1 AS one FROM acme_orders WHERE replaces = $1 AND status = 'valid'")
+            .bind(cert_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.is_some())
     }
 
     /// Marks a certificate revoked with an RFC 5280 reason code; false if it already was.

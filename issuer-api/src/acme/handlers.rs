@@ -88,9 +88,10 @@ pub async fn directory(State(acme): State<Arc<Acme>>) -> Response {
             new_order: acme.url("/new-order"),
             revoke_cert: acme.url("/revoke-cert"),
             key_change: acme.url("/key-change"),
+            renewal_info: acme.url("/renewal-info"),
             meta: DirectoryMeta {
                 terms_of_service: acme.cfg.terms_of_service.clone(),
-                external_account_required: false,
+                external_account_required: acme.cfg.require_eab,
             },
         },
     )
@@ -156,9 +157,17 @@ pub async fn new_account(
     if req.only_return_existing {
         return Err(AcmeProblem::new(StatusCode::BAD_REQUEST, "accountDoesNotExist", "no account exists for this key"));
     }
-    if req.external_account_binding.is_some() {
-        return Err(AcmeProblem::malformed("external account binding is not offered by this CA yet"));
-    }
+    let eab = match &req.external_account_binding {
+        Some(eab) => Some(check_eab(&acme, eab, &auth.jwk).await?),
+        None if acme.cfg.require_eab => {
+            return Err(AcmeProblem::new(
+                StatusCode::FORBIDDEN,
+                "externalAccountRequired",
+                "this CA requires external account binding; ask the operator for a key (lanyard-ca eab create)",
+            ));
+        }
+        None => None,
+    };
     if acme.cfg.terms_of_service.is_some() && req.terms_of_service_agreed != Some(true) {
         return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "userActionRequired", "agree to the terms of service"));
     }
@@ -170,16 +179,58 @@ pub async fn new_account(
         jwk: serde_json::to_string(&auth.jwk).map_err(AcmeProblem::internal)?,
         status: "valid".into(),
         contact,
-        eab_kid: None,
+        eab_kid: eab.as_ref().map(|k| k.kid.clone()),
         created_at: now(),
+        allowed_suffixes: eab.map(|k| k.allowed_suffixes).unwrap_or_default(),
     };
-    let (stored, created) = acme.store.acme_create_account(&account).await.map_err(AcmeProblem::from)?;
+    let (stored, created) = acme.store.acme_create_account(&account).await.map_err(|e| match e {
+        ca::CaError::NameNotAllowed { .. } => {
+            AcmeProblem::unauthorized("this external account binding key is already used")
+        }
+        other => AcmeProblem::from(other),
+    })?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     if created {
         tracing::info!(account = %stored.id, "ACME account created");
     }
     let r = json(status, &account_json(&acme, &stored));
     Ok(with_header(r, header::LOCATION, &acme.url(&format!("/account/{}", stored.id))))
+}
+
+/// Verifies an external account binding and returns its (unused) key.
+async fn check_eab(
+    acme: &Acme,
+    eab: &super::jws::FlattenedJws,
+    jwk: &Jwk,
+) -> Result<ca::store::acme::EabKey, AcmeProblem> {
+    #[derive(serde::Deserialize)]
+    struct Kid {
+        kid: String,
+    }
+    let kid: Kid = B64
+        .decode(&eab.protected)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or_else(|| AcmeProblem::malformed("the external account binding has no kid"))?;
+    let key = acme
+        .store
+        .acme_eab_key(&kid.kid)
+        .await
+        .map_err(AcmeProblem::from)?
+        .ok_or_else(|| AcmeProblem::unauthorized("unknown external account binding key"))?;
+    if key.account_id.is_some() {
+        return Err(AcmeProblem::unauthorized("this external account binding key is already used"));
+    }
+    let mac = B64.decode(&key.hmac_key).map_err(AcmeProblem::internal)?;
+    super::jws::verify_eab(eab, jwk, &acme.url("/new-account"), |k| (k == key.kid).then_some(mac)).map_err(
+        |e| match e {
+            super::jws::JwsError::BadSignature => {
+                AcmeProblem::unauthorized("the external account binding MAC does not verify")
+            }
+            other => AcmeProblem::from(other),
+        },
+    )?;
+    Ok(key)
 }
 
 /// POST /acme/account/{id}: read, update contacts, or deactivate (sections 7.3.2, 7.3.6).
@@ -234,7 +285,32 @@ pub async fn account_orders(
 }
 
 /// Validates one requested identifier; returns it normalised with its policy name.
-fn check_identifier(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name, bool), (String, String)> {
+fn check_identifier(
+    acme: &Acme,
+    acct: &AcmeAccount,
+    id: &Identifier,
+) -> Result<(Identifier, Name, bool), (String, String)> {
+    let (norm, name, wildcard) = check_identifier_ca(acme, id)?;
+    account_allows(acct, &name).map_err(|d| ("rejectedIdentifier".to_owned(), d))?;
+    Ok((norm, name, wildcard))
+}
+
+/// The account's own name policy (from its EAB key): least privilege on top of the CA policy.
+fn account_allows(acct: &AcmeAccount, name: &Name) -> Result<(), String> {
+    if acct.allowed_suffixes.is_empty() {
+        return Ok(());
+    }
+    let ok = match name {
+        Name::Dns(d) => acct.allowed_suffixes.iter().any(|s| {
+            let s = s.trim_start_matches('.');
+            d == s || d.ends_with(&format!(".{s}"))
+        }),
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(format!("{name} is outside what this account may order")) }
+}
+
+fn check_identifier_ca(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name, bool), (String, String)> {
     match id.kind.as_str() {
         "dns" => {
             let wildcard = id.value.starts_with("*.");
@@ -267,6 +343,12 @@ pub async fn new_order(State(acme): State<Arc<Acme>>, uri: OriginalUri, headers:
     let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
     let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
     let req: NewOrder = payload(&auth)?;
+    if let Err(wait) = acme.limits.check_order(&acct.id) {
+        return Ok(super::ratelimit::limited(wait, "too many new orders for this account"));
+    }
+    if let Some(cert_id) = &req.replaces {
+        check_replaces(&acme, acct, cert_id).await?;
+    }
     if req.not_before.is_some() || req.not_after.is_some() {
         return Err(AcmeProblem::malformed("notBefore and notAfter are not supported; the profile decides validity"));
     }
@@ -276,7 +358,7 @@ pub async fn new_order(State(acme): State<Arc<Acme>>, uri: OriginalUri, headers:
     let mut ids = BTreeSet::new();
     let mut sub = Vec::new();
     for id in &req.identifiers {
-        match check_identifier(&acme, id) {
+        match check_identifier(&acme, acct, id) {
             Ok((norm, _, wildcard)) => {
                 ids.insert((norm, wildcard));
             }
@@ -338,6 +420,7 @@ pub async fn new_order(State(acme): State<Arc<Acme>>, uri: OriginalUri, headers:
         error: None,
         cert_serial: None,
         created_at: t,
+        replaces: req.replaces.clone(),
     };
     acme.store.acme_create_order(&order, &authzs, &challenges).await.map_err(AcmeProblem::from)?;
     let body = order_json(&acme, &order, &authzs)?;
@@ -353,6 +436,7 @@ fn order_json(acme: &Acme, o: &AcmeOrder, authzs: &[AcmeAuthz]) -> Result<Order,
         finalize: acme.url(&format!("/order/{}/finalize", o.id)),
         certificate: o.cert_serial.as_ref().map(|s| acme.url(&format!("/cert/{s}"))),
         error: o.error.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+        replaces: o.replaces.clone(),
     })
 }
 
@@ -542,6 +626,9 @@ pub async fn finalize(
             _ => Ok(Name::Dns(a.id_value.clone())),
         })
         .collect::<Result<_, _>>()?;
+    for n in &names {
+        account_allows(acct, n).map_err(|d| AcmeProblem::new(StatusCode::FORBIDDEN, "rejectedIdentifier", d))?;
+    }
     let authorized = AuthorizedNames { names, exact: true };
     // Check the CSR against the order before the order leaves `ready`: a bad CSR changes nothing.
     // RFC 8555 section 7.4: a CSR that does not name exactly the order's identifiers is a badCSR.
@@ -631,8 +718,7 @@ pub async fn revoke_cert(
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|_| AcmeProblem::malformed("certificate is not DER X.509"))?;
     let serial = hex::encode(cert.raw_serial());
-    let rec =
-        acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    let rec = acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     let ours = rec.cert_pem.as_deref().and_then(pem_to_der).is_some_and(|d| d == der);
     if !ours {
         return Err(AcmeProblem::not_found());
@@ -674,13 +760,123 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|c| c.to_vec())
 }
 
-/// POST /acme/key-change (section 7.3.5): not offered yet.
+/// POST /acme/key-change (section 7.3.5): the outer JWS is signed by the current key (kid), the
+/// inner one by the new key (jwk), with the same url, no nonce, and `{account, oldKey}`.
 pub async fn key_change(
     State(acme): State<Arc<Acme>>,
     uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> AcmeResult {
-    let _auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
-    Err(AcmeProblem::new(StatusCode::NOT_IMPLEMENTED, "serverInternal", "key rollover is not offered by this CA yet"))
+    let path = path_of(&uri);
+    let auth = acme.authenticate(&headers, &path, &body, Some(false)).await?;
+    let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
+    let inner = super::jws::ParsedJws::parse(&auth.jws.payload)?;
+    let new_key = inner.require_jwk()?.clone();
+    new_key.validate()?;
+    if inner.header.url != acme.url(&path) {
+        return Err(AcmeProblem::malformed("the inner JWS url differs from the outer one"));
+    }
+    if inner.header.nonce.is_some() {
+        return Err(AcmeProblem::malformed("the inner JWS must not carry a nonce"));
+    }
+    inner.verify(&new_key)?;
+    let req: KeyChange = serde_json::from_slice(&inner.payload)
+        .map_err(|e| AcmeProblem::malformed(format!("bad keyChange payload: {e}")))?;
+    let account_url = acme.url(&format!("/account/{}", acct.id));
+    if req.account != account_url {
+        return Err(AcmeProblem::unauthorized("the keyChange account is not the signer's account"));
+    }
+    if req.old_key.thumbprint() != acct.thumbprint {
+        return Err(AcmeProblem::unauthorized("oldKey is not the account's current key"));
+    }
+    let new_jwk = serde_json::to_string(&new_key).map_err(AcmeProblem::internal)?;
+    match acme
+        .store
+        .acme_change_key(&acct.id, &acct.thumbprint, &new_key.thumbprint(), &new_jwk)
+        .await
+        .map_err(AcmeProblem::from)?
+    {
+        Ok(true) => {
+            tracing::info!(account = %acct.id, "ACME account key changed");
+            let _ = acme
+                .store
+                .append_audit(ca::AuditEvent::now(
+                    format!("acme:{}", acct.id),
+                    "account.key-change",
+                    &acct.id,
+                    ca::Outcome::Success,
+                    "",
+                ))
+                .await;
+            Ok(json(StatusCode::OK, &account_json(&acme, acct)))
+        }
+        Ok(false) => Err(AcmeProblem::unauthorized("the account key changed concurrently")),
+        Err(other) => {
+            let r = AcmeProblem::new(StatusCode::CONFLICT, "malformed", "the new key already belongs to an account")
+                .into_response();
+            Ok(with_header(r, header::LOCATION, &acme.url(&format!("/account/{other}"))))
+        }
+    }
+}
+
+/// Parses an RFC 9773 certID (`base64url(AKI keyIdentifier).base64url(serial)`) into
+/// (AKI hex, serial hex).
+fn parse_cert_id(id: &str) -> Option<(String, String)> {
+    let (aki, serial) = id.split_once('.')?;
+    let aki = B64.decode(aki).ok()?;
+    let serial = B64.decode(serial).ok()?;
+    if aki.is_empty() || serial.is_empty() {
+        return None;
+    }
+    Some((hex::encode(aki), hex::encode(serial)))
+}
+
+/// Finds the certificate a certID names, checking that the AKI is its issuer's key id.
+async fn cert_for_id(acme: &Acme, id: &str) -> Result<ca::store::CertificateRecord, AcmeProblem> {
+    let (aki, serial) =
+        parse_cert_id(id).ok_or_else(|| AcmeProblem::malformed("not an RFC 9773 certificate identifier"))?;
+    let rec = acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    let issuers = acme.store.issuers().await.map_err(AcmeProblem::from)?;
+    if !issuers.iter().any(|i| i.id == rec.issuer_id && i.ski == aki) {
+        return Err(AcmeProblem::not_found());
+    }
+    Ok(rec)
+}
+
+async fn check_replaces(acme: &Acme, acct: &AcmeAccount, cert_id: &str) -> Result<(), AcmeProblem> {
+    let rec = cert_for_id(acme, cert_id).await?;
+    let owned = acme
+        .store
+        .acme_order_for_cert(&rec.serial)
+        .await
+        .map_err(AcmeProblem::from)?
+        .is_some_and(|o| o.account_id == acct.id);
+    if !owned {
+        return Err(AcmeProblem::unauthorized("replaces names a certificate this account did not order"));
+    }
+    if acme.store.acme_replaced(cert_id).await.map_err(AcmeProblem::from)? {
+        return Err(AcmeProblem::new(StatusCode::CONFLICT, "alreadyReplaced", "that certificate was already replaced"));
+    }
+    Ok(())
+}
+
+/// GET /acme/renewal-info/{certID} (RFC 9773 section 4): when to renew. Around two thirds of the
+/// lifetime normally; in the past once the CA wants the certificate replaced (or it is revoked).
+pub async fn renewal_info(State(acme): State<Arc<Acme>>, Path(id): Path<String>) -> AcmeResult {
+    let rec = cert_for_id(&acme, &id).await?;
+    let (nb, na) = (rec.not_before.unix_timestamp(), rec.not_after.unix_timestamp());
+    let life = (na - nb).max(60);
+    let replace = acme.store.replacement_requested(&rec.serial).await.map_err(AcmeProblem::from)?;
+    let (start, end) = match (replace, rec.revoked_at) {
+        (Some(at), _) => (at - 3600, at),
+        (None, Some(at)) => (at.unix_timestamp() - 3600, at.unix_timestamp()),
+        (None, None) => (nb + life * 2 / 3 - life / 30, nb + life * 2 / 3 + life / 30),
+    };
+    let body = RenewalInfo {
+        suggested_window: SuggestedWindow { start: rfc3339(start), end: rfc3339(end) },
+        explanation_url: None,
+    };
+    let retry = (life / 10).clamp(60, 6 * 3600);
+    Ok(with_header(json(StatusCode::OK, &body), header::RETRY_AFTER, &retry.to_string()))
 }

@@ -9,6 +9,7 @@ pub mod handlers;
 pub mod jws;
 pub mod nonce;
 pub mod problem;
+pub mod ratelimit;
 pub mod validation;
 pub mod wire;
 
@@ -46,6 +47,11 @@ pub struct AcmeConfig {
     pub order_lifetime: Duration,
     /// Challenge validation settings.
     pub validation: ValidationConfig,
+    /// Require external account binding (RFC 8555 section 7.3.4) for new accounts; keys come from
+    /// `lanyard-ca eab create`.
+    pub require_eab: bool,
+    /// Token-bucket rate limits.
+    pub rate_limits: ratelimit::RateLimitConfig,
     /// TEST ONLY: treat every challenge as passed without connecting anywhere. Logged loudly at
     /// start; never enable it on a CA anyone trusts.
     pub insecure_always_valid_challenges: bool,
@@ -59,6 +65,8 @@ impl Default for AcmeConfig {
             terms_of_service: None,
             order_lifetime: Duration::from_secs(24 * 3600),
             validation: ValidationConfig::default(),
+            require_eab: false,
+            rate_limits: ratelimit::RateLimitConfig::default(),
             insecure_always_valid_challenges: false,
         }
     }
@@ -72,6 +80,7 @@ pub struct Acme {
     pub(crate) nonces: Nonces,
     pub(crate) base: String,
     pub(crate) cfg: AcmeConfig,
+    pub(crate) limits: ratelimit::Limiter,
 }
 
 /// An authenticated POST.
@@ -95,7 +104,8 @@ impl Acme {
                  validation. For load tests only."
             );
         }
-        Ok(Arc::new(Acme { authority, store, nonces, base: base.trim_end_matches('/').to_owned(), cfg }))
+        let limits = ratelimit::Limiter::new(cfg.rate_limits.clone());
+        Ok(Arc::new(Acme { authority, store, nonces, base: base.trim_end_matches('/').to_owned(), cfg, limits }))
     }
 
     /// Absolute URL of an ACME path (`/acme/...`).
@@ -164,6 +174,18 @@ fn bad_nonce(detail: &str) -> AcmeProblem {
     AcmeProblem::new(axum::http::StatusCode::BAD_REQUEST, "badNonce", detail)
 }
 
+/// Per-client-IP rate limit on every ACME request.
+async fn limit_ip(State(acme): State<Arc<Acme>>, req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let ip = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+    if let Some(ip) = ip
+        && let Err(wait) = acme.limits.check_ip(ip)
+    {
+        return ratelimit::limited(wait, "too many requests from this address").into_response();
+    }
+    next.run(req).await
+}
+
 /// Adds a fresh `Replay-Nonce`, `Link: <directory>;rel="index"` and `Cache-Control: no-store` to
 /// every ACME response, errors included.
 async fn common_headers(State(acme): State<Arc<Acme>>, req: Request, next: Next) -> Response {
@@ -196,6 +218,8 @@ pub fn router(acme: Arc<Acme>) -> Router {
         .route("/acme/authz/{id}", post(authz))
         .route("/acme/challenge/{id}", post(challenge))
         .route("/acme/cert/{serial}", post(certificate))
+        .route("/acme/renewal-info/{id}", get(renewal_info))
+        .layer(axum::middleware::from_fn_with_state(acme.clone(), limit_ip))
         .layer(axum::middleware::from_fn_with_state(acme.clone(), common_headers))
         .with_state(acme)
 }

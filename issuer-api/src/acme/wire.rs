@@ -21,6 +21,8 @@ pub struct Directory {
     pub new_order: String,
     pub revoke_cert: String,
     pub key_change: String,
+    /// RFC 9773 renewal information base URL.
+    pub renewal_info: String,
     pub meta: DirectoryMeta,
 }
 
@@ -63,6 +65,34 @@ pub struct NewOrder {
     pub not_before: Option<String>,
     #[serde(default)]
     pub not_after: Option<String>,
+    /// RFC 9773 section 5: the certID of the certificate this order replaces.
+    #[serde(default)]
+    pub replaces: Option<String>,
+}
+
+/// keyChange inner payload (section 7.3.5).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyChange {
+    pub account: String,
+    pub old_key: super::jws::Jwk,
+}
+
+/// RFC 9773 renewal information.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewalInfo {
+    pub suggested_window: SuggestedWindow,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "explanationURL")]
+    pub explanation_url: Option<String>,
+}
+
+/// The window in which to renew (RFC 9773 section 4.2).
+#[derive(Debug, Serialize)]
+pub struct SuggestedWindow {
+    pub start: String,
+    pub end: String,
 }
 
 /// An order object (section 7.1.3).
@@ -78,6 +108,9 @@ pub struct Order {
     pub certificate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<serde_json::Value>,
+    /// RFC 9773 section 5: echoed from newOrder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// An authorization object (section 7.1.4).
