@@ -41,6 +41,12 @@ impl RawClient {
         }
     }
 
+    /// Talks to `addr` but signs URLs of `base` (replicas behind one public URL).
+    pub fn with_base(mut self, base: &str) -> Self {
+        self.base = base.trim_end_matches('/').to_owned();
+        self
+    }
+
     /// The account key as a JWK.
     pub fn jwk(&self) -> Value {
         let pk = self.key.public_key().as_ref();

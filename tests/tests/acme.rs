@@ -496,3 +496,71 @@ async fn instant_acme_with_eab_account_policy_renewal_info_replaces_and_key_chan
     let (info, _) = account.renewal_info(&id).await.expect("renewal info");
     assert!(info.suggested_window.end <= time::OffsetDateTime::now_utc(), "{:?}", info.suggested_window);
 }
+
+#[tokio::test]
+async fn rate_limits_answer_rate_limited_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = start(dir.path(), "[acme.rate_limits]\nnew_orders_per_account = { burst = 2, period = \"1h\" }");
+    let mut c = RawClient::new(ca.proc.addr, &ca.root_pem);
+    c.register().await;
+    let order = json!({"identifiers": [{"type": "dns", "value": "web.example.test"}]});
+    for _ in 0..2 {
+        assert_eq!(c.post("/new-order", Some(&order)).await.status, 201);
+    }
+    let r = c.post("/new-order", Some(&order)).await;
+    assert_eq!((r.status, problem(&r).as_str()), (429, "rateLimited"));
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert!((1700..=1801).contains(&retry), "one token per 30 min: {retry}");
+    assert!(r.header("replay-nonce").is_some());
+    // Another account has its own bucket.
+    let mut other = RawClient::new(ca.proc.addr, &ca.root_pem);
+    other.register().await;
+    assert_eq!(other.post("/new-order", Some(&order)).await.status, 201);
+}
+
+/// Two replicas on one PostgreSQL database behind one public URL: a nonce issued by one is good
+/// at the other, exactly once.
+#[tokio::test]
+async fn nonces_work_across_replicas_sharing_postgresql() {
+    let Ok(admin) = std::env::var("LANYARD_TEST_POSTGRES_URL") else {
+        assert!(std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(), "PostgreSQL required but not provided");
+        return;
+    };
+    let db = {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+        let name = format!("lanyard_replicas_{}", std::process::id());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await.expect("drop");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create");
+        format!("{}/{name}", admin.rsplit_once('/').expect("db").0)
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pass = ("LANYARD_CA_PASSPHRASE", "replica test passphrase");
+    let data_a = dir.path().join("a");
+    let (ok, _, err) =
+        tests::run_ca(&["init", "--data-dir", data_a.to_str().expect("utf8"), "--database-url", &db], &[pass]).expect("init");
+    assert!(ok, "{err}");
+    let root_pem = std::fs::read_to_string(data_a.join("root.pem")).expect("root");
+    let public = "https://localhost:8443";
+    let cfg = dir.path().join("replica.toml");
+    std::fs::write(&cfg, format!("database_url = \"{db}\"\n[acme]\npublic_url = \"{public}\"\n")).expect("config");
+    let start_replica = |name: &str| {
+        let data = dir.path().join(name);
+        start_ca(&["--config", cfg.to_str().expect("utf8"), "--data-dir", data.to_str().expect("utf8")], &[pass]).expect("replica")
+    };
+    let (a, b) = (start_replica("a"), start_replica("b"));
+    let mut ca_a = RawClient::new(a.addr, &root_pem).with_base(public);
+    ca_a.register().await;
+    let mut ca_b = RawClient::new(b.addr, &root_pem).with_base(public);
+    ca_b.kid = ca_a.kid.clone();
+    let order = json!({"identifiers": [{"type": "dns", "value": "web.example.test"}]});
+
+    // Nonce from A, request to B (signed with the same account key: share it by cloning the body).
+    let nonce = ca_a.nonce().await;
+    let body = ca_a.sign(ca_a.header(&ca_a.url("/new-order"), &nonce), Some(&order));
+    let r = ca_b.send("/new-order", body.clone()).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // The same nonce replayed at A is refused.
+    let r = ca_a.send("/new-order", body).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "badNonce"));
+}

@@ -613,7 +613,7 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Deletes used nonces that have expired anyway, and expires stale pending orders.
+    /// Deletes used nonces that have expired anyway, and expires stale orders and authorizations.
     pub async fn acme_cleanup(&self, now: i64) -> Result<(u64, u64), CaError> {
         let n = sqlx::query("DELETE FROM acme_used_nonces WHERE expires_at < $1")
             .bind(now)
@@ -631,6 +631,11 @@ impl Store {
         .await
         .map_err(db_err)?
         .rows_affected();
+        sqlx::query("UPDATE acme_authorizations SET status = 'expired' WHERE expires_at < $1 AND status = 'pending'")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok((n, o))
     }
 }
