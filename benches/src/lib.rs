@@ -1,6 +1,8 @@
 //! Shared bits of Lanyard's benchmarks: CSR workloads and figure printing.
 #![forbid(unsafe_code)]
 
+pub mod acme_load;
+
 use std::time::Duration;
 
 use ca::rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};

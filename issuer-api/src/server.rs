@@ -42,6 +42,8 @@ pub async fn serve_tls(
             },
             () = &mut shutdown => { info!("shutting down"); return Ok(()); }
         };
+        // Small ACME/JSON responses must not wait for Nagle's algorithm and delayed ACKs.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

@@ -530,7 +530,10 @@ async fn nonces_work_across_replicas_sharing_postgresql() {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
         let name = format!("lanyard_replicas_{}", std::process::id());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut conn).await.expect("drop");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("drop");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create");
         format!("{}/{name}", admin.rsplit_once('/').expect("db").0)
     };
@@ -538,7 +541,8 @@ async fn nonces_work_across_replicas_sharing_postgresql() {
     let pass = ("LANYARD_CA_PASSPHRASE", "replica test passphrase");
     let data_a = dir.path().join("a");
     let (ok, _, err) =
-        tests::run_ca(&["init", "--data-dir", data_a.to_str().expect("utf8"), "--database-url", &db], &[pass]).expect("init");
+        tests::run_ca(&["init", "--data-dir", data_a.to_str().expect("utf8"), "--database-url", &db], &[pass])
+            .expect("init");
     assert!(ok, "{err}");
     let root_pem = std::fs::read_to_string(data_a.join("root.pem")).expect("root");
     let public = "https://localhost:8443";
@@ -546,7 +550,8 @@ async fn nonces_work_across_replicas_sharing_postgresql() {
     std::fs::write(&cfg, format!("database_url = \"{db}\"\n[acme]\npublic_url = \"{public}\"\n")).expect("config");
     let start_replica = |name: &str| {
         let data = dir.path().join(name);
-        start_ca(&["--config", cfg.to_str().expect("utf8"), "--data-dir", data.to_str().expect("utf8")], &[pass]).expect("replica")
+        start_ca(&["--config", cfg.to_str().expect("utf8"), "--data-dir", data.to_str().expect("utf8")], &[pass])
+            .expect("replica")
     };
     let (a, b) = (start_replica("a"), start_replica("b"));
     let mut ca_a = RawClient::new(a.addr, &root_pem).with_base(public);

@@ -37,7 +37,7 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             new_orders_per_account: Bucket { burst: 300, period: Duration::from_secs(3 * 3600) },
-            requests_per_ip: Bucket { burst: 2000, period: Duration::from_secs(10) },
+            requests_per_ip: Bucket { burst: 20_000, period: Duration::from_secs(10) },
         }
     }
 }
