@@ -115,13 +115,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_example_is_a_valid_config() {
+    fn the_readme_examples_are_valid_configs() {
         let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n").expect("toml block") + 8;
-        let end = start + readme[start..].find("```").expect("end of block");
-        let cfg: Config = toml::from_str(&readme[start..end]).expect("README config parses");
-        cfg.validate().expect("README config is valid");
-        assert_eq!(cfg.policy.tls_server.max.as_secs(), 30 * 24 * 3600);
+        let blocks: Vec<&str> =
+            readme.split("```toml\n").skip(1).map(|b| b.split("```").next().expect("end of block")).collect();
+        assert!(blocks.len() >= 2, "README has its config examples");
+        for block in &blocks {
+            let cfg: Config = toml::from_str(block).unwrap_or_else(|e| panic!("README config does not parse: {e}"));
+            cfg.validate().expect("README config is valid");
+        }
+        let first: Config = toml::from_str(blocks[0]).expect("parses");
+        assert_eq!(first.policy.tls_server.max.as_secs(), 30 * 24 * 3600);
     }
 
     #[test]
