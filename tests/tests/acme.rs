@@ -25,6 +25,10 @@ struct Ca {
 }
 
 fn start(dir: &Path, extra: &str) -> Ca {
+    start_with(dir, extra, "")
+}
+
+fn start_with(dir: &Path, extra: &str, validation_extra: &str) -> Ca {
     let (http_port, tls_port) = (free_port(), free_port());
     let data = dir.join("data");
     let cfg = dir.join("ca.toml");
@@ -32,7 +36,7 @@ fn start(dir: &Path, extra: &str) -> Ca {
         &cfg,
         format!(
             "data_dir = \"{}\"\n[policy.dns]\ndeny_suffixes = [\"forbidden.test\"]\n[acme]\n{extra}\n[acme.validation]\n\
-             http01_port = {http_port}\ntls_alpn01_port = {tls_port}\n\
+             http01_port = {http_port}\ntls_alpn01_port = {tls_port}\n{validation_extra}\n\
              hosts = {{ \"web.example.test\" = \"127.0.0.1\", \"api.example.test\" = \"127.0.0.1\", \"far.example.test\" = \"192.0.2.1\" }}\n",
             data.display()
         ),
@@ -291,6 +295,10 @@ async fn negative_suite_gets_the_right_errors_and_changes_nothing() {
     assert!(subs.iter().any(|s| s["identifier"]["value"] == "x.forbidden.test"));
     assert!(subs.iter().any(|s| s["type"] == "urn:ietf:params:acme:error:unsupportedIdentifier"));
     assert_eq!(order_count(c.post(&orders_path, None).await), 1);
+
+    // Wildcards need dns-01, which this CA (no resolver configured) does not offer.
+    let r = c.post("/new-order", Some(&json!({"identifiers": [{"type": "dns", "value": "*.web.example.test"}]}))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "rejectedIdentifier"));
 
     // Finalize before the order is ready.
     let order_url = first.header("location").expect("order location").to_owned();
@@ -568,4 +576,80 @@ async fn nonces_work_across_replicas_sharing_postgresql() {
     // The same nonce replayed at A is refused.
     let r = ca_a.send("/new-order", body).await;
     assert_eq!((r.status, problem(&r).as_str()), (400, "badNonce"));
+}
+
+/// Kills a helper process on drop.
+struct Helper(std::process::Child);
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn lego_obtains_a_wildcard_with_dns01() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // Pebble's challenge test server is the DNS server: lego publishes TXT records through its
+    // management API, Lanyard queries it as its configured resolver.
+    let (dns_port, mgmt_port) = (free_port(), free_port());
+    let cts = Helper(
+        Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-management", &format!("127.0.0.1:{mgmt_port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (apt-get install pebble)"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", mgmt_port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "challtestsrv did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ca = start_with(d, "", &format!("dns_resolver = \"127.0.0.1:{dns_port}\""));
+    let exec = d.join("exec.sh");
+    std::fs::write(
+        &exec,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n\
+             present) curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\",\\\"value\\\":\\\"$3\\\"}}\" http://127.0.0.1:{mgmt_port}/set-txt ;;\n\
+             cleanup) curl -sf -X POST -d \"{{\\\"host\\\":\\\"$2\\\"}}\" http://127.0.0.1:{mgmt_port}/clear-txt ;;\nesac\n"
+        ),
+    )
+    .expect("exec script");
+    run(Command::new("chmod").arg("+x").arg(&exec));
+    run(Command::new("lego")
+        .env("LEGO_CA_CERTIFICATES", &ca.root_path)
+        .env("EXEC_PATH", &exec)
+        .env("EXEC_SEQUENCE_INTERVAL", "1")
+        .args(["--server", &directory(&ca), "--email", "ops@example.test", "--accept-tos"])
+        .args(["--domains", "*.web.example.test", "--domains", "web.example.test"])
+        .args(["--dns", "exec", "--dns.resolvers", &format!("127.0.0.1:{dns_port}"), "--dns.disable-cp", "--path"])
+        .arg(d.join("lego"))
+        .arg("run"));
+    let pem = std::fs::read_to_string(d.join("lego/certificates/_.web.example.test.crt")).expect("certificate");
+    openssl_verify(&ca.root_path, &pem, d);
+    let san = run(Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(d.join("lego/certificates/_.web.example.test.crt")));
+    assert!(san.contains("DNS:*.web.example.test") && san.contains("DNS:web.example.test"), "{san}");
+
+    // A dns-01 challenge without the TXT record fails with unauthorized.
+    let mut c = RawClient::new(ca.proc.addr, &ca.root_pem);
+    c.register().await;
+    let order = c
+        .post("/new-order", Some(&json!({"identifiers": [{"type": "dns", "value": "*.api.example.test"}]})))
+        .await
+        .json();
+    let authz = c.post(&c.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
+    assert_eq!(authz["wildcard"], true);
+    assert_eq!(authz["identifier"]["value"], "api.example.test");
+    let chs = authz["challenges"].as_array().expect("challenges");
+    assert_eq!(chs.len(), 1, "a wildcard is proved by dns-01 only");
+    let r = c.post(&c.path_of(chs[0]["url"].as_str().expect("url")), Some(&json!({}))).await.json();
+    assert_eq!(r["status"], "invalid");
+    assert_eq!(r["error"]["type"], "urn:ietf:params:acme:error:unauthorized", "{r}");
+    drop(cts);
 }

@@ -315,10 +315,10 @@ fn check_identifier_ca(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name
         "dns" => {
             let wildcard = id.value.starts_with("*.");
             let name = ca::check_dns_name(&id.value).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
-            if wildcard {
+            if wildcard && acme.cfg.validation.dns_resolver.is_none() {
                 return Err((
                     "rejectedIdentifier".into(),
-                    "wildcard names need dns-01, which this CA does not offer yet".into(),
+                    "wildcard names need dns-01, which this CA does not offer".into(),
                 ));
             }
             let n = Name::Dns(name.clone());
@@ -386,9 +386,16 @@ pub async fn new_order(State(acme): State<Arc<Acme>>, uri: OriginalUri, headers:
     let identifiers: Vec<Identifier> = ids.iter().map(|(i, _)| i.clone()).collect();
     let mut authzs = Vec::new();
     let mut challenges = Vec::new();
+    let dns01 = acme.cfg.validation.dns_resolver.is_some();
     for (id, wildcard) in &ids {
         let authz_id = new_id();
-        let kinds: &[&str] = if id.kind == "ip" { &["http-01"] } else { &["http-01", "tls-alpn-01"] };
+        // RFC 8555 section 7.1.3: a wildcard is authorized for its base name, by dns-01 only.
+        let kinds: &[&str] = match (id.kind.as_str(), *wildcard, dns01) {
+            ("ip", _, _) => &["http-01"],
+            (_, true, _) => &["dns-01"],
+            (_, false, true) => &["http-01", "tls-alpn-01", "dns-01"],
+            (_, false, false) => &["http-01", "tls-alpn-01"],
+        };
         for kind in kinds {
             challenges.push(AcmeChallenge {
                 id: new_id(),
@@ -405,7 +412,7 @@ pub async fn new_order(State(acme): State<Arc<Acme>>, uri: OriginalUri, headers:
             order_id: order_id.clone(),
             account_id: acct.id.clone(),
             id_type: id.kind.clone(),
-            id_value: id.value.clone(),
+            id_value: id.value.strip_prefix("*.").unwrap_or(&id.value).to_owned(),
             wildcard: *wildcard,
             status: "pending".into(),
             expires_at: expires,
@@ -532,6 +539,7 @@ pub async fn challenge(
         match ch.kind.as_str() {
             "http-01" => v.http01(&az.id_value, &ch.token, &key_authorization).await,
             "tls-alpn-01" => v.tls_alpn01(&az.id_value, &key_authorization).await,
+            "dns-01" => v.dns01(&az.id_value, &key_authorization).await,
             other => Err(super::validation::ValidationError {
                 kind: "malformed",
                 detail: format!("unknown challenge {other}"),
@@ -623,6 +631,7 @@ pub async fn finalize(
             "ip" => {
                 a.id_value.parse().map(Name::Ip).map_err(|_| AcmeProblem::internal("stored IP identifier unparseable"))
             }
+            _ if a.wildcard => Ok(Name::Dns(format!("*.{}", a.id_value))),
             _ => Ok(Name::Dns(a.id_value.clone())),
         })
         .collect::<Result<_, _>>()?;

@@ -30,6 +30,9 @@ pub struct ValidationConfig {
     /// Per-validation timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// DNS server (`ip:port`) queried for dns-01 TXT records. dns-01, and with it wildcard
+    /// names, is offered only when this is set.
+    pub dns_resolver: Option<SocketAddr>,
 }
 
 impl Default for ValidationConfig {
@@ -43,6 +46,7 @@ impl Default for ValidationConfig {
                 .filter_map(|n| n.parse().ok())
                 .collect(),
             timeout: Duration::from_secs(10),
+            dns_resolver: None,
         }
     }
 }
@@ -160,6 +164,55 @@ impl ValidationConfig {
         tokio::time::timeout(self.timeout, run)
             .await
             .map_err(|_| fail("connection", format!("timeout validating {host}")))?
+    }
+}
+
+impl ValidationConfig {
+    /// dns-01 (RFC 8555 section 8.4): a TXT record at `_acme-challenge.<name>` holding
+    /// base64url(SHA-256(key authorization)), asked of the configured resolver.
+    pub async fn dns01(&self, name: &str, key_authorization: &str) -> Result<(), ValidationError> {
+        use base64::Engine;
+        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig};
+        let server = self.dns_resolver.ok_or_else(|| fail("malformed", "dns-01 is not offered by this CA"))?;
+        let mut udp = ConnectionConfig::udp();
+        udp.port = server.port();
+        let mut tcp = ConnectionConfig::tcp();
+        tcp.port = server.port();
+        tcp.protocol = ProtocolConfig::Tcp;
+        let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+        ns.connections = vec![udp, tcp];
+        let resolver = hickory_resolver::Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        )
+        .build()
+        .map_err(|e| fail("dns", format!("resolver: {e}")))?;
+        let want = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes()));
+        let fqdn = format!("_acme-challenge.{name}.");
+        let lookup = tokio::time::timeout(self.timeout, resolver.txt_lookup(fqdn.as_str()))
+            .await
+            .map_err(|_| fail("dns", format!("timeout looking up TXT {fqdn}")))?
+            .map_err(|e| fail("unauthorized", format!("no TXT record at {fqdn}: {e}")))?;
+        let found: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                // A TXT record's character-strings form one value (RFC 7208 section 3.3 style).
+                hickory_resolver::proto::rr::RData::TXT(t) => {
+                    Some(t.txt_data.iter().map(|b| String::from_utf8_lossy(b)).collect::<String>())
+                }
+                _ => None,
+            })
+            .collect();
+        if found.iter().any(|v| v == &want) {
+            Ok(())
+        } else {
+            Err(fail(
+                "unauthorized",
+                format!("the TXT records at {fqdn} do not hold the key authorization digest (found {})", found.len()),
+            ))
+        }
     }
 }
 
