@@ -160,7 +160,7 @@ async fn serve_webroot(port: u16, dir: PathBuf) -> tokio::task::JoinHandle<()> {
 }
 
 #[tokio::test]
-async fn uacme_obtains_and_revokes() {
+async fn uacme_obtains_renews_and_revokes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let ca = start(d, "");
@@ -195,7 +195,14 @@ async fn uacme_obtains_and_revokes() {
     .await
     .expect("join");
     let cert_path = conf.join("web.example.test/cert.pem");
-    let cert = std::fs::read_to_string(&cert_path).unwrap_or_else(|_| panic!("no certificate: {out}"));
+    let first = std::fs::read_to_string(&cert_path).unwrap_or_else(|_| panic!("no certificate: {out}"));
+    openssl_verify(&ca.root_path, &first, d);
+    // Renew (forced: the certificate is far from expiry).
+    uacme(format!("uacme -v -a '{a}' -c '{c}' -h '{}' -t EC -f issue web.example.test", hook.display()))
+        .await
+        .expect("join");
+    let cert = std::fs::read_to_string(&cert_path).expect("renewed certificate");
+    assert_ne!(serial_of(&first), serial_of(&cert), "renewal issued a new certificate");
     openssl_verify(&ca.root_path, &cert, d);
     uacme(format!("uacme -v -a '{a}' -c '{c}' revoke '{}'", cert_path.display())).await.expect("join");
     assert!(revoked(&ca.db_url, &serial_of(&cert)).await, "revocation recorded");

@@ -90,7 +90,7 @@ async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<Vec<u6
     }
     // One multi-row statement per kind and chunk: statement overhead, not row count, dominates.
     let now = unix(OffsetDateTime::now_utc());
-    for chunk in intents.chunks(ROWS_PER_STATEMENT) {
+    for chunk in pow2_chunks(&intents) {
         let sql = multi_row_insert(
             backend,
             "INSERT INTO certificates (serial, status, issuer_id, profile, requester, subject, sans, \
@@ -116,7 +116,7 @@ async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<Vec<u6
         q.execute(&mut *tx).await.map_err(db_err)?;
     }
     // The foreign key to `certificates` makes a record without a prior intent impossible.
-    for chunk in issued.chunks(ROWS_PER_STATEMENT) {
+    for chunk in pow2_chunks(&issued) {
         let sql = multi_row_insert(
             backend,
             "INSERT INTO issued_certificates (serial, cert_pem, issued_at) VALUES ",
@@ -130,7 +130,7 @@ async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<Vec<u6
         }
         q.execute(&mut *tx).await.map_err(db_err)?;
     }
-    for chunk in audits.chunks(ROWS_PER_STATEMENT) {
+    for chunk in pow2_chunks(&audits) {
         insert_audits(backend, &mut tx, chunk).await.map_err(db_err)?;
     }
     tx.commit().await.map_err(db_err)?;
@@ -139,6 +139,22 @@ async fn commit(backend: Backend, pool: &AnyPool, jobs: &[Job]) -> Result<Vec<u6
 
 /// Rows per multi-row statement (10 columns x 256 rows stays far below every bind-parameter limit).
 const ROWS_PER_STATEMENT: usize = 256;
+
+/// Splits `items` into chunks whose lengths are powers of two (at most [`ROWS_PER_STATEMENT`]), so
+/// a batch of any size uses one of a handful of statement shapes, all of them prepared once and
+/// then served from sqlx's statement cache instead of being re-prepared for every new batch size.
+fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let n = items.len().min(ROWS_PER_STATEMENT);
+        let take = 1usize << (usize::BITS - 1 - n.leading_zeros());
+        let (head, tail) = items.split_at(take);
+        items = tail;
+        Some(head)
+    })
+}
 
 /// `prefix` followed by `rows` tuples of placeholders; `extra` is a literal placed second in every
 /// tuple (the intent status). Only placeholders are generated, never values.
@@ -216,6 +232,15 @@ async fn insert_audits(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunks_are_powers_of_two() {
+        let v: Vec<u32> = (0..700).collect();
+        let sizes: Vec<usize> = super::pow2_chunks(&v).map(<[u32]>::len).collect();
+        assert_eq!(sizes, vec![256, 256, 128, 32, 16, 8, 4]);
+        assert_eq!(super::pow2_chunks(&v[..0]).count(), 0);
+        assert_eq!(super::pow2_chunks(&v[..1]).map(<[u32]>::len).collect::<Vec<_>>(), vec![1]);
+    }
+
     #[test]
     fn multi_row_placeholders() {
         use super::{Backend, multi_row_insert};
