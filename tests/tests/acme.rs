@@ -280,6 +280,10 @@ async fn negative_suite_gets_the_right_errors_and_changes_nothing() {
     .await
     .expect("post");
     assert_eq!(r.status, 415);
+    // An oversized body is refused before anything is parsed.
+    let huge = json!({"identifiers": [{"type": "dns", "value": "x".repeat(70_000)}]});
+    let r = c.post("/new-order", Some(&huge)).await;
+    assert_eq!((r.status, problem(&r).as_str()), (400, "malformed"));
     assert_eq!(order_count(c.post(&orders_path, None).await), 0, "no refused request created an order");
 
     // Replayed JWS: the first creates an order, the replay is refused and creates nothing.

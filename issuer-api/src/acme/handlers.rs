@@ -4,9 +4,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -20,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 use super::jws::Jwk;
 use super::problem::{AcmeProblem, Subproblem};
 use super::wire::*;
-use super::{Acme, Authenticated};
+use super::{Acme, Authenticated, EitherKey, JwkSigned, Kid, Signed};
 
 type AcmeResult = Result<Response, AcmeProblem>;
 
@@ -52,10 +51,6 @@ fn with_header(mut r: Response, name: header::HeaderName, value: &str) -> Respon
     r
 }
 
-fn path_of(uri: &OriginalUri) -> String {
-    uri.0.path().strip_prefix("/acme").unwrap_or(uri.0.path()).to_owned()
-}
-
 /// Parses a JSON payload; an empty payload (POST-as-GET) is refused where a body is required.
 fn payload<T: serde::de::DeserializeOwned>(auth: &Authenticated) -> Result<T, AcmeProblem> {
     serde_json::from_slice(&auth.jws.payload).map_err(|e| AcmeProblem::malformed(format!("bad payload: {e}")))
@@ -79,7 +74,7 @@ fn owner<'a>(auth: &'a Authenticated, account_id: &str) -> Result<&'a AcmeAccoun
 }
 
 /// GET /acme/directory (section 7.1.1).
-pub async fn directory(State(acme): State<Arc<Acme>>) -> Response {
+pub(crate) async fn directory(State(acme): State<Arc<Acme>>) -> Response {
     json(
         StatusCode::OK,
         &Directory {
@@ -98,12 +93,12 @@ pub async fn directory(State(acme): State<Arc<Acme>>) -> Response {
 }
 
 /// HEAD /acme/new-nonce answers 200 (section 7.2); the nonce comes from the common headers.
-pub async fn new_nonce_head() -> StatusCode {
+pub(crate) async fn new_nonce_head() -> StatusCode {
     StatusCode::OK
 }
 
 /// GET /acme/new-nonce answers 204 (section 7.2).
-pub async fn new_nonce_get() -> StatusCode {
+pub(crate) async fn new_nonce_get() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
@@ -138,13 +133,7 @@ fn check_contacts(contact: &[String]) -> Result<(), AcmeProblem> {
 }
 
 /// POST /acme/new-account (section 7.3).
-pub async fn new_account(
-    State(acme): State<Arc<Acme>>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(true)).await?;
+pub(crate) async fn new_account(State(acme): State<Arc<Acme>>, Signed(auth): JwkSigned) -> AcmeResult {
     let req: AccountRequest = payload(&auth)?;
     let thumbprint = auth.jwk.thumbprint();
     if let Some(existing) = acme.store.acme_account_by_thumbprint(&thumbprint).await.map_err(AcmeProblem::from)? {
@@ -234,14 +223,7 @@ async fn check_eab(
 }
 
 /// POST /acme/account/{id}: read, update contacts, or deactivate (sections 7.3.2, 7.3.6).
-pub async fn account(
-    State(acme): State<Arc<Acme>>,
-    Path(id): Path<String>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+pub(crate) async fn account(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     let acct = owner(&auth, &id)?.clone();
     if auth.jws.payload.is_empty() {
         return Ok(json(StatusCode::OK, &account_json(&acme, &acct)));
@@ -270,14 +252,11 @@ pub async fn account(
 }
 
 /// POST /acme/account/{id}/orders (section 7.1.2.1).
-pub async fn account_orders(
+pub(crate) async fn account_orders(
     State(acme): State<Arc<Acme>>,
     Path(id): Path<String>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed(auth): Kid,
 ) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
     require_post_as_get(&auth)?;
     let acct = owner(&auth, &id)?;
     let ids = acme.store.acme_order_ids(&acct.id).await.map_err(AcmeProblem::from)?;
@@ -339,8 +318,7 @@ fn check_identifier_ca(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name
 }
 
 /// POST /acme/new-order (section 7.4).
-pub async fn new_order(State(acme): State<Arc<Acme>>, uri: OriginalUri, headers: HeaderMap, body: Bytes) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+pub(crate) async fn new_order(State(acme): State<Arc<Acme>>, Signed(auth): Kid) -> AcmeResult {
     let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
     let req: NewOrder = payload(&auth)?;
     if let Err(wait) = acme.limits.check_order(&acct.id) {
@@ -459,14 +437,7 @@ fn polled(r: Response, status: &str) -> Response {
 }
 
 /// POST /acme/order/{id} (section 7.4).
-pub async fn order(
-    State(acme): State<Arc<Acme>>,
-    Path(id): Path<String>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+pub(crate) async fn order(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     require_post_as_get(&auth)?;
     let (o, authzs) = load_order(&acme, &auth, &id).await?;
     Ok(polled(json(StatusCode::OK, &order_json(&acme, &o, &authzs)?), &o.status))
@@ -484,14 +455,7 @@ fn challenge_json(acme: &Acme, c: &AcmeChallenge) -> Challenge {
 }
 
 /// POST /acme/authz/{id} (section 7.5).
-pub async fn authz(
-    State(acme): State<Arc<Acme>>,
-    Path(id): Path<String>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+pub(crate) async fn authz(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     require_post_as_get(&auth)?;
     let (a, challenges) =
         acme.store.acme_authz(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
@@ -509,14 +473,7 @@ pub async fn authz(
 
 /// POST /acme/challenge/{id}: `{}` asks for validation (section 7.5.1), an empty payload reads.
 /// Validation runs before the answer, so the answer already says `valid` or `invalid`.
-pub async fn challenge(
-    State(acme): State<Arc<Acme>>,
-    Path(id): Path<String>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     let (ch, az) =
         acme.store.acme_challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     owner(&auth, &az.account_id)?;
@@ -590,14 +547,7 @@ fn jwk_is_spki(jwk: &Jwk, spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) ->
 }
 
 /// POST /acme/order/{id}/finalize (section 7.4): issues synchronously and answers `valid`.
-pub async fn finalize(
-    State(acme): State<Arc<Acme>>,
-    Path(id): Path<String>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
+pub(crate) async fn finalize(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     let (o, authzs) = load_order(&acme, &auth, &id).await?;
     let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
     let req: Finalize = payload(&auth)?;
@@ -680,14 +630,11 @@ pub async fn finalize(
 }
 
 /// POST /acme/cert/{serial} (section 7.4.2): the chain as `application/pem-certificate-chain`.
-pub async fn certificate(
+pub(crate) async fn certificate(
     State(acme): State<Arc<Acme>>,
     Path(serial): Path<String>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed(auth): Kid,
 ) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, Some(false)).await?;
     require_post_as_get(&auth)?;
     let o =
         acme.store.acme_order_for_cert(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
@@ -705,13 +652,7 @@ pub async fn certificate(
 }
 
 /// POST /acme/revoke-cert (section 7.6): by the ordering account (kid) or the certificate key (jwk).
-pub async fn revoke_cert(
-    State(acme): State<Arc<Acme>>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let auth = acme.authenticate(&headers, &path_of(&uri), &body, None).await?;
+pub(crate) async fn revoke_cert(State(acme): State<Arc<Acme>>, Signed(auth): EitherKey) -> AcmeResult {
     let req: Revoke = payload(&auth)?;
     let reason = req.reason.unwrap_or(0);
     if ![0, 1, 3, 4, 5, 9].contains(&reason) {
@@ -771,19 +712,13 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
 
 /// POST /acme/key-change (section 7.3.5): the outer JWS is signed by the current key (kid), the
 /// inner one by the new key (jwk), with the same url, no nonce, and `{account, oldKey}`.
-pub async fn key_change(
-    State(acme): State<Arc<Acme>>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> AcmeResult {
-    let path = path_of(&uri);
-    let auth = acme.authenticate(&headers, &path, &body, Some(false)).await?;
+pub(crate) async fn key_change(State(acme): State<Arc<Acme>>, Signed(auth): Kid) -> AcmeResult {
     let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
     let inner = super::jws::ParsedJws::parse(&auth.jws.payload)?;
     let new_key = inner.require_jwk()?.clone();
     new_key.validate()?;
-    if inner.header.url != acme.url(&path) {
+    // The outer url was already checked against the request URL.
+    if inner.header.url != auth.jws.header.url {
         return Err(AcmeProblem::malformed("the inner JWS url differs from the outer one"));
     }
     if inner.header.nonce.is_some() {
@@ -872,7 +807,7 @@ async fn check_replaces(acme: &Acme, acct: &AcmeAccount, cert_id: &str) -> Resul
 
 /// GET /acme/renewal-info/{certID} (RFC 9773 section 4): when to renew. Around two thirds of the
 /// lifetime normally; in the past once the CA wants the certificate replaced (or it is revoked).
-pub async fn renewal_info(State(acme): State<Arc<Acme>>, Path(id): Path<String>) -> AcmeResult {
+pub(crate) async fn renewal_info(State(acme): State<Arc<Acme>>, Path(id): Path<String>) -> AcmeResult {
     let rec = cert_for_id(&acme, &id).await?;
     let (nb, na) = (rec.not_before.unix_timestamp(), rec.not_after.unix_timestamp());
     let life = (na - nb).max(60);

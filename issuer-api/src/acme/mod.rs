@@ -5,7 +5,7 @@
 //! never costs a database write. Every response, errors included, carries a fresh `Replay-Nonce`
 //! and `Link: <directory>;rel="index"`.
 
-pub mod handlers;
+mod handlers;
 pub mod jws;
 pub mod nonce;
 pub mod problem;
@@ -167,6 +167,44 @@ impl Acme {
             return Err(bad_nonce("the nonce is unknown, expired or already used"));
         }
         Ok(Authenticated { jws, account, jwk })
+    }
+}
+
+/// Largest JWS body accepted (a CSR with many names fits easily).
+const MAX_BODY: usize = 64 * 1024;
+
+/// An authenticated ACME POST, as an axum extractor. `MODE` picks the key reference the endpoint
+/// takes: 0 `kid`, 1 `jwk`, 2 either (revokeCert). Rejections are ACME problem documents.
+#[derive(Debug)]
+pub(crate) struct Signed<const MODE: u8>(pub Authenticated);
+/// Signed with the account URL (`kid`).
+pub(crate) type Kid = Signed<0>;
+/// Signed with an embedded key (`jwk`): newAccount.
+pub(crate) type JwkSigned = Signed<1>;
+/// Either: revokeCert by account or by certificate key.
+pub(crate) type EitherKey = Signed<2>;
+
+impl<const MODE: u8> axum::extract::FromRequest<Arc<Acme>> for Signed<MODE> {
+    type Rejection = AcmeProblem;
+
+    async fn from_request(req: Request, acme: &Arc<Acme>) -> Result<Self, AcmeProblem> {
+        // The full path, also when this router is nested.
+        let full = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_owned())
+            .unwrap_or_else(|| req.uri().path().to_owned());
+        let path = full.strip_prefix("/acme").unwrap_or(&full).to_owned();
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| AcmeProblem::malformed(format!("the request body exceeds {MAX_BODY} bytes")))?;
+        let want = match MODE {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        };
+        acme.authenticate(&parts.headers, &path, &body, want).await.map(Signed)
     }
 }
 
