@@ -75,7 +75,9 @@ pub struct LifetimePolicy {
 /// An issuer must have at least this much life left to sign a leaf.
 const MIN_ISSUER_REMAINING: time::Duration = time::Duration::seconds(60);
 
-fn suffix_matches(name: &str, suffix: &str) -> bool {
+/// Whether DNS `name` (a leading `*.` ignored) equals `suffix` or lies below it on a label
+/// boundary. The one suffix rule for CA policy and ACME account policies alike.
+pub fn suffix_matches(name: &str, suffix: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
     let suffix = suffix.trim_start_matches('.');
     name == suffix

@@ -280,10 +280,7 @@ fn account_allows(acct: &AcmeAccount, name: &Name) -> Result<(), String> {
         return Ok(());
     }
     let ok = match name {
-        Name::Dns(d) => acct.allowed_suffixes.iter().any(|s| {
-            let s = s.trim_start_matches('.');
-            d == s || d.ends_with(&format!(".{s}"))
-        }),
+        Name::Dns(d) => acct.allowed_suffixes.iter().any(|s| ca::suffix_matches(d, s)),
         _ => false,
     };
     if ok { Ok(()) } else { Err(format!("{name} is outside what this account may order")) }
