@@ -188,3 +188,11 @@ fn general_name(gn: &GeneralName<'_>) -> Result<Name, CaError> {
 fn bad_ip() -> CaError {
     CaError::MalformedCsr("IP address SAN is neither 4 nor 16 bytes".into())
 }
+
+/// The SAN names of an issued certificate (renewal keeps exactly these).
+pub(crate) fn names_in_certificate(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Vec<Name>, CaError> {
+    let Some(san) = cert.subject_alternative_name().map_err(|e| CaError::InvalidCertificate(e.to_string()))? else {
+        return Ok(Vec::new());
+    };
+    san.value.general_names.iter().map(general_name).collect()
+}

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Config,
     /// Something inside the CA failed; details go to logs, not to clients.
     Internal,
+    /// The requester's credential (e.g. the certificate presented for renewal) is not acceptable.
+    Unauthenticated,
 }
 
 /// Errors from the CA core.
@@ -100,6 +102,9 @@ pub enum CaError {
     /// Bad configuration or operator input.
     #[error("configuration error: {0}")]
     Config(String),
+    /// A credential presented to the CA (a certificate for renewal) is not one it accepts.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {
@@ -127,6 +132,7 @@ impl CaError {
             NoActiveIssuer | IssuerExpiring { .. } | StoreUnavailable(_) => ErrorKind::Unavailable,
             WrongPassphrase(_) | MissingPassphrase { .. } | InvalidCertificate(_) | Config(_) => ErrorKind::Config,
             Store(_) | Key(_) | Signing(_) | Io { .. } => ErrorKind::Internal,
+            Unauthenticated(_) => ErrorKind::Unauthenticated,
         }
     }
 

@@ -21,6 +21,7 @@ mod keys;
 mod names;
 mod policy;
 mod profile;
+mod renewal;
 mod serial;
 pub mod store;
 

@@ -29,6 +29,8 @@ pub struct Config {
     pub init: InitOptions,
     /// The ACME server (RFC 8555) under `/acme`.
     pub acme: crate::acme::AcmeConfig,
+    /// Workload identity: bundle refresh hint, join tokens, JWT attestors.
+    pub workload: crate::enroll::WorkloadConfig,
 }
 
 /// Log output format.
@@ -54,6 +56,7 @@ impl Default for Config {
             policy: Policy::default(),
             init: InitOptions::default(),
             acme: crate::acme::AcmeConfig::default(),
+            workload: crate::enroll::WorkloadConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod acme;
 pub mod config;
+pub mod enroll;
 pub mod identity;
 pub mod ops;
 pub mod problem;
@@ -61,9 +62,13 @@ pub async fn run_server(
     }
     on_listen(addr);
     let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone() }));
+    let workload = enroll::routes::WorkloadState::new(authority.clone(), cfg.workload.bundle_refresh_hint);
+    app = app.merge(enroll::routes::router(Arc::new(workload)));
+    let enrollment =
+        Arc::new(enroll::Enrollment::new(&cfg.workload, &cfg.policy.trust_domain, authority.store().clone())?);
     if cfg.acme.enabled {
         let base = cfg.acme.public_url.clone().unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
-        let acme = acme::Acme::new(authority, cfg.acme.clone(), base).await?;
+        let acme = acme::Acme::new(authority, cfg.acme.clone(), base, enrollment).await?;
         info!(directory = %acme.url("/directory"), "ACME enabled");
         acme::spawn_cleanup(acme.clone());
         app = app.merge(acme::router(acme));

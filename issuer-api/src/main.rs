@@ -64,6 +64,25 @@ enum Command {
     /// External account binding keys for ACME (RFC 8555 section 7.3.4).
     #[command(subcommand)]
     Eab(EabCommand),
+    /// Join tokens: one-time secrets a workload presents to enroll (challenge join-token-01).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token bound to one SPIFFE ID (or a path prefix); prints the secret once.
+    Create {
+        /// The SPIFFE ID the token admits, e.g. spiffe://example.org/ns/web/sa/api.
+        #[arg(long)]
+        spiffe_id: String,
+        /// Admit any SPIFFE ID below this one's path, not only the ID itself.
+        #[arg(long)]
+        prefix: bool,
+        /// Lifetime (e.g. 10m, 1h); default `[workload] join_token_ttl`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +162,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("kid:      {kid}");
             println!("hmac key: {key}");
             println!("(lego: --eab --kid {kid} --hmac {key}; uacme: -e {kid}:{key})");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { spiffe_id, prefix, ttl }) => {
+            let ttl = ttl.unwrap_or(cfg.workload.join_token_ttl);
+            if ttl > cfg.workload.join_token_max_ttl || ttl.is_zero() {
+                anyhow::bail!(
+                    "--ttl must be between 1s and {} ([workload] join_token_max_ttl)",
+                    humantime::format_duration(cfg.workload.join_token_max_ttl)
+                );
+            }
+            let store = ops::open_store(&cfg).await?;
+            let (secret, token) = issuer_api::enroll::create_join_token(
+                &store,
+                &cfg.policy.trust_domain,
+                &spiffe_id,
+                prefix,
+                ttl,
+            )
+            .await?;
+            let expires = time::OffsetDateTime::from_unix_timestamp(token.expires_at)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_default();
+            let scope = if prefix { format!("{}/*", token.spiffe_id) } else { token.spiffe_id.to_string() };
+            eprintln!("join token for {scope}, single use, expires {expires}");
+            println!("{secret}");
             Ok(())
         }
         Command::Status => {

@@ -41,6 +41,7 @@ impl From<CaError> for Problem {
         match e.kind() {
             ErrorKind::BadRequest => Problem::new(StatusCode::BAD_REQUEST, "badRequest", e.to_string()),
             ErrorKind::Rejected => Problem::new(StatusCode::FORBIDDEN, "rejected", e.to_string()),
+            ErrorKind::Unauthenticated => Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
             ErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "CA unavailable");
                 Problem::new(

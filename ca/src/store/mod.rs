@@ -7,6 +7,7 @@
 //! instead of paid per certificate. A caller is answered only after its batch has committed.
 
 pub mod acme;
+pub mod workload;
 mod records;
 mod writer;
 

@@ -310,8 +310,26 @@ fn check_identifier_ca(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name
             acme.authority.policy().check_name(&n).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
             Ok((Identifier { kind: "ip".into(), value: ip.to_string() }, n, false))
         }
+        crate::enroll::SPIFFE_IDENTIFIER => {
+            let id = ca::SpiffeId::parse(&id.value).map_err(|e| ("malformed".to_owned(), e.to_string()))?;
+            let td = &acme.authority.policy().trust_domain;
+            if id.trust_domain() != td {
+                return Err(("rejectedIdentifier".into(), format!("{id} is outside the trust domain {td}")));
+            }
+            if id.path().is_empty() {
+                return Err(("rejectedIdentifier".into(), "a workload SPIFFE ID needs a path".into()));
+            }
+            let value = id.to_string();
+            Ok((Identifier { kind: crate::enroll::SPIFFE_IDENTIFIER.into(), value }, Name::Spiffe(id), false))
+        }
         other => Err(("unsupportedIdentifier".into(), format!("identifier type {other:?} is not supported"))),
     }
+}
+
+/// Whether an order is a workload enrollment (a SPIFFE identifier), issued under the workload
+/// profile after attestation instead of the tls-server profile after domain validation.
+fn is_enrollment(ids: &[Identifier]) -> bool {
+    ids.iter().any(|i| i.kind == crate::enroll::SPIFFE_IDENTIFIER)
 }
 
 /// POST /acme/new-order (section 7.4).
@@ -359,6 +377,13 @@ pub(crate) async fn new_order(State(acme): State<Arc<Acme>>, Signed(auth): Kid) 
     let expires = t + acme.cfg.order_lifetime.as_secs() as i64;
     let order_id = new_id();
     let identifiers: Vec<Identifier> = ids.iter().map(|(i, _)| i.clone()).collect();
+    if is_enrollment(&identifiers) && identifiers.len() != 1 {
+        return Err(AcmeProblem::new(
+            StatusCode::BAD_REQUEST,
+            "rejectedIdentifier",
+            "a spiffe identifier is ordered alone: one workload identity per order",
+        ));
+    }
     let mut authzs = Vec::new();
     let mut challenges = Vec::new();
     let dns01 = acme.cfg.validation.dns_resolver.is_some();
@@ -366,6 +391,7 @@ pub(crate) async fn new_order(State(acme): State<Arc<Acme>>, Signed(auth): Kid) 
         let authz_id = new_id();
         // RFC 8555 section 7.1.3: a wildcard is authorized for its base name, by dns-01 only.
         let kinds: &[&str] = match (id.kind.as_str(), *wildcard, dns01) {
+            (crate::enroll::SPIFFE_IDENTIFIER, _, _) => acme.enroll.challenge_kinds(),
             ("ip", _, _) => &["http-01"],
             (_, true, _) => &["dns-01"],
             (_, false, true) => &["http-01", "tls-alpn-01", "dns-01"],
@@ -486,7 +512,11 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
         return Err(AcmeProblem::malformed("the authorization has expired"));
     }
     let key_authorization = format!("{}.{}", ch.token, auth.jwk.thumbprint());
-    let result = if acme.cfg.insecure_always_valid_challenges {
+    let result = if az.id_type == crate::enroll::SPIFFE_IDENTIFIER {
+        // Attestation is never skipped, not even in the insecure load-test mode: it decides who a
+        // workload is, not whether a name resolves.
+        acme.enroll.attest(&ch.kind, &az.id_value, &auth.jws.payload, now()).await
+    } else if acme.cfg.insecure_always_valid_challenges {
         Ok(())
     } else {
         let v = &acme.cfg.validation;
@@ -578,6 +608,9 @@ pub(crate) async fn finalize(State(acme): State<Arc<Acme>>, Path(id): Path<Strin
             "ip" => {
                 a.id_value.parse().map(Name::Ip).map_err(|_| AcmeProblem::internal("stored IP identifier unparseable"))
             }
+            crate::enroll::SPIFFE_IDENTIFIER => ca::SpiffeId::parse(&a.id_value)
+                .map(Name::Spiffe)
+                .map_err(|_| AcmeProblem::internal("stored SPIFFE identifier unparseable")),
             _ if a.wildcard => Ok(Name::Dns(format!("*.{}", a.id_value))),
             _ => Ok(Name::Dns(a.id_value.clone())),
         })
@@ -585,12 +618,14 @@ pub(crate) async fn finalize(State(acme): State<Arc<Acme>>, Path(id): Path<Strin
     for n in &names {
         account_allows(acct, n).map_err(|d| AcmeProblem::new(StatusCode::FORBIDDEN, "rejectedIdentifier", d))?;
     }
+    let profile =
+        if names.iter().any(|n| matches!(n, Name::Spiffe(_))) { Profile::Workload } else { Profile::TlsServer };
     let authorized = AuthorizedNames { names, exact: true };
     // Check the CSR against the order before the order leaves `ready`: a bad CSR changes nothing.
     // RFC 8555 section 7.4: a CSR that does not name exactly the order's identifiers is a badCSR.
     acme.authority
         .policy()
-        .names_for(&verified, Profile::TlsServer, Some(&authorized))
+        .names_for(&verified, profile, Some(&authorized))
         .map_err(|e| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", e.to_string()))?;
     if !acme.store.acme_transition_order(&o.id, "ready", "processing", None, None).await.map_err(AcmeProblem::from)? {
         return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "orderNotReady", "the order is being finalized already"));
@@ -600,7 +635,7 @@ pub(crate) async fn finalize(State(acme): State<Arc<Acme>>, Path(id): Path<Strin
         .authority
         .issue(IssueRequest {
             csr: &csr,
-            profile: Profile::TlsServer,
+            profile,
             requester: &requester,
             lifetime: None,
             authorized: Some(&authorized),

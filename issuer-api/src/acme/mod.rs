@@ -81,6 +81,7 @@ pub struct Acme {
     pub(crate) base: String,
     pub(crate) cfg: AcmeConfig,
     pub(crate) limits: ratelimit::Limiter,
+    pub(crate) enroll: Arc<crate::enroll::Enrollment>,
 }
 
 /// An authenticated POST.
@@ -95,7 +96,12 @@ pub(crate) struct Authenticated {
 
 impl Acme {
     /// Builds the service; `base` is the public base URL without a trailing slash.
-    pub async fn new(authority: Arc<Authority>, cfg: AcmeConfig, base: String) -> Result<Arc<Self>, ca::CaError> {
+    pub async fn new(
+        authority: Arc<Authority>,
+        cfg: AcmeConfig,
+        base: String,
+        enroll: Arc<crate::enroll::Enrollment>,
+    ) -> Result<Arc<Self>, ca::CaError> {
         let store = authority.store().clone();
         let nonces = Nonces::new(store.clone()).await?;
         if cfg.insecure_always_valid_challenges {
@@ -105,7 +111,7 @@ impl Acme {
             );
         }
         let limits = ratelimit::Limiter::new(cfg.rate_limits.clone());
-        Ok(Arc::new(Acme { authority, store, nonces, base: base.trim_end_matches('/').to_owned(), cfg, limits }))
+        Ok(Arc::new(Acme { authority, store, nonces, base: base.trim_end_matches('/').to_owned(), cfg, limits, enroll }))
     }
 
     /// Absolute URL of an ACME path (`/acme/...`).

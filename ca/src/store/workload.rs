@@ -1,0 +1,188 @@
+//! Workload enrollment state: one-time join tokens and the trust bundle's sequence number.
+//!
+//! A join token is a bearer secret, so only its SHA-256 digest is stored; redeeming one is a single
+//! conditional UPDATE, so two replicas racing on the same token cannot both win.
+
+use sqlx::Row;
+
+use super::{Store, db_err};
+use crate::{CaError, SpiffeId};
+
+/// Digest under which a join token is stored and looked up.
+pub fn join_token_digest(token: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
+}
+
+/// A join token as created by `lanyard-ca token create` (without the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// The SPIFFE ID the token is bound to.
+    pub spiffe_id: SpiffeId,
+    /// When true the token admits any ID below `spiffe_id`'s path.
+    pub is_prefix: bool,
+    /// Expiry (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// Why a join token was refused. The messages are shown to the workload, so they name the
+/// problem but never the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinTokenError {
+    /// No such token.
+    #[error("unknown join token")]
+    Unknown,
+    /// Past its expiry.
+    #[error("the join token expired")]
+    Expired,
+    /// Already redeemed once.
+    #[error("the join token was already used")]
+    Used,
+    /// Bound to another identity.
+    #[error("the join token is bound to {bound}, not {requested}")]
+    WrongIdentity {
+        /// What the token admits.
+        bound: String,
+        /// What was asked for.
+        requested: String,
+    },
+}
+
+impl JoinToken {
+    /// Whether the token admits `id`.
+    pub fn admits(&self, id: &SpiffeId) -> bool {
+        if self.is_prefix {
+            let base = self.spiffe_id.to_string();
+            let asked = id.to_string();
+            asked == base || asked.strip_prefix(&base).is_some_and(|rest| rest.starts_with('/'))
+        } else {
+            &self.spiffe_id == id
+        }
+    }
+}
+
+impl Store {
+    /// Stores a new join token under its digest.
+    pub async fn create_join_token(&self, digest: &str, token: &JoinToken, now: i64) -> Result<(), CaError> {
+        sqlx::query(
+            "INSERT INTO join_tokens (digest, spiffe_id, is_prefix, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(digest)
+        .bind(token.spiffe_id.to_string())
+        .bind(i64::from(token.is_prefix))
+        .bind(token.expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Redeems a join token for `id`: it must exist, be unexpired, unused and admit `id`. The
+    /// outer error is the store's; the inner one is the refusal to show the workload.
+    pub async fn redeem_join_token(
+        &self,
+        digest: &str,
+        id: &SpiffeId,
+        now: i64,
+    ) -> Result<Result<(), JoinTokenError>, CaError> {
+        let Some(r) = sqlx::query("SELECT spiffe_id, is_prefix, expires_at, used_at FROM join_tokens WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(Err(JoinTokenError::Unknown));
+        };
+        let bound: String = r.try_get("spiffe_id").map_err(db_err)?;
+        let token = JoinToken {
+            spiffe_id: SpiffeId::parse(&bound)?,
+            is_prefix: r.try_get::<i64, _>("is_prefix").map_err(db_err)? != 0,
+            expires_at: r.try_get("expires_at").map_err(db_err)?,
+        };
+        if r.try_get::<Option<i64>, _>("used_at").map_err(db_err)?.is_some() {
+            return Ok(Err(JoinTokenError::Used));
+        }
+        if token.expires_at <= now {
+            return Ok(Err(JoinTokenError::Expired));
+        }
+        if !token.admits(id) {
+            let bound = if token.is_prefix { format!("{bound}/*") } else { bound };
+            return Ok(Err(JoinTokenError::WrongIdentity { bound, requested: id.to_string() }));
+        }
+        let done = sqlx::query(
+            "UPDATE join_tokens SET used_at = $1, used_for = $2 WHERE digest = $3 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .bind(digest)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        // Lost a race with another redemption of the same token.
+        if done.rows_affected() != 1 {
+            return Ok(Err(JoinTokenError::Used));
+        }
+        Ok(Ok(()))
+    }
+
+    /// The trust bundle's sequence for the bundle whose content digest is `digest`: unchanged
+    /// while the digest is, incremented (durably, once, even with several replicas) when it
+    /// changes. SPIFFE relying parties use the sequence to notice new bundles.
+    pub async fn bundle_sequence(&self, digest: &str) -> Result<u64, CaError> {
+        for _ in 0..3 {
+            let row = sqlx::query("SELECT sequence, digest FROM bundle_state WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+            match row {
+                None => {
+                    let r = sqlx::query(
+                        "INSERT INTO bundle_state (id, sequence, digest) VALUES (1, 1, $1) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(digest)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    if r.rows_affected() == 1 {
+                        return Ok(1);
+                    }
+                }
+                Some(r) => {
+                    let seq: i64 = r.try_get("sequence").map_err(db_err)?;
+                    let current: String = r.try_get("digest").map_err(db_err)?;
+                    if current == digest {
+                        return Ok(u64::try_from(seq).unwrap_or(0));
+                    }
+                    let up = sqlx::query(
+                        "UPDATE bundle_state SET sequence = sequence + 1, digest = $1 WHERE id = 1 AND sequence = $2",
+                    )
+                    .bind(digest)
+                    .bind(seq)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    if up.rows_affected() == 1 {
+                        return Ok(u64::try_from(seq + 1).unwrap_or(0));
+                    }
+                }
+            }
+        }
+        Err(CaError::Store("the bundle sequence kept changing under us".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_tokens_admit_only_paths_below_them() {
+        let t = |id: &str, p| JoinToken { spiffe_id: SpiffeId::parse(id).unwrap(), is_prefix: p, expires_at: 0 };
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        assert!(t("spiffe://td/ns/a", true).admits(&id("spiffe://td/ns/a/x")));
+        assert!(t("spiffe://td/ns/a", true).admits(&id("spiffe://td/ns/a")));
+        assert!(!t("spiffe://td/ns/a", true).admits(&id("spiffe://td/ns/ab")));
+        assert!(!t("spiffe://td/ns/a", false).admits(&id("spiffe://td/ns/a/x")));
+        assert!(t("spiffe://td/ns/a", false).admits(&id("spiffe://td/ns/a")));
+    }
+}

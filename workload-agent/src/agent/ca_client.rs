@@ -1,0 +1,155 @@
+//! The agent's view of `lanyard-ca`: bootstrap trust from a pinned root fingerprint, fetch the
+//! SPIFFE trust bundle, renew over mTLS, and read renewalInfo (RFC 9773).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use hyper::{Method, StatusCode};
+use rustls::pki_types::CertificateDer;
+
+use super::http::{self, AcceptAnyServer, HttpResponse};
+use crate::credentials::{Svid, TrustBundle};
+
+/// The SPIFFE bundle as fetched, with its refresh hint.
+#[derive(Debug, Clone)]
+pub struct FetchedBundle {
+    /// The roots and sequence.
+    pub bundle: TrustBundle,
+    /// `spiffe_refresh_hint`.
+    pub refresh_hint: Option<Duration>,
+}
+
+/// Why a renewal failed: the CA refused this certificate (re-enrollment may help) or it could not
+/// be reached / answered with a transient error (retry with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// 401/403: the CA does not accept the presented certificate.
+    #[error("the CA refused the renewal: {0}")]
+    Refused(String),
+    /// Anything else.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+}
+
+/// A client of one CA.
+#[derive(Debug, Clone)]
+pub struct CaClient {
+    base: String,
+    pin: String,
+    trust_domain: String,
+    timeout: Duration,
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
+}
+
+impl CaClient {
+    /// A client for `base` (`https://host:port`), trusting the root whose SHA-256 is `pin`.
+    pub fn new(base: &str, pin: &str, trust_domain: &str, timeout: Duration) -> Self {
+        CaClient {
+            base: base.trim_end_matches('/').to_owned(),
+            pin: pin.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            timeout,
+        }
+    }
+
+    /// The CA's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn parse_bundle(&self, resp: &HttpResponse) -> anyhow::Result<FetchedBundle> {
+        if resp.status != StatusCode::OK {
+            bail!("trust bundle: HTTP {}: {}", resp.status, resp.error_detail());
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&resp.body).context("trust bundle is not JSON")?;
+        let mut roots = Vec::new();
+        for key in doc["keys"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            if key["use"] != "x509-svid" {
+                continue;
+            }
+            let Some(x5c) = key["x5c"].as_array().and_then(|a| a.first()).and_then(|v| v.as_str()) else {
+                bail!("trust bundle: an x509-svid key without x5c");
+            };
+            let der = base64::engine::general_purpose::STANDARD.decode(x5c).context("trust bundle: bad x5c")?;
+            roots.push(CertificateDer::from(der));
+        }
+        if roots.is_empty() {
+            bail!("trust bundle has no X.509 roots");
+        }
+        let sequence = doc["spiffe_sequence"].as_u64().unwrap_or(0);
+        let refresh_hint = doc["spiffe_refresh_hint"].as_u64().map(Duration::from_secs);
+        Ok(FetchedBundle { bundle: TrustBundle { trust_domain: self.trust_domain.clone(), roots, sequence }, refresh_hint })
+    }
+
+    async fn get(&self, tls: Arc<rustls::ClientConfig>, path: &str) -> anyhow::Result<HttpResponse> {
+        http::request(tls, Method::GET, &format!("{}{path}", self.base), None, Vec::new(), self.timeout).await
+    }
+
+    /// First contact: fetch the bundle without verification, require the pinned root in it, then
+    /// fetch it again over a connection verified with that root alone and return that copy.
+    pub async fn bootstrap(&self) -> anyhow::Result<FetchedBundle> {
+        let first = self.parse_bundle(&self.get(AcceptAnyServer::config()?, "/bundle.spiffe").await?)?;
+        let pinned = first
+            .bundle
+            .roots
+            .iter()
+            .find(|r| sha256_hex(r.as_ref()) == self.pin)
+            .cloned()
+            .ok_or_else(|| anyhow!("no root in the CA's trust bundle matches the pinned fingerprint {}", self.pin))?;
+        let verified = self.fetch_bundle(std::slice::from_ref(&pinned)).await?;
+        if !verified.bundle.roots.iter().any(|r| r == &pinned) {
+            bail!("the CA's trust bundle changed during bootstrap and lost the pinned root");
+        }
+        Ok(verified)
+    }
+
+    /// Fetches the bundle over a connection verified with `roots`.
+    pub async fn fetch_bundle(&self, roots: &[CertificateDer<'static>]) -> anyhow::Result<FetchedBundle> {
+        self.parse_bundle(&self.get(http::tls_config(roots, None)?, "/bundle.spiffe").await?)
+    }
+
+    /// Renews `current` over mTLS with a CSR for a new key; returns the new chain.
+    pub async fn renew(
+        &self,
+        bundle: &TrustBundle,
+        current: &Svid,
+        csr_der: Vec<u8>,
+    ) -> Result<Vec<CertificateDer<'static>>, RenewError> {
+        let tls = http::tls_config(&bundle.roots, Some((current.chain.clone(), current.key.clone_key())))
+            .map_err(RenewError::Transient)?;
+        let resp = http::request(
+            tls,
+            Method::POST,
+            &format!("{}/workload/v1/renew", self.base),
+            Some("application/pkcs10"),
+            csr_der,
+            self.timeout,
+        )
+        .await
+        .map_err(RenewError::Transient)?;
+        match resp.status {
+            StatusCode::OK => super::cert::chain_from_pem(&resp.body).map_err(RenewError::Transient),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(RenewError::Refused(resp.error_detail())),
+            s => Err(RenewError::Transient(anyhow!("HTTP {s}: {}", resp.error_detail()))),
+        }
+    }
+
+    /// The CA's suggested renewal window for a certificate (RFC 9773), Unix seconds.
+    pub async fn renewal_info(&self, bundle: &TrustBundle, ari_id: &str) -> anyhow::Result<(i64, i64)> {
+        let resp = self.get(http::tls_config(&bundle.roots, None)?, &format!("/acme/renewal-info/{ari_id}")).await?;
+        if resp.status != StatusCode::OK {
+            bail!("renewalInfo: HTTP {}: {}", resp.status, resp.error_detail());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).context("renewalInfo is not JSON")?;
+        let parse = |k: &str| -> anyhow::Result<i64> {
+            let s = v["suggestedWindow"][k].as_str().ok_or_else(|| anyhow!("renewalInfo without {k}"))?;
+            Ok(time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)?.unix_timestamp())
+        };
+        Ok((parse("start")?, parse("end")?))
+    }
+}

@@ -1,0 +1,153 @@
+//! Credential files for services that read PEM from disk, and the reload that follows.
+//!
+//! Every file is replaced atomically (temporary file in the same directory, fsync, rename, fsync of
+//! the directory), so a service reloading at any moment reads either the old or the new file,
+//! never half of one. Key files are created 0600 from the start, never widened afterwards.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+
+use crate::config::{Output, Reload};
+use crate::credentials::{Svid, TrustBundle};
+
+/// Writes `data` to `path` atomically with `mode`.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The chain as PEM, leaf first.
+pub fn chain_pem(svid: &Svid) -> String {
+    svid.chain.iter().map(|c| pem("CERTIFICATE", c.as_ref())).collect()
+}
+
+/// The roots as PEM.
+pub fn bundle_pem(bundle: &TrustBundle) -> String {
+    bundle.roots.iter().map(|c| pem("CERTIFICATE", c.as_ref())).collect()
+}
+
+/// Writes the configured files. The key goes first and the certificate last, so a service that
+/// watches the certificate file never pairs a new certificate with an old key.
+pub fn write_outputs(out: &Output, svid: &Svid, bundle: &TrustBundle) -> anyhow::Result<()> {
+    if let Some(p) = &out.bundle_file {
+        write_atomic(p, bundle_pem(bundle).as_bytes(), 0o644)?;
+    }
+    if let Some(p) = &out.key_file {
+        let mut key = pem("PRIVATE KEY", svid.key.secret_der());
+        let r = write_atomic(p, key.as_bytes(), 0o600);
+        zeroize_string(&mut key);
+        r?;
+    }
+    if let Some(p) = &out.cert_file {
+        write_atomic(p, chain_pem(svid).as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
+fn zeroize_string(s: &mut String) {
+    // Overwrite the PEM copy of the key before freeing it.
+    let len = s.len();
+    s.clear();
+    s.extend(std::iter::repeat_n('\0', len));
+    s.clear();
+}
+
+/// Parses `HUP`, `SIGHUP`, `hup`...
+pub fn parse_signal(name: &str) -> anyhow::Result<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&full).map_err(|_| anyhow::anyhow!("unknown signal {name:?}"))
+}
+
+/// Tells the service to reload: a signal to its pid, or a command. Nothing configured: nothing done.
+pub async fn reload(r: &Reload) -> anyhow::Result<()> {
+    if let Some(sig) = &r.signal {
+        let sig = parse_signal(sig)?;
+        let pid = match (&r.pid, &r.pid_file) {
+            (Some(p), _) => *p,
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading pid file {}", f.display()))?
+                .trim()
+                .parse()
+                .with_context(|| format!("pid file {} does not hold a pid", f.display()))?,
+            (None, None) => bail!("[reload] signal needs pid or pid_file"),
+        };
+        if pid <= 0 {
+            bail!("refusing to signal pid {pid}");
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .with_context(|| format!("sending {sig} to pid {pid}"))?;
+        return Ok(());
+    }
+    if let Some((prog, args)) = r.command.split_first() {
+        let mut child = tokio::process::Command::new(prog)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting reload command {prog}"))?;
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .with_context(|| format!("reload command {prog} did not finish within 60s"))??;
+        if !status.success() {
+            bail!("reload command {prog} failed: {status}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn atomic_write_replaces_and_sets_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sub/key.pem");
+        write_atomic(&p, b"one", 0o600).expect("write");
+        write_atomic(&p, b"two", 0o600).expect("rewrite");
+        assert_eq!(std::fs::read(&p).expect("read"), b"two");
+        assert_eq!(std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(p.parent().expect("dir")).expect("ls").collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(parse_signal("hup").expect("hup"), Signal::SIGHUP);
+        assert_eq!(parse_signal("SIGUSR1").expect("usr1"), Signal::SIGUSR1);
+        assert!(parse_signal("NOPE").is_err());
+    }
+}

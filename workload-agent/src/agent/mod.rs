@@ -1,0 +1,321 @@
+//! The agent core: bootstrap trust, obtain an identity, keep it renewed, and hand every new
+//! credential to the one seam ([`crate::tls::CredentialSeam`]) and to the files.
+//!
+//! Failure policy: a failed renewal never discards the current certificate; the agent retries with
+//! capped exponential backoff plus jitter, never waiting so long that the certificate could lapse
+//! while the CA answers again, and exports how close expiry is.
+
+pub mod ca_client;
+pub mod cert;
+pub mod enroll;
+pub mod files;
+pub mod http;
+pub mod metrics;
+pub mod schedule;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::{info, warn};
+
+use self::ca_client::{CaClient, RenewError};
+use self::enroll::{EnrollError, Proof};
+use self::metrics::Metrics;
+use crate::config::AgentConfig;
+use crate::credentials::{Svid, TrustBundle};
+use crate::tls::CredentialSeam;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A uniform random number in [0, 1).
+fn unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The workload agent.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    cfg: AgentConfig,
+    client: CaClient,
+    seam: CredentialSeam,
+    metrics: Arc<Metrics>,
+}
+
+/// The current identity and when to renew it.
+struct Current {
+    svid: Svid,
+    planned: i64,
+    ari: Option<i64>,
+}
+
+impl Agent {
+    /// Builds an agent from a validated configuration.
+    pub fn new(cfg: AgentConfig) -> anyhow::Result<Agent> {
+        cfg.validate()?;
+        let seam = CredentialSeam::new(&cfg.spiffe_id).map_err(|e| anyhow!("spiffe_id: {e}"))?;
+        let client = CaClient::new(&cfg.ca_url, &cfg.pin(), seam.trust_domain(), cfg.renewal.request_timeout);
+        Ok(Agent { cfg, client, seam, metrics: Arc::default() })
+    }
+
+    /// The seam in-process consumers build their rustls configs from.
+    pub fn seam(&self) -> &CredentialSeam {
+        &self.seam
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    fn backoff(&self, attempt: u32, until_expiry: Duration) -> Duration {
+        let r = &self.cfg.renewal;
+        schedule::backoff(attempt, r.retry_initial, r.retry_max, until_expiry, unit())
+    }
+
+    fn proof(&self) -> anyhow::Result<Option<Proof>> {
+        let a = &self.cfg.attestation;
+        if let Some(t) = &a.join_token {
+            return Ok(Some(Proof::JoinToken(t.trim().to_owned())));
+        }
+        if let Some(f) = &a.join_token_file {
+            let t = std::fs::read_to_string(f).with_context(|| format!("reading join token {}", f.display()))?;
+            return Ok(Some(Proof::JoinToken(t.trim().to_owned())));
+        }
+        if let Some(f) = &a.jwt_file {
+            // Re-read every time: projected service-account tokens are rotated in place.
+            let t = std::fs::read_to_string(f).with_context(|| format!("reading JWT {}", f.display()))?;
+            return Ok(Some(Proof::Jwt(t.trim().to_owned())));
+        }
+        Ok(None)
+    }
+
+    fn make_svid(&self, chain: Vec<CertificateDer<'static>>, key: Vec<u8>) -> anyhow::Result<Svid> {
+        let leaf = chain.first().ok_or_else(|| anyhow!("empty chain"))?;
+        let info = cert::leaf_info(leaf.as_ref())?;
+        Ok(Svid {
+            spiffe_id: info.spiffe_id,
+            chain,
+            key: PrivateKeyDer::Pkcs8(key.into()),
+            not_after: info.not_after,
+            not_before: info.not_before,
+        })
+    }
+
+    /// Publishes through the seam (which validates); if the chain does not verify, the bundle may
+    /// be stale (a root rotation): refresh it once and try again.
+    async fn publish(&self, svid: Svid, bundle: &mut TrustBundle) -> anyhow::Result<()> {
+        match self.seam.publish(svid.clone(), bundle.clone()) {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                let fresh = self.client.fetch_bundle(&bundle.roots).await.context("refreshing the trust bundle")?;
+                self.seam.publish(svid, fresh.bundle.clone()).map_err(|e| anyhow!("{e} (before refresh: {first})"))?;
+                *bundle = fresh.bundle;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes files and reloads the service; failures are logged, never fatal: the in-process and
+    /// Workload API consumers already have the new credentials.
+    async fn deliver(&self, svid: &Svid, bundle: &TrustBundle) {
+        if let Err(e) = files::write_outputs(&self.cfg.output, svid, bundle) {
+            warn!(error = %format!("{e:#}"), "writing credential files failed");
+            return;
+        }
+        if let Err(e) = files::reload(&self.cfg.reload).await {
+            warn!(error = %format!("{e:#}"), "reloading the service failed");
+        }
+    }
+
+    /// Reads a previous identity from the output files, if it is still usable: restarts must not
+    /// burn a one-time join token.
+    fn load_from_files(&self) -> Option<Svid> {
+        let (Some(k), Some(c)) = (&self.cfg.output.key_file, &self.cfg.output.cert_file) else { return None };
+        let chain = cert::chain_from_pem(&std::fs::read(c).ok()?).ok()?;
+        let key = cert::key_from_pem(&std::fs::read(k).ok()?).ok()?;
+        let svid = self.make_svid(chain, key.secret_der().to_vec()).ok()?;
+        (svid.spiffe_id == self.cfg.spiffe_id && svid.not_after > now() + 5).then_some(svid)
+    }
+
+    async fn enroll(&self, bundle: &TrustBundle) -> Result<Svid, EnrollError> {
+        let proof = self
+            .proof()
+            .map_err(EnrollError::Transient)?
+            .ok_or_else(|| EnrollError::Refused("no [attestation] configured and no usable certificate".into()))?;
+        let (key, csr) = enroll::new_key_and_csr(&self.cfg.spiffe_id).map_err(EnrollError::Transient)?;
+        let tls = http::tls_config(&bundle.roots, None).map_err(EnrollError::Transient)?;
+        let pem = enroll::enroll(tls, self.client.base(), &self.cfg.spiffe_id, &proof, &csr, self.cfg.renewal.request_timeout)
+            .await?;
+        let chain = cert::chain_from_pem(&pem).map_err(EnrollError::Transient)?;
+        self.metrics.enrollments.fetch_add(1, Ordering::Relaxed);
+        self.make_svid(chain, key).map_err(EnrollError::Transient)
+    }
+
+    /// One renewal: mTLS with the current certificate; when the CA refuses it (expired, revoked)
+    /// and an attestation is available, enroll again.
+    async fn renew_once(&self, current: &Svid, bundle: &TrustBundle) -> anyhow::Result<Svid> {
+        if current.not_after > now() {
+            let (key, csr) = enroll::new_key_and_csr(&self.cfg.spiffe_id)?;
+            match self.client.renew(bundle, current, csr).await {
+                Ok(chain) => return self.make_svid(chain, key),
+                Err(RenewError::Transient(e)) => return Err(e),
+                Err(RenewError::Refused(why)) => {
+                    warn!(reason = %why, "the CA refused to renew the current certificate; enrolling again");
+                }
+            }
+        }
+        self.enroll(bundle).await.map_err(|e| anyhow!("{e}"))
+    }
+
+    fn plan(&self, svid: Svid) -> Current {
+        let r = &self.cfg.renewal;
+        let planned = schedule::renewal_time(svid.not_before, svid.not_after, r.fraction, r.jitter, unit());
+        self.metrics.expiry.store(svid.not_after, Ordering::Relaxed);
+        info!(
+            not_after = svid.not_after,
+            renew_in_s = planned - now(),
+            "certificate in place; renewal planned"
+        );
+        Current { svid, planned, ari: None }
+    }
+
+    /// Runs until `shutdown` resolves. Returns an error only for conditions retrying cannot fix
+    /// (for example an attestation the CA refuses when there is no certificate to fall back on).
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        // 1. Trust, from the pinned fingerprint.
+        let mut attempt = 0;
+        let (mut bundle, mut hint) = loop {
+            match self.client.bootstrap().await {
+                Ok(b) => break (b.bundle, b.refresh_hint),
+                Err(e) => {
+                    let wait = self.backoff(attempt, Duration::from_secs(3600));
+                    warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "trust bootstrap failed");
+                    attempt += 1;
+                    tokio::select! { () = tokio::time::sleep(wait) => {}, () = &mut shutdown => return Ok(()) }
+                }
+            }
+        };
+        self.metrics.bundle_sequence.store(bundle.sequence, Ordering::Relaxed);
+        info!(sequence = bundle.sequence, roots = bundle.roots.len(), "trust bootstrapped from the pinned root");
+
+        // 2. An identity: from disk if still good, else by enrollment.
+        let mut from_disk = self.load_from_files();
+        let mut attempt = 0;
+        let svid = loop {
+            if let Some(s) = from_disk.take() {
+                match self.publish(s.clone(), &mut bundle).await {
+                    Ok(()) => {
+                        info!("reusing the certificate on disk");
+                        break s;
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "the certificate on disk is not usable; enrolling"),
+                }
+            }
+            let r = self.enroll(&bundle).await;
+            match r {
+                Ok(s) => match self.publish(s.clone(), &mut bundle).await {
+                    Ok(()) => {
+                        self.metrics.renewals_ok.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.last_success.store(now(), Ordering::Relaxed);
+                        break s;
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "the CA's certificate did not validate"),
+                },
+                Err(EnrollError::Refused(why)) => bail!("enrollment refused: {why}"),
+                Err(EnrollError::Transient(e)) => warn!(error = %format!("{e:#}"), "enrollment failed; retrying"),
+            }
+            self.metrics.renewals_failed.fetch_add(1, Ordering::Relaxed);
+            let wait = self.backoff(attempt, Duration::from_secs(3600));
+            attempt += 1;
+            tokio::select! { () = tokio::time::sleep(wait) => {}, () = &mut shutdown => return Ok(()) }
+        };
+        self.deliver(&svid, &bundle).await;
+        let mut cur = self.plan(svid);
+
+        // 3. Keep it fresh.
+        let mut failures: u32 = 0;
+        let mut retry_at: Option<i64> = None;
+        let mut next_refresh = tokio::time::Instant::now();
+        loop {
+            let due = retry_at.unwrap_or_else(|| cur.ari.map_or(cur.planned, |a| a.min(cur.planned)));
+            let until_due = Duration::from_secs(u64::try_from(due - now()).unwrap_or(0));
+            tokio::select! {
+                () = tokio::time::sleep(until_due) => {}
+                () = tokio::time::sleep_until(next_refresh) => {
+                    let refresh = hint.unwrap_or(self.cfg.renewal.max_refresh).min(self.cfg.renewal.max_refresh);
+                    next_refresh = tokio::time::Instant::now() + refresh.max(Duration::from_secs(1));
+                    self.refresh(&mut bundle, &mut hint, &mut cur).await;
+                    continue;
+                }
+                () = &mut shutdown => return Ok(()),
+            }
+            match self.renew_once(&cur.svid, &bundle).await {
+                Ok(s) => match self.publish(s.clone(), &mut bundle).await {
+                    Ok(()) => {
+                        failures = 0;
+                        retry_at = None;
+                        self.metrics.renewals_ok.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.last_success.store(now(), Ordering::Relaxed);
+                        self.deliver(&s, &bundle).await;
+                        cur = self.plan(s);
+                        continue;
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "the renewed certificate did not validate; keeping the current one"),
+                },
+                Err(e) => warn!(error = %format!("{e:#}"), "renewal failed; keeping the current certificate"),
+            }
+            self.metrics.renewals_failed.fetch_add(1, Ordering::Relaxed);
+            let left = Duration::from_secs(u64::try_from(cur.svid.not_after - now()).unwrap_or(0));
+            let wait = self.backoff(failures, left);
+            failures = failures.saturating_add(1);
+            retry_at = Some(now() + wait.as_secs() as i64);
+            if wait < Duration::from_secs(1) {
+                tokio::select! { () = tokio::time::sleep(wait) => {}, () = &mut shutdown => return Ok(()) }
+                retry_at = Some(now());
+            }
+            warn!(retry_in_ms = wait.as_millis() as u64, expires_in_s = left.as_secs(), "will retry");
+        }
+    }
+
+    /// Refreshes the trust bundle and the CA's renewal suggestion for the current certificate.
+    async fn refresh(&self, bundle: &mut TrustBundle, hint: &mut Option<Duration>, cur: &mut Current) {
+        match self.client.fetch_bundle(&bundle.roots).await {
+            Ok(fresh) => {
+                *hint = fresh.refresh_hint;
+                if fresh.bundle != *bundle {
+                    match self.seam.publish_bundle(fresh.bundle.clone()) {
+                        Ok(()) => {
+                            info!(sequence = fresh.bundle.sequence, roots = fresh.bundle.roots.len(), "new trust bundle");
+                            *bundle = fresh.bundle;
+                            self.metrics.bundle_sequence.store(bundle.sequence, Ordering::Relaxed);
+                            self.deliver(&cur.svid, bundle).await;
+                        }
+                        Err(e) => warn!(error = %e, "refusing the CA's new trust bundle"),
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.bundle_refresh_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %format!("{e:#}"), "trust bundle refresh failed");
+            }
+        }
+        let Some(ari_id) = cert::leaf_info(cur.svid.chain[0].as_ref()).ok().and_then(|i| i.ari_id) else { return };
+        match self.client.renewal_info(bundle, &ari_id).await {
+            Ok((start, end)) if start < cur.planned && cur.ari.is_none() => {
+                let at = schedule::pick_in_window(start, end, unit());
+                info!(renew_in_s = at - now(), "the CA suggests renewing earlier (renewalInfo)");
+                cur.ari = Some(at);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "renewalInfo unavailable"),
+        }
+    }
+}
