@@ -7,11 +7,11 @@
 
 use x509_parser::prelude::FromDer;
 
+use crate::CaError;
 use crate::issuance::{Authority, IssueRequest, IssuedCertificate};
 use crate::names::{AuthorizedNames, Name};
 use crate::profile::Profile;
 use crate::store::CertificateStatus;
-use crate::CaError;
 
 fn denied(why: impl Into<String>) -> CaError {
     CaError::Unauthenticated(why.into())
@@ -45,7 +45,10 @@ impl Authority {
             return Err(denied(format!("certificate {serial} expired at {}", record.not_after)));
         }
         if record.profile != Profile::Workload.as_str() {
-            return Err(denied(format!("certificate {serial} is a {} certificate, not a workload one", record.profile)));
+            return Err(denied(format!(
+                "certificate {serial} is a {} certificate, not a workload one",
+                record.profile
+            )));
         }
         let csr_info = crate::csr::parse_and_verify_csr(csr)?;
         if csr_info.spki_der == leaf.public_key().raw {

@@ -64,6 +64,14 @@ enum Command {
     /// External account binding keys for ACME (RFC 8555 section 7.3.4).
     #[command(subcommand)]
     Eab(EabCommand),
+    /// Revoke a certificate by serial (hex): renewals with it are refused from now on.
+    Revoke {
+        /// Serial number, hex, as shown by `status` or in the certificate.
+        serial: String,
+        /// RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, 5 cessationOfOperation...).
+        #[arg(long, default_value_t = 0)]
+        reason: i32,
+    },
     /// Join tokens: one-time secrets a workload presents to enroll (challenge join-token-01).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -164,6 +172,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("(lego: --eab --kid {kid} --hmac {key}; uacme: -e {kid}:{key})");
             Ok(())
         }
+        Command::Revoke { serial, reason } => {
+            if !matches!(reason, 0..=6 | 8..=10) {
+                anyhow::bail!("--reason {reason} is not an RFC 5280 CRLReason code (0-6, 8-10)");
+            }
+            let serial = serial.to_ascii_lowercase().replace(':', "");
+            let store = ops::open_store(&cfg).await?;
+            if store.certificate(&serial).await?.is_none() {
+                anyhow::bail!("no certificate with serial {serial} was issued by this CA");
+            }
+            let done = store.revoke_certificate(&serial, reason, time::OffsetDateTime::now_utc()).await?;
+            store
+                .append_audit(ca::AuditEvent::now(
+                    "operator",
+                    "certificate.revoke",
+                    &serial,
+                    if done { ca::Outcome::Success } else { ca::Outcome::Refused },
+                    format!("reason {reason}"),
+                ))
+                .await?;
+            if done {
+                println!("revoked {serial}");
+            } else {
+                println!("{serial} was already revoked");
+            }
+            Ok(())
+        }
         Command::Token(TokenCommand::Create { spiffe_id, prefix, ttl }) => {
             let ttl = ttl.unwrap_or(cfg.workload.join_token_ttl);
             if ttl > cfg.workload.join_token_max_ttl || ttl.is_zero() {
@@ -173,14 +207,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let store = ops::open_store(&cfg).await?;
-            let (secret, token) = issuer_api::enroll::create_join_token(
-                &store,
-                &cfg.policy.trust_domain,
-                &spiffe_id,
-                prefix,
-                ttl,
-            )
-            .await?;
+            let (secret, token) =
+                issuer_api::enroll::create_join_token(&store, &cfg.policy.trust_domain, &spiffe_id, prefix, ttl)
+                    .await?;
             let expires = time::OffsetDateTime::from_unix_timestamp(token.expires_at)
                 .ok()
                 .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())

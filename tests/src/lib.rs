@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod workload;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -45,8 +46,14 @@ impl Drop for CaProcess {
 
 /// Starts `lanyard-ca serve` on a free loopback port and waits until it listens.
 pub fn start_ca(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<CaProcess> {
+    start_ca_at(args, envs, "127.0.0.1:0")
+}
+
+/// Starts `lanyard-ca serve` on `listen` (a fixed address, e.g. to restart a CA where its
+/// clients expect it) and waits until it listens.
+pub fn start_ca_at(args: &[&str], envs: &[(&str, &str)], listen: &str) -> anyhow::Result<CaProcess> {
     let mut cmd = Command::new(bin("lanyard-ca"));
-    cmd.args(args).arg("serve").arg("--listen").arg("127.0.0.1:0");
+    cmd.args(args).arg("serve").arg("--listen").arg(listen);
     cmd.env_remove("LANYARD_CA_PASSPHRASE").env("LANYARD_LOG", "warn");
     for (k, v) in envs {
         cmd.env(k, v);

@@ -135,10 +135,8 @@ impl AgentConfig {
             bail!("spiffe_id must be a spiffe:// URI (got {:?})", self.spiffe_id);
         }
         let a = &self.attestation;
-        let n = [a.join_token.is_some(), a.join_token_file.is_some(), a.jwt_file.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let n =
+            [a.join_token.is_some(), a.join_token_file.is_some(), a.jwt_file.is_some()].iter().filter(|x| **x).count();
         if n > 1 {
             bail!("[attestation]: give one of join_token, join_token_file, jwt_file");
         }

@@ -249,8 +249,9 @@ fn rejections_leave_the_published_material_in_place() {
 
     let expired = pki.svid_valid(SVC_A, now - time::Duration::hours(2), now - time::Duration::hours(1));
     let not_yet_valid = pki.svid_valid(SVC_A, now + time::Duration::hours(1), now + time::Duration::hours(2));
+    type Attempt<'a> = Box<dyn FnOnce() -> Result<(), SeamError> + 'a>;
     type Check = fn(&SeamError) -> bool;
-    let attempts: Vec<(&str, Box<dyn FnOnce() -> Result<(), SeamError>>, Check)> = vec![
+    let attempts: Vec<(&str, Attempt<'_>, Check)> = vec![
         ("wrong SPIFFE ID", Box::new(|| seam.publish(pki.svid(SVC_B), pki.bundle(5))), |e| {
             matches!(e, SeamError::WrongSpiffeId { .. })
         }),

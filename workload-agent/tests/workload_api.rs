@@ -1,5 +1,6 @@
 //! The SPIFFE Workload API server against an independent client (the `spiffe` crate) and a raw
 //! tonic client, over a real Unix socket.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -42,8 +43,8 @@ fn ca_params(name: &str) -> CertificateParams {
 
 impl Pki {
     fn new(name: &str) -> Pki {
-        let root = CertifiedIssuer::self_signed(ca_params(&format!("{name} root")), KeyPair::generate().unwrap())
-            .unwrap();
+        let root =
+            CertifiedIssuer::self_signed(ca_params(&format!("{name} root")), KeyPair::generate().unwrap()).unwrap();
         let intermediate = CertifiedIssuer::signed_by(
             ca_params(&format!("{name} intermediate")),
             KeyPair::generate().unwrap(),
@@ -110,7 +111,14 @@ impl Agent {
             }
         });
         wait_for_socket(&socket).await;
-        Agent { _dir: dir, socket, svids: Some(svids), bundles: Some(bundles), shutdown: Some(shutdown), server: Some(server) }
+        Agent {
+            _dir: dir,
+            socket,
+            svids: Some(svids),
+            bundles: Some(bundles),
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -319,10 +327,8 @@ async fn raw_responses_follow_the_spec() {
     let agent = Agent::start(Some(svid.clone()), Some(pki.bundle(1))).await;
     let mut raw = RawClient::new(agent.channel().await);
 
-    let mut stream = raw
-        .stream::<_, pb::X509svidResponse>(FETCH_X509_SVID, pb::X509svidRequest {}, true)
-        .await
-        .unwrap();
+    let mut stream =
+        raw.stream::<_, pb::X509svidResponse>(FETCH_X509_SVID, pb::X509svidRequest {}, true).await.unwrap();
     let response = within("FetchX509SVID", stream.message()).await.unwrap().expect("a message");
     assert_eq!(response.svids.len(), 1);
     let entry = &response.svids[0];
@@ -334,10 +340,8 @@ async fn raw_responses_follow_the_spec() {
     assert!(response.crl.is_empty());
     assert!(response.federated_bundles.is_empty());
 
-    let mut stream = raw
-        .stream::<_, pb::X509BundlesResponse>(FETCH_X509_BUNDLES, pb::X509BundlesRequest {}, true)
-        .await
-        .unwrap();
+    let mut stream =
+        raw.stream::<_, pb::X509BundlesResponse>(FETCH_X509_BUNDLES, pb::X509BundlesRequest {}, true).await.unwrap();
     let response = within("FetchX509Bundles", stream.message()).await.unwrap().expect("a message");
     assert_eq!(response.bundles.len(), 1);
     assert_eq!(response.bundles["spiffe://example.org"], pki.root_der().to_vec());
@@ -355,9 +359,7 @@ async fn requests_without_the_security_header_are_refused() {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "security header missing from request");
     };
-    refused(
-        raw.stream::<_, pb::X509svidResponse>(FETCH_X509_SVID, pb::X509svidRequest {}, false).await.unwrap_err(),
-    );
+    refused(raw.stream::<_, pb::X509svidResponse>(FETCH_X509_SVID, pb::X509svidRequest {}, false).await.unwrap_err());
     refused(
         raw.stream::<_, pb::X509BundlesResponse>(FETCH_X509_BUNDLES, pb::X509BundlesRequest {}, false)
             .await
@@ -367,9 +369,7 @@ async fn requests_without_the_security_header_are_refused() {
         raw.unary::<_, pb::JwtsvidResponse>(FETCH_JWT_SVID, pb::JwtsvidRequest::default(), false).await.unwrap_err(),
     );
     refused(
-        raw.stream::<_, pb::JwtBundlesResponse>(FETCH_JWT_BUNDLES, pb::JwtBundlesRequest {}, false)
-            .await
-            .unwrap_err(),
+        raw.stream::<_, pb::JwtBundlesResponse>(FETCH_JWT_BUNDLES, pb::JwtBundlesRequest {}, false).await.unwrap_err(),
     );
     refused(
         raw.unary::<_, pb::ValidateJwtsvidResponse>(VALIDATE_JWT_SVID, pb::ValidateJwtsvidRequest::default(), false)

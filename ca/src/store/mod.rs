@@ -7,8 +7,8 @@
 //! instead of paid per certificate. A caller is answered only after its batch has committed.
 
 pub mod acme;
-pub mod workload;
 mod records;
+pub mod workload;
 mod writer;
 
 use std::str::FromStr;

@@ -85,11 +85,12 @@ impl Store {
         id: &SpiffeId,
         now: i64,
     ) -> Result<Result<(), JoinTokenError>, CaError> {
-        let Some(r) = sqlx::query("SELECT spiffe_id, is_prefix, expires_at, used_at FROM join_tokens WHERE digest = $1")
-            .bind(digest)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?
+        let Some(r) =
+            sqlx::query("SELECT spiffe_id, is_prefix, expires_at, used_at FROM join_tokens WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
         else {
             return Ok(Err(JoinTokenError::Unknown));
         };

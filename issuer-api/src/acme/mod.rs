@@ -111,7 +111,15 @@ impl Acme {
             );
         }
         let limits = ratelimit::Limiter::new(cfg.rate_limits.clone());
-        Ok(Arc::new(Acme { authority, store, nonces, base: base.trim_end_matches('/').to_owned(), cfg, limits, enroll }))
+        Ok(Arc::new(Acme {
+            authority,
+            store,
+            nonces,
+            base: base.trim_end_matches('/').to_owned(),
+            cfg,
+            limits,
+            enroll,
+        }))
     }
 
     /// Absolute URL of an ACME path (`/acme/...`).

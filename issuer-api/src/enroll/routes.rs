@@ -98,8 +98,5 @@ async fn spiffe_bundle(State(state): State<Arc<WorkloadState>>) -> Result<Respon
 
 /// The workload routes.
 pub fn router(state: Arc<WorkloadState>) -> Router {
-    Router::new()
-        .route("/workload/v1/renew", post(renew))
-        .route("/bundle.spiffe", get(spiffe_bundle))
-        .with_state(state)
+    Router::new().route("/workload/v1/renew", post(renew)).route("/bundle.spiffe", get(spiffe_bundle)).with_state(state)
 }

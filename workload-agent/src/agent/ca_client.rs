@@ -83,7 +83,10 @@ impl CaClient {
         }
         let sequence = doc["spiffe_sequence"].as_u64().unwrap_or(0);
         let refresh_hint = doc["spiffe_refresh_hint"].as_u64().map(Duration::from_secs);
-        Ok(FetchedBundle { bundle: TrustBundle { trust_domain: self.trust_domain.clone(), roots, sequence }, refresh_hint })
+        Ok(FetchedBundle {
+            bundle: TrustBundle { trust_domain: self.trust_domain.clone(), roots, sequence },
+            refresh_hint,
+        })
     }
 
     async fn get(&self, tls: Arc<rustls::ClientConfig>, path: &str) -> anyhow::Result<HttpResponse> {
@@ -94,13 +97,10 @@ impl CaClient {
     /// fetch it again over a connection verified with that root alone and return that copy.
     pub async fn bootstrap(&self) -> anyhow::Result<FetchedBundle> {
         let first = self.parse_bundle(&self.get(AcceptAnyServer::config()?, "/bundle.spiffe").await?)?;
-        let pinned = first
-            .bundle
-            .roots
-            .iter()
-            .find(|r| sha256_hex(r.as_ref()) == self.pin)
-            .cloned()
-            .ok_or_else(|| anyhow!("no root in the CA's trust bundle matches the pinned fingerprint {}", self.pin))?;
+        let pinned =
+            first.bundle.roots.iter().find(|r| sha256_hex(r.as_ref()) == self.pin).cloned().ok_or_else(|| {
+                anyhow!("no root in the CA's trust bundle matches the pinned fingerprint {}", self.pin)
+            })?;
         let verified = self.fetch_bundle(std::slice::from_ref(&pinned)).await?;
         if !verified.bundle.roots.iter().any(|r| r == &pinned) {
             bail!("the CA's trust bundle changed during bootstrap and lost the pinned root");

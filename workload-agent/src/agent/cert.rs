@@ -24,7 +24,8 @@ pub struct LeafInfo {
 
 /// Parses a leaf.
 pub fn leaf_info(der: &[u8]) -> anyhow::Result<LeafInfo> {
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| anyhow!("bad certificate: {e}"))?;
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| anyhow!("bad certificate: {e}"))?;
     let mut ids = Vec::new();
     let mut aki = None;
     for ext in cert.extensions() {

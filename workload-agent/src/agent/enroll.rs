@@ -82,8 +82,9 @@ impl Session {
                 .sign(&self.rng, format!("{p64}.{b64}").as_bytes())
                 .map_err(|_| anyhow!("signing the JWS failed"))?;
             let body = serde_json::to_vec(&json!({ "protected": p64, "payload": b64, "signature": B64.encode(sig) }))?;
-            let r = http::request(self.tls.clone(), Method::POST, url, Some("application/jose+json"), body, self.timeout)
-                .await?;
+            let r =
+                http::request(self.tls.clone(), Method::POST, url, Some("application/jose+json"), body, self.timeout)
+                    .await?;
             self.nonce = r.header("replay-nonce").map(str::to_owned);
             let bad_nonce = r.status == StatusCode::BAD_REQUEST && r.error_detail().contains("badNonce");
             if bad_nonce && attempt == 0 {
@@ -133,17 +134,10 @@ pub async fn enroll(
         .map_err(|_| t(anyhow!("generating the account key failed")))?;
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
         .map_err(|_| t(anyhow!("loading the account key failed")))?;
-    let mut s = Session {
-        tls,
-        key,
-        rng,
-        nonce: None,
-        kid: None,
-        timeout,
-        new_nonce: url("newNonce").map_err(t)?,
-    };
+    let mut s = Session { tls, key, rng, nonce: None, kid: None, timeout, new_nonce: url("newNonce").map_err(t)? };
 
-    let acct = s.post(&url("newAccount").map_err(t)?, Some(&json!({ "termsOfServiceAgreed": true }))).await.map_err(t)?;
+    let acct =
+        s.post(&url("newAccount").map_err(t)?, Some(&json!({ "termsOfServiceAgreed": true }))).await.map_err(t)?;
     check(&acct, "newAccount")?;
     s.kid = Some(acct.header("location").ok_or_else(|| t(anyhow!("newAccount gave no Location")))?.to_owned());
 

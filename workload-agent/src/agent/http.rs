@@ -74,7 +74,8 @@ async fn request_inner(
     let host = uri.host().ok_or_else(|| anyhow!("{url}: no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {url}"))?;
+    let tcp =
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {url}"))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(host.clone()).map_err(|_| anyhow!("{url}: bad server name"))?;
     let stream = tokio_rustls::TlsConnector::from(tls)
@@ -87,11 +88,18 @@ async fn request_inner(
     });
     let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or(host);
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = Request::builder().method(method).uri(path).header("host", authority).header("user-agent", concat!("lanyard-agent/", env!("CARGO_PKG_VERSION")));
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .header("user-agent", concat!("lanyard-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::from(body)))?).await.with_context(|| format!("request to {url}"))?;
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body)))?)
+        .await
+        .with_context(|| format!("request to {url}"))?;
     let (parts, body) = resp.into_parts();
     let body = Limited::new(body, MAX_BODY)
         .collect()

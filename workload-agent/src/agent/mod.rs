@@ -151,8 +151,15 @@ impl Agent {
             .ok_or_else(|| EnrollError::Refused("no [attestation] configured and no usable certificate".into()))?;
         let (key, csr) = enroll::new_key_and_csr(&self.cfg.spiffe_id).map_err(EnrollError::Transient)?;
         let tls = http::tls_config(&bundle.roots, None).map_err(EnrollError::Transient)?;
-        let pem = enroll::enroll(tls, self.client.base(), &self.cfg.spiffe_id, &proof, &csr, self.cfg.renewal.request_timeout)
-            .await?;
+        let pem = enroll::enroll(
+            tls,
+            self.client.base(),
+            &self.cfg.spiffe_id,
+            &proof,
+            &csr,
+            self.cfg.renewal.request_timeout,
+        )
+        .await?;
         let chain = cert::chain_from_pem(&pem).map_err(EnrollError::Transient)?;
         self.metrics.enrollments.fetch_add(1, Ordering::Relaxed);
         self.make_svid(chain, key).map_err(EnrollError::Transient)
@@ -178,11 +185,7 @@ impl Agent {
         let r = &self.cfg.renewal;
         let planned = schedule::renewal_time(svid.not_before, svid.not_after, r.fraction, r.jitter, unit());
         self.metrics.expiry.store(svid.not_after, Ordering::Relaxed);
-        info!(
-            not_after = svid.not_after,
-            renew_in_s = planned - now(),
-            "certificate in place; renewal planned"
-        );
+        info!(not_after = svid.not_after, renew_in_s = planned - now(), "certificate in place; renewal planned");
         Current { svid, planned, ari: None }
     }
 
@@ -268,7 +271,9 @@ impl Agent {
                         cur = self.plan(s);
                         continue;
                     }
-                    Err(e) => warn!(error = %format!("{e:#}"), "the renewed certificate did not validate; keeping the current one"),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "the renewed certificate did not validate; keeping the current one")
+                    }
                 },
                 Err(e) => warn!(error = %format!("{e:#}"), "renewal failed; keeping the current certificate"),
             }
@@ -293,7 +298,11 @@ impl Agent {
                 if fresh.bundle != *bundle {
                     match self.seam.publish_bundle(fresh.bundle.clone()) {
                         Ok(()) => {
-                            info!(sequence = fresh.bundle.sequence, roots = fresh.bundle.roots.len(), "new trust bundle");
+                            info!(
+                                sequence = fresh.bundle.sequence,
+                                roots = fresh.bundle.roots.len(),
+                                "new trust bundle"
+                            );
                             *bundle = fresh.bundle;
                             self.metrics.bundle_sequence.store(bundle.sequence, Ordering::Relaxed);
                             self.deliver(&cur.svid, bundle).await;

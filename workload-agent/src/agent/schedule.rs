@@ -7,7 +7,10 @@ use std::time::Duration;
 /// `not_after`: after `fraction` of its lifetime, moved earlier by up to `jitter` of the lifetime
 /// (`unit` is a uniform random number in [0, 1)).
 pub fn renewal_time(not_before: i64, not_after: i64, fraction: f64, jitter: f64, unit: f64) -> i64 {
-    let life = (not_after - not_before).max(0) as f64;
+    if not_after <= not_before {
+        return not_before;
+    }
+    let life = (not_after - not_before) as f64;
     let at = not_before as f64 + life * fraction - life * jitter * unit.clamp(0.0, 1.0);
     (at as i64).clamp(not_before, not_after)
 }

@@ -114,7 +114,7 @@ pub async fn serve_with_mode(
     let streams = api.clone();
     let signal = async move {
         shutdown.await;
-        let _ = &streams; //MUT
+        streams.close_streams();
     };
     tracing::info!(socket = %socket.display(), mode = format_args!("{mode:o}"), "serving the SPIFFE Workload API");
     tonic::transport::Server::builder()

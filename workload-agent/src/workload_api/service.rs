@@ -74,10 +74,7 @@ impl fmt::Debug for WorkloadApi {
 
 impl WorkloadApi {
     /// Serves whatever `svids` and `bundles` hold now and publish later.
-    pub fn new(
-        svids: watch::Receiver<Option<Arc<Svid>>>,
-        bundles: watch::Receiver<Option<Arc<TrustBundle>>>,
-    ) -> Self {
+    pub fn new(svids: watch::Receiver<Option<Arc<Svid>>>, bundles: watch::Receiver<Option<Arc<TrustBundle>>>) -> Self {
         WorkloadApi { svids, bundles, stop: Arc::new(watch::Sender::new(false)) }
     }
 
