@@ -66,6 +66,7 @@ pub async fn run_server(
     app = app.merge(enroll::routes::router(Arc::new(workload)));
     let enrollment =
         Arc::new(enroll::Enrollment::new(&cfg.workload, &cfg.policy.trust_domain, authority.store().clone())?);
+    enrollment.warm_up().await;
     if cfg.acme.enabled {
         let base = cfg.acme.public_url.clone().unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
         let acme = acme::Acme::new(authority, cfg.acme.clone(), base, enrollment).await?;

@@ -271,7 +271,15 @@ async fn mtls_hot_reload_under_load() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
     let renewals = |agent: &workload_agent::Agent| agent.metrics().renewals_ok.load(Ordering::Relaxed);
     let mut round = 0u64;
-    while renewals(&a) < 6 || renewals(&b) < 6 {
+    // Until both have renewed 5 times, plus a few rounds so the last certificates are used too.
+    let mut extra_rounds = 0;
+    loop {
+        if renewals(&a) >= 6 && renewals(&b) >= 6 {
+            extra_rounds += 1;
+            if extra_rounds > 10 {
+                break;
+            }
+        }
         assert!(tokio::time::Instant::now() < deadline, "renewals: a={} b={}", renewals(&a), renewals(&b));
         // A few concurrent fresh handshakes per round.
         let mut tasks = Vec::new();
@@ -308,7 +316,7 @@ async fn mtls_hot_reload_under_load() {
             t.await.expect("task");
         }
         round += 1;
-        if round % 20 == 0 {
+        if round.is_multiple_of(20) {
             lw.write_all(b"ping\n").await.expect("long-lived connection still writable");
             assert_eq!(long_lines.next_line().await.expect("read").as_deref(), Some("pong"));
         }

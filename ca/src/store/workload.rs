@@ -178,8 +178,9 @@ mod tests {
 
     #[test]
     fn prefix_tokens_admit_only_paths_below_them() {
-        let t = |id: &str, p| JoinToken { spiffe_id: SpiffeId::parse(id).unwrap(), is_prefix: p, expires_at: 0 };
-        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let t =
+            |id: &str, p| JoinToken { spiffe_id: SpiffeId::parse(id).expect("valid id"), is_prefix: p, expires_at: 0 };
+        let id = |s: &str| SpiffeId::parse(s).expect("valid id");
         assert!(t("spiffe://td/ns/a", true).admits(&id("spiffe://td/ns/a/x")));
         assert!(t("spiffe://td/ns/a", true).admits(&id("spiffe://td/ns/a")));
         assert!(!t("spiffe://td/ns/a", true).admits(&id("spiffe://td/ns/ab")));

@@ -578,8 +578,11 @@ impl Attestor {
         }
     }
 
+    /// The cause (file paths, URLs, network errors) goes to the log; the workload only learns that
+    /// the CA could not check its token right now.
     fn unavailable(&self, cause: &str) -> AttestError {
-        AttestError::server_internal(format!("the signing keys of issuer {} are unavailable: {cause}", self.issuer))
+        warn!(issuer = %self.issuer, cause = %cause, "JWT signing keys unavailable");
+        AttestError::server_internal(format!("the signing keys of issuer {} are unavailable", self.issuer))
     }
 
     async fn load(&self) -> Result<Arc<KeySet>, String> {
@@ -1655,7 +1658,7 @@ mod tests {
         refused(&g.attestors, &sign(&key, &claims("w")), "serverInternal", "unavailable").await;
         let h = fixture(&[&key], SUB_TEMPLATE);
         std::fs::write(&h.path, r#"{"no": "keys"}"#).expect("write");
-        refused(&h.attestors, &sign(&key, &claims("w")), "serverInternal", "no \"keys\" array").await;
+        refused(&h.attestors, &sign(&key, &claims("w")), "serverInternal", "unavailable").await;
     }
 
     #[test]
@@ -1786,21 +1789,21 @@ mod tests {
         let hits = Arc::new(AtomicUsize::new(0));
         let addr = serve(answer.clone(), hits.clone()).await;
         let attestors = url_attestors(addr);
-        refused(&attestors, &sign(&key, &claims("w")), "serverInternal", "HTTP status 500").await;
+        refused(&attestors, &sign(&key, &claims("w")), "serverInternal", "unavailable").await;
         // The failure is remembered for the rate-limit interval instead of refetched per request.
-        refused(&attestors, &sign(&key, &claims("w")), "serverInternal", "HTTP status 500").await;
+        refused(&attestors, &sign(&key, &claims("w")), "serverInternal", "unavailable").await;
         assert_eq!(hits.load(Ordering::SeqCst), 1);
 
         *answer.lock().expect("lock") = (200, format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(MAX_JWKS_BYTES)));
         let big = url_attestors(addr);
-        refused(&big, &sign(&key, &claims("w")), "serverInternal", "larger than").await;
+        refused(&big, &sign(&key, &claims("w")), "serverInternal", "unavailable").await;
 
         // Nobody listening.
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")
         };
-        refused(&url_attestors(closed), &sign(&key, &claims("w")), "serverInternal", "GET http://127.0.0.1").await;
+        refused(&url_attestors(closed), &sign(&key, &claims("w")), "serverInternal", "unavailable").await;
     }
 
     #[tokio::test]

@@ -88,6 +88,11 @@ impl Enrollment {
         Ok(Enrollment { jwt, store })
     }
 
+    /// Loads every JWKS once so that a wrong path or URL shows up in the startup log.
+    pub async fn warm_up(&self) {
+        self.jwt.warm_up().await;
+    }
+
     /// The attestation challenges offered for a SPIFFE identifier.
     pub fn challenge_kinds(&self) -> &'static [&'static str] {
         if self.jwt.is_empty() { &[JOIN_TOKEN_CHALLENGE] } else { &[JOIN_TOKEN_CHALLENGE, JWT_CHALLENGE] }
