@@ -13,7 +13,8 @@
 //! Builds `lanyard-ca` and `lanyard-agent` in the bench's profile first (env
 //! `LANYARD_BENCH_NO_BUILD=1` skips that). Env: `LANYARD_BENCH_RENEWAL_CONCURRENCY` (comma-separated
 //! client counts, default 32,128), `LANYARD_BENCH_RENEWAL_SECS` (measured seconds per run, default
-//! 10, after 1 s of warm-up), `LANYARD_BENCH_RENEWAL_CSRS` (pre-generated CSRs per client, 32).
+//! 10, after 1 s of warm-up), `LANYARD_BENCH_RENEWAL_CSRS` (pre-generated CSRs per client, 32),
+//! `LANYARD_BENCH_RENEWAL_SIDES` (any of lanyard,cfssl-http,cfssl-mtls-db; default all).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -34,6 +35,10 @@ const TRUST_DOMAIN: &str = "bench.test";
 /// The 2.5x target of the issue, and the agent's memory budget.
 const TARGET_RATIO: f64 = 2.5;
 const AGENT_RSS_TARGET_MIB: f64 = 15.0;
+
+const LANYARD: &str = "lanyard-ca (mTLS, SQLite durable)";
+const CFSSL_PLAIN: &str = "cfssl serve (HTTP, no DB)";
+const CFSSL_DURABLE: &str = "cfssl serve (mTLS, SQLite certdb)";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -406,6 +411,15 @@ fn main() {
     let warmup = Duration::from_secs(1);
     let per_client = env_usize("LANYARD_BENCH_RENEWAL_CSRS", if quick { 4 } else { 32 }).max(1);
     let n_clients = concurrencies.iter().copied().max().unwrap_or(1);
+    // Sides to run: any of lanyard, cfssl-http, cfssl-mtls-db (comma-separated); default all.
+    let selected: Vec<&str> = match std::env::var("LANYARD_BENCH_RENEWAL_SIDES") {
+        Ok(v) => [("lanyard", LANYARD), ("cfssl-http", CFSSL_PLAIN), ("cfssl-mtls-db", CFSSL_DURABLE)]
+            .into_iter()
+            .filter(|(k, _)| v.split(',').any(|x| x.trim() == *k))
+            .map(|(_, name)| name)
+            .collect(),
+        Err(_) => vec![LANYARD, CFSSL_PLAIN, CFSSL_DURABLE],
+    };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     if Command::new("cfssl").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
@@ -443,6 +457,7 @@ fn main() {
     let pass = ca::Passphrase::random().expect("passphrase").expose().to_owned();
     let (lanyard, lanyard_addr) = start_lanyard(&ca_bin, &config, &pass, &d.join("lanyard-ca.log"));
     let lanyard_pid = lanyard.0.id();
+    println!("setup: lanyard-ca listening on {lanyard_addr} (pid {lanyard_pid})");
     let root_der = CertificateDer::from_pem_file(data.join("root.pem")).expect("root.pem");
     let fingerprint = ca::sha256_fingerprint(&root_der);
     let base = format!("https://127.0.0.1:{}", lanyard_addr.port());
@@ -542,55 +557,42 @@ fn main() {
         (0..c).map(|i| Client { tls: tls.then(|| mtls[i].clone()), bodies: bodies[i].clone() }).collect()
     };
 
-    const LANYARD: &str = "lanyard-ca (mTLS, SQLite durable)";
-    const CFSSL_PLAIN: &str = "cfssl serve (HTTP, no DB)";
-    const CFSSL_DURABLE: &str = "cfssl serve (mTLS, SQLite certdb)";
+    // (name, target, bodies, TLS, server pid) for each side selected.
+    let all_sides = [
+        (LANYARD, lanyard_target.clone(), &der_bodies, true, lanyard_pid),
+        (CFSSL_PLAIN, plain_target, &json_bodies, false, cfssl_plain.0.id()),
+        (CFSSL_DURABLE, durable_target, &json_bodies, true, cfssl_durable.0.id()),
+    ];
+    let sides: Vec<_> = all_sides.iter().filter(|s| selected.contains(&s.0)).collect();
     println!();
-    let mut results: Vec<(usize, Stats, Stats, Stats)> = Vec::new();
+    let mut results: Vec<(usize, &str, Stats)> = Vec::new();
     for &c in &concurrencies {
-        let l = rt.block_on(run(
-            lanyard_target.clone(),
-            &clients(&der_bodies, true, c),
-            warmup,
-            measure,
-            Some(lanyard_pid),
-        ));
-        println!("{}", l.line(LANYARD, c));
-        std::thread::sleep(Duration::from_millis(500));
-        let p = rt.block_on(run(
-            plain_target.clone(),
-            &clients(&json_bodies, false, c),
-            warmup,
-            measure,
-            Some(cfssl_plain.0.id()),
-        ));
-        println!("{}", p.line(CFSSL_PLAIN, c));
-        std::thread::sleep(Duration::from_millis(500));
-        let q = rt.block_on(run(
-            durable_target.clone(),
-            &clients(&json_bodies, true, c),
-            warmup,
-            measure,
-            Some(cfssl_durable.0.id()),
-        ));
-        println!("{}", q.line(CFSSL_DURABLE, c));
-        for (name, s) in [(LANYARD, &l), (CFSSL_PLAIN, &p), (CFSSL_DURABLE, &q)] {
+        for (name, target, bodies, tls, pid) in sides.iter().copied() {
+            let s = rt.block_on(run(target.clone(), &clients(bodies, *tls, c), warmup, measure, Some(*pid)));
+            println!("{}", s.line(name, c));
             if let Some(e) = &s.first_error {
                 println!("  first {name} error: {e}");
             }
             if s.reconnects > 0 {
                 println!("  {name}: {} connections had to be reopened", s.reconnects);
             }
+            results.push((c, name, s));
+            std::thread::sleep(Duration::from_millis(500));
         }
-        std::thread::sleep(Duration::from_millis(500));
-        results.push((c, l, p, q));
     }
+    let find = |c: usize, name: &str| results.iter().find(|r| r.0 == c && r.1 == name).map(|r| &r.2);
 
     println!();
-    if let Some((_, l, p, q)) = results.first() {
-        println!("check: a lanyard-ca certificate {}", check_lanyard_sample(l));
-        println!("check: a cfssl (HTTP) certificate {}", check_cfssl_sample(p));
-        println!("check: a cfssl (mTLS, certdb) certificate {}", check_cfssl_sample(q));
+    if let Some(c) = concurrencies.first().copied() {
+        if let Some(s) = find(c, LANYARD) {
+            println!("check: a lanyard-ca certificate {}", check_lanyard_sample(s));
+        }
+        if let Some(s) = find(c, CFSSL_PLAIN) {
+            println!("check: a cfssl (HTTP) certificate {}", check_cfssl_sample(s));
+        }
+        if let Some(s) = find(c, CFSSL_DURABLE) {
+            println!("check: a cfssl (mTLS, certdb) certificate {}", check_cfssl_sample(s));
+        }
     }
     let (rows, mode) = rt.block_on(certdb_rows(&certdb));
     println!("check: cfssl certdb holds {rows} certificates (journal_mode {mode}, synchronous=FULL requested)");
@@ -601,34 +603,36 @@ fn main() {
 
     println!();
     println!(
-        "{:<34} {:>5} {:>10} {:>9} {:>9} {:>14}",
-        "side", "conc", "certs/s", "p50 ms", "p99 ms", "server CPU/cert"
+        "{:<34} {:>5} {:>10} {:>9} {:>9} {:>16} {:>17}",
+        "side", "conc", "certs/s", "p50 ms", "p99 ms", "server CPU/cert", "other load"
     );
-    for (c, l, p, q) in &results {
-        for (name, s) in [(LANYARD, l), (CFSSL_PLAIN, p), (CFSSL_DURABLE, q)] {
-            println!(
-                "{name:<34} {c:>5} {:>10.1} {:>9.2} {:>9.2} {:>11.0} us",
-                s.per_sec(),
-                s.percentile(50.0).as_secs_f64() * 1e3,
-                s.percentile(99.0).as_secs_f64() * 1e3,
-                s.server_us_per_cert().unwrap_or(f64::NAN)
-            );
-        }
+    for (c, name, s) in &results {
+        println!(
+            "{name:<34} {c:>5} {:>10.1} {:>9.2} {:>9.2} {:>13.0} us {:>11.2} cores",
+            s.per_sec(),
+            s.percentile(50.0).as_secs_f64() * 1e3,
+            s.percentile(99.0).as_secs_f64() * 1e3,
+            s.server_us_per_cert().unwrap_or(f64::NAN),
+            s.other_load()
+        );
+    }
+    if results.iter().any(|r| r.2.other_load() > 0.2) {
+        println!(
+            "WARNING: other processes kept the machine busy during some runs (other load above): figures are unreliable"
+        );
     }
     println!();
-    for (c, l, p, q) in &results {
-        let ratio = |other: &Stats| l.per_sec() / other.per_sec().max(1e-9);
-        let verdict = |r: f64| if r >= TARGET_RATIO { "met" } else { "NOT met" };
-        println!(
-            "c={c:<4} ratio lanyard-ca / cfssl (HTTP, no DB):        {:>5.2}x certs/s (target >= {TARGET_RATIO}x: {})",
-            ratio(p),
-            verdict(ratio(p))
-        );
-        println!(
-            "c={c:<4} ratio lanyard-ca / cfssl (mTLS, SQLite certdb): {:>5.2}x certs/s (target >= {TARGET_RATIO}x: {})",
-            ratio(q),
-            verdict(ratio(q))
-        );
+    for &c in &concurrencies {
+        let Some(l) = find(c, LANYARD) else { continue };
+        for other in [CFSSL_PLAIN, CFSSL_DURABLE] {
+            let Some(o) = find(c, other) else { continue };
+            let r = l.per_sec() / o.per_sec().max(1e-9);
+            println!(
+                "c={c:<4} ratio lanyard-ca / {:<34} {r:>5.2}x certs/s (target >= {TARGET_RATIO}x: {})",
+                format!("{other}:"),
+                if r >= TARGET_RATIO { "met" } else { "NOT met" }
+            );
+        }
     }
     match agent {
         Some((rss, hwm)) => println!(
@@ -640,7 +644,7 @@ fn main() {
         None => println!("lanyard-agent memory: not measured"),
     }
     drop((cfssl_plain, cfssl_durable, lanyard));
-    for (c, l, _, _) in &results {
+    for (c, _, l) in results.iter().filter(|r| r.1 == LANYARD) {
         assert_eq!(l.failed, 0, "every lanyard-ca renewal succeeds (c={c})");
         assert!(l.completed > 0, "lanyard-ca renewed certificates (c={c})");
     }

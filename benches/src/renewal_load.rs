@@ -63,6 +63,8 @@ pub struct Stats {
     pub client_cpu: Duration,
     /// CPU time of the server process inside the window, when its pid was given.
     pub server_cpu: Option<Duration>,
+    /// Busy CPU time of the whole machine inside the window (all processes, all cores).
+    pub machine_cpu: Duration,
 }
 
 impl Stats {
@@ -85,6 +87,13 @@ impl Stats {
         self.server_cpu.map(|c| c.as_secs_f64() * 1e6 / self.completed.max(1) as f64)
     }
 
+    /// Cores kept busy inside the window by processes other than this one and the server (other
+    /// builds or benchmarks on a shared machine make the figures unreliable).
+    pub fn other_load(&self) -> f64 {
+        let ours = self.client_cpu + self.server_cpu.unwrap_or_default();
+        self.machine_cpu.saturating_sub(ours).as_secs_f64() / self.window.as_secs_f64().max(1e-9)
+    }
+
     /// One line of figures.
     pub fn line(&self, name: &str, concurrency: usize) -> String {
         let cpu = match self.server_us_per_cert() {
@@ -92,7 +101,7 @@ impl Stats {
             None => String::new(),
         };
         format!(
-            "{name:<34} c={concurrency:<4} {:>7} certs in {:>5.2}s = {:>8.1} certs/s   p50 {:>7.2} ms   p99 {:>7.2} ms   failed {}{cpu}   client CPU {:>5.0} us/cert",
+            "{name:<34} c={concurrency:<4} {:>7} certs in {:>5.2}s = {:>8.1} certs/s   p50 {:>7.2} ms   p99 {:>7.2} ms   failed {}{cpu}   client CPU {:>5.0} us/cert   other load {:.2} cores",
             self.completed,
             self.window.as_secs_f64(),
             self.per_sec(),
@@ -100,6 +109,7 @@ impl Stats {
             self.percentile(99.0).as_secs_f64() * 1e3,
             self.failed,
             self.client_cpu.as_secs_f64() * 1e6 / self.completed.max(1) as f64,
+            self.other_load(),
         )
     }
 }
@@ -110,6 +120,21 @@ pub fn proc_cpu(pid: u32) -> Duration {
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Busy CPU time of the whole machine since boot (all cores), from `/proc/stat` (Linux; USER_HZ
+/// is 100 on every Linux architecture that matters here).
+pub fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| l.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    Duration::from_millis(busy * 10)
 }
 
 /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`...).
@@ -263,10 +288,10 @@ pub async fn run(
     let (warm_end, end) = (start + warmup, start + warmup + measure);
     let sampler = tokio::spawn(async move {
         tokio::time::sleep_until(warm_end.into()).await;
-        let a = (crate::cpu_time(), server_pid.map(proc_cpu));
+        let a = (crate::cpu_time(), server_pid.map(proc_cpu), machine_busy());
         tokio::time::sleep_until(end.into()).await;
-        let b = (crate::cpu_time(), server_pid.map(proc_cpu));
-        (b.0.saturating_sub(a.0), b.1.zip(a.1).map(|(b, a)| b.saturating_sub(a)))
+        let b = (crate::cpu_time(), server_pid.map(proc_cpu), machine_busy());
+        (b.0.saturating_sub(a.0), b.1.zip(a.1).map(|(b, a)| b.saturating_sub(a)), b.2.saturating_sub(a.2))
     });
     let tasks: Vec<_> = clients
         .iter()
@@ -286,7 +311,7 @@ pub async fn run(
             stats.sample = p.sample;
         }
     }
-    (stats.client_cpu, stats.server_cpu) = sampler.await.expect("sampler");
+    (stats.client_cpu, stats.server_cpu, stats.machine_cpu) = sampler.await.expect("sampler");
     stats.completed = stats.latencies.len();
     stats.latencies.sort();
     stats

@@ -121,10 +121,13 @@ pub(crate) fn sign_intermediate(
     let root_not_after = root.validity().not_after.to_datetime();
     let rng = ring::rand::SystemRandom::new();
     let serial = Serial::random(&rng)?;
+    // Backdated for clock skew, but by no more than a twentieth of its life, so that rotation
+    // timing (fractions of the lifetime) stays meaningful for short-lived intermediates.
+    let backdate = std::time::Duration::from_secs(300).min(opts.intermediate_lifetime / 20);
     let p = ca_params(
         ca_name(&opts.organization, "Intermediate CA", now, &serial),
         serial,
-        now - time::Duration::minutes(5),
+        now - backdate,
         (now + opts.intermediate_lifetime).min(root_not_after),
         BasicConstraints::Constrained(0),
     );

@@ -138,6 +138,29 @@ impl Authority {
         })
     }
 
+    /// Picks up a change of the active intermediate in the journal (a rotation by this or another
+    /// replica, or by `lanyard-ca rotate`). Issuances already under way finish with the issuer
+    /// they started with, which stays trusted as "retired". True when the issuer changed.
+    pub async fn refresh_active(&self, pass: &Passphrase) -> Result<bool, CaError> {
+        let record = self.store.active_issuer(IssuerKind::Intermediate).await?.ok_or(CaError::NoActiveIssuer)?;
+        if self.active_issuer().is_ok_and(|a| a.record.id == record.id) {
+            return Ok(false);
+        }
+        let key_pem = record
+            .key_pem_enc
+            .as_deref()
+            .ok_or_else(|| CaError::Config(format!("the active intermediate {} has no key in the store", record.id)))?;
+        let key = decrypt_key_pem(key_pem, pass, &format!("intermediate {}", record.id))?;
+        let id = record.id.clone();
+        let active = Arc::new(ActiveIssuer::new(record, key)?);
+        self.store
+            .append_audit(AuditEvent::now("ca", "key.load", &id, Outcome::Success, "new active intermediate loaded"))
+            .await?;
+        info!(issuer = %id, not_after = %crate::issuers::rfc3339(active.record.not_after), "active issuer changed");
+        *self.active.write().map_err(|_| CaError::NoActiveIssuer)? = Some(active);
+        Ok(true)
+    }
+
     /// Installs an observer of issuance steps.
     pub fn set_step_hook(&mut self, hook: StepHook) {
         self.hook = Some(hook);

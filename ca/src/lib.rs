@@ -22,6 +22,7 @@ mod names;
 mod policy;
 mod profile;
 mod renewal;
+pub mod rotation;
 mod serial;
 pub mod store;
 

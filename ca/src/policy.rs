@@ -29,6 +29,10 @@ pub struct Policy {
     pub crl_url: Option<String>,
     /// AIA caIssuers URL written into issued certificates (RFC 5280 section 4.2.2.1).
     pub ca_issuers_url: Option<String>,
+    /// Issuance is refused (as "unavailable") when the active intermediate has less life left than
+    /// this: its certificates would be uselessly short. Rotation activates a successor long before.
+    #[serde(with = "humantime_serde")]
+    pub min_issuer_remaining: Duration,
 }
 
 impl Default for Policy {
@@ -44,6 +48,7 @@ impl Default for Policy {
             backdate: Duration::from_secs(60),
             crl_url: None,
             ca_issuers_url: None,
+            min_issuer_remaining: Duration::from_secs(60),
         }
     }
 }
@@ -73,7 +78,6 @@ pub struct LifetimePolicy {
 }
 
 /// An issuer must have at least this much life left to sign a leaf.
-const MIN_ISSUER_REMAINING: time::Duration = time::Duration::seconds(60);
 
 /// Whether DNS `name` (a leading `*.` ignored) equals `suffix` or lies below it on a label
 /// boundary. The one suffix rule for CA policy and ACME account policies alike.
@@ -234,7 +238,7 @@ impl Policy {
         if lifetime.is_zero() {
             return Err(CaError::BadIdentity("the requested lifetime is zero".into()));
         }
-        if issuer_not_after - now < MIN_ISSUER_REMAINING {
+        if issuer_not_after - now < self.min_issuer_remaining {
             return Err(CaError::IssuerExpiring { not_after: crate::issuers::rfc3339(issuer_not_after) });
         }
         let not_after = (now + lifetime).min(issuer_not_after);

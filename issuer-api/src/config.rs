@@ -31,6 +31,8 @@ pub struct Config {
     pub acme: crate::acme::AcmeConfig,
     /// Workload identity: bundle refresh hint, join tokens, JWT attestors.
     pub workload: crate::enroll::WorkloadConfig,
+    /// Automatic intermediate rotation.
+    pub rotation: ca::rotation::RotationPolicy,
 }
 
 /// Log output format.
@@ -57,6 +59,7 @@ impl Default for Config {
             init: InitOptions::default(),
             acme: crate::acme::AcmeConfig::default(),
             workload: crate::enroll::WorkloadConfig::default(),
+            rotation: ca::rotation::RotationPolicy::default(),
         }
     }
 }
@@ -78,6 +81,7 @@ impl Config {
     /// Checks the settings that can be checked without touching anything.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.policy.validate().context("invalid [policy]")?;
+        self.rotation.validate().context("invalid [rotation]")?;
         if self.server_names.is_empty() {
             bail!("server_names must name at least one DNS name or IP address for the server certificate");
         }

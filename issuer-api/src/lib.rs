@@ -9,6 +9,7 @@ pub mod enroll;
 pub mod identity;
 pub mod ops;
 pub mod problem;
+pub mod rotation;
 pub mod routes;
 pub mod server;
 
@@ -50,7 +51,13 @@ pub async fn run_server(
         ops::warn_dev_passphrase(&cfg);
     }
     let authority = Arc::new(Authority::load(store, cfg.policy.clone(), &pass).await?);
-    drop(pass);
+    let root_key_path = cfg.root_key_path();
+    let keys = root_key_path.exists().then(|| ca::rotation::RotationKeys {
+        pass: pass.clone(),
+        root_key_path,
+        init: cfg.init.clone(),
+    });
+    rotation::spawn(authority.clone(), cfg.rotation.clone(), keys, pass);
     let identity = identity::ServerIdentity::start(authority.clone(), cfg.server_names.clone())
         .await
         .context("issuing the server's own TLS certificate")?;

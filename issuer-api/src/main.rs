@@ -64,6 +64,13 @@ enum Command {
     /// External account binding keys for ACME (RFC 8555 section 7.3.4).
     #[command(subcommand)]
     Eab(EabCommand),
+    /// Rotate now (normally automatic): `rotate intermediate` prepares a successor if there is none
+    /// and activates it; running servers pick it up within `[rotation] check_interval`.
+    Rotate {
+        /// What to rotate.
+        #[arg(value_enum)]
+        what: RotateWhat,
+    },
     /// Revoke a certificate by serial (hex): renewals with it are refused from now on.
     Revoke {
         /// Serial number, hex, as shown by `status` or in the certificate.
@@ -75,6 +82,12 @@ enum Command {
     /// Join tokens: one-time secrets a workload presents to enroll (challenge join-token-01).
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RotateWhat {
+    /// The signing intermediate (needs the root key file and the passphrase).
+    Intermediate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +185,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("(lego: --eab --kid {kid} --hmac {key}; uacme: -e {kid}:{key})");
             Ok(())
         }
+        Command::Rotate { what: RotateWhat::Intermediate } => {
+            let (pass, _) = ops::passphrase(&cfg)?
+                .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
+                .context("rotation needs the CA passphrase")?;
+            let store = ops::open_store(&cfg).await?;
+            let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
+            let (active, retired) = ca::rotation::rotate_intermediate_now(&store, &keys).await?;
+            println!("intermediate {active} is active; {retired} is retired (trusted until its certificates expire)");
+            Ok(())
+        }
         Command::Revoke { serial, reason } => {
             if !matches!(reason, 0..=6 | 8..=10) {
                 anyhow::bail!("--reason {reason} is not an RFC 5280 CRLReason code (0-6, 8-10)");
@@ -221,7 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status => {
             let store = ops::open_store(&cfg).await?;
-            print!("{}", ops::status(&store).await?);
+            print!("{}", ops::status(&store, &cfg.rotation).await?);
             Ok(())
         }
     }

@@ -133,7 +133,7 @@ pub fn read_import(
 }
 
 /// Human-readable journal and counters for `lanyard-ca status`.
-pub async fn status(store: &Store) -> anyhow::Result<String> {
+pub async fn status(store: &Store, rotation: &ca::rotation::RotationPolicy) -> anyhow::Result<String> {
     use std::fmt::Write;
     let journal = store.issuers().await?;
     if journal.is_empty() {
@@ -158,6 +158,16 @@ pub async fn status(store: &Store) -> anyhow::Result<String> {
     let (intent, issued, abandoned) = store.certificate_counts().await?;
     writeln!(out, "\nroot fingerprint (sha256): {}", bundle.primary_fingerprint().unwrap_or("-"))?;
     writeln!(out, "certificates: {issued} issued, {intent} in flight, {abandoned} abandoned")?;
+    let mut last = std::collections::HashMap::new();
+    for r in journal.iter().filter(|r| r.state == ca::IssuerState::Retired) {
+        last.insert(r.id.clone(), store.last_signed_not_after(&r.id).await?);
+    }
+    let plan = ca::rotation::plan(&journal, &|id| last.get(id).copied().flatten(), rotation);
+    let auto = if rotation.enabled { "automatic" } else { "disabled; manual: lanyard-ca rotate intermediate" };
+    writeln!(out, "\nrotation ({auto}):")?;
+    for line in ca::rotation::describe(&plan, &journal) {
+        writeln!(out, "  {line}")?;
+    }
     Ok(out)
 }
 

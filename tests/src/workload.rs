@@ -85,6 +85,11 @@ pub struct WorkloadCa {
 impl WorkloadCa {
     /// Starts a CA on a free port.
     pub fn start() -> anyhow::Result<WorkloadCa> {
+        Self::start_with("", "")
+    }
+
+    /// Starts a CA with extra `[policy]` keys and extra sections appended to its config.
+    pub fn start_with(policy_extra: &str, extra: &str) -> anyhow::Result<WorkloadCa> {
         let dir = tempfile::tempdir()?;
         let jwt = JwtIssuer::new("k1");
         std::fs::write(dir.path().join("jwks.json"), serde_json::to_vec(&jwt.jwks())?)?;
@@ -94,6 +99,7 @@ impl WorkloadCa {
 [policy]
 trust_domain = "{TD}"
 backdate = "5s"
+{policy_extra}
 [policy.workload]
 default = "60s"
 max = "60s"
@@ -104,6 +110,7 @@ issuer = "{JWT_ISSUER}"
 audience = "{JWT_AUDIENCE}"
 jwks_file = "{jwks}"
 spiffe_id_template = "spiffe://{TD}/ns/{{/kubernetes.io/namespace}}/sa/{{/kubernetes.io/serviceaccount/name}}"
+{extra}
 "#,
             data = data.display(),
             jwks = dir.path().join("jwks.json").display(),
@@ -203,4 +210,148 @@ pub async fn wait_for_file(path: &Path, within: Duration) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+impl WorkloadCa {
+    /// The issuer journal, read from the database.
+    pub async fn journal(&self) -> anyhow::Result<Vec<ca::IssuerRecord>> {
+        let url = format!("sqlite://{}", self.dir.path().join("data/lanyard.db").display());
+        let store = ca::Store::open(&url).await?;
+        let j = store.issuers().await?;
+        store.close().await;
+        Ok(j)
+    }
+}
+
+/// Hex of a certificate's AKI keyIdentifier (which issuer signed it).
+pub fn authority_key_id(der: &[u8]) -> String {
+    use x509_parser::extensions::ParsedExtension;
+    let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else { return String::new() };
+    c.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| hex::encode(k.0)),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// What an mTLS request loop between two services observed.
+#[derive(Debug, Default)]
+pub struct LoopReport {
+    /// Handshakes attempted (one per request).
+    pub handshakes: u64,
+    /// Failures, with their errors.
+    pub failures: Vec<String>,
+    /// Serials of the server certificates the client saw.
+    pub server_serials: std::collections::BTreeSet<String>,
+    /// Serials of the client certificates the server saw.
+    pub client_serials: std::collections::BTreeSet<String>,
+}
+
+/// Runs an mTLS request loop: `server` (built on seam `a`) authorizes only `b_id`, the client
+/// (seam `b`) only `a_id`; every request is a new handshake, four at a time, plus one long-lived
+/// connection pinged throughout. Runs until `done()` has been true for ten rounds.
+pub async fn mtls_loop(
+    a: &workload_agent::Agent,
+    b: &workload_agent::Agent,
+    a_id: &str,
+    b_id: &str,
+    deadline: Duration,
+    done: impl Fn() -> bool,
+) -> anyhow::Result<LoopReport> {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use workload_agent::tls::Authorizer;
+
+    let server_cfg = Arc::new(a.seam().server_config(Authorizer::exact([b_id])?)?);
+    let client_cfg = Arc::new(b.seam().client_config(Authorizer::exact([a_id])?)?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let report = Arc::new(Mutex::new(LoopReport::default()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
+    let r2 = report.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            let r2 = r2.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                    r2.lock().expect("lock").client_serials.insert(leaf_serial(c.as_ref()));
+                }
+                let (r, mut w) = tokio::io::split(tls);
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(_)) = lines.next_line().await {
+                    if w.write_all(b"pong\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(client_cfg);
+    let name = rustls::pki_types::ServerName::try_from("service.internal")?;
+    let long = connector.connect(name.clone(), tokio::net::TcpStream::connect(addr).await?).await?;
+    let (lr, mut lw) = tokio::io::split(long);
+    let mut long_lines = BufReader::new(lr).lines();
+    let end = tokio::time::Instant::now() + deadline;
+    let mut extra_rounds = 0;
+    let mut round = 0u64;
+    loop {
+        if done() {
+            extra_rounds += 1;
+            if extra_rounds > 10 {
+                break;
+            }
+        }
+        if tokio::time::Instant::now() > end {
+            bail!("the condition was not reached within {deadline:?}");
+        }
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (connector, name, report) = (connector.clone(), name.clone(), report.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = async {
+                    let tls = connector.connect(name, tokio::net::TcpStream::connect(addr).await?).await?;
+                    if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                        report.lock().expect("lock").server_serials.insert(leaf_serial(c.as_ref()));
+                    }
+                    let (r, mut w) = tokio::io::split(tls);
+                    w.write_all(b"ping\n").await?;
+                    let mut l = String::new();
+                    BufReader::new(r).read_line(&mut l).await?;
+                    if l != "pong\n" {
+                        return Err(std::io::Error::other(format!("bad answer {l:?}")));
+                    }
+                    Ok::<_, std::io::Error>(())
+                }
+                .await;
+                let mut rep = report.lock().expect("lock");
+                rep.handshakes += 1;
+                if let Err(e) = r {
+                    rep.failures.push(e.to_string());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        round += 1;
+        if round.is_multiple_of(20) {
+            lw.write_all(b"ping\n").await.context("long-lived connection")?;
+            if long_lines.next_line().await?.as_deref() != Some("pong") {
+                bail!("the long-lived connection stopped answering");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lw.write_all(b"ping\n").await.context("long-lived connection at the end")?;
+    if long_lines.next_line().await?.as_deref() != Some("pong") {
+        bail!("the long-lived connection stopped answering");
+    }
+    server.abort();
+    let mut rep = report.lock().expect("lock");
+    Ok(std::mem::take(&mut *rep))
 }

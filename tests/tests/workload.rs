@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tests::workload::{JWT_AUDIENCE, JWT_ISSUER, JwtIssuer, TD, WorkloadCa, leaf_serial, wait_for_file};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tests::workload::{JWT_AUDIENCE, JWT_ISSUER, JwtIssuer, TD, WorkloadCa, leaf_serial, mtls_loop, wait_for_file};
+use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use workload_agent::agent::ca_client::{CaClient, RenewError};
 use workload_agent::agent::enroll::{self, EnrollError, Proof};
@@ -228,116 +228,40 @@ async fn mtls_hot_reload_under_load() {
             .expect("w");
     }
 
-    // Built once; every new handshake picks up the current credentials.
-    let server_cfg = Arc::new(a.seam().server_config(Authorizer::exact([b_id.as_str()]).expect("authz")).expect("cfg"));
-    let client_cfg = Arc::new(b.seam().client_config(Authorizer::exact([a_id.as_str()]).expect("authz")).expect("cfg"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let client_serials = Arc::new(Mutex::new(BTreeSet::new()));
-    let cs = client_serials.clone();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let acceptor = acceptor.clone();
-            let cs = cs.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                    cs.lock().expect("lock").insert(leaf_serial(c.as_ref()));
-                }
-                let (r, mut w) = tokio::io::split(tls);
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(_)) = lines.next_line().await {
-                    if w.write_all(b"pong\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    let connector = tokio_rustls::TlsConnector::from(client_cfg);
-    let name = rustls::pki_types::ServerName::try_from("svc-a.internal").expect("name");
-
-    // One connection opened now and used throughout: renewals must not disturb it.
-    let long =
-        connector.connect(name.clone(), tokio::net::TcpStream::connect(addr).await.expect("tcp")).await.expect("tls");
-    let (lr, mut lw) = tokio::io::split(long);
-    let mut long_lines = BufReader::new(lr).lines();
-
-    let handshakes = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let server_serials = Arc::new(Mutex::new(BTreeSet::new()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    // Configs are built once inside the loop; every new handshake picks up the current credentials.
     let renewals = |agent: &workload_agent::Agent| agent.metrics().renewals_ok.load(Ordering::Relaxed);
-    let mut round = 0u64;
-    // Until both have renewed 5 times, plus a few rounds so the last certificates are used too.
-    let mut extra_rounds = 0;
-    loop {
-        if renewals(&a) >= 6 && renewals(&b) >= 6 {
-            extra_rounds += 1;
-            if extra_rounds > 10 {
-                break;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "renewals: a={} b={}", renewals(&a), renewals(&b));
-        // A few concurrent fresh handshakes per round.
-        let mut tasks = Vec::new();
-        for _ in 0..4 {
-            let connector = connector.clone();
-            let name = name.clone();
-            let handshakes = handshakes.clone();
-            let failures = failures.clone();
-            let server_serials = server_serials.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = async {
-                    let tcp = tokio::net::TcpStream::connect(addr).await?;
-                    let tls = connector.connect(name, tcp).await?;
-                    if let Some(c) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                        server_serials.lock().expect("lock").insert(leaf_serial(c.as_ref()));
-                    }
-                    let (r, mut w) = tokio::io::split(tls);
-                    w.write_all(b"ping\n").await?;
-                    let mut l = String::new();
-                    BufReader::new(r).read_line(&mut l).await?;
-                    if l != "pong\n" {
-                        return Err(std::io::Error::other(format!("bad answer {l:?}")));
-                    }
-                    Ok::<_, std::io::Error>(())
-                }
-                .await;
-                handshakes.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = r {
-                    failures.lock().expect("lock").push(e.to_string());
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("task");
-        }
-        round += 1;
-        if round.is_multiple_of(20) {
-            lw.write_all(b"ping\n").await.expect("long-lived connection still writable");
-            assert_eq!(long_lines.next_line().await.expect("read").as_deref(), Some("pong"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    lw.write_all(b"ping\n").await.expect("long-lived connection after all renewals");
-    assert_eq!(long_lines.next_line().await.expect("read").as_deref(), Some("pong"));
-
-    let failures = failures.lock().expect("lock").clone();
-    let n = handshakes.load(Ordering::Relaxed);
-    println!("{n} handshakes across {} / {} renewals, {} failures", renewals(&a) - 1, renewals(&b) - 1, failures.len());
+    let rep = mtls_loop(&a, &b, &a_id, &b_id, Duration::from_secs(150), || renewals(&a) >= 6 && renewals(&b) >= 6)
+        .await
+        .expect("mTLS loop");
+    let n = rep.handshakes;
+    println!(
+        "{n} handshakes across {} / {} renewals, {} failures",
+        renewals(&a) - 1,
+        renewals(&b) - 1,
+        rep.failures.len()
+    );
     assert!(
-        failures.is_empty(),
+        rep.failures.is_empty(),
         "{} of {n} handshakes failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
+        rep.failures.len(),
+        &rep.failures[..rep.failures.len().min(5)]
     );
     assert!(n >= 200, "only {n} handshakes");
-    assert!(server_serials.lock().expect("lock").len() >= 6, "the client saw the server's renewed certificates");
-    assert!(client_serials.lock().expect("lock").len() >= 6, "the server saw the client's renewed certificates");
+    assert!(rep.server_serials.len() >= 6, "the client saw the server's renewed certificates");
+    assert!(rep.client_serials.len() >= 6, "the server saw the client's renewed certificates");
 
+    // And the verifier refuses identities it does not authorize.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        a.seam().server_config(Authorizer::exact([b_id.as_str()]).expect("authz")).expect("cfg"),
+    ));
+    tokio::spawn(async move {
+        if let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let name = rustls::pki_types::ServerName::try_from("svc-a.internal").expect("name");
     // And the verifier still refuses identities it does not authorize.
     let wrong = Arc::new(b.seam().client_config(Authorizer::exact([b_id.as_str()]).expect("authz")).expect("cfg"));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");

@@ -336,3 +336,98 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+/// Issuer journal transitions and the rotation lease. Each transition is one transaction that
+/// checks the states it moves from, so a crash or a concurrent replica can never leave two active
+/// issuers or an issuer half-moved.
+impl Store {
+    /// Moves `id` from `from` to `to`, with an audit event; false if it was not in `from`.
+    pub async fn transition_issuer(
+        &self,
+        id: &str,
+        from: IssuerState,
+        to: IssuerState,
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> Result<bool, CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let r = sqlx::query("UPDATE issuers SET state = $1, state_changed_at = $2 WHERE id = $3 AND state = $4")
+            .bind(to.as_str())
+            .bind(unix(at))
+            .bind(id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        writer::insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// Activates the prepared issuer `prepared` and retires the active `active`, atomically.
+    pub async fn activate_issuer(
+        &self,
+        prepared: &str,
+        active: &str,
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> Result<bool, CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let retire = sqlx::query(
+            "UPDATE issuers SET state = 'retired', state_changed_at = $1 WHERE id = $2 AND state = 'active'",
+        )
+        .bind(unix(at))
+        .bind(active)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if retire.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let activate = sqlx::query(
+            "UPDATE issuers SET state = 'active', state_changed_at = $1 WHERE id = $2 AND state = 'prepared'",
+        )
+        .bind(unix(at))
+        .bind(prepared)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if activate.rows_affected() != 1 {
+            return Ok(false);
+        }
+        writer::insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// NotAfter (Unix seconds) of the last-expiring certificate `issuer_id` signed, if any.
+    pub async fn last_signed_not_after(&self, issuer_id: &str) -> Result<Option<i64>, CaError> {
+        let r = sqlx::query("SELECT MAX(not_after) AS m FROM certificates WHERE issuer_id = $1")
+            .bind(issuer_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        r.try_get::<Option<i64>, _>("m").map_err(db_err)
+    }
+
+    /// Takes (or renews) the lease `name` for `holder` until `until`, unless another holder has
+    /// an unexpired one. True when `holder` holds it.
+    pub async fn acquire_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool, CaError> {
+        let r = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+}

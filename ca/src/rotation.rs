@@ -1,0 +1,367 @@
+//! Automatic intermediate rotation, driven by the issuer journal.
+//!
+//! ```text
+//!   active A ──(half of A's life)──► prepare B ──(1/6 of A's life left)──► activate B, retire A
+//!   retired A ──(its last signed certificate expired)──► expired A
+//! ```
+//!
+//! The timing is a pure function of the journal ([`plan`]); executing a step is one transaction
+//! that checks the states it moves from ([`crate::Store::activate_issuer`]), so a crash between
+//! steps resumes at the next tick and a crash inside a step changes nothing. With several replicas
+//! on one database, a lease makes exactly one of them act; the others notice the new active
+//! issuer at their next tick ([`crate::Authority::refresh_active`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::authority::{InitOptions, sign_intermediate};
+use crate::issuers::{IssuerKind, IssuerRecord, IssuerState, rfc3339};
+use crate::keys::{Passphrase, decrypt_key_pem, encrypt_key_pem, generate_key};
+use crate::{CaError, Store};
+
+/// `[rotation]` configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RotationPolicy {
+    /// Rotate intermediates automatically (needs the encrypted root key in the data directory).
+    pub enabled: bool,
+    /// Fraction of the active intermediate's lifetime after which its successor is prepared.
+    pub prepare_at: f64,
+    /// Fraction of the active intermediate's lifetime after which the successor is activated
+    /// (default 5/6: when a sixth of its life remains).
+    pub activate_at: f64,
+    /// How often the journal is checked.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        RotationPolicy {
+            enabled: true,
+            prepare_at: 0.5,
+            activate_at: 5.0 / 6.0,
+            check_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RotationPolicy {
+    /// Checks the thresholds.
+    pub fn validate(&self) -> Result<(), CaError> {
+        if !(self.prepare_at > 0.0 && self.prepare_at < self.activate_at && self.activate_at < 1.0) {
+            return Err(CaError::Config("[rotation] needs 0 < prepare_at < activate_at < 1".into()));
+        }
+        if self.check_interval.is_zero() {
+            return Err(CaError::Config("[rotation] check_interval must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One rotation step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Create and publish a successor for the active intermediate `active`.
+    Prepare {
+        /// The active intermediate.
+        active: String,
+    },
+    /// Activate `prepared`, retiring `active`.
+    Activate {
+        /// The successor.
+        prepared: String,
+        /// The one it replaces.
+        active: String,
+    },
+    /// Drop `retired` from the journal's trusted set: everything it signed has expired.
+    Expire {
+        /// The retired intermediate.
+        retired: String,
+    },
+}
+
+/// A step and when it is due (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// What.
+    pub step: Step,
+    /// When.
+    pub at: i64,
+}
+
+fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+/// The intermediate steps ahead, earliest first. `last_signed` gives, for a retired issuer, the
+/// NotAfter of the last certificate it signed (None: it signed nothing).
+pub fn plan(journal: &[IssuerRecord], last_signed: &dyn Fn(&str) -> Option<i64>, p: &RotationPolicy) -> Vec<Planned> {
+    let ints = journal.iter().filter(|r| r.kind == IssuerKind::Intermediate);
+    let active = ints.clone().find(|r| r.state == IssuerState::Active);
+    let prepared = ints.clone().find(|r| r.state == IssuerState::Prepared);
+    let mut out = Vec::new();
+    if let Some(a) = active {
+        let nb = unix(a.not_before);
+        let life = (unix(a.not_after) - nb).max(0) as f64;
+        match prepared {
+            None => out
+                .push(Planned { step: Step::Prepare { active: a.id.clone() }, at: nb + (life * p.prepare_at) as i64 }),
+            Some(s) => out.push(Planned {
+                step: Step::Activate { prepared: s.id.clone(), active: a.id.clone() },
+                // Never before the successor itself is valid.
+                at: (nb + (life * p.activate_at) as i64).max(unix(s.not_before)),
+            }),
+        }
+    }
+    for r in ints.filter(|r| r.state == IssuerState::Retired) {
+        let at = last_signed(&r.id).unwrap_or(unix(r.state_changed_at)).min(unix(r.not_after));
+        out.push(Planned { step: Step::Expire { retired: r.id.clone() }, at });
+    }
+    out.sort_by_key(|p| p.at);
+    out
+}
+
+/// Human-readable plan for `lanyard-ca status`.
+pub fn describe(planned: &[Planned], journal: &[IssuerRecord]) -> Vec<String> {
+    let subject = |id: &str| journal.iter().find(|r| r.id == id).map(|r| r.subject.clone()).unwrap_or_default();
+    let when = |at: i64| OffsetDateTime::from_unix_timestamp(at).map(rfc3339).unwrap_or_else(|_| at.to_string());
+    planned
+        .iter()
+        .map(|p| match &p.step {
+            Step::Prepare { active } => {
+                format!("{}: prepare a successor for intermediate {active} ({})", when(p.at), subject(active))
+            }
+            Step::Activate { prepared, active } => {
+                format!("{}: activate {prepared}, retire {active}", when(p.at))
+            }
+            Step::Expire { retired } => {
+                format!("{}: expire retired {retired} (its last certificate expires)", when(p.at))
+            }
+        })
+        .collect()
+}
+
+/// A fresh id naming one rotation in logs and audit events.
+pub fn rotation_id() -> String {
+    let mut b = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    hex::encode(b)
+}
+
+/// What rotation needs beyond the store: the passphrase (to open the root key and to encrypt the
+/// new intermediate key), the root key file, and how intermediates are made.
+#[derive(Debug, Clone)]
+pub struct RotationKeys {
+    /// The CA passphrase.
+    pub pass: Passphrase,
+    /// The encrypted root key (`root.key.pem`).
+    pub root_key_path: PathBuf,
+    /// Lifetime, algorithm and organization of new intermediates.
+    pub init: InitOptions,
+}
+
+/// Creates a prepared successor intermediate signed by the active root. Returns its record.
+pub async fn prepare_intermediate(store: &Store, keys: &RotationKeys, rotation: &str) -> Result<IssuerRecord, CaError> {
+    let journal = store.issuers().await?;
+    let root = journal
+        .iter()
+        .find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Active)
+        .ok_or_else(|| CaError::Config("no active root in the journal".into()))?;
+    let root_pem = std::fs::read_to_string(&keys.root_key_path).map_err(|e| {
+        CaError::Config(format!(
+            "the root key {} is needed to prepare a new intermediate: {e}",
+            keys.root_key_path.display()
+        ))
+    })?;
+    let root_key = decrypt_key_pem(&root_pem, &keys.pass, "root")?;
+    let now = OffsetDateTime::now_utc();
+    let key = generate_key(keys.init.key_algorithm)?;
+    let der = sign_intermediate(&keys.init, &root.cert_der()?, root_key, &key, now)?;
+    let record = IssuerRecord::from_cert(
+        &der,
+        IssuerKind::Intermediate,
+        IssuerState::Prepared,
+        Some(root.id.clone()),
+        Some(encrypt_key_pem(&key, &keys.pass)?),
+    )?;
+    let audit = [
+        AuditEvent::now(
+            "ca",
+            "key.sign",
+            &root.id,
+            Outcome::Success,
+            format!("rotation {rotation}: signed {}", record.id),
+        ),
+        AuditEvent::now(
+            "ca",
+            "issuer.prepare",
+            &record.id,
+            Outcome::Success,
+            format!("rotation {rotation}: successor prepared, valid until {}", rfc3339(record.not_after)),
+        ),
+    ];
+    store.insert_issuers(&[&record], &audit).await?;
+    Ok(record)
+}
+
+/// Runs every due step. Returns the steps taken. A step another replica took first is skipped.
+pub async fn run_due(
+    store: &Store,
+    keys: &RotationKeys,
+    p: &RotationPolicy,
+    now: i64,
+    rotation: &str,
+) -> Result<Vec<Step>, CaError> {
+    let mut taken = Vec::new();
+    // Bounded: each step changes the journal, and there are only so many issuers.
+    for _ in 0..8 {
+        let journal = store.issuers().await?;
+        let mut last = std::collections::HashMap::new();
+        for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
+            last.insert(r.id.clone(), store.last_signed_not_after(&r.id).await?);
+        }
+        let planned = plan(&journal, &|id| last.get(id).copied().flatten(), p);
+        let Some(next) = planned.into_iter().find(|s| s.at <= now) else { break };
+        let done = execute(store, keys, &next.step, rotation).await?;
+        if !done {
+            break;
+        }
+        taken.push(next.step);
+    }
+    Ok(taken)
+}
+
+/// Executes one step; false when the journal was no longer in the expected state.
+pub async fn execute(store: &Store, keys: &RotationKeys, step: &Step, rotation: &str) -> Result<bool, CaError> {
+    let now = OffsetDateTime::now_utc();
+    match step {
+        Step::Prepare { active } => {
+            let r = prepare_intermediate(store, keys, rotation).await?;
+            info!(rotation, successor = %r.id, replaces = %active, not_after = %rfc3339(r.not_after), "intermediate prepared");
+            Ok(true)
+        }
+        Step::Activate { prepared, active } => {
+            let ev = AuditEvent::now(
+                "ca",
+                "issuer.activate",
+                prepared,
+                Outcome::Success,
+                format!("rotation {rotation}: activated, retiring {active}"),
+            );
+            let ok = store.activate_issuer(prepared, active, now, &ev).await?;
+            if ok {
+                info!(rotation, active = %prepared, retired = %active, "intermediate activated");
+            }
+            Ok(ok)
+        }
+        Step::Expire { retired } => {
+            let ev = AuditEvent::now(
+                "ca",
+                "issuer.expire",
+                retired,
+                Outcome::Success,
+                format!("rotation {rotation}: every certificate it signed has expired"),
+            );
+            let ok = store.transition_issuer(retired, IssuerState::Retired, IssuerState::Expired, now, &ev).await?;
+            if ok {
+                info!(rotation, expired = %retired, "retired intermediate expired");
+            }
+            Ok(ok)
+        }
+    }
+}
+
+/// `lanyard-ca rotate intermediate`: prepare a successor if there is none, then activate it now.
+/// Returns (new active id, retired id).
+pub async fn rotate_intermediate_now(store: &Store, keys: &RotationKeys) -> Result<(String, String), CaError> {
+    let rotation = rotation_id();
+    let journal = store.issuers().await?;
+    let active = journal
+        .iter()
+        .find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active)
+        .ok_or(CaError::NoActiveIssuer)?
+        .clone();
+    let prepared = match journal.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Prepared)
+    {
+        Some(p) => p.clone(),
+        None => prepare_intermediate(store, keys, &rotation).await?,
+    };
+    let step = Step::Activate { prepared: prepared.id.clone(), active: active.id.clone() };
+    if !execute(store, keys, &step, &rotation).await? {
+        warn!(rotation, "the journal changed during a manual rotation; nothing activated");
+        return Err(CaError::Store("the issuer journal changed concurrently; run the rotation again".into()));
+    }
+    Ok((prepared.id, active.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, state: IssuerState, nb: i64, na: i64) -> IssuerRecord {
+        let t = |s| OffsetDateTime::from_unix_timestamp(s).expect("time");
+        IssuerRecord {
+            id: id.into(),
+            kind: IssuerKind::Intermediate,
+            state,
+            parent_id: None,
+            subject: id.into(),
+            cert_pem: String::new(),
+            key_pem_enc: None,
+            ski: String::new(),
+            fingerprint: id.into(),
+            not_before: t(nb),
+            not_after: t(na),
+            created_at: t(nb),
+            state_changed_at: t(nb),
+        }
+    }
+
+    #[test]
+    fn prepares_at_half_and_activates_with_a_sixth_left() {
+        let p = RotationPolicy::default();
+        let none = |_: &str| None;
+        let j = vec![rec("a", IssuerState::Active, 0, 600)];
+        assert_eq!(plan(&j, &none, &p), vec![Planned { step: Step::Prepare { active: "a".into() }, at: 300 }]);
+        let j = vec![rec("a", IssuerState::Active, 0, 600), rec("b", IssuerState::Prepared, 300, 900)];
+        assert_eq!(
+            plan(&j, &none, &p),
+            vec![Planned { step: Step::Activate { prepared: "b".into(), active: "a".into() }, at: 500 }]
+        );
+    }
+
+    #[test]
+    fn activation_waits_for_the_successor_to_be_valid() {
+        let p = RotationPolicy::default();
+        let j = vec![rec("a", IssuerState::Active, 0, 600), rec("b", IssuerState::Prepared, 550, 900)];
+        assert_eq!(plan(&j, &|_| None, &p)[0].at, 550);
+    }
+
+    #[test]
+    fn retired_issuers_expire_after_their_last_certificate() {
+        let p = RotationPolicy::default();
+        let j = vec![rec("b", IssuerState::Active, 300, 900), rec("a", IssuerState::Retired, 0, 600)];
+        let last = |id: &str| (id == "a").then_some(560);
+        let planned = plan(&j, &last, &p);
+        assert!(planned.contains(&Planned { step: Step::Expire { retired: "a".into() }, at: 560 }));
+        // Never later than the issuer's own expiry.
+        let last = |_: &str| Some(700);
+        assert!(plan(&j, &last, &p).contains(&Planned { step: Step::Expire { retired: "a".into() }, at: 600 }));
+        // Nothing signed: expire as soon as it is retired.
+        let planned = plan(&j, &|_| None, &p);
+        assert!(planned.contains(&Planned { step: Step::Expire { retired: "a".into() }, at: 0 }));
+    }
+
+    #[test]
+    fn thresholds_are_validated() {
+        let mut p = RotationPolicy::default();
+        assert!(p.validate().is_ok());
+        p.prepare_at = 0.9;
+        assert!(p.validate().is_err());
+    }
+}
