@@ -96,9 +96,13 @@ impl Stats {
 
     /// One line of figures.
     pub fn line(&self, name: &str, concurrency: usize) -> String {
-        let cpu = match self.server_us_per_cert() {
-            Some(us) => format!("   server CPU {us:>6.0} us/cert"),
-            None => String::new(),
+        let cpu = match (self.server_us_per_cert(), self.server_cpu) {
+            (Some(us), Some(c)) => format!(
+                "   server CPU {us:>6.0} us/cert ({:.1} s = {:.2} cores)",
+                c.as_secs_f64(),
+                c.as_secs_f64() / self.window.as_secs_f64().max(1e-9)
+            ),
+            _ => String::new(),
         };
         format!(
             "{name:<34} c={concurrency:<4} {:>7} certs in {:>5.2}s = {:>8.1} certs/s   p50 {:>7.2} ms   p99 {:>7.2} ms   failed {}{cpu}   client CPU {:>5.0} us/cert   other load {:.2} cores",

@@ -117,15 +117,30 @@ pub(crate) fn sign_intermediate(
     intermediate_key: &KeyPair,
     now: OffsetDateTime,
 ) -> Result<Vec<u8>, CaError> {
-    let (_, root) = X509Certificate::from_der(root_der).map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
-    let root_not_after = root.validity().not_after.to_datetime();
     let rng = ring::rand::SystemRandom::new();
     let serial = Serial::random(&rng)?;
+    let dn = ca_name(&opts.organization, "Intermediate CA", now, &serial);
+    sign_intermediate_named(opts, dn, serial, root_der, root_key, intermediate_key, now)
+}
+
+/// Signs `intermediate_key` under the name `dn` with a root; the same name and key signed by two
+/// roots make a cross-signed pair.
+pub(crate) fn sign_intermediate_named(
+    opts: &InitOptions,
+    dn: DistinguishedName,
+    serial: Serial,
+    root_der: &[u8],
+    root_key: KeyPair,
+    intermediate_key: &KeyPair,
+    now: OffsetDateTime,
+) -> Result<Vec<u8>, CaError> {
+    let (_, root) = X509Certificate::from_der(root_der).map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
+    let root_not_after = root.validity().not_after.to_datetime();
     // Backdated for clock skew, but by no more than a twentieth of its life, so that rotation
     // timing (fractions of the lifetime) stays meaningful for short-lived intermediates.
     let backdate = std::time::Duration::from_secs(300).min(opts.intermediate_lifetime / 20);
     let p = ca_params(
-        ca_name(&opts.organization, "Intermediate CA", now, &serial),
+        dn,
         serial,
         now - backdate,
         (now + opts.intermediate_lifetime).min(root_not_after),
@@ -135,6 +150,44 @@ pub(crate) fn sign_intermediate(
         .map_err(|e| CaError::InvalidCertificate(format!("root: {e}")))?;
     let cert = p.signed_by(intermediate_key, &issuer).map_err(|e| CaError::Signing(format!("intermediate: {e}")))?;
     Ok(cert.der().to_vec())
+}
+
+/// A new root with its first intermediate, the intermediate also cross-signed by the current root.
+pub(crate) struct RootSuccessor {
+    pub(crate) root_der: Vec<u8>,
+    pub(crate) root_key: KeyPair,
+    pub(crate) intermediate_der: Vec<u8>,
+    pub(crate) cross_der: Vec<u8>,
+    pub(crate) intermediate_key: KeyPair,
+}
+
+/// Creates a successor root and an intermediate certified by both it and the current root.
+pub(crate) fn new_root_successor(
+    opts: &InitOptions,
+    current_root_der: &[u8],
+    current_root_key: KeyPair,
+) -> Result<RootSuccessor, CaError> {
+    let now = OffsetDateTime::now_utc();
+    let root_key = generate_key(opts.key_algorithm)?;
+    let root_der = new_root(opts, &root_key, now)?;
+    let intermediate_key = generate_key(opts.key_algorithm)?;
+    let rng = ring::rand::SystemRandom::new();
+    let serial = Serial::random(&rng)?;
+    let dn = ca_name(&opts.organization, "Intermediate CA", now, &serial);
+    let new_root_key_copy = KeyPair::try_from(root_key.serialize_der().as_slice())
+        .map_err(|e| CaError::Key(format!("copy root key: {e}")))?;
+    let intermediate_der =
+        sign_intermediate_named(opts, dn.clone(), serial, &root_der, new_root_key_copy, &intermediate_key, now)?;
+    let cross_der = sign_intermediate_named(
+        opts,
+        dn,
+        Serial::random(&rng)?,
+        current_root_der,
+        current_root_key,
+        &intermediate_key,
+        now,
+    )?;
+    Ok(RootSuccessor { root_der, root_key, intermediate_der, cross_der, intermediate_key })
 }
 
 /// Creates a new root and intermediate.

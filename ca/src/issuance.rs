@@ -92,6 +92,8 @@ pub struct Authority {
     active: RwLock<Option<Arc<ActiveIssuer>>>,
     rng: SystemRandom,
     hook: Option<StepHook>,
+    pub(crate) crl: crate::crl::CrlCache,
+    stats: crate::stats::IssuanceStats,
 }
 
 impl std::fmt::Debug for Authority {
@@ -111,7 +113,7 @@ impl Authority {
             .ok_or_else(|| CaError::Config(format!("the active intermediate {} has no key in the store", record.id)))?;
         let key = decrypt_key_pem(key_pem, pass, &format!("intermediate {}", record.id))?;
         let id = record.id.clone();
-        let active = ActiveIssuer::new(record, key)?;
+        let active = ActiveIssuer::new(record, key)?.with_cross_chain(&store.issuers().await?)?;
         store
             .append_audit(AuditEvent::now(
                 "ca",
@@ -135,6 +137,8 @@ impl Authority {
             active: RwLock::new(Some(Arc::new(active))),
             rng: SystemRandom::new(),
             hook: None,
+            crl: Default::default(),
+            stats: crate::stats::IssuanceStats::default(),
         })
     }
 
@@ -142,8 +146,21 @@ impl Authority {
     /// replica, or by `lanyard-ca rotate`). Issuances already under way finish with the issuer
     /// they started with, which stays trusted as "retired". True when the issuer changed.
     pub async fn refresh_active(&self, pass: &Passphrase) -> Result<bool, CaError> {
-        let record = self.store.active_issuer(IssuerKind::Intermediate).await?.ok_or(CaError::NoActiveIssuer)?;
-        if self.active_issuer().is_ok_and(|a| a.record.id == record.id) {
+        let journal = self.store.issuers().await?;
+        let record = journal
+            .iter()
+            .find(|r| r.kind == IssuerKind::Intermediate && r.state == crate::IssuerState::Active)
+            .cloned()
+            .ok_or(CaError::NoActiveIssuer)?;
+        // The chain changes too when the previous root leaves the trust bundle.
+        let cross_wanted = record.cross_cert_pem.is_some()
+            && journal.iter().any(|r| {
+                r.kind == IssuerKind::Root
+                    && r.state != crate::IssuerState::Expired
+                    && Some(&r.id) != record.parent_id.as_ref()
+            });
+        let want_len = if cross_wanted { 2 } else { 1 };
+        if self.active_issuer().is_ok_and(|a| a.record.id == record.id && a.chain_der.len() == want_len) {
             return Ok(false);
         }
         let key_pem = record
@@ -152,13 +169,18 @@ impl Authority {
             .ok_or_else(|| CaError::Config(format!("the active intermediate {} has no key in the store", record.id)))?;
         let key = decrypt_key_pem(key_pem, pass, &format!("intermediate {}", record.id))?;
         let id = record.id.clone();
-        let active = Arc::new(ActiveIssuer::new(record, key)?);
+        let active = Arc::new(ActiveIssuer::new(record, key)?.with_cross_chain(&journal)?);
         self.store
             .append_audit(AuditEvent::now("ca", "key.load", &id, Outcome::Success, "new active intermediate loaded"))
             .await?;
         info!(issuer = %id, not_after = %crate::issuers::rfc3339(active.record.not_after), "active issuer changed");
         *self.active.write().map_err(|_| CaError::NoActiveIssuer)? = Some(active);
         Ok(true)
+    }
+
+    /// Issuance counters and latency.
+    pub fn stats(&self) -> &crate::stats::IssuanceStats {
+        &self.stats
     }
 
     /// Installs an observer of issuance steps.
@@ -189,13 +211,20 @@ impl Authority {
 
     /// Issues a certificate. Refusals are audited and change nothing else.
     pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        let started = std::time::Instant::now();
         match self.issue_inner(&req).await {
-            Ok(c) => Ok(c),
+            Ok(c) => {
+                self.stats.observe(started.elapsed());
+                self.stats.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(c)
+            }
             Err(e) => {
                 let outcome = match e.kind() {
                     crate::error::ErrorKind::BadRequest | crate::error::ErrorKind::Rejected => Outcome::Refused,
                     _ => Outcome::Failed,
                 };
+                let counter = if outcome == Outcome::Refused { &self.stats.refused } else { &self.stats.failed };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let ev =
                     AuditEvent::now(req.requester, "certificate.issue", req.profile.as_str(), outcome, e.to_string());
                 if let Err(audit_err) = self.store.append_audit(ev).await {
@@ -231,6 +260,7 @@ impl Authority {
             names: &names,
             common_name,
             serial: &serial,
+            issuer_id: &issuer.record.id,
             not_before,
             not_after,
         };

@@ -91,6 +91,9 @@ pub struct IssuerRecord {
     pub created_at: OffsetDateTime,
     /// When the state last changed.
     pub state_changed_at: OffsetDateTime,
+    /// For an intermediate made during a root rotation: the same name and key certified by the
+    /// previous root (PEM), so chains validate from either root during the overlap.
+    pub cross_cert_pem: Option<String>,
 }
 
 impl fmt::Debug for IssuerRecord {
@@ -172,6 +175,7 @@ impl IssuerRecord {
             not_after: cert.validity().not_after.to_datetime(),
             created_at: now,
             state_changed_at: now,
+            cross_cert_pem: None,
         })
     }
 
@@ -206,6 +210,23 @@ impl ActiveIssuer {
         let issuer = rcgen::Issuer::from_ca_cert_der(&der.as_slice().into(), key)
             .map_err(|e| CaError::InvalidCertificate(format!("{}: {e}", record.subject)))?;
         Ok(ActiveIssuer { record, chain_der: vec![der], issuer })
+    }
+
+    /// During a root rotation: also present the cross-signed copy of this intermediate (same name
+    /// and key, signed by the previous root) while any other root is still trusted, so that
+    /// relying parties that know only the old root or only the new one both find a path.
+    pub fn with_cross_chain(mut self, journal: &[IssuerRecord]) -> Result<Self, CaError> {
+        if let Some(cross) = &self.record.cross_cert_pem {
+            let other_root_trusted = journal.iter().any(|r| {
+                r.kind == IssuerKind::Root
+                    && r.state != IssuerState::Expired
+                    && Some(&r.id) != self.record.parent_id.as_ref()
+            });
+            if other_root_trusted {
+                self.chain_der.push(pem_to_der(cross)?);
+            }
+        }
+        Ok(self)
     }
 
     /// The chain as PEM (intermediate first).

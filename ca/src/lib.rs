@@ -12,6 +12,7 @@
 mod audit;
 mod authority;
 mod bundle;
+mod crl;
 mod csr;
 mod error;
 mod fsutil;
@@ -24,11 +25,13 @@ mod profile;
 mod renewal;
 pub mod rotation;
 mod serial;
+pub mod stats;
 pub mod store;
 
 pub use audit::{AuditEvent, Outcome};
 pub use authority::{CaMaterial, ImportedCa, InitOptions, create_ca, import_ca};
 pub use bundle::{TrustBundle, sha256_fingerprint};
+pub use crl::Crl;
 pub use csr::{KeyKind, VerifiedCsr, parse_and_verify_csr};
 pub use error::{CaError, ErrorKind};
 pub use fsutil::write_atomic;

@@ -25,8 +25,14 @@ pub struct Policy {
     /// How far NotBefore is backdated, to tolerate clock skew between peers.
     #[serde(with = "humantime_serde")]
     pub backdate: Duration,
-    /// CRL distribution point URL written into issued certificates (RFC 5280 section 4.2.1.13).
+    /// Base URL of the CRLs (`https://<public host>:<port>/crl`). When set, every leaf carries the
+    /// CRL distribution point `<crl_url>/<issuer id>.crl` of the intermediate that signed it (RFC
+    /// 5280 section 4.2.1.13); when unset, leaves carry none.
     pub crl_url: Option<String>,
+    /// How long a CRL is valid: nextUpdate = thisUpdate + this. CRLs are reissued when their
+    /// revoked set changes and once half of this has passed.
+    #[serde(with = "humantime_serde")]
+    pub crl_validity: Duration,
     /// AIA caIssuers URL written into issued certificates (RFC 5280 section 4.2.2.1).
     pub ca_issuers_url: Option<String>,
     /// Issuance is refused (as "unavailable") when the active intermediate has less life left than
@@ -47,6 +53,7 @@ impl Default for Policy {
             },
             backdate: Duration::from_secs(60),
             crl_url: None,
+            crl_validity: Duration::from_secs(3600),
             ca_issuers_url: None,
             min_issuer_remaining: Duration::from_secs(60),
         }
@@ -77,8 +84,6 @@ pub struct LifetimePolicy {
     pub max: Duration,
 }
 
-/// An issuer must have at least this much life left to sign a leaf.
-
 /// Whether DNS `name` (a leading `*.` ignored) equals `suffix` or lies below it on a label
 /// boundary. The one suffix rule for CA policy and ACME account policies alike.
 pub fn suffix_matches(name: &str, suffix: &str) -> bool {
@@ -108,6 +113,15 @@ impl Policy {
         }
         if self.backdate > Duration::from_secs(3600) {
             return Err(CaError::Config("backdate may not exceed 1h".into()));
+        }
+        let bad_url = |u: &&String| !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(['?', '#']);
+        if let Some(url) = self.crl_url.as_ref().filter(bad_url) {
+            return Err(CaError::Config(format!(
+                "crl_url must be an http:// or https:// base URL without query or fragment, not {url:?}"
+            )));
+        }
+        if self.crl_validity < Duration::from_secs(60) || self.crl_validity > Duration::from_secs(7 * 24 * 3600) {
+            return Err(CaError::Config("crl_validity must be between 1m and 7days".into()));
         }
         Ok(())
     }
@@ -257,6 +271,21 @@ mod tests {
         assert!(suffix_matches("*.example.com", ".example.com"));
         assert!(!suffix_matches("badexample.com", "example.com"));
         assert!(!suffix_matches("com", "example.com"));
+    }
+
+    #[test]
+    fn crl_settings_are_checked() {
+        let mut p = Policy::default();
+        assert!(p.validate().is_ok());
+        p.crl_url = Some("https://ca.internal:8443/crl".into());
+        assert!(p.validate().is_ok());
+        for bad in ["ca.internal/crl", "ldap://ca/crl", "https://ca/crl?x=1"] {
+            p.crl_url = Some(bad.into());
+            assert!(p.validate().is_err(), "{bad}");
+        }
+        p.crl_url = None;
+        p.crl_validity = Duration::from_secs(10);
+        assert!(p.validate().is_err());
     }
 
     #[test]

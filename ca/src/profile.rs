@@ -58,6 +58,8 @@ pub(crate) struct LeafSpec<'a> {
     pub names: &'a [Name],
     pub common_name: Option<&'a str>,
     pub serial: &'a Serial,
+    /// Journal id of the intermediate that signs it (names its CRL).
+    pub issuer_id: &'a str,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -102,13 +104,18 @@ pub(crate) fn leaf_params(spec: &LeafSpec<'_>, policy: &Policy) -> Result<Certif
         Profile::Workload => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         Profile::TlsServer => vec![ExtendedKeyUsagePurpose::ServerAuth],
     };
-    if let Some(url) = &policy.crl_url {
-        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![url.clone()] }];
+    if let Some(base) = &policy.crl_url {
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![crl_url(base, spec.issuer_id)] }];
     }
     if let Some(url) = &policy.ca_issuers_url {
         p.custom_extensions.push(aia_ca_issuers(url));
     }
     Ok(p)
+}
+
+/// Where the CRL of issuer `issuer_id` is served, below the base URL `[policy] crl_url`.
+pub(crate) fn crl_url(base: &str, issuer_id: &str) -> String {
+    format!("{}/{issuer_id}.crl", base.trim_end_matches('/'))
 }
 
 /// Authority Information Access with one caIssuers URI (RFC 5280 section 4.2.2.1).

@@ -37,6 +37,11 @@ pub struct RotationPolicy {
     /// How often the journal is checked.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// After `rotate root`, how long both roots are in the trust bundle before the new root's
+    /// intermediate starts signing: time for every relying party to fetch the new bundle (make it
+    /// several `[workload] bundle_refresh_hint`s).
+    #[serde(with = "humantime_serde")]
+    pub root_overlap: Duration,
 }
 
 impl Default for RotationPolicy {
@@ -46,6 +51,7 @@ impl Default for RotationPolicy {
             prepare_at: 0.5,
             activate_at: 5.0 / 6.0,
             check_interval: Duration::from_secs(30),
+            root_overlap: Duration::from_secs(3600),
         }
     }
 }
@@ -83,6 +89,22 @@ pub enum Step {
         /// The retired intermediate.
         retired: String,
     },
+    /// End of a root rotation's overlap: the new root and its intermediate take over.
+    ActivateRoot {
+        /// The prepared root.
+        root: String,
+        /// Its prepared intermediate (cross-signed by the old root).
+        intermediate: String,
+        /// The root it replaces.
+        old_root: String,
+        /// The intermediate it replaces.
+        old_intermediate: String,
+    },
+    /// A retired root leaves the trust bundle: every intermediate under it has expired.
+    ExpireRoot {
+        /// The retired root.
+        root: String,
+    },
 }
 
 /// A step and when it is due (Unix seconds).
@@ -105,7 +127,25 @@ pub fn plan(journal: &[IssuerRecord], last_signed: &dyn Fn(&str) -> Option<i64>,
     let active = ints.clone().find(|r| r.state == IssuerState::Active);
     let prepared = ints.clone().find(|r| r.state == IssuerState::Prepared);
     let mut out = Vec::new();
-    if let Some(a) = active {
+    let roots = journal.iter().filter(|r| r.kind == IssuerKind::Root);
+    let prepared_root = roots.clone().find(|r| r.state == IssuerState::Prepared);
+    if let (Some(pr), Some(a), Some(old_root)) =
+        (prepared_root, active, roots.clone().find(|r| r.state == IssuerState::Active))
+        && let Some(pi) = prepared.filter(|p| p.parent_id.as_ref() == Some(&pr.id))
+    {
+        // A root rotation in progress replaces the intermediate steps until it completes.
+        out.push(Planned {
+            step: Step::ActivateRoot {
+                root: pr.id.clone(),
+                intermediate: pi.id.clone(),
+                old_root: old_root.id.clone(),
+                old_intermediate: a.id.clone(),
+            },
+            // After the overlap, or earlier if the current intermediate is due to be replaced.
+            at: (unix(pr.created_at) + p.root_overlap.as_secs() as i64)
+                .min(unix(a.not_before) + ((unix(a.not_after) - unix(a.not_before)) as f64 * p.activate_at) as i64),
+        });
+    } else if let Some(a) = active {
         let nb = unix(a.not_before);
         let life = (unix(a.not_after) - nb).max(0) as f64;
         match prepared {
@@ -121,6 +161,13 @@ pub fn plan(journal: &[IssuerRecord], last_signed: &dyn Fn(&str) -> Option<i64>,
     for r in ints.filter(|r| r.state == IssuerState::Retired) {
         let at = last_signed(&r.id).unwrap_or(unix(r.state_changed_at)).min(unix(r.not_after));
         out.push(Planned { step: Step::Expire { retired: r.id.clone() }, at });
+    }
+    for r in roots.filter(|r| r.state == IssuerState::Retired) {
+        let children_live =
+            journal.iter().any(|c| c.parent_id.as_ref() == Some(&r.id) && c.state != IssuerState::Expired);
+        if !children_live {
+            out.push(Planned { step: Step::ExpireRoot { root: r.id.clone() }, at: unix(r.state_changed_at) });
+        }
     }
     out.sort_by_key(|p| p.at);
     out
@@ -139,6 +186,11 @@ pub fn describe(planned: &[Planned], journal: &[IssuerRecord]) -> Vec<String> {
             Step::Activate { prepared, active } => {
                 format!("{}: activate {prepared}, retire {active}", when(p.at))
             }
+            Step::ActivateRoot { root, intermediate, old_root, .. } => format!(
+                "{}: root rotation: activate root {root} with intermediate {intermediate}, retire root {old_root}",
+                when(p.at)
+            ),
+            Step::ExpireRoot { root } => format!("{}: retired root {root} leaves the trust bundle", when(p.at)),
             Step::Expire { retired } => {
                 format!("{}: expire retired {retired} (its last certificate expires)", when(p.at))
             }
@@ -165,6 +217,96 @@ pub struct RotationKeys {
     pub init: InitOptions,
 }
 
+/// Where the key of root `id` is: `root-<id>.key.pem` (roots made by `rotate root`), else the
+/// `root.key.pem` written at init.
+pub fn root_key_path(keys: &RotationKeys, id: &str) -> PathBuf {
+    let dir = keys.root_key_path.parent().map(PathBuf::from).unwrap_or_default();
+    let rotated = dir.join(format!("root-{id}.key.pem"));
+    if rotated.exists() { rotated } else { keys.root_key_path.clone() }
+}
+
+fn load_root_key(keys: &RotationKeys, id: &str) -> Result<rcgen::KeyPair, CaError> {
+    let path = root_key_path(keys, id);
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        CaError::Config(format!("the key of root {id} ({}) is needed to sign an intermediate: {e}", path.display()))
+    })?;
+    decrypt_key_pem(&pem, &keys.pass, &format!("root {id}"))
+}
+
+/// `lanyard-ca rotate root`: a new root and an intermediate under it, cross-signed by the current
+/// root, both prepared. The trust bundle carries both roots from now on; after
+/// [`RotationPolicy::root_overlap`] the new pair becomes active, and the old root leaves the
+/// bundle once every intermediate under it has expired. Returns (new root, new intermediate).
+pub async fn prepare_root(store: &Store, keys: &RotationKeys) -> Result<(IssuerRecord, IssuerRecord), CaError> {
+    let rotation = rotation_id();
+    let journal = store.issuers().await?;
+    if journal.iter().any(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Prepared) {
+        return Err(CaError::Config("a root rotation is already in progress (a prepared root exists)".into()));
+    }
+    let old_root = journal
+        .iter()
+        .find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Active)
+        .ok_or_else(|| CaError::Config("no active root in the journal".into()))?;
+    let old_key = load_root_key(keys, &old_root.id)?;
+    let succ = crate::authority::new_root_successor(&keys.init, &old_root.cert_der()?, old_key)?;
+    let root = IssuerRecord::from_cert(&succ.root_der, IssuerKind::Root, IssuerState::Prepared, None, None)?;
+    // The key file first: a crash before the journal insert leaves only an unused file.
+    let dir = keys.root_key_path.parent().map(PathBuf::from).unwrap_or_default();
+    crate::fsutil::write_atomic(
+        &dir.join(format!("root-{}.key.pem", root.id)),
+        encrypt_key_pem(&succ.root_key, &keys.pass)?.as_bytes(),
+        0o600,
+    )?;
+    crate::fsutil::write_atomic(&dir.join(format!("root-{}.pem", root.id)), root.cert_pem.as_bytes(), 0o644)?;
+    let mut intermediate = IssuerRecord::from_cert(
+        &succ.intermediate_der,
+        IssuerKind::Intermediate,
+        IssuerState::Prepared,
+        Some(root.id.clone()),
+        Some(encrypt_key_pem(&succ.intermediate_key, &keys.pass)?),
+    )?;
+    intermediate.cross_cert_pem = Some(crate::issuers::der_to_pem(&succ.cross_der));
+    // A successor prepared under the old root is superseded.
+    if let Some(p) = journal.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Prepared) {
+        let ev = AuditEvent::now(
+            "ca",
+            "issuer.discard",
+            &p.id,
+            Outcome::Success,
+            format!("rotation {rotation}: superseded by the root rotation"),
+        );
+        store
+            .transition_issuer(&p.id, IssuerState::Prepared, IssuerState::Expired, OffsetDateTime::now_utc(), &ev)
+            .await?;
+    }
+    let audit = [
+        AuditEvent::now(
+            "operator",
+            "root.prepare",
+            &root.id,
+            Outcome::Success,
+            format!("rotation {rotation}: new root"),
+        ),
+        AuditEvent::now(
+            "ca",
+            "key.sign",
+            &old_root.id,
+            Outcome::Success,
+            format!("rotation {rotation}: cross-signed intermediate {}", intermediate.id),
+        ),
+        AuditEvent::now(
+            "ca",
+            "issuer.prepare",
+            &intermediate.id,
+            Outcome::Success,
+            format!("rotation {rotation}: intermediate under root {}", root.id),
+        ),
+    ];
+    store.insert_issuers(&[&root, &intermediate], &audit).await?;
+    info!(rotation, root = %root.id, intermediate = %intermediate.id, "root rotation prepared");
+    Ok((root, intermediate))
+}
+
 /// Creates a prepared successor intermediate signed by the active root. Returns its record.
 pub async fn prepare_intermediate(store: &Store, keys: &RotationKeys, rotation: &str) -> Result<IssuerRecord, CaError> {
     let journal = store.issuers().await?;
@@ -172,13 +314,7 @@ pub async fn prepare_intermediate(store: &Store, keys: &RotationKeys, rotation: 
         .iter()
         .find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Active)
         .ok_or_else(|| CaError::Config("no active root in the journal".into()))?;
-    let root_pem = std::fs::read_to_string(&keys.root_key_path).map_err(|e| {
-        CaError::Config(format!(
-            "the root key {} is needed to prepare a new intermediate: {e}",
-            keys.root_key_path.display()
-        ))
-    })?;
-    let root_key = decrypt_key_pem(&root_pem, &keys.pass, "root")?;
+    let root_key = load_root_key(keys, &root.id)?;
     let now = OffsetDateTime::now_utc();
     let key = generate_key(keys.init.key_algorithm)?;
     let der = sign_intermediate(&keys.init, &root.cert_der()?, root_key, &key, now)?;
@@ -259,6 +395,34 @@ pub async fn execute(store: &Store, keys: &RotationKeys, step: &Step, rotation: 
             }
             Ok(ok)
         }
+        Step::ActivateRoot { root, intermediate, old_root, old_intermediate } => {
+            let ev = AuditEvent::now(
+                "ca",
+                "root.activate",
+                root,
+                Outcome::Success,
+                format!("rotation {rotation}: root {root} and intermediate {intermediate} active; {old_root} retired"),
+            );
+            let ok = store.activate_root(root, intermediate, old_root, old_intermediate, now, &ev).await?;
+            if ok {
+                info!(rotation, root = %root, intermediate = %intermediate, retired_root = %old_root, "root rotation: new root active");
+            }
+            Ok(ok)
+        }
+        Step::ExpireRoot { root } => {
+            let ev = AuditEvent::now(
+                "ca",
+                "root.expire",
+                root,
+                Outcome::Success,
+                format!("rotation {rotation}: every intermediate under it has expired; leaves the trust bundle"),
+            );
+            let ok = store.transition_issuer(root, IssuerState::Retired, IssuerState::Expired, now, &ev).await?;
+            if ok {
+                info!(rotation, root = %root, "retired root left the trust bundle");
+            }
+            Ok(ok)
+        }
         Step::Expire { retired } => {
             let ev = AuditEvent::now(
                 "ca",
@@ -319,6 +483,7 @@ mod tests {
             not_after: t(na),
             created_at: t(nb),
             state_changed_at: t(nb),
+            cross_cert_pem: None,
         }
     }
 
@@ -364,4 +529,79 @@ mod tests {
         p.prepare_at = 0.9;
         assert!(p.validate().is_err());
     }
+}
+
+/// What an emergency rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmergencyReport {
+    /// Rotation id (in logs and audit events).
+    pub rotation: String,
+    /// The new active intermediate.
+    pub active: String,
+    /// The suspect intermediate, now retired and revoked.
+    pub revoked: String,
+    /// Unexpired certificates it had signed, all asked to renew.
+    pub affected: i64,
+    /// Renewal window handed out (Unix seconds).
+    pub window: (i64, i64),
+}
+
+/// `lanyard-ca rotate intermediate --emergency`: a new intermediate becomes active at once, the
+/// suspect one is revoked (it signs nothing more and is recorded as compromised), and every
+/// unexpired certificate it signed gets a renewalInfo window starting after `delay` (time for
+/// every replica to load the new issuer) and spread over `spread`, so the fleet re-issues with
+/// jitter instead of all at once.
+pub async fn emergency_rotate(
+    store: &Store,
+    keys: &RotationKeys,
+    delay: Duration,
+    spread: Duration,
+) -> Result<EmergencyReport, CaError> {
+    let rotation = rotation_id();
+    let journal = store.issuers().await?;
+    let suspect = journal
+        .iter()
+        .find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active)
+        .ok_or(CaError::NoActiveIssuer)?
+        .clone();
+    // A successor prepared earlier was made by the same (possibly compromised) process; make a
+    // fresh one, and drop the old candidate so it can never be activated.
+    if let Some(p) = journal.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Prepared) {
+        let ev = AuditEvent::now(
+            "operator",
+            "issuer.discard",
+            &p.id,
+            Outcome::Success,
+            format!("rotation {rotation}: prepared successor discarded by an emergency rotation"),
+        );
+        store
+            .transition_issuer(&p.id, IssuerState::Prepared, IssuerState::Expired, OffsetDateTime::now_utc(), &ev)
+            .await?;
+    }
+    let fresh = prepare_intermediate(store, keys, &rotation).await?;
+    let ev = AuditEvent::now(
+        "operator",
+        "issuer.activate",
+        &fresh.id,
+        Outcome::Success,
+        format!("rotation {rotation}: emergency activation, revoking {}", suspect.id),
+    );
+    if !store.activate_issuer(&fresh.id, &suspect.id, OffsetDateTime::now_utc(), &ev).await? {
+        return Err(CaError::Store("the issuer journal changed concurrently; run the rotation again".into()));
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let start = now + delay.as_secs() as i64;
+    let end = start + spread.as_secs().max(1) as i64;
+    let affected = store.begin_emergency(&rotation, &suspect.id, start, end, now).await?;
+    store
+        .append_audit(AuditEvent::now(
+            "operator",
+            "issuer.revoke",
+            &suspect.id,
+            Outcome::Success,
+            format!("rotation {rotation}: emergency; {affected} certificates asked to renew in [{start}, {end}]"),
+        ))
+        .await?;
+    warn!(rotation, revoked = %suspect.id, active = %fresh.id, affected, "emergency intermediate rotation");
+    Ok(EmergencyReport { rotation, active: fresh.id, revoked: suspect.id, affected, window: (start, end) })
 }

@@ -16,7 +16,7 @@ fn policy() -> Policy {
     let mut p = Policy::default();
     p.trust_domain = "example.org".into();
     p.dns.deny_suffixes = vec!["forbidden.test".into()];
-    p.crl_url = Some("http://127.0.0.1:8443/crl/current.crl".into());
+    p.crl_url = Some("http://127.0.0.1:8443/crl/".into());
     p.ca_issuers_url = Some("http://127.0.0.1:8443/ca/intermediate.der".into());
     p
 }
@@ -71,9 +71,19 @@ async fn workload_certificate_has_every_field_the_profile_promises() {
         let ParsedExtension::AuthorityKeyIdentifier(aki) = aki.parsed_extension() else { unreachable!() };
         assert_eq!(hex::encode(aki.key_identifier.as_ref().expect("keyid").0), material.intermediate.ski);
         ext(&cert, |p| matches!(p, ParsedExtension::SubjectKeyIdentifier(_)));
-        // CRL distribution point and AIA caIssuers.
+        // CRL distribution point (the signing intermediate's CRL below `crl_url`) and AIA caIssuers.
         let crl = ext(&cert, |p| matches!(p, ParsedExtension::CRLDistributionPoints(_)));
-        assert!(format!("{:?}", crl.parsed_extension()).contains("http://127.0.0.1:8443/crl/current.crl"));
+        let ParsedExtension::CRLDistributionPoints(dps) = crl.parsed_extension() else { unreachable!() };
+        let want = format!("http://127.0.0.1:8443/crl/{}.crl", material.intermediate.id);
+        let uris: Vec<_> = dps
+            .iter()
+            .filter_map(|dp| match &dp.distribution_point {
+                Some(x509_parser::extensions::DistributionPointName::FullName(names)) => Some(names),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(uris, vec![&GeneralName::URI(&want)]);
         let aia = ext(&cert, |p| matches!(p, ParsedExtension::AuthorityInfoAccess(_)));
         let ParsedExtension::AuthorityInfoAccess(aia) = aia.parsed_extension() else { unreachable!() };
         assert_eq!(aia.accessdescs[0].access_location, GeneralName::URI("http://127.0.0.1:8443/ca/intermediate.der"));

@@ -17,6 +17,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// HTTPS listen address. Loopback by default.
     pub listen: SocketAddr,
+    /// Prometheus metrics (plain HTTP, `/metrics`); none: off. Keep it on loopback or a private
+    /// network: it lists issuers and fleet counts.
+    pub metrics_listen: Option<SocketAddr>,
     /// Names in the server's own TLS certificate.
     pub server_names: Vec<String>,
     /// File holding the CA passphrase (else `LANYARD_CA_PASSPHRASE`).
@@ -52,6 +55,7 @@ impl Default for Config {
             data_dir: PathBuf::from("lanyard-data"),
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            metrics_listen: None,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             passphrase_file: None,
             log_format: LogFormat::Text,

@@ -62,11 +62,19 @@ impl ServerIdentity {
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
             let mut not_after = not_after;
+            let active_id = |a: &Authority| a.active_issuer().map(|i| i.record.id.clone()).ok();
+            let mut signed_by = active_id(&authority);
             loop {
                 let left = (not_after - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
                 let wait =
                     Duration::try_from(left * 2 / 3).unwrap_or(Duration::from_secs(60)).max(Duration::from_secs(5));
-                tokio::time::sleep(wait).await;
+                // Renew at two thirds of the life, or as soon as the intermediate changes (a
+                // rotation, or an emergency that revoked the one that signed us).
+                let due = tokio::time::Instant::now() + wait;
+                while tokio::time::Instant::now() < due && active_id(&authority) == signed_by {
+                    tokio::time::sleep(Duration::from_secs(1).min(due - tokio::time::Instant::now())).await;
+                }
+                signed_by = active_id(&authority);
                 let Some(me) = weak.upgrade() else { return };
                 match issue(&authority, &names).await {
                     Ok((ck, na)) => {

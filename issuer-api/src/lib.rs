@@ -5,8 +5,10 @@
 
 pub mod acme;
 pub mod config;
+pub mod crl_routes;
 pub mod enroll;
 pub mod identity;
+pub mod metrics;
 pub mod ops;
 pub mod problem;
 pub mod rotation;
@@ -51,6 +53,7 @@ pub async fn run_server(
         ops::warn_dev_passphrase(&cfg);
     }
     let authority = Arc::new(Authority::load(store, cfg.policy.clone(), &pass).await?);
+    authority.set_passphrase(pass.clone()); // CRLs of retired intermediates are signed with their keys
     let root_key_path = cfg.root_key_path();
     let keys = root_key_path.exists().then(|| ca::rotation::RotationKeys {
         pass: pass.clone(),
@@ -67,10 +70,17 @@ pub async fn run_server(
     if !addr.ip().is_loopback() {
         info!(address = %addr, "listening on a non-loopback address");
     }
+    if let Some(m) = cfg.metrics_listen {
+        let ml = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
+        println!("lanyard-ca: metrics on http://{}/metrics", ml.local_addr()?);
+        tokio::spawn(metrics::serve(ml, authority.clone()));
+    }
     on_listen(addr);
     let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone() }));
     let workload = enroll::routes::WorkloadState::new(authority.clone(), cfg.workload.bundle_refresh_hint);
     app = app.merge(enroll::routes::router(Arc::new(workload)));
+    app = app.merge(crl_routes::router(authority.clone()));
+    crl_routes::spawn_refresh(authority.clone());
     let enrollment =
         Arc::new(enroll::Enrollment::new(&cfg.workload, &cfg.policy.trust_domain, authority.store().clone())?);
     enrollment.warm_up().await;

@@ -70,6 +70,13 @@ enum Command {
         /// What to rotate.
         #[arg(value_enum)]
         what: RotateWhat,
+        /// The intermediate is suspect: activate a fresh successor now, revoke the old one and ask
+        /// every holder of a certificate it signed to renew (renewalInfo), spread over --window.
+        #[arg(long)]
+        emergency: bool,
+        /// How long the fleet gets to renew after an emergency rotation (jittered across it).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        window: std::time::Duration,
     },
     /// Revoke a certificate by serial (hex): renewals with it are refused from now on.
     Revoke {
@@ -88,6 +95,9 @@ enum Command {
 enum RotateWhat {
     /// The signing intermediate (needs the root key file and the passphrase).
     Intermediate,
+    /// The root: a new root and an intermediate cross-signed by the current root are prepared
+    /// and published in the trust bundle; they take over after `[rotation] root_overlap`.
+    Root,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,7 +195,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("(lego: --eab --kid {kid} --hmac {key}; uacme: -e {kid}:{key})");
             Ok(())
         }
-        Command::Rotate { what: RotateWhat::Intermediate } => {
+        Command::Rotate { what: RotateWhat::Intermediate, emergency: true, window } => {
+            let (pass, _) = ops::passphrase(&cfg)?
+                .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
+                .context("rotation needs the CA passphrase")?;
+            let store = ops::open_store(&cfg).await?;
+            let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
+            // Replicas load the new issuer within one check interval; renewals start after two.
+            let delay = cfg.rotation.check_interval * 2;
+            let r = ca::rotation::emergency_rotate(&store, &keys, delay, window).await?;
+            println!(
+                "emergency rotation {}: {} is active; {} is revoked; {} certificates asked to renew between {} and {}",
+                r.rotation, r.active, r.revoked, r.affected, r.window.0, r.window.1
+            );
+            Ok(())
+        }
+        Command::Rotate { what: RotateWhat::Root, emergency, .. } => {
+            if emergency {
+                anyhow::bail!(
+                    "--emergency applies to intermediates; a compromised root needs a new trust anchor everywhere"
+                );
+            }
+            let (pass, _) = ops::passphrase(&cfg)?
+                .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
+                .context("rotation needs the CA passphrase")?;
+            let store = ops::open_store(&cfg).await?;
+            let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
+            let (root, intermediate) = ca::rotation::prepare_root(&store, &keys).await?;
+            println!(
+                "root {} prepared (sha256 {}) with intermediate {} cross-signed by the current root; both roots are \
+                 in the trust bundle now and the new ones take over in {}",
+                root.id,
+                root.fingerprint,
+                intermediate.id,
+                humantime::format_duration(cfg.rotation.root_overlap)
+            );
+            Ok(())
+        }
+        Command::Rotate { what: RotateWhat::Intermediate, emergency: false, .. } => {
             let (pass, _) = ops::passphrase(&cfg)?
                 .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("rotation needs the CA passphrase")?;

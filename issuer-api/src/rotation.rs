@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use ca::rotation::{RotationKeys, RotationPolicy};
 use ca::{Authority, Passphrase};
+use std::sync::atomic::Ordering;
+
+use ca::rotation::Step;
 use tracing::{info, warn};
 
 /// Lease name in the `leases` table.
@@ -29,10 +32,21 @@ pub fn spawn(authority: Arc<Authority>, policy: RotationPolicy, keys: Option<Rot
                     match store.acquire_lease(LEASE, &holder, now, now + lease_for).await {
                         Ok(true) => {
                             let rotation = ca::rotation::rotation_id();
+                            let started = std::time::Instant::now();
                             match ca::rotation::run_due(store, keys, &policy, now, &rotation).await {
-                                Ok(steps) if !steps.is_empty() => info!(rotation, ?steps, "rotation steps taken"),
+                                Ok(steps) if !steps.is_empty() => {
+                                    for s in &steps {
+                                        crate::metrics::rotation_step(step_name(s), true);
+                                    }
+                                    let ms = started.elapsed().as_millis() as i64;
+                                    crate::metrics::COUNTERS.last_rotation_ms.store(ms, Ordering::Relaxed);
+                                    info!(rotation, ?steps, took_ms = ms, "rotation steps taken");
+                                }
                                 Ok(_) => {}
-                                Err(e) => warn!(rotation, error = %e, "rotation step failed; will retry"),
+                                Err(e) => {
+                                    crate::metrics::rotation_step("any", false);
+                                    warn!(rotation, error = %e, "rotation step failed; will retry");
+                                }
                             }
                         }
                         Ok(false) => {}
@@ -48,9 +62,41 @@ pub fn spawn(authority: Arc<Authority>, policy: RotationPolicy, keys: Option<Rot
                 }
                 _ => {}
             }
-            if let Err(e) = authority.refresh_active(&pass).await {
-                warn!(error = %e, "cannot load the active intermediate");
+            match authority.refresh_active(&pass).await {
+                Ok(true) => {
+                    crate::metrics::COUNTERS.issuer_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot load the active intermediate"),
             }
+            track_emergencies(store, now).await;
         }
     });
+}
+
+fn step_name(s: &Step) -> &'static str {
+    match s {
+        Step::Prepare { .. } => "prepare",
+        Step::Activate { .. } => "activate",
+        Step::Expire { .. } => "expire",
+        Step::ActivateRoot { .. } => "activate_root",
+        Step::ExpireRoot { .. } => "expire_root",
+    }
+}
+
+/// Marks emergency rotations complete once every affected certificate was renewed (or expired),
+/// which fixes their measured duration.
+async fn track_emergencies(store: &ca::Store, now: i64) {
+    let Ok(list) = store.emergencies().await else { return };
+    for e in list.iter().filter(|e| e.completed_at.is_none()) {
+        match store.emergency_outstanding(&e.issuer_id, now).await {
+            Ok(0) => {
+                if store.complete_emergency(&e.id, now).await.is_ok() {
+                    info!(rotation = %e.id, affected = e.affected, took_s = now - e.started_at, "emergency rotation complete: every affected workload renewed");
+                }
+            }
+            Ok(n) => tracing::debug!(rotation = %e.id, outstanding = n, "emergency rotation in progress"),
+            Err(err) => warn!(error = %err, "cannot measure an emergency rotation"),
+        }
+    }
 }

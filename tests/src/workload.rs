@@ -96,6 +96,7 @@ impl WorkloadCa {
         let data = dir.path().join("data");
         let cfg = format!(
             r#"data_dir = "{data}"
+metrics_listen = "127.0.0.1:0"
 [policy]
 trust_domain = "{TD}"
 backdate = "5s"
@@ -139,6 +140,22 @@ spiffe_id_template = "spiffe://{TD}/ns/{{/kubernetes.io/namespace}}/sa/{{/kubern
     /// Stops the server (kill, as an outage would).
     pub fn stop(&mut self) {
         self.process = None;
+    }
+
+    /// The metrics page (plain HTTP).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let banner = &self.process.as_ref().context("CA stopped")?.banner;
+        let addr = banner
+            .lines()
+            .find_map(|l| l.strip_prefix("lanyard-ca: metrics on http://"))
+            .and_then(|a| a.strip_suffix("/metrics"))
+            .context("no metrics address in the banner")?;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        Ok(buf)
     }
 
     /// `https://127.0.0.1:port`.

@@ -163,3 +163,105 @@ async fn killed_manual_rotations_resume_cleanly() {
         .expect("svid");
     assert_eq!(authority_key_id(svid.chain[0].as_ref()), active.ski);
 }
+
+/// Intermediates rotating every half minute, then `lanyard-ca rotate root`: both roots in the
+/// bundle for the overlap, the new intermediate cross-signed, the new root taking over, the old
+/// root leaving the bundle once nothing it anchors is valid; two services keep doing mTLS
+/// throughout with 0 failed handshakes, and both agents converge on the new root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_under_mtls_load() {
+    let ca = WorkloadCa::start_with(
+        "min_issuer_remaining = \"3s\"",
+        "[init]\nintermediate_lifetime = \"60s\"\n[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"8s\"\n",
+    )
+    .expect("CA");
+    let old_root = ca.fingerprint().expect("fp");
+    let a_id = format!("spiffe://{TD}/svc-a");
+    let b_id = format!("spiffe://{TD}/svc-b");
+    let mk = |id: &str| {
+        let cfg = ca.agent_config(id, &ca.token(id, &[]).expect("token"), 0.5).expect("cfg");
+        workload_agent::Agent::new(cfg).expect("agent")
+    };
+    let (a, b) = (mk(&a_id), mk(&b_id));
+    for agent in [a.clone(), b.clone()] {
+        tokio::spawn(async move { agent.run(std::future::pending()).await });
+    }
+    for agent in [&a, &b] {
+        let mut rx = agent.seam().svid_updates();
+        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
+            .await
+            .expect("enrolled")
+            .expect("w");
+    }
+    let first_sequence = a.seam().bundle_updates().borrow().as_ref().expect("bundle").sequence;
+
+    // The root rotation starts once an intermediate rotation has happened.
+    let cfg = ca.config();
+    let db = ca.dir.path().join("data/lanyard.db");
+    let rotate = tokio::spawn(async move {
+        let store = ca::Store::open(&format!("sqlite://{}", db.display())).await.expect("store");
+        loop {
+            let j = store.issuers().await.expect("journal");
+            if j.iter().filter(|r| r.kind == IssuerKind::Intermediate && r.state != IssuerState::Prepared).count() >= 2
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(tests::bin("lanyard-ca"))
+                .args(["--config", cfg.to_str().expect("path"), "rotate", "root"])
+                .env("LANYARD_LOG", "warn")
+                .output()
+                .expect("rotate root")
+        })
+        .await
+        .expect("join");
+        assert!(out.status.success(), "rotate root: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    });
+
+    let only_new_root = |agent: &workload_agent::Agent| {
+        agent
+            .seam()
+            .bundle_updates()
+            .borrow()
+            .as_ref()
+            .is_some_and(|b| b.roots.len() == 1 && ca::sha256_fingerprint(b.roots[0].as_ref()) != old_root)
+    };
+    let rep = mtls_loop(&a, &b, &a_id, &b_id, Duration::from_secs(240), || {
+        rotate.is_finished() && only_new_root(&a) && only_new_root(&b)
+    })
+    .await
+    .expect("mTLS loop through the root rotation");
+    let out = rotate.await.expect("rotation task");
+    println!(
+        "{} handshakes, {} failures across the root rotation ({} server / {} client certificates); {}",
+        rep.handshakes,
+        rep.failures.len(),
+        rep.server_serials.len(),
+        rep.client_serials.len(),
+        out.trim()
+    );
+    assert!(rep.failures.is_empty(), "failed handshakes: {:?}", &rep.failures[..rep.failures.len().min(5)]);
+
+    // The journal: the new root active, the old one expired, one active intermediate under the new root.
+    let j = ca.journal().await.expect("journal");
+    let roots: Vec<_> = j.iter().filter(|r| r.kind == IssuerKind::Root).collect();
+    assert_eq!(roots.len(), 2);
+    let new_root = roots.iter().find(|r| r.state == IssuerState::Active).expect("active root");
+    assert!(roots.iter().any(|r| r.state == IssuerState::Expired && r.fingerprint == old_root));
+    let active = j.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active).expect("a");
+    assert_eq!(active.parent_id.as_deref(), Some(new_root.id.as_str()));
+
+    // Bundle sequence went up at least twice (new root in, old root out), and both agents hold
+    // certificates chaining to the new root.
+    for agent in [&a, &b] {
+        let seq = agent.seam().bundle_updates().borrow().as_ref().expect("bundle").sequence;
+        assert!(seq >= first_sequence + 2, "bundle sequence {first_sequence} -> {seq}");
+        let svid = agent.seam().svid_updates().borrow().clone().expect("svid");
+        let issuer_ski = authority_key_id(svid.chain[0].as_ref());
+        let issuer = j.iter().find(|r| r.ski == issuer_ski).expect("issuer of the current SVID");
+        assert_eq!(issuer.parent_id.as_deref(), Some(new_root.id.as_str()));
+    }
+}

@@ -7,6 +7,8 @@
 //! instead of paid per certificate. A caller is answered only after its batch has committed.
 
 pub mod acme;
+pub mod crl;
+pub mod emergency;
 mod records;
 pub mod workload;
 mod writer;
@@ -261,8 +263,8 @@ impl Store {
         for r in issuers {
             sqlx::query(
                 "INSERT INTO issuers (id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, \
-                 not_before, not_after, created_at, state_changed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 not_before, not_after, created_at, state_changed_at, cross_cert_pem) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind(&r.id)
             .bind(r.kind.as_str())
@@ -277,6 +279,7 @@ impl Store {
             .bind(unix(r.not_after))
             .bind(unix(r.created_at))
             .bind(unix(r.state_changed_at))
+            .bind(r.cross_cert_pem.clone())
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -291,7 +294,7 @@ impl Store {
     pub async fn issuers(&self) -> Result<Vec<IssuerRecord>, CaError> {
         let rows = sqlx::query(
             "SELECT id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, not_before, \
-             not_after, created_at, state_changed_at FROM issuers ORDER BY created_at, id",
+             not_after, created_at, state_changed_at, cross_cert_pem FROM issuers ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await
@@ -320,6 +323,7 @@ fn issuer_from_row(r: &AnyRow) -> Result<IssuerRecord, CaError> {
         not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
         created_at: from_unix(r.try_get("created_at").map_err(db_err)?)?,
         state_changed_at: from_unix(r.try_get("state_changed_at").map_err(db_err)?)?,
+        cross_cert_pem: r.try_get("cross_cert_pem").map_err(db_err)?,
     })
 }
 
@@ -429,5 +433,43 @@ impl Store {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+impl Store {
+    /// Completes a root rotation in one transaction: the prepared root and its prepared
+    /// intermediate become active, the current ones retired. False if any was not in the expected
+    /// state (nothing changes then).
+    pub async fn activate_root(
+        &self,
+        new_root: &str,
+        new_intermediate: &str,
+        old_root: &str,
+        old_intermediate: &str,
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> Result<bool, CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for (id, from, to) in [
+            (old_root, "active", "retired"),
+            (old_intermediate, "active", "retired"),
+            (new_root, "prepared", "active"),
+            (new_intermediate, "prepared", "active"),
+        ] {
+            let r = sqlx::query("UPDATE issuers SET state = $1, state_changed_at = $2 WHERE id = $3 AND state = $4")
+                .bind(to)
+                .bind(unix(at))
+                .bind(id)
+                .bind(from)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if r.rows_affected() != 1 {
+                return Ok(false);
+            }
+        }
+        writer::insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 }

@@ -536,6 +536,9 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
         p.to_json()
     });
     if let Err(e) = &result {
+        if az.id_type == crate::enroll::SPIFFE_IDENTIFIER {
+            crate::metrics::auth_failure("attestation");
+        }
         tracing::info!(identifier = %az.id_value, challenge = %ch.kind, kind = e.kind, detail = %e.detail, "ACME validation failed");
     }
     acme.store
@@ -667,19 +670,62 @@ pub(crate) async fn certificate(
     Path(serial): Path<String>,
     Signed(auth): Kid,
 ) -> AcmeResult {
-    require_post_as_get(&auth)?;
+    download(&acme, &serial, 0, &auth).await
+}
+
+/// POST /acme/cert/{serial}/alt/{n}: an alternate chain (RFC 8555 section 7.4.2).
+pub(crate) async fn certificate_alternate(
+    State(acme): State<Arc<Acme>>,
+    Path((serial, n)): Path<(String, usize)>,
+    Signed(auth): Kid,
+) -> AcmeResult {
+    if n == 0 {
+        return Err(AcmeProblem::not_found());
+    }
+    download(&acme, &serial, n, &auth).await
+}
+
+/// The chains (issuer certificates, PEM) a certificate can be served with: the intermediate as
+/// signed by its own root, then, during a root rotation while the previous root is still trusted,
+/// the cross-signed copy that leads to the previous root.
+fn chains_for(issuer: &ca::IssuerRecord, journal: &[ca::IssuerRecord]) -> Vec<String> {
+    let mut out = vec![issuer.cert_pem.clone()];
+    if let Some(cross) = &issuer.cross_cert_pem {
+        let other_root_trusted = journal.iter().any(|r| {
+            r.kind == ca::IssuerKind::Root
+                && r.state != ca::IssuerState::Expired
+                && Some(&r.id) != issuer.parent_id.as_ref()
+        });
+        if other_root_trusted {
+            out.push(cross.clone());
+        }
+    }
+    out
+}
+
+async fn download(acme: &Acme, serial: &str, n: usize, auth: &Authenticated) -> AcmeResult {
+    require_post_as_get(auth)?;
     let o =
-        acme.store.acme_order_for_cert(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
-    owner(&auth, &o.account_id)?;
-    let rec = acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+        acme.store.acme_order_for_cert(serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    owner(auth, &o.account_id)?;
+    let rec = acme.store.certificate(serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     let leaf = rec.cert_pem.ok_or_else(AcmeProblem::not_found)?;
     let issuers = acme.store.issuers().await.map_err(AcmeProblem::from)?;
     let issuer = issuers
         .iter()
         .find(|i| i.id == rec.issuer_id)
         .ok_or_else(|| AcmeProblem::internal("issuer of a certificate missing"))?;
-    let mut r = (StatusCode::OK, format!("{leaf}{}", issuer.cert_pem)).into_response();
+    let chains = chains_for(issuer, &issuers);
+    let chain = chains.get(n).ok_or_else(AcmeProblem::not_found)?;
+    let mut r = (StatusCode::OK, format!("{leaf}{chain}")).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
+    for k in (0..chains.len()).filter(|k| *k != n) {
+        let url =
+            if k == 0 { acme.url(&format!("/cert/{serial}")) } else { acme.url(&format!("/cert/{serial}/alt/{k}")) };
+        if let Ok(v) = HeaderValue::from_str(&format!("<{url}>;rel=\"alternate\"")) {
+            r.headers_mut().append(header::LINK, v);
+        }
+    }
     Ok(r)
 }
 
@@ -843,9 +889,11 @@ pub(crate) async fn renewal_info(State(acme): State<Arc<Acme>>, Path(id): Path<S
     let rec = cert_for_id(&acme, &id).await?;
     let (nb, na) = (rec.not_before.unix_timestamp(), rec.not_after.unix_timestamp());
     let life = (na - nb).max(60);
-    let replace = acme.store.replacement_requested(&rec.serial).await.map_err(AcmeProblem::from)?;
+    let replace = acme.store.replacement_window(&rec.serial).await.map_err(AcmeProblem::from)?;
     let (start, end) = match (replace, rec.revoked_at) {
-        (Some(at), _) => (at - 3600, at),
+        // An emergency: a window the fleet spreads its renewals over (RFC 9773 section 4.2).
+        (Some((at, Some(end))), _) => (at, end),
+        (Some((at, None)), _) => (at - 3600, at),
         (None, Some(at)) => (at.unix_timestamp() - 3600, at.unix_timestamp()),
         (None, None) => (nb + life * 2 / 3 - life / 30, nb + life * 2 / 3 + life / 30),
     };

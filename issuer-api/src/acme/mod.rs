@@ -218,7 +218,9 @@ impl<const MODE: u8> axum::extract::FromRequest<Arc<Acme>> for Signed<MODE> {
             1 => Some(true),
             _ => None,
         };
-        acme.authenticate(&parts.headers, &path, &body, want).await.map(Signed)
+        acme.authenticate(&parts.headers, &path, &body, want).await.map(Signed).inspect_err(|p| {
+            crate::metrics::auth_failure(p.kind.rsplit(':').next().unwrap_or("unknown"));
+        })
     }
 }
 
@@ -270,6 +272,7 @@ pub fn router(acme: Arc<Acme>) -> Router {
         .route("/acme/authz/{id}", post(authz))
         .route("/acme/challenge/{id}", post(challenge))
         .route("/acme/cert/{serial}", post(certificate))
+        .route("/acme/cert/{serial}/alt/{n}", post(certificate_alternate))
         .route("/acme/renewal-info/{id}", get(renewal_info))
         .layer(axum::middleware::from_fn_with_state(acme.clone(), limit_ip))
         .layer(axum::middleware::from_fn_with_state(acme.clone(), common_headers))

@@ -46,6 +46,7 @@ async fn renew(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let Some(axum::Extension(PeerCertificates(chain))) = peer else {
+        crate::metrics::auth_failure("renewal_no_certificate");
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -66,6 +67,9 @@ async fn renew(
     let leaf = chain.first().ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "no certificate"))?;
     let issued = state.authority.renew(leaf.as_ref(), &body).await.map_err(|e| {
         tracing::info!(error = %e, "workload renewal refused");
+        if e.kind() == ca::ErrorKind::Unauthenticated {
+            crate::metrics::auth_failure("renewal_certificate");
+        }
         Problem::from(e)
     })?;
     tracing::debug!(serial = %issued.serial.to_hex(), "workload certificate renewed");

@@ -1,0 +1,210 @@
+//! Prometheus metrics of the CA (text format 0.0.4) on a separate plain-HTTP listener
+//! (`metrics_listen`, loopback by default when set), so scraping never needs the CA's TLS and the
+//! numbers are not published on the public port.
+//!
+//! Counters that code paths bump live here as statics; gauges about the journal, the fleet and
+//! emergencies are read from the store at scrape time, so every replica reports the same truth.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use ca::{Authority, IssuerState, TrustBundle};
+
+/// Counters bumped by request and rotation paths.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Authentication failures by reason (ACME problem type, renewal refusal, attestation).
+    auth_failures: Mutex<BTreeMap<String, u64>>,
+    /// Rotation steps by (step, result).
+    rotation_steps: Mutex<BTreeMap<(String, String), u64>>,
+    /// Active intermediate changes this process loaded.
+    pub issuer_changes: AtomicU64,
+    /// Duration of the last rotation step run, milliseconds.
+    pub last_rotation_ms: AtomicI64,
+}
+
+/// The process's counters.
+pub static COUNTERS: LazyLock<Counters> = LazyLock::new(Counters::default);
+
+/// Counts an authentication failure.
+pub fn auth_failure(reason: &str) {
+    if let Ok(mut m) = COUNTERS.auth_failures.lock() {
+        *m.entry(reason.to_owned()).or_default() += 1;
+    }
+}
+
+/// Counts a rotation step.
+pub fn rotation_step(step: &str, ok: bool) {
+    if let Ok(mut m) = COUNTERS.rotation_steps.lock() {
+        *m.entry((step.to_owned(), if ok { "success" } else { "failure" }.to_owned())).or_default() += 1;
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders every metric.
+pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
+    let store = authority.store();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let journal = store.issuers().await?;
+    let mut out = String::new();
+
+    family(&mut out, "lanyard_issuer_not_after_timestamp_seconds", "gauge", "Expiry of each issuer in the journal.");
+    for r in &journal {
+        let _ = writeln!(
+            out,
+            "lanyard_issuer_not_after_timestamp_seconds{{id=\"{}\",kind=\"{}\",state=\"{}\"}} {}",
+            r.id,
+            r.kind,
+            r.state,
+            r.not_after.unix_timestamp()
+        );
+    }
+    family(&mut out, "lanyard_issuers", "gauge", "Issuers by kind and state.");
+    let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for r in &journal {
+        *by_state.entry((r.kind.to_string(), r.state.to_string())).or_default() += 1;
+    }
+    for ((k, s), n) in &by_state {
+        let _ = writeln!(out, "lanyard_issuers{{kind=\"{k}\",state=\"{s}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "lanyard_certificates_valid_under_retired_issuer",
+        "gauge",
+        "Unexpired certificates signed by an issuer that no longer signs (retired or revoked).",
+    );
+    for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
+        let n = store.valid_certificates_of(&r.id, now).await?;
+        let _ = writeln!(out, "lanyard_certificates_valid_under_retired_issuer{{issuer=\"{}\"}} {n}", r.id);
+    }
+
+    let bundle = TrustBundle::from_journal(&journal);
+    let seq = store.bundle_sequence(&bundle.digest()).await?;
+    family(&mut out, "lanyard_bundle_sequence", "gauge", "spiffe_sequence of the trust bundle.");
+    let _ = writeln!(out, "lanyard_bundle_sequence {seq}");
+
+    family(
+        &mut out,
+        "lanyard_emergency_rotation_affected_certificates",
+        "gauge",
+        "Certificates an emergency rotation asked to renew.",
+    );
+    let emergencies = store.emergencies().await?;
+    for e in &emergencies {
+        let _ =
+            writeln!(out, "lanyard_emergency_rotation_affected_certificates{{rotation=\"{}\"}} {}", e.id, e.affected);
+    }
+    family(
+        &mut out,
+        "lanyard_emergency_rotation_outstanding_certificates",
+        "gauge",
+        "Certificates of a revoked intermediate still valid and not yet renewed.",
+    );
+    for e in &emergencies {
+        let n = if e.completed_at.is_some() { 0 } else { store.emergency_outstanding(&e.issuer_id, now).await? };
+        let _ = writeln!(out, "lanyard_emergency_rotation_outstanding_certificates{{rotation=\"{}\"}} {n}", e.id);
+    }
+    family(
+        &mut out,
+        "lanyard_emergency_rotation_duration_seconds",
+        "gauge",
+        "From the emergency rotation command to the last affected workload renewed (so far, while running).",
+    );
+    for e in &emergencies {
+        let end = e.completed_at.unwrap_or(now);
+        let _ = writeln!(
+            out,
+            "lanyard_emergency_rotation_duration_seconds{{rotation=\"{}\"}} {}",
+            e.id,
+            end - e.started_at
+        );
+    }
+
+    family(
+        &mut out,
+        "lanyard_rotation_steps_total",
+        "counter",
+        "Rotation steps taken by this replica, by step and result.",
+    );
+    if let Ok(m) = COUNTERS.rotation_steps.lock() {
+        for ((step, result), n) in m.iter() {
+            let _ = writeln!(out, "lanyard_rotation_steps_total{{step=\"{step}\",result=\"{result}\"}} {n}");
+        }
+    }
+    family(&mut out, "lanyard_rotation_last_duration_seconds", "gauge", "Time the last rotation run took.");
+    let _ = writeln!(
+        out,
+        "lanyard_rotation_last_duration_seconds {}",
+        COUNTERS.last_rotation_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    );
+    family(
+        &mut out,
+        "lanyard_active_issuer_changes_total",
+        "counter",
+        "Active intermediate changes this process loaded.",
+    );
+    let _ = writeln!(out, "lanyard_active_issuer_changes_total {}", COUNTERS.issuer_changes.load(Ordering::Relaxed));
+
+    let stats = authority.stats();
+    family(&mut out, "lanyard_issuance_total", "counter", "Issuance requests by result.");
+    for (result, v) in [("issued", &stats.issued), ("refused", &stats.refused), ("failed", &stats.failed)] {
+        let _ = writeln!(out, "lanyard_issuance_total{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed));
+    }
+    family(
+        &mut out,
+        "lanyard_issuance_duration_seconds",
+        "histogram",
+        "Durable issuance latency (record, sign, record).",
+    );
+    for (b, n) in ca::stats::LATENCY_BUCKETS.iter().zip(stats.buckets()) {
+        let _ = writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"{b}\"}} {n}");
+    }
+    let count = stats.issued.load(Ordering::Relaxed);
+    let _ = writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "lanyard_issuance_duration_seconds_sum {}", stats.sum_seconds());
+    let _ = writeln!(out, "lanyard_issuance_duration_seconds_count {count}");
+
+    family(&mut out, "lanyard_authentication_failures_total", "counter", "Refused authentications by reason.");
+    if let Ok(m) = COUNTERS.auth_failures.lock() {
+        for (reason, n) in m.iter() {
+            let _ = writeln!(out, "lanyard_authentication_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+    }
+    Ok(out)
+}
+
+/// Serves `/metrics` on `listener` (plain HTTP/1.1) until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, authority: Arc<Authority>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let authority = authority.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req| {
+                let authority = authority.clone();
+                async move {
+                    let (status, body) = match render(&authority).await {
+                        Ok(b) => (200, b),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics unavailable");
+                            (503, "metrics unavailable\n".to_owned())
+                        }
+                    };
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(body)))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
