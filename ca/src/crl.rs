@@ -468,6 +468,17 @@ mod tests {
     }
 
     #[test]
+    fn reissued_after_half_the_validity() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        let v = Duration::from_secs(3600);
+        assert!(fresh(t, t + v, v, t));
+        assert!(fresh(t, t + v, v, t + Duration::from_secs(1799)));
+        assert!(!fresh(t, t + v, v, t + Duration::from_secs(1800)));
+        // A CRL made with a longer validity than configured now is reissued on the new schedule.
+        assert!(!fresh(t, t + v * 4, v, t + Duration::from_secs(1800)));
+    }
+
+    #[test]
     fn digest_changes_with_the_revoked_set() {
         let a = [entry("aa", 1, Some(1))];
         let b = [entry("aa", 1, Some(1)), entry("bb", 2, None)];

@@ -43,7 +43,7 @@ async fn enroll(ca: &WorkloadCa, tls: Arc<rustls::ClientConfig>, name: &str) -> 
         .await
         .expect("enrollment");
     let chain = workload_agent::agent::cert::chain_from_pem(&pem).expect("chain");
-    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    assert!(chain.len() >= 2, "leaf and intermediate (and a cross-signed copy during a root rotation)");
     chain
 }
 
@@ -98,20 +98,14 @@ async fn fetch_crl(ca: &WorkloadCa, root_pem: &str, issuer_id: &str, dir: &Path,
 
 /// `openssl verify -crl_check` of `leaf` against the root, the intermediate and the CRL.
 fn verify(dir: &Path, crl: &str, intermediate: &str, leaf: &str) -> (bool, String) {
+    verify_from(dir, "root.pem", crl, intermediate, leaf)
+}
+
+/// [`verify`] with the trust anchor `root`.
+fn verify_from(dir: &Path, root: &str, crl: &str, intermediate: &str, leaf: &str) -> (bool, String) {
     openssl(
         dir,
-        &[
-            "verify",
-            "-x509_strict",
-            "-crl_check",
-            "-CRLfile",
-            crl,
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            intermediate,
-            leaf,
-        ],
+        &["verify", "-x509_strict", "-crl_check", "-CRLfile", crl, "-CAfile", root, "-untrusted", intermediate, leaf],
     )
 }
 
@@ -127,7 +121,7 @@ fn active_intermediate(j: &[ca::IssuerRecord]) -> ca::IssuerRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crls_are_served_revoke_leaves_and_survive_rotation() {
-    let ca = WorkloadCa::start_with(
+    let mut ca = WorkloadCa::start_with(
         &format!("crl_url = \"{CRL_BASE}\""),
         "[rotation]\nenabled = false\ncheck_interval = \"1s\"\n",
     )
@@ -175,6 +169,12 @@ async fn crls_are_served_revoke_leaves_and_survive_rotation() {
     assert!(!ok && out.contains("certificate revoked"), "{out}");
     let (ok, out) = verify(dir, &after.file, "old-int.pem", "b.pem");
     assert!(ok, "the other leaf is still good: {out}");
+
+    // A restarted server serves the stored CRL: same number, nothing lost, never a lower number.
+    ca.stop();
+    ca.restart().expect("restart");
+    let restarted = fetch_crl(&ca, &root_pem, &old.id, dir, "crl1r").await;
+    assert_eq!((restarted.number, &restarted.entries), (after.number, &after.entries));
 
     // No CRL for roots, unknown issuers or names that are no issuer id.
     for path in [format!("/crl/{root_id}.crl"), "/crl/0123456789abcdef.crl".into(), "/crl/../roots.pem".into()] {
@@ -229,4 +229,82 @@ async fn crls_are_served_revoke_leaves_and_survive_rotation() {
     // A CRL for the wrong issuer does not vouch for a leaf.
     let (ok, _) = verify(dir, &old_crl.file, "new-int.pem", "c.pem");
     assert!(!ok, "the retired intermediate's CRL is not the new leaf's CRL");
+}
+
+/// Root rotation: the new intermediate is certified by the new root and, cross-signed, by the old
+/// one. Its one CRL (same name, same key) verifies along both chains, before and after a
+/// revocation, and the old root's intermediate keeps serving its own CRL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crls_verify_along_old_and_new_root_chains() {
+    let ca = WorkloadCa::start_with(
+        &format!("crl_url = \"{CRL_BASE}\""),
+        "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"2s\"\n",
+    )
+    .expect("CA");
+    let work = tempfile::tempdir().expect("tmp");
+    let dir = work.path();
+    let old_root_pem = std::fs::read_to_string(ca.dir.path().join("data/root.pem")).expect("root");
+    std::fs::write(dir.join("old-root.pem"), &old_root_pem).expect("root");
+    let client = CaClient::new(&ca.url(), &ca.fingerprint().expect("fp"), TD, Duration::from_secs(10));
+    let bundle = client.bootstrap().await.expect("bootstrap").bundle;
+    let tls = http::tls_config(&bundle.roots, None).expect("tls");
+    let old = active_intermediate(&ca.journal().await.expect("journal"));
+    std::fs::write(dir.join("old-int.pem"), &old.cert_pem).expect("write");
+    let a = enroll(&ca, tls.clone(), "root-a").await;
+    std::fs::write(dir.join("a.pem"), pem("CERTIFICATE", a[0].as_ref())).expect("write");
+
+    // Rotate the root; the running server activates the new pair after root_overlap.
+    let out = ca.cli(&["rotate", "root"]).expect("rotate root");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (c, new) = loop {
+        let journal = ca.journal().await.expect("journal");
+        let new = active_intermediate(&journal);
+        if new.id != old.id {
+            let c = enroll(&ca, tls.clone(), "root-c").await;
+            if authority_key_id(c[0].as_ref()) == new.ski {
+                break (c, new);
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the root rotation did not take over: {out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let journal = ca.journal().await.expect("journal");
+    let new_root = journal.iter().find(|r| Some(&r.id) == new.parent_id.as_ref()).expect("new root");
+    assert_eq!(new_root.kind, IssuerKind::Root);
+    assert_ne!(new_root.cert_pem.trim(), old_root_pem.trim());
+    let cross = new.cross_cert_pem.as_deref().expect("cross-signed by the old root");
+    std::fs::write(dir.join("new-root.pem"), &new_root.cert_pem).expect("write");
+    std::fs::write(dir.join("new-int.pem"), &new.cert_pem).expect("write");
+    std::fs::write(dir.join("cross-int.pem"), cross).expect("write");
+    std::fs::write(dir.join("c.pem"), pem("CERTIFICATE", c[0].as_ref())).expect("write");
+    assert_eq!(crl_distribution_points(c[0].as_ref()), vec![format!("{CRL_BASE}/{}.crl", new.id)]);
+
+    // One CRL for the new intermediate, good along both chains.
+    let first = fetch_crl(&ca, &old_root_pem, &new.id, dir, "new0").await;
+    assert!(first.entries.is_empty());
+    assert!(crl_signed_by(dir, &first.file, "new-int.pem"));
+    assert!(crl_signed_by(dir, &first.file, "cross-int.pem"));
+    for (root, int) in [("new-root.pem", "new-int.pem"), ("old-root.pem", "cross-int.pem")] {
+        let (ok, out) = verify_from(dir, root, &first.file, int, "c.pem");
+        assert!(ok && out.contains("c.pem: OK"), "{root} / {int}: {out}");
+    }
+
+    // Revoked: refused along both chains.
+    let serial_c = leaf_serial(c[0].as_ref());
+    ca.cli(&["revoke", &serial_c, "--reason", "5"]).expect("revoke");
+    let revoked = fetch_crl(&ca, &old_root_pem, &new.id, dir, "new1").await;
+    assert!(revoked.number > first.number);
+    assert_eq!(revoked.entries, vec![(serial_c, Some(5))]);
+    for (root, int) in [("new-root.pem", "new-int.pem"), ("old-root.pem", "cross-int.pem")] {
+        let (ok, out) = verify_from(dir, root, &revoked.file, int, "c.pem");
+        assert!(!ok && out.contains("certificate revoked"), "{root} / {int}: {out}");
+    }
+
+    // The old root's intermediate, retired, still serves its own CRL for its leaves.
+    assert_eq!(journal.iter().find(|r| r.id == old.id).expect("old").state, IssuerState::Retired);
+    let old_crl = fetch_crl(&ca, &old_root_pem, &old.id, dir, "old0").await;
+    assert!(crl_signed_by(dir, &old_crl.file, "old-int.pem"));
+    assert!(!crl_signed_by(dir, &old_crl.file, "new-int.pem"));
+    let (ok, out) = verify_from(dir, "old-root.pem", &old_crl.file, "old-int.pem", "a.pem");
+    assert!(ok && out.contains("a.pem: OK"), "{out}");
 }

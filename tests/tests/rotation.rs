@@ -136,6 +136,37 @@ async fn killed_manual_rotations_resume_cleanly() {
     assert_eq!(count(&j, IssuerState::Prepared), 0);
     assert!(j.iter().all(|r| r.state != IssuerState::Prepared));
 
+    // The same for `rotate root`: killed at staggered moments, never two prepared or active roots;
+    // a prepared root left behind is in the plan (activated after the overlap), never orphaned.
+    let roots = |j: &[ca::IssuerRecord], st: IssuerState| {
+        j.iter().filter(|r| r.kind == IssuerKind::Root && r.state == st).count()
+    };
+    for i in 0..8u64 {
+        let mut child = Command::new(tests::bin("lanyard-ca"))
+            .args(["--config", cfg.to_str().expect("path"), "rotate", "root"])
+            .env("LANYARD_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        tokio::time::sleep(Duration::from_millis(i * 70 % 500)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let j = ca.journal().await.expect("journal");
+        assert_eq!(roots(&j, IssuerState::Active), 1, "one active root after kill {i}");
+        assert!(roots(&j, IssuerState::Prepared) <= 1, "at most one prepared root after kill {i}");
+        assert_eq!(count(&j, IssuerState::Active), 1);
+        assert!(count(&j, IssuerState::Prepared) <= 1);
+    }
+    let j = ca.journal().await.expect("journal");
+    if let Some(p) = j.iter().find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Prepared) {
+        let status = ca.cli(&["status"]).expect("status");
+        assert!(status.contains(&format!("activate root {}", p.id)), "the prepared root is planned: {status}");
+        assert!(ca.cli(&["rotate", "root"]).is_err(), "a second root rotation is refused while one is in progress");
+    }
+    let active =
+        j.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active).expect("a").clone();
+
     // The running server picks the new active intermediate up and serves it.
     let url = ca.addr;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -264,4 +295,181 @@ async fn root_rotation_under_mtls_load() {
         let issuer = j.iter().find(|r| r.ski == issuer_ski).expect("issuer of the current SVID");
         assert_eq!(issuer.parent_id.as_deref(), Some(new_root.id.as_str()));
     }
+}
+
+/// Two replicas on one PostgreSQL database, both holding the root key: rotations happen once
+/// (the lease), and both replicas serve the new intermediate promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_rotate_once_and_follow() {
+    let Ok(admin) = std::env::var("LANYARD_TEST_POSTGRES_URL") else {
+        assert!(std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(), "PostgreSQL required but not provided");
+        return;
+    };
+    let db = {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+        let name = format!("lanyard_rotation_{}", std::process::id());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("drop");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create");
+        format!("{}/{name}", admin.rsplit_once('/').expect("db").0)
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pass = ("LANYARD_CA_PASSPHRASE", "replica rotation passphrase");
+    let cfg = dir.path().join("replica.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "database_url = \"{db}\"\nmetrics_listen = \"127.0.0.1:0\"\n[policy]\nmin_issuer_remaining = \"3s\"\n\
+             [init]\nintermediate_lifetime = \"40s\"\n[rotation]\ncheck_interval = \"1s\"\n"
+        ),
+    )
+    .expect("config");
+    let data = |n: &str| dir.path().join(n);
+    let (ok, _, err) = tests::run_ca(
+        &["--config", cfg.to_str().expect("utf8"), "--data-dir", data("a").to_str().expect("utf8"), "init"],
+        &[pass],
+    )
+    .expect("init");
+    assert!(ok, "{err}");
+    std::fs::create_dir_all(data("b")).expect("mkdir");
+    for f in ["root.pem", "root.key.pem"] {
+        std::fs::copy(data("a").join(f), data("b").join(f)).expect("copy");
+    }
+    let start = |n: &str| {
+        tests::start_ca(
+            &["--config", cfg.to_str().expect("utf8"), "--data-dir", data(n).to_str().expect("utf8")],
+            &[pass],
+        )
+        .expect("replica")
+    };
+    let (a, b) = (start("a"), start("b"));
+    let store = ca::Store::open(&db).await.expect("store");
+
+    // Wait for two rotations.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let journal = loop {
+        let j = store.issuers().await.expect("journal");
+        let seen = j.iter().filter(|r| r.kind == IssuerKind::Intermediate && r.state != IssuerState::Prepared).count();
+        if seen >= 3 {
+            break j;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no rotations: {j:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(count(&journal, IssuerState::Active), 1);
+
+    // Each intermediate was prepared exactly once, by one replica or the other.
+    let events = store.audit_events(10_000).await.expect("audit");
+    let prepares = events.iter().filter(|e| e.action == "issuer.prepare").count();
+    let made = journal.iter().filter(|r| r.kind == IssuerKind::Intermediate).count() - 1;
+    assert_eq!(prepares, made, "one prepare per successor");
+
+    // Both replicas serve the active intermediate within a few seconds of its activation.
+    let active = |j: &[ca::IssuerRecord]| {
+        j.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active).expect("a").clone()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    'follow: loop {
+        let now_active = active(&store.issuers().await.expect("journal"));
+        let mut both = true;
+        for r in [&a, &b] {
+            let chain = tests::https_get(r.addr, "localhost", "/chain.pem", None).await.expect("chain");
+            both &= String::from_utf8_lossy(&chain.body).trim() == now_active.cert_pem.trim();
+        }
+        if both {
+            break 'follow;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replicas did not converge on {}", now_active.id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    store.close().await;
+}
+
+fn openssl_verify(root_pem: &str, untrusted_pem: &str, leaf_pem: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let w = |n: &str, s: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, s).expect("write");
+        p
+    };
+    let (root, untrusted, leaf) = (w("root.pem", root_pem), w("untrusted.pem", untrusted_pem), w("leaf.pem", leaf_pem));
+    let out = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&untrusted)
+        .arg(&leaf)
+        .output()
+        .expect("openssl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn pem_blocks(pem: &str) -> Vec<String> {
+    pem.split_inclusive("-----END CERTIFICATE-----\n").filter(|b| b.contains("BEGIN")).map(str::to_owned).collect()
+}
+
+/// After `rotate root`: ACME downloads carry the chain to the new root and a `Link:
+/// rel="alternate"` chain through the cross-signed intermediate to the old root; both verify with
+/// `openssl verify -x509_strict` against their root alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_signed_chains_verify_from_either_root() {
+    let ca = WorkloadCa::start_with("", "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"1s\"\n").expect("CA");
+    let data = ca.dir.path().join("data");
+    let old_root = std::fs::read_to_string(data.join("root.pem")).expect("root");
+    let out = ca.cli(&["rotate", "root"]).expect("rotate root");
+    let new_id = out.split_whitespace().nth(1).expect("root id").to_owned();
+    let new_root = std::fs::read_to_string(data.join(format!("root-{new_id}.pem"))).expect("new root");
+    // Wait for the new root to take over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ca.journal().await.expect("j").iter().any(|r| r.id == new_id && r.state == IssuerState::Active) {
+        assert!(tokio::time::Instant::now() < deadline, "the new root never became active");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // An ACME enrollment (join token) with the raw client, to see the Link headers.
+    let both_roots = format!("{old_root}{new_root}");
+    let id = format!("spiffe://{TD}/chains");
+    let token = ca.token(&id, &[]).expect("token");
+    let mut c = tests::acme::RawClient::new(ca.addr, &both_roots);
+    c.register().await;
+    let r = c.post("/new-order", Some(&serde_json::json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let order = r.json();
+    let authz = c.post(&c.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
+    let ch =
+        authz["challenges"].as_array().expect("challenges").iter().find(|c| c["type"] == "join-token-01").expect("c");
+    let r = c.post(&c.path_of(ch["url"].as_str().expect("url")), Some(&serde_json::json!({"token": token}))).await;
+    assert_eq!(r.json()["status"], "valid", "{}", String::from_utf8_lossy(&r.body));
+    let (_, csr) = workload_agent::agent::enroll::new_key_and_csr(&id).expect("csr");
+    use base64::Engine;
+    let csr = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(csr);
+    let r = c.post(&c.path_of(order["finalize"].as_str().expect("f")), Some(&serde_json::json!({"csr": csr}))).await;
+    let cert_url = r.json()["certificate"].as_str().expect("certificate").to_owned();
+    let r = c.post(&c.path_of(&cert_url), None).await;
+    assert_eq!(r.status, 200);
+    let default_chain = String::from_utf8_lossy(&r.body).to_string();
+    let alternates: Vec<String> = r
+        .headers
+        .iter()
+        .filter(|(n, v)| n == "link" && v.contains("rel=\"alternate\""))
+        .map(|(_, v)| v.trim_start_matches('<').split('>').next().expect("url").to_owned())
+        .collect();
+    assert_eq!(alternates.len(), 1, "one alternate chain: {:?}", r.headers);
+    let alt = c.post(&c.path_of(&alternates[0]), None).await;
+    assert_eq!(alt.status, 200);
+    let alt_chain = String::from_utf8_lossy(&alt.body).to_string();
+
+    let d = pem_blocks(&default_chain);
+    let a = pem_blocks(&alt_chain);
+    assert_eq!(d[0], a[0], "same leaf");
+    let (ok, msg) = openssl_verify(&new_root, &d[1..].concat(), &d[0]);
+    assert!(ok, "default chain with the new root: {msg}");
+    let (ok, msg) = openssl_verify(&old_root, &a[1..].concat(), &a[0]);
+    assert!(ok, "alternate chain with the old root: {msg}");
+    let (ok, _) = openssl_verify(&old_root, &d[1..].concat(), &d[0]);
+    assert!(!ok, "the default chain alone does not reach the old root");
 }
