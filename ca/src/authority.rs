@@ -166,10 +166,24 @@ pub(crate) fn new_root_successor(
     opts: &InitOptions,
     current_root_der: &[u8],
     current_root_key: KeyPair,
+    imported: Option<(Vec<u8>, KeyPair)>,
 ) -> Result<RootSuccessor, CaError> {
     let now = OffsetDateTime::now_utc();
-    let root_key = generate_key(opts.key_algorithm)?;
-    let root_der = new_root(opts, &root_key, now)?;
+    let (root_der, root_key) = match imported {
+        Some((der, key)) => {
+            let (_, cert) =
+                X509Certificate::from_der(&der).map_err(|e| CaError::InvalidCertificate(format!("new root: {e}")))?;
+            if !cert.is_ca() || cert.subject() != cert.issuer() || cert.verify_signature(None).is_err() {
+                return Err(CaError::InvalidCertificate("the new root is not a self-signed CA certificate".into()));
+            }
+            check_key_matches(&der, &key, "new root")?;
+            (der, key)
+        }
+        None => {
+            let key = generate_key(opts.key_algorithm)?;
+            (new_root(opts, &key, now)?, key)
+        }
+    };
     let intermediate_key = generate_key(opts.key_algorithm)?;
     let rng = ring::rand::SystemRandom::new();
     let serial = Serial::random(&rng)?;

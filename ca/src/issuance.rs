@@ -211,8 +211,18 @@ impl Authority {
 
     /// Issues a certificate. Refusals are audited and change nothing else.
     pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
+        self.issue_with(req, None).await
+    }
+
+    /// [`Authority::issue`], refusing a CSR whose key is `not_key` (DER SubjectPublicKeyInfo): a
+    /// renewal must change keys. The check rides on the one CSR verification issuance does anyway.
+    pub(crate) async fn issue_with(
+        &self,
+        req: IssueRequest<'_>,
+        not_key: Option<&[u8]>,
+    ) -> Result<IssuedCertificate, CaError> {
         let started = std::time::Instant::now();
-        match self.issue_inner(&req).await {
+        match self.issue_inner(&req, not_key).await {
             Ok(c) => {
                 self.stats.observe(started.elapsed());
                 self.stats.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -239,15 +249,18 @@ impl Authority {
     /// policy, building and signing the certificate) with nothing recorded and nothing returned but
     /// the certificate's size. It measures the ceiling that durable issuance is compared with.
     pub fn measure_ceiling(&self, req: &IssueRequest<'_>) -> Result<usize, CaError> {
-        let p = self.prepare(req)?;
+        let p = self.prepare(req, None)?;
         let cert = p.params.signed_by(&p.spki, &p.issuer.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
         Ok(cert.der().len())
     }
 
     /// Everything before the first write: verify the CSR, apply policy, pick the issuer, build the
     /// certificate parameters.
-    fn prepare(&self, req: &IssueRequest<'_>) -> Result<Prepared, CaError> {
+    fn prepare(&self, req: &IssueRequest<'_>, not_key: Option<&[u8]>) -> Result<Prepared, CaError> {
         let csr = parse_and_verify_csr(req.csr)?;
+        if not_key.is_some_and(|k| k == csr.spki_der.as_slice()) {
+            return Err(CaError::BadIdentity("a renewal must use a new key".into()));
+        }
         let names = self.policy.names_for(&csr, req.profile, req.authorized)?;
         let issuer = self.active_issuer()?;
         let now = OffsetDateTime::now_utc();
@@ -271,8 +284,8 @@ impl Authority {
         Ok(Prepared { csr, names, issuer, serial, params, spki, subject })
     }
 
-    async fn issue_inner(&self, req: &IssueRequest<'_>) -> Result<IssuedCertificate, CaError> {
-        let Prepared { csr, names, issuer, serial, params, spki, subject } = self.prepare(req)?;
+    async fn issue_inner(&self, req: &IssueRequest<'_>, not_key: Option<&[u8]>) -> Result<IssuedCertificate, CaError> {
+        let Prepared { csr, names, issuer, serial, params, spki, subject } = self.prepare(req, not_key)?;
         let (not_before, not_after) = (params.not_before, params.not_after);
 
         // 1. Reserve the serial and record the intent.

@@ -50,21 +50,20 @@ impl Authority {
                 record.profile
             )));
         }
-        let csr_info = crate::csr::parse_and_verify_csr(csr)?;
-        if csr_info.spki_der == leaf.public_key().raw {
-            return Err(CaError::BadIdentity("a renewal must use a new key".into()));
-        }
         // The same identity: exactly the names of the certificate being renewed.
         let names: Vec<Name> = crate::csr::names_in_certificate(&leaf)?;
         let authorized = AuthorizedNames { names, exact: true };
         let requester = format!("renewal:{serial}");
-        self.issue(IssueRequest {
-            csr,
-            profile: Profile::Workload,
-            requester: &requester,
-            lifetime: None,
-            authorized: Some(&authorized),
-        })
+        self.issue_with(
+            IssueRequest {
+                csr,
+                profile: Profile::Workload,
+                requester: &requester,
+                lifetime: None,
+                authorized: Some(&authorized),
+            },
+            Some(leaf.public_key().raw),
+        )
         .await
     }
 }

@@ -237,7 +237,14 @@ fn load_root_key(keys: &RotationKeys, id: &str) -> Result<rcgen::KeyPair, CaErro
 /// root, both prepared. The trust bundle carries both roots from now on; after
 /// [`RotationPolicy::root_overlap`] the new pair becomes active, and the old root leaves the
 /// bundle once every intermediate under it has expired. Returns (new root, new intermediate).
-pub async fn prepare_root(store: &Store, keys: &RotationKeys) -> Result<(IssuerRecord, IssuerRecord), CaError> {
+///
+/// `import` brings an existing root instead (certificate PEM, key PEM — plain or encrypted with the
+/// CA passphrase), e.g. one made offline by another team.
+pub async fn prepare_root(
+    store: &Store,
+    keys: &RotationKeys,
+    import: Option<(&str, &str)>,
+) -> Result<(IssuerRecord, IssuerRecord), CaError> {
     let rotation = rotation_id();
     let journal = store.issuers().await?;
     if journal.iter().any(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Prepared) {
@@ -248,7 +255,14 @@ pub async fn prepare_root(store: &Store, keys: &RotationKeys) -> Result<(IssuerR
         .find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Active)
         .ok_or_else(|| CaError::Config("no active root in the journal".into()))?;
     let old_key = load_root_key(keys, &old_root.id)?;
-    let succ = crate::authority::new_root_successor(&keys.init, &old_root.cert_der()?, old_key)?;
+    let imported = match import {
+        Some((cert_pem, key_pem)) => Some((
+            crate::issuers::pem_to_der(cert_pem)?,
+            crate::keys::parse_key_pem(key_pem, &keys.pass, "imported root")?,
+        )),
+        None => None,
+    };
+    let succ = crate::authority::new_root_successor(&keys.init, &old_root.cert_der()?, old_key, imported)?;
     let root = IssuerRecord::from_cert(&succ.root_der, IssuerKind::Root, IssuerState::Prepared, None, None)?;
     // The key file first: a crash before the journal insert leaves only an unused file.
     let dir = keys.root_key_path.parent().map(PathBuf::from).unwrap_or_default();

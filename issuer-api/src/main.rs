@@ -74,6 +74,12 @@ enum Command {
         /// every holder of a certificate it signed to renew (renewalInfo), spread over --window.
         #[arg(long)]
         emergency: bool,
+        /// `rotate root`: bring this root certificate (PEM) instead of creating one.
+        #[arg(long, requires = "import_root_key")]
+        import_root: Option<PathBuf>,
+        /// `rotate root`: the imported root's key (PEM, plain or encrypted with the CA passphrase).
+        #[arg(long, requires = "import_root")]
+        import_root_key: Option<PathBuf>,
         /// How long the fleet gets to renew after an emergency rotation (jittered across it).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
         window: std::time::Duration,
@@ -195,14 +201,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("(lego: --eab --kid {kid} --hmac {key}; uacme: -e {kid}:{key})");
             Ok(())
         }
-        Command::Rotate { what: RotateWhat::Intermediate, emergency: true, window } => {
+        Command::Rotate { what: RotateWhat::Intermediate, import_root: Some(_), .. } => {
+            anyhow::bail!("--import-root applies to `rotate root`")
+        }
+        Command::Rotate { what: RotateWhat::Intermediate, emergency: true, window, .. } => {
             let (pass, _) = ops::passphrase(&cfg)?
                 .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("rotation needs the CA passphrase")?;
             let store = ops::open_store(&cfg).await?;
             let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
-            // Replicas load the new issuer within one check interval; renewals start after two.
-            let delay = cfg.rotation.check_interval * 2;
+            // Running replicas load the new issuer within a second; renewals start after two.
+            let delay = issuer_api::rotation::REFRESH * 2;
             let r = ca::rotation::emergency_rotate(&store, &keys, delay, window).await?;
             println!(
                 "emergency rotation {}: {} is active; {} is revoked; {} certificates asked to renew between {} and {}",
@@ -210,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Rotate { what: RotateWhat::Root, emergency, .. } => {
+        Command::Rotate { what: RotateWhat::Root, emergency, import_root, import_root_key, .. } => {
             if emergency {
                 anyhow::bail!(
                     "--emergency applies to intermediates; a compromised root needs a new trust anchor everywhere"
@@ -221,7 +230,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("rotation needs the CA passphrase")?;
             let store = ops::open_store(&cfg).await?;
             let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
-            let (root, intermediate) = ca::rotation::prepare_root(&store, &keys).await?;
+            let import = match (import_root, import_root_key) {
+                (Some(c), Some(k)) => Some((
+                    std::fs::read_to_string(&c).with_context(|| format!("reading {}", c.display()))?,
+                    zeroize::Zeroizing::new(
+                        std::fs::read_to_string(&k).with_context(|| format!("reading {}", k.display()))?,
+                    ),
+                )),
+                _ => None,
+            };
+            let (root, intermediate) =
+                ca::rotation::prepare_root(&store, &keys, import.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
+                    .await?;
             println!(
                 "root {} prepared (sha256 {}) with intermediate {} cross-signed by the current root; both roots are \
                  in the trust bundle now and the new ones take over in {}",

@@ -11,6 +11,9 @@ use std::sync::atomic::Ordering;
 use ca::rotation::Step;
 use tracing::{info, warn};
 
+/// How often every replica re-reads the active intermediate.
+pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Lease name in the `leases` table.
 const LEASE: &str = "rotation";
 
@@ -19,14 +22,22 @@ const LEASE: &str = "rotation";
 pub fn spawn(authority: Arc<Authority>, policy: RotationPolicy, keys: Option<RotationKeys>, pass: Passphrase) {
     let holder = ca::rotation::rotation_id();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(policy.check_interval);
+        // The journal is read every second (a cheap query), so a rotation made by another replica
+        // or by `lanyard-ca rotate` (an emergency above all) stops the old issuer within a second;
+        // rotation steps themselves are considered every `check_interval`.
+        let mut tick = tokio::time::interval(REFRESH.min(policy.check_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned_offline = false;
+        let mut next_step = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             let store = authority.store();
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            match (&keys, policy.enabled) {
+            let step_due = tokio::time::Instant::now() >= next_step;
+            if step_due {
+                next_step = tokio::time::Instant::now() + policy.check_interval;
+            }
+            match (&keys, policy.enabled && step_due) {
                 (Some(keys), true) => {
                     let lease_for = (policy.check_interval.as_secs() as i64 * 3).max(10);
                     match store.acquire_lease(LEASE, &holder, now, now + lease_for).await {

@@ -233,7 +233,7 @@ async fn root_rotation_under_mtls_load() {
         let store = ca::Store::open(&format!("sqlite://{}", db.display())).await.expect("store");
         loop {
             let j = store.issuers().await.expect("journal");
-            if j.iter().filter(|r| r.kind == IssuerKind::Intermediate && r.state != IssuerState::Prepared).count() >= 2
+            if j.iter().filter(|r| r.kind == IssuerKind::Intermediate && r.state != IssuerState::Prepared).count() >= 3
             {
                 break;
             }
@@ -419,9 +419,35 @@ async fn cross_signed_chains_verify_from_either_root() {
     let ca = WorkloadCa::start_with("", "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"1s\"\n").expect("CA");
     let data = ca.dir.path().join("data");
     let old_root = std::fs::read_to_string(data.join("root.pem")).expect("root");
-    let out = ca.cli(&["rotate", "root"]).expect("rotate root");
+    // The new root is made by OpenSSL and imported, as a separate team's offline root would be.
+    let (key, cert) = (ca.dir.path().join("new-root.key"), ca.dir.path().join("new-root.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "3650"])
+        .args(["-subj", "/O=Lanyard test/CN=Imported Root", "-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = ca
+        .cli(&[
+            "rotate",
+            "root",
+            "--import-root",
+            cert.to_str().expect("p"),
+            "--import-root-key",
+            key.to_str().expect("p"),
+        ])
+        .expect("rotate root");
     let new_id = out.split_whitespace().nth(1).expect("root id").to_owned();
     let new_root = std::fs::read_to_string(data.join(format!("root-{new_id}.pem"))).expect("new root");
+    assert_eq!(
+        tests::pem_fingerprint(&new_root).expect("fp"),
+        tests::pem_fingerprint(&std::fs::read_to_string(&cert).expect("cert")).expect("fp"),
+        "the imported root is the new root"
+    );
     // Wait for the new root to take over.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !ca.journal().await.expect("j").iter().any(|r| r.id == new_id && r.state == IssuerState::Active) {
