@@ -220,6 +220,11 @@ impl Authority {
     pub async fn crl(&self, issuer_id: &str) -> Result<Option<Crl>, CaError> {
         let now = now_seconds();
         let journal = self.store().issuers().await?;
+        // Roots: the CRL signed where the root key is (an emergency rotation, the rotation loop).
+        if journal.iter().any(|r| r.id == issuer_id && r.kind == IssuerKind::Root && r.state != IssuerState::Expired) {
+            let latest = self.store().latest_crl(issuer_id).await?;
+            return Ok(latest.filter(|l| l.next_update > now).map(|l| to_crl(issuer_id, l).crl));
+        }
         let Some(record) = journal.iter().find(|r| r.id == issuer_id && has_crl(r, now)) else {
             self.forget_crl(issuer_id)?;
             return Ok(None);

@@ -11,16 +11,24 @@ use crate::CaError;
 use crate::issuance::{Authority, IssueRequest, IssuedCertificate};
 use crate::names::{AuthorizedNames, Name};
 use crate::profile::Profile;
-use crate::store::CertificateStatus;
+use crate::store::{CertificateRecord, CertificateStatus};
 
 fn denied(why: impl Into<String>) -> CaError {
     CaError::Unauthenticated(why.into())
 }
 
 impl Authority {
-    /// Issues a new workload certificate for the identity of `presented` (leaf DER, already
-    /// proven by the TLS handshake), from a CSR with a new key naming the same SPIFFE ID.
-    pub async fn renew(&self, presented: &[u8], csr: &[u8]) -> Result<IssuedCertificate, CaError> {
+    /// Authenticates a workload by its current certificate (leaf DER, possession already proven by
+    /// the TLS handshake): it must be byte for byte a certificate this CA recorded as issued, and
+    /// still unexpired, unrevoked and of the workload profile. Returns its record.
+    pub async fn authenticate_workload(&self, presented: &[u8]) -> Result<CertificateRecord, CaError> {
+        self.check_presented(presented).await.map(|(_, record)| record)
+    }
+
+    async fn check_presented<'a>(
+        &self,
+        presented: &'a [u8],
+    ) -> Result<(x509_parser::certificate::X509Certificate<'a>, CertificateRecord), CaError> {
         let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(presented)
             .map_err(|_| denied("the client certificate is not valid DER"))?;
         let serial = hex::encode(leaf.raw_serial().iter().skip_while(|b| **b == 0).copied().collect::<Vec<u8>>());
@@ -50,10 +58,17 @@ impl Authority {
                 record.profile
             )));
         }
+        Ok((leaf, record))
+    }
+
+    /// Issues a new workload certificate for the identity of `presented` (leaf DER, already
+    /// proven by the TLS handshake), from a CSR with a new key naming the same SPIFFE ID.
+    pub async fn renew(&self, presented: &[u8], csr: &[u8]) -> Result<IssuedCertificate, CaError> {
+        let (leaf, record) = self.check_presented(presented).await?;
         // The same identity: exactly the names of the certificate being renewed.
         let names: Vec<Name> = crate::csr::names_in_certificate(&leaf)?;
         let authorized = AuthorizedNames { names, exact: true };
-        let requester = format!("renewal:{serial}");
+        let requester = format!("renewal:{}", record.serial);
         self.issue_with(
             IssueRequest {
                 csr,

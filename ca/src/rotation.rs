@@ -616,6 +616,80 @@ pub async fn emergency_rotate(
             format!("rotation {rotation}: emergency; {affected} certificates asked to renew in [{start}, {end}]"),
         ))
         .await?;
+    if let Some(root) = &suspect.parent_id {
+        sign_root_crl(store, keys, root, true).await?;
+    }
     warn!(rotation, revoked = %suspect.id, active = %fresh.id, affected, "emergency intermediate rotation");
     Ok(EmergencyReport { rotation, active: fresh.id, revoked: suspect.id, affected, window: (start, end) })
+}
+
+/// How long a root CRL is valid; re-signed by the rotation loop (which holds the root key) after
+/// half of it, and at every emergency.
+pub const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Signs (or re-signs) the CRL of root `root_id` listing the intermediates under it that an
+/// emergency rotation revoked (reason keyCompromise), and stores it as that root's latest CRL.
+/// Relying parties that check the whole chain (`openssl verify -crl_check_all`) then reject
+/// everything under a revoked intermediate. Returns the CRL number, or None when nothing is to be
+/// listed and no root CRL exists yet.
+pub async fn sign_root_crl(
+    store: &Store,
+    keys: &RotationKeys,
+    root_id: &str,
+    force: bool,
+) -> Result<Option<i64>, CaError> {
+    let journal = store.issuers().await?;
+    let root = journal
+        .iter()
+        .find(|r| r.id == root_id && r.kind == IssuerKind::Root && r.state != IssuerState::Expired)
+        .ok_or_else(|| CaError::Config(format!("no trusted root {root_id}")))?;
+    let emergencies = store.emergencies().await?;
+    let mut entries = Vec::new();
+    for e in &emergencies {
+        let Some(int) = journal.iter().find(|r| r.id == e.issuer_id && r.parent_id.as_deref() == Some(root_id)) else {
+            continue;
+        };
+        let der = int.cert_der()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| CaError::InvalidCertificate(format!("intermediate {}: {e}", int.id)))?;
+        entries.push(crate::store::crl::RevokedCertificate {
+            serial: hex::encode(cert.raw_serial()),
+            revoked_at: OffsetDateTime::from_unix_timestamp(e.started_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            reason: Some(1),
+            not_after: int.not_after,
+        });
+    }
+    entries.sort_by(|a, b| a.serial.cmp(&b.serial));
+    let latest = store.latest_crl(root_id).await?;
+    if entries.is_empty() && latest.is_none() {
+        return Ok(None);
+    }
+    let digest = crate::crl::entries_digest(&entries);
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
+    if !force
+        && let Some(l) = &latest
+        && l.digest == digest
+        && now < l.this_update + ROOT_CRL_VALIDITY / 2
+    {
+        return Ok(Some(l.number));
+    }
+    let signer = crate::issuers::ActiveIssuer::new(root.clone(), load_root_key(keys, root_id)?)?;
+    let number = latest.as_ref().map_or(1, |l| l.number.saturating_add(1));
+    let next_update = now + ROOT_CRL_VALIDITY;
+    let der = crate::crl::build_crl(&signer, u64::try_from(number).unwrap_or(0), now, next_update, &entries)?;
+    let stored = crate::store::crl::StoredCrl { number, digest, this_update: now, next_update, der };
+    if !store.replace_crl(root_id, latest.map(|l| l.number), &stored).await? {
+        return Err(CaError::Store(format!("the CRL of root {root_id} changed concurrently")));
+    }
+    store
+        .append_audit(AuditEvent::now(
+            "ca",
+            "crl.sign",
+            root_id,
+            Outcome::Success,
+            format!("root CRL number {number}, {} revoked intermediates", entries.len()),
+        ))
+        .await?;
+    info!(root = root_id, number, revoked = entries.len(), "root CRL signed");
+    Ok(Some(number))
 }

@@ -9,6 +9,7 @@ pub mod crl_routes;
 pub mod enroll;
 pub mod identity;
 pub mod metrics;
+pub mod notices;
 pub mod ops;
 pub mod problem;
 pub mod rotation;
@@ -60,7 +61,8 @@ pub async fn run_server(
         root_key_path,
         init: cfg.init.clone(),
     });
-    rotation::spawn(authority.clone(), cfg.rotation.clone(), keys, pass);
+    let notices = notices::NoticeBoard::new();
+    rotation::spawn(authority.clone(), cfg.rotation.clone(), keys, pass, notices.clone());
     let identity = identity::ServerIdentity::start(authority.clone(), cfg.server_names.clone())
         .await
         .context("issuing the server's own TLS certificate")?;
@@ -77,7 +79,7 @@ pub async fn run_server(
     }
     on_listen(addr);
     let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone() }));
-    let workload = enroll::routes::WorkloadState::new(authority.clone(), cfg.workload.bundle_refresh_hint);
+    let workload = enroll::routes::WorkloadState::new(authority.clone(), cfg.workload.bundle_refresh_hint, notices);
     app = app.merge(enroll::routes::router(Arc::new(workload)));
     app = app.merge(crl_routes::router(authority.clone()));
     crl_routes::spawn_refresh(authority.clone());

@@ -23,6 +23,8 @@ pub struct Counters {
     pub issuer_changes: AtomicU64,
     /// Duration of the last rotation step run, milliseconds.
     pub last_rotation_ms: AtomicI64,
+    /// Agents waiting on `GET /workload/v1/notices` right now.
+    pub notice_waiters: AtomicI64,
 }
 
 /// The process's counters.
@@ -149,6 +151,9 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
         "Active intermediate changes this process loaded.",
     );
     let _ = writeln!(out, "lanyard_active_issuer_changes_total {}", COUNTERS.issuer_changes.load(Ordering::Relaxed));
+
+    family(&mut out, "lanyard_notice_waiters", "gauge", "Agents waiting for a push notice on this replica.");
+    let _ = writeln!(out, "lanyard_notice_waiters {}", COUNTERS.notice_waiters.load(Ordering::Relaxed));
 
     let stats = authority.stats();
     family(&mut out, "lanyard_issuance_total", "counter", "Issuance requests by result.");

@@ -18,8 +18,15 @@ pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 const LEASE: &str = "rotation";
 
 /// Spawns the loop. `keys` is None when the root key is not available (kept offline): the loop
-/// then only follows rotations made elsewhere (`lanyard-ca rotate intermediate`).
-pub fn spawn(authority: Arc<Authority>, policy: RotationPolicy, keys: Option<RotationKeys>, pass: Passphrase) {
+/// then only follows rotations made elsewhere (`lanyard-ca rotate intermediate`). A new emergency
+/// is posted on `notices`, which wakes the agents long-polling this replica.
+pub fn spawn(
+    authority: Arc<Authority>,
+    policy: RotationPolicy,
+    keys: Option<RotationKeys>,
+    pass: Passphrase,
+    notices: crate::notices::NoticeBoard,
+) {
     let holder = ca::rotation::rotation_id();
     tokio::spawn(async move {
         // The journal is read every second (a cheap query), so a rotation made by another replica
@@ -59,6 +66,18 @@ pub fn spawn(authority: Arc<Authority>, policy: RotationPolicy, keys: Option<Rot
                                     warn!(rotation, error = %e, "rotation step failed; will retry");
                                 }
                             }
+                            // Root CRLs (listing intermediates revoked in an emergency) are
+                            // re-signed here, where the root key is, before half their validity.
+                            if let Ok(journal) = store.issuers().await {
+                                for r in journal
+                                    .iter()
+                                    .filter(|r| r.kind == ca::IssuerKind::Root && r.state != ca::IssuerState::Expired)
+                                {
+                                    if let Err(e) = ca::rotation::sign_root_crl(store, keys, &r.id, false).await {
+                                        warn!(root = %r.id, error = %e, "cannot re-sign the root CRL");
+                                    }
+                                }
+                            }
                         }
                         Ok(false) => {}
                         Err(e) => warn!(error = %e, "cannot take the rotation lease"),
@@ -80,7 +99,7 @@ pub fn spawn(authority: Arc<Authority>, policy: RotationPolicy, keys: Option<Rot
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "cannot load the active intermediate"),
             }
-            track_emergencies(store, now).await;
+            track_emergencies(store, now, &notices).await;
         }
     });
 }
@@ -95,10 +114,14 @@ fn step_name(s: &Step) -> &'static str {
     }
 }
 
-/// Marks emergency rotations complete once every affected certificate was renewed (or expired),
-/// which fixes their measured duration.
-async fn track_emergencies(store: &ca::Store, now: i64) {
+/// Posts new emergency rotations on `notices`, and marks them complete once every affected
+/// certificate was renewed (or expired), which fixes their measured duration.
+async fn track_emergencies(store: &ca::Store, now: i64, notices: &crate::notices::NoticeBoard) {
     let Ok(list) = store.emergencies().await else { return };
+    if notices.observe(&list) {
+        let waiters = crate::metrics::COUNTERS.notice_waiters.load(Ordering::Relaxed);
+        info!(waiters, "emergency rotation seen: waking the agents waiting for notices");
+    }
     for e in list.iter().filter(|e| e.completed_at.is_none()) {
         match store.emergency_outstanding(&e.issuer_id, now).await {
             Ok(0) => {

@@ -499,3 +499,101 @@ async fn cross_signed_chains_verify_from_either_root() {
     let (ok, _) = openssl_verify(&old_root, &d[1..].concat(), &d[0]);
     assert!(!ok, "the default chain alone does not reach the old root");
 }
+
+fn crl_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
+    format!("-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n", lines.join("\n"))
+}
+
+/// An emergency rotation revokes the suspect intermediate for real: the root's CRL lists it
+/// (keyCompromise), so `openssl verify -crl_check_all` rejects a leaf under it and accepts one
+/// under the new intermediate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_revokes_the_intermediate_in_the_root_crl() {
+    let ca = WorkloadCa::start_with("", "[rotation]\ncheck_interval = \"1s\"\n").expect("CA");
+    let root_pem = std::fs::read_to_string(ca.dir.path().join("data/root.pem")).expect("root");
+    let client = workload_agent::agent::ca_client::CaClient::new(
+        &ca.url(),
+        &ca.fingerprint().expect("fp"),
+        TD,
+        Duration::from_secs(10),
+    );
+    let bundle = client.bootstrap().await.expect("bootstrap").bundle;
+    let enroll = |name: &'static str| {
+        let tls = workload_agent::agent::http::tls_config(&bundle.roots, None).expect("tls");
+        let ca = &ca;
+        async move {
+            let id = format!("spiffe://{TD}/{name}");
+            let token = ca.token(&id, &[]).expect("token");
+            let (_, csr) = workload_agent::agent::enroll::new_key_and_csr(&id).expect("csr");
+            let pem = workload_agent::agent::enroll::enroll(
+                tls,
+                &ca.url(),
+                &id,
+                &workload_agent::agent::enroll::Proof::JoinToken(token),
+                &csr,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("enroll");
+            pem_blocks(&String::from_utf8(pem).expect("utf8"))
+        }
+    };
+    let before = enroll("before").await;
+    let out = ca.cli(&["rotate", "intermediate", "--emergency", "--window", "5s"]).expect("emergency");
+    assert!(out.contains("is revoked"), "{out}");
+    let j = ca.journal().await.expect("journal");
+    let root = j.iter().find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Active).expect("root");
+    let crl = |id: String| async move {
+        let r = tests::https_get(ca.addr, "localhost", &format!("/crl/{id}.crl"), None).await.expect("crl");
+        assert_eq!(r.status, 200, "CRL of {id}");
+        crl_pem(&r.body)
+    };
+    let old = j.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Retired).expect("old");
+    let root_crl = crl(root.id.clone()).await;
+    let (ok, msg) = openssl_verify_crls(
+        &root_pem,
+        &before[1..].concat(),
+        &before[0],
+        &(root_crl.clone() + &crl(old.id.clone()).await),
+    );
+    assert!(!ok && msg.contains("revoked"), "a leaf under the revoked intermediate: {msg}");
+
+    // Certificates from the new intermediate pass the same full-chain check.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = enroll("after").await;
+    let new = j.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active).expect("new");
+    assert_eq!(authority_key_id_of_pem(&after[0]), new.ski);
+    let (ok, msg) =
+        openssl_verify_crls(&root_pem, &after[1..].concat(), &after[0], &(root_crl + &crl(new.id.clone()).await));
+    assert!(ok, "a leaf under the new intermediate: {msg}");
+}
+
+fn authority_key_id_of_pem(pem: &str) -> String {
+    let der = workload_agent::agent::cert::chain_from_pem(pem.as_bytes()).expect("pem");
+    authority_key_id(der[0].as_ref())
+}
+
+fn openssl_verify_crls(root_pem: &str, untrusted_pem: &str, leaf_pem: &str, crls: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let w = |n: &str, s: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, s).expect("write");
+        p
+    };
+    let (root, untrusted, leaf, crl) =
+        (w("root.pem", root_pem), w("untrusted.pem", untrusted_pem), w("leaf.pem", leaf_pem), w("crls.pem", crls));
+    let out = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-crl_check_all", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&untrusted)
+        .arg("-CRLfile")
+        .arg(&crl)
+        .arg(&leaf)
+        .output()
+        .expect("openssl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}

@@ -5,18 +5,25 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ca::{Authority, TrustBundle};
 use tokio::sync::Mutex;
 
+use crate::notices::{NoticeBoard, Waiter};
 use crate::problem::Problem;
 use crate::server::PeerCertificates;
 
 /// Largest CSR accepted for renewal.
 const MAX_CSR: usize = 16 * 1024;
+/// How long a notices long poll is held without `?wait=`: under the 60 s idle timeout common in
+/// proxies and load balancers.
+const NOTICE_WAIT: Duration = Duration::from_secs(55);
+/// The longest `?wait=` honoured.
+const MAX_NOTICE_WAIT: Duration = Duration::from_secs(300);
 
 /// State of the workload routes.
 #[derive(Debug)]
@@ -27,12 +34,14 @@ pub struct WorkloadState {
     pub refresh_hint: Duration,
     /// Last computed (digest, sequence), so unchanged bundles cost no write.
     sequence: Mutex<Option<(String, u64)>>,
+    /// Wakes the notices long polls when the rotation loop sees a new emergency.
+    notices: NoticeBoard,
 }
 
 impl WorkloadState {
     /// New state.
-    pub fn new(authority: Arc<Authority>, refresh_hint: Duration) -> Self {
-        WorkloadState { authority, refresh_hint, sequence: Mutex::new(None) }
+    pub fn new(authority: Arc<Authority>, refresh_hint: Duration, notices: NoticeBoard) -> Self {
+        WorkloadState { authority, refresh_hint, sequence: Mutex::new(None), notices }
     }
 }
 
@@ -78,6 +87,77 @@ async fn renew(
     Ok(r)
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct NoticeQuery {
+    /// Seconds to hold the request open when there is nothing to say.
+    wait: Option<u64>,
+}
+
+/// `GET /workload/v1/notices[?wait=<seconds>]`: a long poll authenticated like renewal (the
+/// current workload certificate as the TLS client certificate). Answers at once with
+/// `{"renew": {"start": ..., "end": ...}}` (RFC 3339) if the CA has asked for that certificate to
+/// be replaced, else as soon as an emergency rotation asks for it, else 204 No Content after
+/// `wait` (default 55 s, at most 300 s, never past the certificate's expiry).
+async fn notices(
+    State(state): State<Arc<WorkloadState>>,
+    peer: Option<axum::Extension<PeerCertificates>>,
+    query: Result<Query<NoticeQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "badRequest", e.body_text()))?;
+    let Some(leaf) = peer.as_ref().and_then(|axum::Extension(PeerCertificates(c))| c.first()) else {
+        crate::metrics::auth_failure("notices_no_certificate");
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "notices need the current workload certificate as the TLS client certificate",
+        ));
+    };
+    let record = state.authority.authenticate_workload(leaf.as_ref()).await.map_err(|e| {
+        if e.kind() == ca::ErrorKind::Unauthenticated {
+            crate::metrics::auth_failure("notices_certificate");
+        }
+        Problem::from(e)
+    })?;
+    let left = Duration::try_from(record.not_after - time::OffsetDateTime::now_utc()).unwrap_or_default();
+    let wait = q.wait.map_or(NOTICE_WAIT, Duration::from_secs).min(MAX_NOTICE_WAIT).min(left);
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before the first look, so an emergency committed after it still wakes us.
+    let mut board = state.notices.subscribe();
+    board.borrow_and_update();
+    let _waiter = Waiter::enter();
+    loop {
+        if let Some((start, end)) = renewal_window(&state.authority, &record.serial).await? {
+            let rfc = |t: i64| {
+                time::OffsetDateTime::from_unix_timestamp(t)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_default()
+            };
+            let body = serde_json::json!({ "renew": { "start": rfc(start), "end": rfc(end) } });
+            let mut r = axum::Json(body).into_response();
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(r);
+        }
+        // No database connection is held here: wait for an emergency of this certificate's issuer.
+        loop {
+            match tokio::time::timeout_at(deadline, board.changed()).await {
+                Ok(Ok(())) if board.borrow_and_update().issuers.contains(&record.issuer_id) => break,
+                Ok(Ok(())) => {}
+                Err(_) | Ok(Err(_)) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            }
+        }
+    }
+}
+
+/// The renewal window the CA asked for (as renewalInfo reports it), Unix seconds.
+async fn renewal_window(authority: &Authority, serial: &str) -> Result<Option<(i64, i64)>, Problem> {
+    Ok(match authority.store().replacement_window(serial).await.map_err(Problem::from)? {
+        Some((start, Some(end))) => Some((start, end)),
+        Some((at, None)) => Some((at - 3600, at)),
+        None => None,
+    })
+}
+
 /// `GET /bundle.spiffe`: the SPIFFE trust bundle (JWK set with `spiffe_sequence` and
 /// `spiffe_refresh_hint`, SPIFFE Trust Domain and Bundle specification section 4).
 async fn spiffe_bundle(State(state): State<Arc<WorkloadState>>) -> Result<Response, Problem> {
@@ -102,5 +182,9 @@ async fn spiffe_bundle(State(state): State<Arc<WorkloadState>>) -> Result<Respon
 
 /// The workload routes.
 pub fn router(state: Arc<WorkloadState>) -> Router {
-    Router::new().route("/workload/v1/renew", post(renew)).route("/bundle.spiffe", get(spiffe_bundle)).with_state(state)
+    Router::new()
+        .route("/workload/v1/renew", post(renew))
+        .route("/workload/v1/notices", get(notices))
+        .route("/bundle.spiffe", get(spiffe_bundle))
+        .with_state(state)
 }
