@@ -129,6 +129,17 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
 
     family(
         &mut out,
+        "lanyard_rotations_total",
+        "counter",
+        "Completed rotations by kind, from the journal (the same on every replica).",
+    );
+    let ints = journal.iter().filter(|r| r.kind == ca::IssuerKind::Intermediate && r.state != IssuerState::Prepared);
+    let roots = journal.iter().filter(|r| r.kind == ca::IssuerKind::Root && r.state != IssuerState::Prepared);
+    let _ = writeln!(out, "lanyard_rotations_total{{kind=\"intermediate\"}} {}", ints.count().saturating_sub(1));
+    let _ = writeln!(out, "lanyard_rotations_total{{kind=\"root\"}} {}", roots.count().saturating_sub(1));
+    let _ = writeln!(out, "lanyard_rotations_total{{kind=\"emergency\"}} {}", emergencies.len());
+    family(
+        &mut out,
         "lanyard_rotation_steps_total",
         "counter",
         "Rotation steps taken by this replica, by step and result.",

@@ -49,6 +49,31 @@ async fn chain(State(state): State<Arc<AppState>>) -> Result<Response, Problem> 
     Ok(pem(state.authority.active_issuer().map_err(Problem::from)?.chain_pem()))
 }
 
+/// Every intermediate relying parties may meet: the prepared successor (published here before it
+/// signs anything), the active one and retired ones still trusted. Chains to the roots of
+/// `/roots.pem`.
+async fn intermediates(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let journal = state.authority.store().issuers().await.map_err(Problem::from)?;
+    let order = |s: ca::IssuerState| match s {
+        ca::IssuerState::Active => 0,
+        ca::IssuerState::Prepared => 1,
+        _ => 2,
+    };
+    let mut ints: Vec<_> = journal
+        .iter()
+        .filter(|r| r.kind == ca::IssuerKind::Intermediate && r.state != ca::IssuerState::Expired)
+        .collect();
+    ints.sort_by_key(|r| order(r.state));
+    let mut body = String::new();
+    for r in ints {
+        body.push_str(&r.cert_pem);
+        if let Some(c) = &r.cross_cert_pem {
+            body.push_str(c);
+        }
+    }
+    Ok(pem(body))
+}
+
 async fn fingerprint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
     let b = bundle(&state).await?;
     let roots: Vec<_> = b
@@ -77,6 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/roots.pem", get(roots))
         .route("/chain.pem", get(chain))
+        .route("/intermediates.pem", get(intermediates))
         .route("/root-fingerprint", get(fingerprint))
         .fallback(not_found)
         .with_state(state)

@@ -156,6 +156,7 @@ async fn emergency_rotation_reissues_a_thousand_workloads_with_jitter() {
             println!("CA-measured emergency duration: {dur} s");
             assert!(dur > 0 && dur <= (last - t0) / 1000 + 3, "{dur}");
             assert!(m.contains("lanyard_certificates_valid_under_retired_issuer{"), "{m}");
+            assert!(m.contains("lanyard_rotations_total{kind=\"emergency\"} 1"), "{m}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the CA never saw the emergency complete:\n{m}");

@@ -89,6 +89,22 @@ async fn automatic_intermediate_rotation_under_mtls_load() {
     }
     assert!(a.metrics().renewals_failed.load(Ordering::Relaxed) == 0, "no renewal failed across rotations");
 
+    // Published trust material and metrics follow the journal.
+    let ints = tests::https_get(ca.addr, "localhost", "/intermediates.pem", None).await.expect("intermediates");
+    assert!(
+        String::from_utf8_lossy(&ints.body).contains(active.cert_pem.trim()),
+        "the active intermediate is published"
+    );
+    let m = ca.metrics().await.expect("metrics");
+    let rotations: usize = m
+        .lines()
+        .find_map(|l| l.strip_prefix("lanyard_rotations_total{kind=\"intermediate\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rotation metric");
+    assert!(rotations >= 3, "{m}");
+    assert!(m.contains("lanyard_rotation_steps_total{step=\"activate\",result=\"success\"}"), "{m}");
+    assert!(m.contains("lanyard_issuer_not_after_timestamp_seconds{"), "{m}");
+
     // Each rotation is in the audit log with its id.
     let status = ca.cli(&["status"]).expect("status");
     assert!(status.contains("rotation (automatic)"), "{status}");
