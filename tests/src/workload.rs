@@ -90,6 +90,12 @@ impl WorkloadCa {
 
     /// Starts a CA with extra `[policy]` keys and extra sections appended to its config.
     pub fn start_with(policy_extra: &str, extra: &str) -> anyhow::Result<WorkloadCa> {
+        Self::start_with_hint(policy_extra, extra, "2s")
+    }
+
+    /// [`WorkloadCa::start_with`] with `[workload] bundle_refresh_hint` (how often agents check
+    /// the bundle and renewalInfo) set to `hint`, e.g. `"10m"`.
+    pub fn start_with_hint(policy_extra: &str, extra: &str, hint: &str) -> anyhow::Result<WorkloadCa> {
         let dir = tempfile::tempdir()?;
         let jwt = JwtIssuer::new("k1");
         std::fs::write(dir.path().join("jwks.json"), serde_json::to_vec(&jwt.jwks())?)?;
@@ -105,7 +111,7 @@ backdate = "5s"
 default = "60s"
 max = "60s"
 [workload]
-bundle_refresh_hint = "2s"
+bundle_refresh_hint = "{hint}"
 [[workload.jwt]]
 issuer = "{JWT_ISSUER}"
 audience = "{JWT_AUDIENCE}"

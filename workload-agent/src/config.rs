@@ -95,6 +95,9 @@ pub struct Renewal {
     /// CA's `spiffe_refresh_hint` applies when shorter).
     #[serde(with = "humantime_serde")]
     pub max_refresh: Duration,
+    /// Long-poll the CA's push channel (`/workload/v1/notices`), so an emergency rotation reaches
+    /// the agent at once instead of at the next renewalInfo check.
+    pub notices: bool,
 }
 
 impl Default for Renewal {
@@ -106,6 +109,7 @@ impl Default for Renewal {
             retry_max: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_refresh: Duration::from_secs(300),
+            notices: true,
         }
     }
 }

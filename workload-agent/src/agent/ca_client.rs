@@ -33,6 +33,17 @@ pub enum RenewError {
     Transient(anyhow::Error),
 }
 
+/// Why a notices long poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    /// 404: the CA predates the push channel; renewalInfo polling still works.
+    #[error("the CA does not offer notices")]
+    NotSupported,
+    /// Anything else (the CA unreachable, the certificate refused...): try again later.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
 /// A client of one CA.
 #[derive(Debug, Clone)]
 pub struct CaClient {
@@ -139,6 +150,36 @@ impl CaClient {
         }
     }
 
+    /// Long-polls `GET /workload/v1/notices` over mTLS with `current`, for up to `wait`: the CA's
+    /// renewal window for it (Unix seconds) once the CA wants it replaced, or None at the timeout.
+    pub async fn notices(
+        &self,
+        bundle: &TrustBundle,
+        current: &Svid,
+        wait: Duration,
+    ) -> Result<Option<(i64, i64)>, NoticeError> {
+        let tls = http::tls_config(&bundle.roots, Some((current.chain.clone(), current.key.clone_key())))
+            .map_err(NoticeError::Failed)?;
+        let url = format!("{}/workload/v1/notices?wait={}", self.base, wait.as_secs());
+        let resp = http::request(tls, Method::GET, &url, None, Vec::new(), wait + self.timeout)
+            .await
+            .map_err(NoticeError::Failed)?;
+        match resp.status {
+            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::NOT_FOUND => Err(NoticeError::NotSupported),
+            StatusCode::OK => {
+                let v: serde_json::Value = serde_json::from_slice(&resp.body)
+                    .map_err(|e| NoticeError::Failed(anyhow!("notice is not JSON: {e}")))?;
+                let w = &v["renew"];
+                Ok(Some((
+                    rfc3339(&w["start"]).map_err(NoticeError::Failed)?,
+                    rfc3339(&w["end"]).map_err(NoticeError::Failed)?,
+                )))
+            }
+            s => Err(NoticeError::Failed(anyhow!("notices: HTTP {s}: {}", resp.error_detail()))),
+        }
+    }
+
     /// The CA's suggested renewal window for a certificate (RFC 9773), Unix seconds.
     pub async fn renewal_info(&self, bundle: &TrustBundle, ari_id: &str) -> anyhow::Result<(i64, i64)> {
         let resp = self.get(http::tls_config(&bundle.roots, None)?, &format!("/acme/renewal-info/{ari_id}")).await?;
@@ -146,10 +187,13 @@ impl CaClient {
             bail!("renewalInfo: HTTP {}: {}", resp.status, resp.error_detail());
         }
         let v: serde_json::Value = serde_json::from_slice(&resp.body).context("renewalInfo is not JSON")?;
-        let parse = |k: &str| -> anyhow::Result<i64> {
-            let s = v["suggestedWindow"][k].as_str().ok_or_else(|| anyhow!("renewalInfo without {k}"))?;
-            Ok(time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)?.unix_timestamp())
-        };
-        Ok((parse("start")?, parse("end")?))
+        let w = &v["suggestedWindow"];
+        Ok((rfc3339(&w["start"]).context("renewalInfo")?, rfc3339(&w["end"]).context("renewalInfo")?))
     }
+}
+
+/// An RFC 3339 time in a JSON document, as Unix seconds.
+fn rfc3339(v: &serde_json::Value) -> anyhow::Result<i64> {
+    let s = v.as_str().ok_or_else(|| anyhow!("a time is missing"))?;
+    Ok(time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)?.unix_timestamp())
 }

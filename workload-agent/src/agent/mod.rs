@@ -11,6 +11,7 @@ pub mod enroll;
 pub mod files;
 pub mod http;
 pub mod metrics;
+pub mod notices;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -243,11 +244,13 @@ impl Agent {
         self.deliver(&svid, &bundle).await;
         let mut cur = self.plan(svid);
 
-        // 3. Keep it fresh.
+        // 3. Keep it fresh: on schedule, on the CA's renewalInfo, or at once on a push notice.
+        let mut notices = notices::Notices::start(self.client.clone(), self.cfg.renewal.notices);
         let mut failures: u32 = 0;
         let mut retry_at: Option<i64> = None;
         let mut next_refresh = tokio::time::Instant::now();
         loop {
+            notices.update(&cur.svid, &bundle);
             let due = retry_at.unwrap_or_else(|| cur.ari.map_or(cur.planned, |a| a.min(cur.planned)));
             let until_due = Duration::from_secs(u64::try_from(due - now()).unwrap_or(0));
             tokio::select! {
@@ -256,6 +259,12 @@ impl Agent {
                     let refresh = hint.unwrap_or(self.cfg.renewal.max_refresh).min(self.cfg.renewal.max_refresh);
                     next_refresh = tokio::time::Instant::now() + refresh.max(Duration::from_secs(1));
                     self.refresh(&mut bundle, &mut hint, &mut cur).await;
+                    continue;
+                }
+                n = notices.next() => {
+                    if cur.svid.chain.first() == Some(&n.leaf) {
+                        cur.suggest(n.start, n.end, "the CA asks for an early renewal (push notice)");
+                    }
                     continue;
                 }
                 () = &mut shutdown => return Ok(()),
@@ -318,13 +327,23 @@ impl Agent {
         }
         let Some(ari_id) = cert::leaf_info(cur.svid.chain[0].as_ref()).ok().and_then(|i| i.ari_id) else { return };
         match self.client.renewal_info(bundle, &ari_id).await {
-            Ok((start, end)) if start < cur.planned && cur.ari.is_none() => {
-                let at = schedule::pick_in_window(start, end, unit());
-                info!(renew_in_s = at - now(), "the CA suggests renewing earlier (renewalInfo)");
-                cur.ari = Some(at);
-            }
-            Ok(_) => {}
+            Ok((start, end)) => cur.suggest(start, end, "the CA suggests renewing earlier (renewalInfo)"),
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "renewalInfo unavailable"),
         }
+    }
+}
+
+impl Current {
+    /// The CA's renewal window (renewalInfo or a push notice): if the renewal is due only after
+    /// it ends, renew at a uniformly random moment inside it instead (RFC 9773 section 4.2), so a
+    /// fleet told at once does not arrive at once. A plan already at or before the window's end
+    /// stands.
+    fn suggest(&mut self, start: i64, end: i64, why: &str) {
+        if self.ari.map_or(self.planned, |a| a.min(self.planned)) <= end {
+            return;
+        }
+        let at = schedule::pick_in_window(start, end, unit());
+        info!(renew_in_s = at - now(), "{why}");
+        self.ari = Some(at);
     }
 }
