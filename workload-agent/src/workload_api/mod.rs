@@ -157,12 +157,33 @@ async fn bind(socket: &Path, mode: u32) -> anyhow::Result<(UnixListener, SocketG
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("inspecting {}", socket.display())),
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
-    let guard = SocketGuard(socket.to_path_buf());
-    tokio::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
-        .await
-        .with_context(|| format!("setting mode {mode:o} on {}", socket.display()))?;
-    Ok((listener, guard))
+    // Bind under a private name, set the mode, then rename into place: a client can never reach
+    // the socket while it still carries the umask's (often world-connectable) mode.
+    let staging = staging_path(socket);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).with_context(|| format!("binding {}", staging.display()))?;
+    let placed = async {
+        tokio::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+            .await
+            .with_context(|| format!("setting mode {mode:o} on {}", staging.display()))?;
+        tokio::fs::rename(&staging, socket)
+            .await
+            .with_context(|| format!("moving the socket into place at {}", socket.display()))
+    }
+    .await;
+    if let Err(err) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(err);
+    }
+    Ok((listener, SocketGuard(socket.to_path_buf())))
+}
+
+/// A sibling of `socket` used only by this bind, kept short because socket paths are limited to
+/// about 100 bytes.
+fn staging_path(socket: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    socket.with_file_name(format!(".lanyard-{}-{n}.sock", std::process::id()))
 }
 
 /// Removes the socket file when serving ends, including on errors and panics.
