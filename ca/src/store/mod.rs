@@ -43,6 +43,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     writer: mpsc::Sender<Job>,
+    /// SQLite only: the group-commit writer's own connection (native driver), closed with `pool`.
+    writer_pool: Option<sqlx::SqlitePool>,
 }
 
 /// Maps sqlx errors: anything that means "could not talk to the database" is `StoreUnavailable`.
@@ -123,8 +125,14 @@ impl Store {
             })?;
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| CaError::Store(format!("migrations: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer::run(backend, pool.clone(), rx));
-        Ok(Store { pool, backend, writer: tx })
+        let writer_pool = match backend {
+            Backend::Sqlite => Some(writer::start_sqlite(&url, rx).await?),
+            Backend::Postgres => {
+                tokio::spawn(writer::run(writer::Sink::Any(backend, pool.clone()), rx, None));
+                None
+            }
+        };
+        Ok(Store { pool, backend, writer: tx, writer_pool })
     }
 
     /// The database kind.
@@ -135,6 +143,9 @@ impl Store {
     /// Closes the pool; later calls fail with `StoreUnavailable`.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(p) = &self.writer_pool {
+            p.close().await;
+        }
     }
 
     async fn submit(&self, write: Write) -> Result<(), CaError> {
