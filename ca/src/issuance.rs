@@ -153,12 +153,7 @@ impl Authority {
             .cloned()
             .ok_or(CaError::NoActiveIssuer)?;
         // The chain changes too when the previous root leaves the trust bundle.
-        let cross_wanted = record.cross_cert_pem.is_some()
-            && journal.iter().any(|r| {
-                r.kind == IssuerKind::Root
-                    && r.state != crate::IssuerState::Expired
-                    && Some(&r.id) != record.parent_id.as_ref()
-            });
+        let cross_wanted = record.cross_chain_in(&journal).is_some();
         let want_len = if cross_wanted { 2 } else { 1 };
         if self.active_issuer().is_ok_and(|a| a.record.id == record.id && a.chain_der.len() == want_len) {
             return Ok(false);

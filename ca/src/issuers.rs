@@ -135,6 +135,17 @@ pub(crate) fn der_to_pem(der: &[u8]) -> String {
 }
 
 impl IssuerRecord {
+    /// The cross-signed copy of this intermediate (PEM) while it is worth serving: a root other
+    /// than its own parent is still trusted (during a root rotation, until the previous root
+    /// expires), so chains through the cross certificate lead to a root relying parties hold.
+    pub fn cross_chain_in(&self, journal: &[IssuerRecord]) -> Option<&str> {
+        let cross = self.cross_cert_pem.as_deref()?;
+        let other_root_trusted = journal.iter().any(|r| {
+            r.kind == IssuerKind::Root && r.state != IssuerState::Expired && Some(&r.id) != self.parent_id.as_ref()
+        });
+        other_root_trusted.then_some(cross)
+    }
+
     /// Builds a journal record from a CA certificate, checking that it is one.
     pub fn from_cert(
         der: &[u8],
@@ -216,15 +227,9 @@ impl ActiveIssuer {
     /// and key, signed by the previous root) while any other root is still trusted, so that
     /// relying parties that know only the old root or only the new one both find a path.
     pub fn with_cross_chain(mut self, journal: &[IssuerRecord]) -> Result<Self, CaError> {
-        if let Some(cross) = &self.record.cross_cert_pem {
-            let other_root_trusted = journal.iter().any(|r| {
-                r.kind == IssuerKind::Root
-                    && r.state != IssuerState::Expired
-                    && Some(&r.id) != self.record.parent_id.as_ref()
-            });
-            if other_root_trusted {
-                self.chain_der.push(pem_to_der(cross)?);
-            }
+        if let Some(cross) = self.record.cross_chain_in(journal) {
+            let der = pem_to_der(cross)?;
+            self.chain_der.push(der);
         }
         Ok(self)
     }

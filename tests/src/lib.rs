@@ -230,3 +230,23 @@ pub fn pem_fingerprint(pem: &str) -> anyhow::Result<String> {
         .context("no certificate in PEM")??;
     Ok(ca::sha256_fingerprint(&der))
 }
+
+/// A fresh, empty database named `<prefix>_<pid>` on the test PostgreSQL server
+/// (`LANYARD_TEST_POSTGRES_URL`), or `None` when there is none. The README's test command always
+/// provides one and sets `LANYARD_REQUIRE_POSTGRES=1`, so then a missing server fails the test
+/// instead of skipping it.
+pub async fn throwaway_postgres(prefix: &str) -> Option<String> {
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var("LANYARD_TEST_POSTGRES_URL") else {
+        assert!(std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(), "PostgreSQL required but not provided");
+        return None;
+    };
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
+    let name = format!("{prefix}_{}", std::process::id());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("drop");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create");
+    Some(format!("{}/{name}", admin.rsplit_once('/').expect("URL has a database").0))
+}

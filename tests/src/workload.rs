@@ -216,6 +216,25 @@ spiffe_id_template = "spiffe://{TD}/ns/{{/kubernetes.io/namespace}}/sa/{{/kubern
         cfg.renewal.request_timeout = Duration::from_secs(5);
         Ok(cfg)
     }
+
+    /// Agents for `ids` (join tokens, renewing at `fraction`), running in the background and
+    /// enrolled (each holds its first SVID) when this returns.
+    pub async fn enrolled_agents(&self, ids: &[&str], fraction: f64) -> anyhow::Result<Vec<workload_agent::Agent>> {
+        let mut agents = Vec::new();
+        for id in ids {
+            let agent = workload_agent::Agent::new(self.agent_config(id, &self.token(id, &[])?, fraction)?)?;
+            let runner = agent.clone();
+            tokio::spawn(async move { runner.run(std::future::pending()).await });
+            agents.push(agent);
+        }
+        for agent in &agents {
+            let mut rx = agent.seam().svid_updates();
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
+                .await
+                .context("an agent did not enroll within 30 s")??;
+        }
+        Ok(agents)
+    }
 }
 
 /// Serial (hex) and SPIFFE ID of a PEM or DER leaf.

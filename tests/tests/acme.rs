@@ -541,20 +541,8 @@ async fn rate_limits_answer_rate_limited_with_retry_after() {
 /// at the other, exactly once.
 #[tokio::test]
 async fn nonces_work_across_replicas_sharing_postgresql() {
-    let Ok(admin) = std::env::var("LANYARD_TEST_POSTGRES_URL") else {
-        assert!(std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(), "PostgreSQL required but not provided");
+    let Some(db) = tests::throwaway_postgres("lanyard_replicas").await else {
         return;
-    };
-    let db = {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
-        let name = format!("lanyard_replicas_{}", std::process::id());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("drop");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create");
-        format!("{}/{name}", admin.rsplit_once('/').expect("db").0)
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let pass = ("LANYARD_CA_PASSPHRASE", "replica test passphrase");

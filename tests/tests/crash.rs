@@ -13,19 +13,7 @@ const PASS: &str = "crash test passphrase";
 
 async fn databases(dir: &std::path::Path) -> Vec<String> {
     let mut v = vec![format!("sqlite://{}", dir.join("crash.db").display())];
-    if let Ok(admin) = std::env::var("LANYARD_TEST_POSTGRES_URL") {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
-        let name = format!("lanyard_crash_{}", std::process::id());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-            .execute(&mut c)
-            .await
-            .expect("drop");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.expect("create");
-        v.push(format!("{}/{name}", admin.rsplit_once('/').expect("db").0));
-    } else {
-        assert!(std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(), "PostgreSQL required but not provided");
-    }
+    v.extend(tests::throwaway_postgres("lanyard_crash").await);
     v
 }
 

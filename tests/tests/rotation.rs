@@ -23,21 +23,8 @@ async fn automatic_intermediate_rotation_under_mtls_load() {
     .expect("CA");
     let a_id = format!("spiffe://{TD}/svc-a");
     let b_id = format!("spiffe://{TD}/svc-b");
-    let mk = |id: &str| {
-        let cfg = ca.agent_config(id, &ca.token(id, &[]).expect("token"), 0.5).expect("cfg");
-        workload_agent::Agent::new(cfg).expect("agent")
-    };
-    let (a, b) = (mk(&a_id), mk(&b_id));
-    for agent in [a.clone(), b.clone()] {
-        tokio::spawn(async move { agent.run(std::future::pending()).await });
-    }
-    for agent in [&a, &b] {
-        let mut rx = agent.seam().svid_updates();
-        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
-            .await
-            .expect("enrolled")
-            .expect("w");
-    }
+    let agents = ca.enrolled_agents(&[&a_id, &b_id], 0.5).await.expect("agents");
+    let (a, b) = (agents[0].clone(), agents[1].clone());
 
     // Until four intermediates have been active (three rotations) and one retired has expired.
     let journal = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -225,21 +212,8 @@ async fn root_rotation_under_mtls_load() {
     let old_root = ca.fingerprint().expect("fp");
     let a_id = format!("spiffe://{TD}/svc-a");
     let b_id = format!("spiffe://{TD}/svc-b");
-    let mk = |id: &str| {
-        let cfg = ca.agent_config(id, &ca.token(id, &[]).expect("token"), 0.5).expect("cfg");
-        workload_agent::Agent::new(cfg).expect("agent")
-    };
-    let (a, b) = (mk(&a_id), mk(&b_id));
-    for agent in [a.clone(), b.clone()] {
-        tokio::spawn(async move { agent.run(std::future::pending()).await });
-    }
-    for agent in [&a, &b] {
-        let mut rx = agent.seam().svid_updates();
-        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
-            .await
-            .expect("enrolled")
-            .expect("w");
-    }
+    let agents = ca.enrolled_agents(&[&a_id, &b_id], 0.5).await.expect("agents");
+    let (a, b) = (agents[0].clone(), agents[1].clone());
     let first_sequence = a.seam().bundle_updates().borrow().as_ref().expect("bundle").sequence;
 
     // The root rotation starts once an intermediate rotation has happened.
@@ -317,20 +291,8 @@ async fn root_rotation_under_mtls_load() {
 /// (the lease), and both replicas serve the new intermediate promptly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_postgres_rotate_once_and_follow() {
-    let Ok(admin) = std::env::var("LANYARD_TEST_POSTGRES_URL") else {
-        assert!(std::env::var("LANYARD_REQUIRE_POSTGRES").is_err(), "PostgreSQL required but not provided");
+    let Some(db) = tests::throwaway_postgres("lanyard_rotation").await else {
         return;
-    };
-    let db = {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
-        let name = format!("lanyard_rotation_{}", std::process::id());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("drop");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create");
-        format!("{}/{name}", admin.rsplit_once('/').expect("db").0)
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let pass = ("LANYARD_CA_PASSPHRASE", "replica rotation passphrase");

@@ -213,20 +213,8 @@ async fn mtls_hot_reload_under_load() {
     let ca = WorkloadCa::start().expect("CA");
     let a_id = format!("spiffe://{TD}/svc-a");
     let b_id = format!("spiffe://{TD}/svc-b");
-    let a = workload_agent::Agent::new(ca.agent_config(&a_id, &ca.token(&a_id, &[]).expect("t"), 0.2).expect("cfg"))
-        .expect("agent a");
-    let b = workload_agent::Agent::new(ca.agent_config(&b_id, &ca.token(&b_id, &[]).expect("t"), 0.2).expect("cfg"))
-        .expect("agent b");
-    for agent in [a.clone(), b.clone()] {
-        tokio::spawn(async move { agent.run(std::future::pending()).await });
-    }
-    for agent in [&a, &b] {
-        let mut rx = agent.seam().svid_updates();
-        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
-            .await
-            .expect("enrolled")
-            .expect("w");
-    }
+    let agents = ca.enrolled_agents(&[&a_id, &b_id], 0.2).await.expect("agents");
+    let (a, b) = (agents[0].clone(), agents[1].clone());
 
     // Configs are built once inside the loop; every new handshake picks up the current credentials.
     let renewals = |agent: &workload_agent::Agent| agent.metrics().renewals_ok.load(Ordering::Relaxed);

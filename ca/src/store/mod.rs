@@ -365,21 +365,7 @@ impl Store {
         at: OffsetDateTime,
         audit: &AuditEvent,
     ) -> Result<bool, CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let r = sqlx::query("UPDATE issuers SET state = $1, state_changed_at = $2 WHERE id = $3 AND state = $4")
-            .bind(to.as_str())
-            .bind(unix(at))
-            .bind(id)
-            .bind(from.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        if r.rows_affected() != 1 {
-            return Ok(false);
-        }
-        writer::insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(true)
+        self.move_issuers(&[(id, from, to)], at, audit).await
     }
 
     /// Activates the prepared issuer `prepared` and retires the active `active`, atomically.
@@ -390,28 +376,56 @@ impl Store {
         at: OffsetDateTime,
         audit: &AuditEvent,
     ) -> Result<bool, CaError> {
+        use IssuerState::{Active, Prepared, Retired};
+        self.move_issuers(&[(active, Active, Retired), (prepared, Prepared, Active)], at, audit).await
+    }
+
+    /// Completes a root rotation in one transaction: the prepared root and its prepared
+    /// intermediate become active, the current ones retired. False if any was not in the expected
+    /// state (nothing changes then).
+    pub async fn activate_root(
+        &self,
+        new_root: &str,
+        new_intermediate: &str,
+        old_root: &str,
+        old_intermediate: &str,
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> Result<bool, CaError> {
+        use IssuerState::{Active, Prepared, Retired};
+        let moves = [
+            (old_root, Active, Retired),
+            (old_intermediate, Active, Retired),
+            (new_root, Prepared, Active),
+            (new_intermediate, Prepared, Active),
+        ];
+        self.move_issuers(&moves, at, audit).await
+    }
+
+    /// The one way the journal changes state: each `(id, from, to)` in order (retire before
+    /// activate, so the one-active index never sees two), each guarded by its `from` state, plus
+    /// the audit event, in one transaction. False, and nothing changed, if any issuer was not in
+    /// its `from` state (another replica or an earlier run got there first).
+    async fn move_issuers(
+        &self,
+        moves: &[(&str, IssuerState, IssuerState)],
+        at: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> Result<bool, CaError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let retire = sqlx::query(
-            "UPDATE issuers SET state = 'retired', state_changed_at = $1 WHERE id = $2 AND state = 'active'",
-        )
-        .bind(unix(at))
-        .bind(active)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if retire.rows_affected() != 1 {
-            return Ok(false);
-        }
-        let activate = sqlx::query(
-            "UPDATE issuers SET state = 'active', state_changed_at = $1 WHERE id = $2 AND state = 'prepared'",
-        )
-        .bind(unix(at))
-        .bind(prepared)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if activate.rows_affected() != 1 {
-            return Ok(false);
+        for (id, from, to) in moves {
+            let r = sqlx::query("UPDATE issuers SET state = $1, state_changed_at = $2 WHERE id = $3 AND state = $4")
+                .bind(to.as_str())
+                .bind(unix(at))
+                .bind(*id)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if r.rows_affected() != 1 {
+                // Dropping the transaction rolls back the moves made so far.
+                return Ok(false);
+            }
         }
         writer::insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
@@ -444,43 +458,5 @@ impl Store {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
-    }
-}
-
-impl Store {
-    /// Completes a root rotation in one transaction: the prepared root and its prepared
-    /// intermediate become active, the current ones retired. False if any was not in the expected
-    /// state (nothing changes then).
-    pub async fn activate_root(
-        &self,
-        new_root: &str,
-        new_intermediate: &str,
-        old_root: &str,
-        old_intermediate: &str,
-        at: OffsetDateTime,
-        audit: &AuditEvent,
-    ) -> Result<bool, CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for (id, from, to) in [
-            (old_root, "active", "retired"),
-            (old_intermediate, "active", "retired"),
-            (new_root, "prepared", "active"),
-            (new_intermediate, "prepared", "active"),
-        ] {
-            let r = sqlx::query("UPDATE issuers SET state = $1, state_changed_at = $2 WHERE id = $3 AND state = $4")
-                .bind(to)
-                .bind(unix(at))
-                .bind(id)
-                .bind(from)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if r.rows_affected() != 1 {
-                return Ok(false);
-            }
-        }
-        writer::insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(true)
     }
 }

@@ -689,18 +689,7 @@ pub(crate) async fn certificate_alternate(
 /// signed by its own root, then, during a root rotation while the previous root is still trusted,
 /// the cross-signed copy that leads to the previous root.
 fn chains_for(issuer: &ca::IssuerRecord, journal: &[ca::IssuerRecord]) -> Vec<String> {
-    let mut out = vec![issuer.cert_pem.clone()];
-    if let Some(cross) = &issuer.cross_cert_pem {
-        let other_root_trusted = journal.iter().any(|r| {
-            r.kind == ca::IssuerKind::Root
-                && r.state != ca::IssuerState::Expired
-                && Some(&r.id) != issuer.parent_id.as_ref()
-        });
-        if other_root_trusted {
-            out.push(cross.clone());
-        }
-    }
-    out
+    std::iter::once(issuer.cert_pem.as_str()).chain(issuer.cross_chain_in(journal)).map(str::to_owned).collect()
 }
 
 async fn download(acme: &Acme, serial: &str, n: usize, auth: &Authenticated) -> AcmeResult {
