@@ -9,6 +9,8 @@
 pub mod acme;
 pub mod crl;
 pub mod emergency;
+mod native;
+mod reader;
 mod records;
 pub mod workload;
 mod writer;
@@ -42,9 +44,11 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The group-commit writer (SQLite: a thread with its own connection; PostgreSQL: a task on
+    /// the pool).
     writer: mpsc::Sender<Job>,
-    /// SQLite only: the group-commit writer's own connection (native driver), closed with `pool`.
-    writer_pool: Option<sqlx::SqlitePool>,
+    /// SQLite only: the thread that answers certificate lookups (the renewal hot path).
+    reader: Option<reader::Reader>,
 }
 
 /// Maps sqlx errors: anything that means "could not talk to the database" is `StoreUnavailable`.
@@ -125,14 +129,17 @@ impl Store {
             })?;
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| CaError::Store(format!("migrations: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
-        let writer_pool = match backend {
-            Backend::Sqlite => Some(writer::start_sqlite(&url, rx).await?),
+        let reader = match backend {
+            Backend::Sqlite => {
+                writer::start_sqlite(&url, rx)?;
+                Some(reader::Reader::start(&url)?)
+            }
             Backend::Postgres => {
-                tokio::spawn(writer::run(writer::Sink::Any(backend, pool.clone()), rx, None));
+                tokio::spawn(writer::run_any(backend, pool.clone(), rx));
                 None
             }
         };
-        Ok(Store { pool, backend, writer: tx, writer_pool })
+        Ok(Store { pool, backend, writer: tx, reader })
     }
 
     /// The database kind.
@@ -142,10 +149,11 @@ impl Store {
 
     /// Closes the pool; later calls fail with `StoreUnavailable`.
     pub async fn close(&self) {
-        self.pool.close().await;
-        if let Some(p) = &self.writer_pool {
-            p.close().await;
+        let _ = self.submit(Write::Close).await;
+        if let Some(r) = &self.reader {
+            r.close().await;
         }
+        self.pool.close().await;
     }
 
     async fn submit(&self, write: Write) -> Result<(), CaError> {
@@ -193,8 +201,11 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// One certificate by serial (hex).
+    /// One certificate by serial (hex). With SQLite, answered by the reader thread ([`reader`]).
     pub async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, CaError> {
+        if let Some(r) = &self.reader {
+            return r.certificate(serial).await;
+        }
         let row = sqlx::query(concat!("SELECT ", records::cert_columns!(), " WHERE c.serial = $1"))
             .bind(serial)
             .fetch_optional(&self.pool)

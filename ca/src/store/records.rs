@@ -81,19 +81,23 @@ macro_rules! cert_columns {
 }
 pub(super) use cert_columns;
 
+impl CertificateStatus {
+    fn parse(s: &str) -> Result<Self, CaError> {
+        match s {
+            "intent" => Ok(CertificateStatus::Intent),
+            "issued" => Ok(CertificateStatus::Issued),
+            "abandoned" => Ok(CertificateStatus::Abandoned),
+            other => Err(CaError::Store(format!("unknown certificate status {other:?}"))),
+        }
+    }
+}
+
 impl CertificateRecord {
     pub(super) fn from_row(r: &AnyRow) -> Result<Self, CaError> {
         let status: String = r.try_get("status").map_err(db_err)?;
         Ok(CertificateRecord {
             serial: r.try_get("serial").map_err(db_err)?,
-            status: match status.as_str() {
-                "intent" => CertificateStatus::Intent,
-                "issued" => CertificateStatus::Issued,
-                "abandoned" => CertificateStatus::Abandoned,
-                other => {
-                    return Err(CaError::Store(format!("unknown certificate status {other:?}")));
-                }
-            },
+            status: CertificateStatus::parse(&status)?,
             issuer_id: r.try_get("issuer_id").map_err(db_err)?,
             profile: r.try_get("profile").map_err(db_err)?,
             requester: r.try_get("requester").map_err(db_err)?,
@@ -104,6 +108,35 @@ impl CertificateRecord {
             not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
             cert_pem: r.try_get("cert_pem").map_err(db_err)?,
             revoked_at: r.try_get::<Option<i64>, _>("revoked_at").map_err(db_err)?.map(from_unix).transpose()?,
+        })
+    }
+
+    /// The same, from a row of the native SQLite reader (columns in [`cert_columns`] order).
+    pub(super) fn from_native_row(r: &rusqlite::Row<'_>) -> Result<Self, CaError> {
+        let get = |i| r.get_ref(i).map_err(super::native::sqlite_err);
+        let text = |i| -> Result<String, CaError> {
+            get(i)?.as_str().map(str::to_owned).map_err(|e| CaError::Store(format!("column {i}: {e}")))
+        };
+        let int = |i| -> Result<Option<i64>, CaError> {
+            get(i)?.as_i64_or_null().map_err(|e| CaError::Store(format!("column {i}: {e}")))
+        };
+        let required = |i| int(i)?.ok_or_else(|| CaError::Store(format!("column {i} is NULL")));
+        Ok(CertificateRecord {
+            serial: text(0)?,
+            status: CertificateStatus::parse(&text(1)?)?,
+            issuer_id: text(2)?,
+            profile: text(3)?,
+            requester: text(4)?,
+            subject: text(5)?,
+            sans: text(6)?,
+            key_fingerprint: text(7)?,
+            not_before: from_unix(required(8)?)?,
+            not_after: from_unix(required(9)?)?,
+            cert_pem: get(10)?
+                .as_str_or_null()
+                .map_err(|e| CaError::Store(format!("column 10: {e}")))?
+                .map(str::to_owned),
+            revoked_at: int(11)?.map(from_unix).transpose()?,
         })
     }
 }

@@ -1,0 +1,82 @@
+//! Connections of the SQLite store that bypass sqlx, driven synchronously through rusqlite on
+//! threads of their own: the group-commit writer ([`super::writer`]) and the certificate reader
+//! ([`super::reader`]), the two paths every issuance and renewal takes.
+//!
+//! sqlx runs each SQLite connection on a worker thread of its own and hands every statement to
+//! it; on cores busy signing, each hand-off waited for a time slice. These connections open the
+//! same database file as sqlx's pool: rusqlite and sqlx link the same `libsqlite3-sys`, so there is
+//! one SQLite library in the process. Migrations are run by the pool before they open.
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::CaError;
+
+/// What a connection may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// The file path in a sqlx SQLite URL: `sqlite:///abs/path.db`, `sqlite://rel/path.db` or
+/// `sqlite:path.db`, with an optional `?query` (sqlx's connection options, handled by the pool).
+pub(super) fn path_of(url: &str) -> Result<String, CaError> {
+    let rest = url.strip_prefix("sqlite:").ok_or_else(|| CaError::Config(format!("not a SQLite URL: {url}")))?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') {
+        return Err(CaError::Config(format!(
+            "the SQLite store needs a database file (in-memory databases are not supported): {url}"
+        )));
+    }
+    Ok(path.to_owned())
+}
+
+/// Opens a connection with the pool's settings: WAL, and synchronous=FULL so that a commit is on
+/// disk when it returns. No memory map: every checkpoint grows the file, and each connection would
+/// then unmap and remap it at its next transaction.
+pub(super) fn open(path: &str, access: Access) -> Result<Connection, CaError> {
+    let mode = match access {
+        Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        Access::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+    };
+    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(sqlite_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sqlite_err)?;
+    if access == Access::ReadWrite {
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(sqlite_err)?;
+    }
+    conn.execute_batch("PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;").map_err(sqlite_err)?;
+    // Every statement shape in use (a handful of row counts per kind) stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Maps rusqlite errors as [`super::db_err`] maps sqlx's: anything that means "could not use the
+/// database" (busy, locked, read-only, full, I/O, cannot open) is `StoreUnavailable`.
+pub(super) fn sqlite_err(e: rusqlite::Error) -> CaError {
+    let unavailable = matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::ReadOnly
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+        )
+    );
+    if unavailable { CaError::StoreUnavailable(e.to_string()) } else { CaError::Store(e.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_from_sqlx_urls() {
+        assert_eq!(super::path_of("sqlite:///abs/l.db?mode=rwc").expect("path"), "/abs/l.db");
+        assert_eq!(super::path_of("sqlite://rel/l.db").expect("path"), "rel/l.db");
+        assert_eq!(super::path_of("sqlite:l.db").expect("path"), "l.db");
+        assert!(super::path_of("sqlite::memory:").is_err());
+        assert!(super::path_of("postgres://x/y").is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! The SQLite writer: a thread of its own with a connection of its own ([`native`]), so a batch
+//! (begin, one multi-row INSERT per kind, commit) runs start to finish on one thread.
+
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, Transaction, params_from_iter};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::{Job, Kind, MAX_BATCH, Sorted, Statements, audit_id, closed, deliver, linger, pow2_chunks, split_at_close};
+use crate::CaError;
+use crate::store::{Backend, native, unix};
+
+/// Opens the writer's connection to the database at `url` (a sqlx SQLite URL) and starts the
+/// writer thread. The runtime this is called on is taken to be the one that issues (see
+/// [`linger`]).
+pub(in crate::store) fn start(url: &str, rx: mpsc::Receiver<Job>) -> Result<(), CaError> {
+    let conn = native::open(&native::path_of(url)?, native::Access::ReadWrite)?;
+    let callers = tokio::runtime::Handle::try_current().ok();
+    std::thread::Builder::new()
+        .name("lanyard-store-writer".into())
+        .spawn(move || run(conn, rx, callers))
+        .map(|_| ())
+        .map_err(|e| CaError::StoreUnavailable(format!("store writer thread: {e}")))
+}
+
+/// Commits batches until every sender is gone or the store is closed.
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, callers: Option<tokio::runtime::Handle>) {
+    let mut conn = Some(conn);
+    let mut sql = Statements::default();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        if let Some(callers) = &callers {
+            linger(&mut rx, &mut batch, callers);
+        }
+        let close = split_at_close(&mut batch);
+        if let Some(c) = conn.as_mut() {
+            let r = commit(c, &batch, &mut sql);
+            for job in deliver(&mut batch, r) {
+                let r = commit(c, std::slice::from_ref(&job), &mut sql);
+                let _ = job.reply.send(r.map(|v| v.first().copied().unwrap_or(0)));
+            }
+        }
+        for job in batch.drain(..) {
+            let _ = job.reply.send(Err(closed()));
+        }
+        if let Some((close, rest)) = close {
+            let result = match conn.take().map(Connection::close) {
+                Some(Err((_, e))) => Err(native::sqlite_err(e)),
+                _ => Ok(0),
+            };
+            let _ = close.reply.send(result);
+            for job in rest {
+                let _ = job.reply.send(Err(closed()));
+            }
+        }
+    }
+}
+
+fn text(s: &str) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+}
+
+fn int(n: i64) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Integer(n))
+}
+
+/// Commits a batch in one transaction; returns the rows each job affected, in job order.
+fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<Vec<u64>, CaError> {
+    let rows = Sorted::of(jobs);
+    let mut affected = vec![1u64; jobs.len()];
+    let tx = conn.transaction().map_err(native::sqlite_err)?;
+    for (k, nonce, expires_at) in rows.nonces {
+        let n = tx
+            .prepare_cached(
+                "INSERT INTO acme_used_nonces (nonce, expires_at) VALUES (?1, ?2) ON CONFLICT (nonce) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute((nonce, expires_at)))
+            .map_err(native::sqlite_err)?;
+        affected[k] = n as u64;
+    }
+    let now = unix(OffsetDateTime::now_utc());
+    for chunk in pow2_chunks(&rows.intents) {
+        let values = chunk.iter().flat_map(|i| {
+            [
+                text(&i.serial),
+                text(&i.issuer_id),
+                text(&i.profile),
+                text(&i.requester),
+                text(&i.subject),
+                text(&i.sans),
+                text(&i.key_fingerprint),
+                int(unix(i.not_before)),
+                int(unix(i.not_after)),
+                int(now),
+            ]
+        });
+        insert(&tx, sql, Kind::Intent, chunk.len(), values)?;
+    }
+    for chunk in pow2_chunks(&rows.issued) {
+        let values = chunk.iter().flat_map(|(serial, pem, at)| [text(serial), text(pem), int(*at)]);
+        insert(&tx, sql, Kind::Issued, chunk.len(), values)?;
+    }
+    for chunk in pow2_chunks(&rows.audits) {
+        let values = chunk.iter().flat_map(|ev| {
+            [
+                ToSqlOutput::Owned(Value::Text(audit_id(ev))),
+                int(unix(ev.at)),
+                text(&ev.actor),
+                text(&ev.action),
+                text(&ev.target),
+                text(ev.outcome.as_str()),
+                text(&ev.detail),
+            ]
+        });
+        insert(&tx, sql, Kind::Audit, chunk.len(), values)?;
+    }
+    tx.commit().map_err(native::sqlite_err)?;
+    Ok(affected)
+}
+
+/// Runs one multi-row INSERT of `rows` rows.
+fn insert<'v>(
+    tx: &Transaction<'_>,
+    sql: &mut Statements,
+    kind: Kind,
+    rows: usize,
+    values: impl Iterator<Item = ToSqlOutput<'v>>,
+) -> Result<(), CaError> {
+    let text = sql.get(Backend::Sqlite, kind, rows);
+    tx.prepare_cached(&text)
+        .and_then(|mut s| s.execute(params_from_iter(values)))
+        .map(|_| ())
+        .map_err(native::sqlite_err)
+}
