@@ -33,8 +33,7 @@ pub(super) fn path_of(url: &str) -> Result<String, CaError> {
 }
 
 /// Opens a connection with the pool's settings: WAL, and synchronous=FULL so that a commit is on
-/// disk when it returns. No memory map: every checkpoint grows the file, and each connection would
-/// then unmap and remap it at its next transaction.
+/// disk when it returns.
 pub(super) fn open(path: &str, access: Access) -> Result<Connection, CaError> {
     let mode = match access {
         Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -42,11 +41,20 @@ pub(super) fn open(path: &str, access: Access) -> Result<Connection, CaError> {
     };
     let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(sqlite_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sqlite_err)?;
-    if access == Access::ReadWrite {
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(sqlite_err)?;
-    }
-    conn.execute_batch("PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;").map_err(sqlite_err)?;
+    let pragmas = match access {
+        // The writer keeps its cache across its own commits: inserts at random serials touch
+        // index pages all over a growing table, so it gets room for them (64 MiB) and reads the
+        // file through a memory map (issuance bench: 66 % of the ceiling without, 70-74 % with).
+        Access::ReadWrite => {
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456;"
+        }
+        // The reader's cache is dropped whenever the writer has committed since its last
+        // transaction, which under load is every time. No memory map: every checkpoint grows the
+        // file, and the reader would unmap and remap it at its next transaction.
+        Access::ReadOnly => "PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY;",
+    };
+    conn.execute_batch(pragmas).map_err(sqlite_err)?;
     // Every statement shape in use (a handful of row counts per kind) stays prepared.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
