@@ -415,3 +415,62 @@ async fn the_journal_never_holds_two_active_intermediates() {
         assert_eq!(auth.store().issuers().await.expect("journal").len(), 3);
     }
 }
+
+/// Renewal authenticates every request against the stored record of the presented certificate.
+/// With SQLite those lookups go through the store's reader thread and share read transactions:
+/// each caller must get its own certificate's record, and a revocation recorded through another
+/// connection (as `lanyard-ca revoke` does from its own process) must be seen by the next lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_get_their_own_record_and_see_revocations_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let (auth, _) = authority(&url, policy()).await;
+        let auth = Arc::new(auth);
+        let mut issued = Vec::new();
+        for i in 0..48 {
+            let c = csr(&p256(), &[San::Uri(&format!("spiffe://example.org/w/{i}"))], None);
+            issued.push(auth.issue(req(&c, Profile::Workload)).await.expect("issue"));
+        }
+        // All lookups at once, so that they arrive at the reader together.
+        let mut lookups = tokio::task::JoinSet::new();
+        for cert in &issued {
+            let (auth, der, serial) = (auth.clone(), cert.der.clone(), cert.serial.to_hex());
+            lookups.spawn(async move { (serial, auth.authenticate_workload(&der).await) });
+        }
+        let mut answered = 0;
+        while let Some(joined) = lookups.join_next().await {
+            let (serial, record) = joined.expect("lookup task");
+            let record = record.expect("a current certificate authenticates");
+            assert_eq!(record.serial, serial);
+            assert!(record.sans.contains("spiffe://example.org/w/"), "{}", record.sans);
+            answered += 1;
+        }
+        assert_eq!(answered, issued.len());
+
+        // Revoked through a second store on the same database: refused by the very next lookup.
+        let other = ca::Store::open(&url).await.expect("second store");
+        let revoked = &issued[7];
+        assert!(
+            other
+                .revoke_certificate(&revoked.serial.to_hex(), 1, time::OffsetDateTime::now_utc())
+                .await
+                .expect("revoke")
+        );
+        let err = auth.authenticate_workload(&revoked.der).await.expect_err("revoked certificate");
+        assert!(matches!(err, CaError::Unauthenticated(_)), "{err:?}");
+        assert!(err.to_string().contains("revoked"), "{err}");
+        auth.authenticate_workload(&issued[8].der).await.expect("its neighbour still authenticates");
+
+        // A certificate issued through the second store is found by the first at once.
+        let c = csr(&p256(), &[San::Uri("spiffe://example.org/w/late")], None);
+        let other_auth = ca::Authority::load(other.clone(), policy(), &pass()).await.expect("second authority");
+        let late = other_auth.issue(req(&c, Profile::Workload)).await.expect("issue through the second store");
+        auth.authenticate_workload(&late.der).await.expect("found by the first store");
+
+        // After close, lookups are refused as unavailable, not answered from a stale connection.
+        auth.store().close().await;
+        let err = auth.authenticate_workload(&issued[8].der).await.expect_err("closed store");
+        assert!(matches!(err, CaError::StoreUnavailable(_)), "{err:?}");
+        other.close().await;
+    }
+}
