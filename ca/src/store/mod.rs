@@ -157,12 +157,39 @@ impl Store {
     }
 
     async fn submit(&self, write: Write) -> Result<(), CaError> {
+        self.submit_counted(write).await.map(|_| ())
+    }
+
+    /// Queues a write for the group-commit writer and waits until its batch has committed;
+    /// returns the rows it affected.
+    async fn submit_counted(&self, write: Write) -> Result<u64, CaError> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Job { write, reply })
             .await
             .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?;
-        rx.await.map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?.map(|_| ())
+        rx.await.map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?
+    }
+
+    /// SQLite only (`None` on PostgreSQL): runs `write` on the writer thread inside the next
+    /// group-committed batch, isolated from the rest of the batch by a savepoint, and answers once
+    /// the batch is on disk. Small state changes then share the batch's one fsync instead of each
+    /// paying for a transaction of its own.
+    fn sqlite_write(
+        &self,
+        write: impl Fn(&rusqlite::Connection) -> Result<u64, CaError> + Send + Sync + 'static,
+    ) -> Option<impl Future<Output = Result<u64, CaError>> + '_> {
+        self.reader.as_ref()?;
+        Some(self.submit_counted(Write::Sqlite(std::sync::Arc::new(write))))
+    }
+
+    /// SQLite only (`None` on PostgreSQL): runs `read` on the reader thread, in a read transaction
+    /// that starts at the latest commit.
+    fn sqlite_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<T, CaError> + Send + 'static,
+    ) -> Option<impl Future<Output = Result<T, CaError>> + '_> {
+        Some(self.reader.as_ref()?.query(read))
     }
 
     /// Step 1 of issuance: reserve the serial (primary key) and record what is about to be signed.
@@ -314,13 +341,21 @@ impl Store {
 
     /// The whole issuer journal, oldest first.
     pub async fn issuers(&self) -> Result<Vec<IssuerRecord>, CaError> {
-        let rows = sqlx::query(
-            "SELECT id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, not_before, \
-             not_after, created_at, state_changed_at, cross_cert_pem FROM issuers ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+        const SQL: &str = "SELECT id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, \
+             not_before, not_after, created_at, state_changed_at, cross_cert_pem FROM issuers ORDER BY created_at, id";
+        // Every certificate download reads the journal (to pick the chain).
+        if let Some(r) = self.sqlite_read(|c| {
+            let mut st = c.prepare_cached(SQL).map_err(native::sqlite_err)?;
+            let mut rows = st.query([]).map_err(native::sqlite_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(native::sqlite_err)? {
+                out.push(issuer_from_native_row(r)?);
+            }
+            Ok(out)
+        }) {
+            return r.await;
+        }
+        let rows = sqlx::query(SQL).fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(issuer_from_row).collect()
     }
 
@@ -346,6 +381,28 @@ fn issuer_from_row(r: &AnyRow) -> Result<IssuerRecord, CaError> {
         created_at: from_unix(r.try_get("created_at").map_err(db_err)?)?,
         state_changed_at: from_unix(r.try_get("state_changed_at").map_err(db_err)?)?,
         cross_cert_pem: r.try_get("cross_cert_pem").map_err(db_err)?,
+    })
+}
+
+fn issuer_from_native_row(r: &rusqlite::Row<'_>) -> Result<IssuerRecord, CaError> {
+    fn get<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, col: &str) -> Result<T, CaError> {
+        r.get(col).map_err(native::sqlite_err)
+    }
+    Ok(IssuerRecord {
+        id: get(r, "id")?,
+        kind: IssuerKind::parse(&get::<String>(r, "kind")?)?,
+        state: IssuerState::parse(&get::<String>(r, "state")?)?,
+        parent_id: get(r, "parent_id")?,
+        subject: get(r, "subject")?,
+        cert_pem: get(r, "cert_pem")?,
+        key_pem_enc: get(r, "key_pem_enc")?,
+        ski: get(r, "ski")?,
+        fingerprint: get(r, "fingerprint")?,
+        not_before: from_unix(get(r, "not_before")?)?,
+        not_after: from_unix(get(r, "not_after")?)?,
+        created_at: from_unix(get(r, "created_at")?)?,
+        state_changed_at: from_unix(get(r, "state_changed_at")?)?,
+        cross_cert_pem: get(r, "cross_cert_pem")?,
     })
 }
 

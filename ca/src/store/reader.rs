@@ -23,9 +23,15 @@ const MAX_BATCH: usize = 256;
 /// Where a lookup's answer goes.
 type Answer = oneshot::Sender<Result<Option<CertificateRecord>, CaError>>;
 
+/// A read of any shape: runs on the reader thread inside the shared read transaction and sends
+/// its own answer. Dropped unrun (its caller then sees the store closed) once the store is closed.
+type Query = Box<dyn FnOnce(&Connection) + Send>;
+
 pub(super) enum Read {
     /// The record of one certificate, by serial (hex).
     Certificate { serial: String, reply: Answer },
+    /// Any other read (the ACME hot path: accounts, orders, authorizations).
+    Query(Query),
     /// Closes the connection; later lookups are refused ([`super::Store::close`]).
     Close { reply: oneshot::Sender<()> },
 }
@@ -60,6 +66,19 @@ impl Reader {
         rx.await.map_err(|_| closed())?
     }
 
+    /// Runs `f` on the reader thread, in a read transaction that starts at the latest commit.
+    pub(super) async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, CaError> + Send + 'static,
+    ) -> Result<T, CaError> {
+        let (reply, rx) = oneshot::channel();
+        let job: Query = Box::new(move |c| {
+            let _ = reply.send(f(c));
+        });
+        self.tx.send(Read::Query(job)).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
     /// Closes the reader's connection.
     pub(super) async fn close(&self) {
         let (reply, rx) = oneshot::channel();
@@ -75,6 +94,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Read>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let mut lookups = Vec::with_capacity(batch.len());
+        let mut queries = Vec::new();
         let mut close = None;
         for read in batch.drain(..) {
             match read {
@@ -84,11 +104,14 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Read>) {
                 Read::Certificate { reply, .. } => {
                     let _ = reply.send(Err(closed()));
                 }
+                Read::Query(q) if close.is_none() && conn.is_some() => queries.push(q),
+                // Dropped: its caller sees the reply channel closed.
+                Read::Query(_) => {}
                 Read::Close { reply } => close = close.or(Some(reply)),
             }
         }
-        if let Some(c) = conn.as_mut() {
-            answer(c, lookups);
+        if let Some(c) = conn.as_ref() {
+            answer(c, lookups, queries);
         }
         if let Some(reply) = close {
             drop(conn.take());
@@ -97,18 +120,26 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Read>) {
     }
 }
 
-/// Answers lookups from one read transaction; if the transaction cannot start, each is told why.
-fn answer(conn: &mut Connection, lookups: Vec<(String, Answer)>) {
-    let tx = match conn.transaction() {
+/// Answers lookups and queries from one read transaction; if the transaction cannot start, each
+/// lookup is told why (and each query runs outside one, to meet the same error itself).
+fn answer(conn: &Connection, lookups: Vec<(String, Answer)>, queries: Vec<Query>) {
+    // Unchecked only in that it takes `&Connection`: nothing else runs on this thread's connection.
+    let tx = match conn.unchecked_transaction() {
         Ok(tx) => tx,
         Err(e) => {
             let e = native::sqlite_err(e);
             for (_, reply) in lookups {
                 let _ = reply.send(Err(clone_err(&e)));
             }
+            for q in queries {
+                q(conn);
+            }
             return;
         }
     };
+    for q in queries {
+        q(&tx);
+    }
     for (serial, reply) in lookups {
         let r = tx
             .prepare_cached(concat!("SELECT ", cert_columns!(), " WHERE c.serial = ?1"))

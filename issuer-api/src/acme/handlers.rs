@@ -449,9 +449,9 @@ fn order_json(acme: &Acme, o: &AcmeOrder, authzs: &[AcmeAuthz]) -> Result<Order,
 }
 
 async fn load_order(acme: &Acme, auth: &Authenticated, id: &str) -> Result<(AcmeOrder, Vec<AcmeAuthz>), AcmeProblem> {
-    let o = acme.store.acme_order(id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    let (o, authzs) =
+        acme.store.acme_order_with_authzs(id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     owner(auth, &o.account_id)?;
-    let authzs = acme.store.acme_authzs_for_order(&o.id).await.map_err(AcmeProblem::from)?;
     Ok((o, authzs))
 }
 

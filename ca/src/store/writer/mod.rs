@@ -50,10 +50,20 @@ pub(super) enum Write {
         nonce: String,
         expires_at: i64,
     },
+    /// SQLite only: a write of any other shape (the ACME state changes), run on the writer's
+    /// connection inside the batch's transaction, under a savepoint of its own so that its failure
+    /// undoes only its own changes. Returns what it reports as rows affected.
+    Sqlite(SqliteWrite),
     /// Not a write: the writer commits what came before, closes its connection and from then on
     /// answers every job with `StoreUnavailable` ([`super::Store::close`]).
     Close,
 }
+
+/// See [`Write::Sqlite`]. `Fn`, not `FnOnce`: a batch that fails as a whole is retried job by job.
+pub(super) type SqliteWrite = Arc<dyn Fn(&rusqlite::Connection) -> Result<u64, CaError> + Send + Sync>;
+
+/// Each job's own answer, in job order, for a batch that committed.
+type Answers = Vec<Result<u64, CaError>>;
 
 pub(super) struct Job {
     pub(super) write: Write,
@@ -77,11 +87,11 @@ fn split_at_close(batch: &mut Vec<Job>) -> Option<(Job, Vec<Job>)> {
 /// Answers a committed batch. A batch that failed as a whole because of one bad write (e.g. a
 /// serial collision) must not fail its neighbours: those jobs are handed back, to be retried one
 /// by one so that every caller gets its own answer.
-fn deliver(batch: &mut Vec<Job>, result: Result<Vec<u64>, CaError>) -> Vec<Job> {
+fn deliver(batch: &mut Vec<Job>, result: Result<Answers, CaError>) -> Vec<Job> {
     match result {
-        Ok(affected) => {
-            for (job, n) in batch.drain(..).zip(affected) {
-                let _ = job.reply.send(Ok(n));
+        Ok(answers) => {
+            for (job, answer) in batch.drain(..).zip(answers) {
+                let _ = job.reply.send(answer);
             }
             Vec::new()
         }
@@ -110,7 +120,7 @@ pub(super) async fn run_any(backend: Backend, pool: AnyPool, mut rx: mpsc::Recei
             let r = commit_any(&pool, backend, &batch, &mut sql).await;
             for job in deliver(&mut batch, r) {
                 let r = commit_any(&pool, backend, std::slice::from_ref(&job), &mut sql).await;
-                let _ = job.reply.send(r.map(|v| v.first().copied().unwrap_or(0)));
+                let _ = job.reply.send(only_answer(r));
             }
         }
         for job in batch.drain(..) {
@@ -124,6 +134,11 @@ pub(super) async fn run_any(backend: Backend, pool: AnyPool, mut rx: mpsc::Recei
             }
         }
     }
+}
+
+/// The answer of a batch of one job.
+fn only_answer(result: Result<Answers, CaError>) -> Result<u64, CaError> {
+    result.and_then(|mut answers| answers.pop().unwrap_or(Ok(0)))
 }
 
 /// While the callers' runtime has runnable tasks waiting in its queue, its cores are saturated:
@@ -196,6 +211,8 @@ struct Sorted<'a> {
     audits: Vec<&'a AuditEvent>,
     /// (index of the job, nonce, expiry).
     nonces: Vec<(usize, &'a str, i64)>,
+    /// (index of the job, write).
+    sqlite: Vec<(usize, &'a SqliteWrite)>,
 }
 
 impl<'a> Sorted<'a> {
@@ -207,6 +224,7 @@ impl<'a> Sorted<'a> {
                 Write::Issued { serial, cert_pem, issued_at } => s.issued.push((serial, cert_pem, *issued_at)),
                 Write::Audit(ev) => s.audits.push(ev),
                 Write::Nonce { nonce, expires_at } => s.nonces.push((k, nonce, *expires_at)),
+                Write::Sqlite(w) => s.sqlite.push((k, w)),
                 Write::Close => {}
             }
         }
@@ -224,9 +242,12 @@ fn audit_id(ev: &AuditEvent) -> String {
 }
 
 /// Commits a batch through the `Any` pool; returns the rows each job affected, in job order.
-async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut Statements) -> Result<Vec<u64>, CaError> {
+async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut Statements) -> Result<Answers, CaError> {
     let rows = Sorted::of(jobs);
-    let mut affected = vec![1u64; jobs.len()];
+    let mut affected: Answers = jobs.iter().map(|_| Ok(1)).collect();
+    for (k, _) in &rows.sqlite {
+        affected[*k] = Err(CaError::Store("a SQLite write reached the PostgreSQL writer".into()));
+    }
     let mut tx = pool.begin().await.map_err(db_err)?;
     let nonce_sql = match backend {
         Backend::Sqlite => {
@@ -237,13 +258,13 @@ async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut St
         }
     };
     for (k, nonce, expires_at) in rows.nonces {
-        affected[k] = sqlx::query(nonce_sql)
+        affected[k] = Ok(sqlx::query(nonce_sql)
             .bind(nonce)
             .bind(expires_at)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?
-            .rows_affected();
+            .rows_affected());
     }
     // One multi-row statement per kind and chunk: statement overhead, not row count, dominates.
     let now = unix(OffsetDateTime::now_utc());

@@ -6,7 +6,10 @@ use rusqlite::{Connection, Transaction, params_from_iter};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{Job, Kind, MAX_BATCH, Sorted, Statements, audit_id, closed, deliver, linger, pow2_chunks, split_at_close};
+use super::{
+    Answers, Job, Kind, MAX_BATCH, Sorted, SqliteWrite, Statements, audit_id, closed, deliver, linger, only_answer,
+    pow2_chunks, split_at_close,
+};
 use crate::CaError;
 use crate::store::{Backend, native, unix};
 
@@ -37,7 +40,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, callers: Option<tokio::run
             let r = commit(c, &batch, &mut sql);
             for job in deliver(&mut batch, r) {
                 let r = commit(c, std::slice::from_ref(&job), &mut sql);
-                let _ = job.reply.send(r.map(|v| v.first().copied().unwrap_or(0)));
+                let _ = job.reply.send(only_answer(r));
             }
         }
         for job in batch.drain(..) {
@@ -64,11 +67,14 @@ fn int(n: i64) -> ToSqlOutput<'static> {
     ToSqlOutput::Owned(Value::Integer(n))
 }
 
-/// Commits a batch in one transaction; returns the rows each job affected, in job order.
-fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<Vec<u64>, CaError> {
+/// Commits a batch in one transaction; returns each job's answer (rows affected), in job order.
+fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<Answers, CaError> {
     let rows = Sorted::of(jobs);
-    let mut affected = vec![1u64; jobs.len()];
+    let mut affected: Answers = jobs.iter().map(|_| Ok(1)).collect();
     let tx = conn.transaction().map_err(native::sqlite_err)?;
+    for (k, write) in rows.sqlite {
+        affected[k] = run_isolated(&tx, write)?;
+    }
     for (k, nonce, expires_at) in rows.nonces {
         let n = tx
             .prepare_cached(
@@ -76,7 +82,7 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<V
             )
             .and_then(|mut s| s.execute((nonce, expires_at)))
             .map_err(native::sqlite_err)?;
-        affected[k] = n as u64;
+        affected[k] = Ok(n as u64);
     }
     let now = unix(OffsetDateTime::now_utc());
     for chunk in pow2_chunks(&rows.intents) {
@@ -116,6 +122,22 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<V
     }
     tx.commit().map_err(native::sqlite_err)?;
     Ok(affected)
+}
+
+/// Runs one [`super::Write::Sqlite`] under a savepoint: its own failure rolls back its own changes
+/// and becomes its answer; a failure to set up or release the savepoint fails the batch.
+fn run_isolated(tx: &Transaction<'_>, write: &SqliteWrite) -> Result<Result<u64, CaError>, CaError> {
+    tx.execute_batch("SAVEPOINT job").map_err(native::sqlite_err)?;
+    let r = write(tx);
+    if r.is_err() {
+        tx.execute_batch("ROLLBACK TO job").map_err(native::sqlite_err)?;
+    }
+    tx.execute_batch("RELEASE job").map_err(native::sqlite_err)?;
+    match r {
+        // The database itself failed (full, I/O): the batch cannot commit either.
+        Err(e @ CaError::StoreUnavailable(_)) => Err(e),
+        r => Ok(r),
+    }
 }
 
 /// Runs one multi-row INSERT of `rows` rows.

@@ -1,5 +1,10 @@
 //! ACME state (RFC 8555): accounts, orders, authorizations, challenges, used nonces. The web edge
 //! decides; this module only remembers, with every multi-row change in one transaction.
+//!
+//! On SQLite the hot path (everything a complete flow touches) runs on the store's own
+//! connections ([`sqlite`]); everything else, and all of PostgreSQL, goes through sqlx's pool.
+
+mod sqlite;
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -170,8 +175,72 @@ fn challenge_from(r: &AnyRow) -> Result<AcmeChallenge, CaError> {
     })
 }
 
-const ACCOUNT_COLS: &str = "id, thumbprint, jwk, status, contact, eab_kid, created_at, allowed_suffixes";
-const ORDER_COLS: &str = "id, account_id, status, identifiers, expires_at, error, cert_serial, created_at, replaces";
+macro_rules! account_cols {
+    () => {
+        "id, thumbprint, jwk, status, contact, eab_kid, created_at, allowed_suffixes"
+    };
+}
+macro_rules! order_cols {
+    () => {
+        "id, account_id, status, identifiers, expires_at, error, cert_serial, created_at, replaces"
+    };
+}
+macro_rules! authz_cols {
+    () => {
+        "id, order_id, account_id, id_type, id_value, wildcard, status, expires_at"
+    };
+}
+const ACCOUNT_BY_ID: &str = concat!("SELECT ", account_cols!(), " FROM acme_accounts WHERE id = $1");
+const ACCOUNT_BY_THUMBPRINT: &str = concat!("SELECT ", account_cols!(), " FROM acme_accounts WHERE thumbprint = $1");
+const INSERT_ACCOUNT: &str = "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, eab_kid, created_at, \
+     allowed_suffixes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (thumbprint) DO NOTHING";
+const CLAIM_EAB_KEY: &str = "UPDATE acme_eab_keys SET account_id = $1 WHERE kid = $2 AND account_id IS NULL";
+const UPDATE_ACCOUNT: &str = "UPDATE acme_accounts SET contact = $1, status = $2 WHERE id = $3 AND status = 'valid'";
+const INSERT_ORDER: &str = "INSERT INTO acme_orders (id, account_id, status, identifiers, expires_at, error, \
+     cert_serial, created_at, replaces) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7)";
+const INSERT_AUTHZ: &str = "INSERT INTO acme_authorizations (id, order_id, account_id, id_type, id_value, wildcard, \
+     status, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const INSERT_CHALLENGE: &str = "INSERT INTO acme_challenges (id, authz_id, type, token, status, validated_at, error) \
+     VALUES ($1, $2, $3, $4, $5, NULL, NULL)";
+const ORDER_BY_ID: &str = concat!("SELECT ", order_cols!(), " FROM acme_orders WHERE id = $1");
+const ORDER_BY_CERT: &str = concat!("SELECT ", order_cols!(), " FROM acme_orders WHERE cert_serial = $1");
+const AUTHZS_OF_ORDER: &str =
+    concat!("SELECT ", authz_cols!(), " FROM acme_authorizations WHERE order_id = $1 ORDER BY id");
+const AUTHZ_BY_ID: &str = concat!("SELECT ", authz_cols!(), " FROM acme_authorizations WHERE id = $1");
+const CHALLENGES_OF_AUTHZ: &str = "SELECT id, authz_id, type, token, status, validated_at, error \
+     FROM acme_challenges WHERE authz_id = $1 ORDER BY type";
+const CHALLENGE_BY_ID: &str =
+    "SELECT id, authz_id, type, token, status, validated_at, error FROM acme_challenges WHERE id = $1";
+const FINISH_CHALLENGE: &str = "UPDATE acme_challenges SET status = $1, validated_at = $2, error = $3 WHERE id = $4";
+const FINISH_AUTHZ: &str = "UPDATE acme_authorizations SET status = $1 WHERE id = $2 AND status = 'pending'";
+const ORDER_READY: &str = "UPDATE acme_orders SET status = 'ready' WHERE id = $1 AND status = 'pending' AND NOT EXISTS \
+     (SELECT 1 FROM acme_authorizations a WHERE a.order_id = $1 AND a.status <> 'valid')";
+const ORDER_INVALID: &str =
+    "UPDATE acme_orders SET status = 'invalid', error = $1 WHERE id = $2 AND status = 'pending'";
+const TRANSITION_ORDER: &str = "UPDATE acme_orders SET status = $1, cert_serial = COALESCE($2, cert_serial), \
+     error = COALESCE($3, error) WHERE id = $4 AND status = $5";
+
+/// An EAB key binds exactly one account: the claim must have taken the key.
+fn claim_eab_key(claimed: u64, kid: &str) -> Result<(), CaError> {
+    if claimed == 1 {
+        Ok(())
+    } else {
+        Err(CaError::NameNotAllowed {
+            name: kid.to_owned(),
+            reason: "this EAB key is already bound to an account".into(),
+        })
+    }
+}
+
+/// An authorization and its challenges, on a SQLite connection.
+fn authz_with_challenges(
+    c: &rusqlite::Connection,
+    id: &str,
+) -> Result<Option<(AcmeAuthz, Vec<AcmeChallenge>)>, CaError> {
+    let Some(a) = sqlite::one(c, AUTHZ_BY_ID, [id], sqlite::authz)? else { return Ok(None) };
+    let challenges = sqlite::all(c, CHALLENGES_OF_AUTHZ, [id], sqlite::challenge)?;
+    Ok(Some((a, challenges)))
+}
 
 impl Store {
     /// A named secret shared by every replica, created by whichever asks first.
@@ -208,36 +277,44 @@ impl Store {
     pub async fn acme_create_account(&self, a: &AcmeAccount) -> Result<(AcmeAccount, bool), CaError> {
         let contact = serde_json::to_string(&a.contact).map_err(|e| CaError::Store(e.to_string()))?;
         let suffixes = serde_json::to_string(&a.allowed_suffixes).map_err(|e| CaError::Store(e.to_string()))?;
+        let row = a.clone();
+        let (c, sfx) = (contact.clone(), suffixes.clone());
+        if let Some(w) = self.sqlite_write(move |conn| {
+            let a = &row;
+            let n = sqlite::exec(
+                conn,
+                INSERT_ACCOUNT,
+                (&a.id, &a.thumbprint, &a.jwk, &a.status, &c, &a.eab_kid, a.created_at, &sfx),
+            )?;
+            if let (Some(kid), 1) = (&a.eab_kid, n) {
+                claim_eab_key(sqlite::exec(conn, CLAIM_EAB_KEY, (&a.id, kid))?, kid)?;
+            }
+            Ok(n)
+        }) {
+            let inserted = w.await?;
+            let existing = self
+                .acme_account_by_thumbprint(&a.thumbprint)
+                .await?
+                .ok_or_else(|| CaError::Store("account vanished".into()))?;
+            return Ok((existing, inserted == 1));
+        }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let r = sqlx::query(
-            "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, eab_kid, created_at, allowed_suffixes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (thumbprint) DO NOTHING",
-        )
-        .bind(&a.id)
-        .bind(&a.thumbprint)
-        .bind(&a.jwk)
-        .bind(&a.status)
-        .bind(contact)
-        .bind(a.eab_kid.clone())
-        .bind(a.created_at)
-        .bind(suffixes)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let r = sqlx::query(INSERT_ACCOUNT)
+            .bind(&a.id)
+            .bind(&a.thumbprint)
+            .bind(&a.jwk)
+            .bind(&a.status)
+            .bind(contact)
+            .bind(a.eab_kid.clone())
+            .bind(a.created_at)
+            .bind(suffixes)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         // An EAB key binds exactly one account: claim it in the same transaction.
         if let (Some(kid), 1) = (&a.eab_kid, r.rows_affected()) {
-            let claimed = sqlx::query("UPDATE acme_eab_keys SET account_id = $1 WHERE kid = $2 AND account_id IS NULL")
-                .bind(&a.id)
-                .bind(kid)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if claimed.rows_affected() != 1 {
-                return Err(CaError::NameNotAllowed {
-                    name: kid.clone(),
-                    reason: "this EAB key is already bound to an account".into(),
-                });
-            }
+            let claimed = sqlx::query(CLAIM_EAB_KEY).bind(&a.id).bind(kid).execute(&mut *tx).await.map_err(db_err)?;
+            claim_eab_key(claimed.rows_affected(), kid)?;
         }
         tx.commit().await.map_err(db_err)?;
         let existing = self
@@ -249,29 +326,33 @@ impl Store {
 
     /// An account by id.
     pub async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccount>, CaError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let key = id.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| sqlite::one(c, ACCOUNT_BY_ID, [&key], sqlite::account)) {
+            return r.await;
+        }
+        let row = sqlx::query(ACCOUNT_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(account_from).transpose()
     }
 
     /// An account by key thumbprint.
     pub async fn acme_account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<AcmeAccount>, CaError> {
+        let key = thumbprint.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| sqlite::one(c, ACCOUNT_BY_THUMBPRINT, [&key], sqlite::account)) {
+            return r.await;
+        }
         let row =
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE thumbprint = $1")))
-                .bind(thumbprint)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(ACCOUNT_BY_THUMBPRINT).bind(thumbprint).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(account_from).transpose()
     }
 
     /// Updates contacts and status of a valid account; false if it is no longer valid.
     pub async fn acme_update_account(&self, id: &str, contact: &[String], status: &str) -> Result<bool, CaError> {
         let contact = serde_json::to_string(contact).map_err(|e| CaError::Store(e.to_string()))?;
-        let r = sqlx::query("UPDATE acme_accounts SET contact = $1, status = $2 WHERE id = $3 AND status = 'valid'")
+        let row = (contact.clone(), status.to_owned(), id.to_owned());
+        if let Some(w) = self.sqlite_write(move |c| sqlite::exec(c, UPDATE_ACCOUNT, (&row.0, &row.1, &row.2))) {
+            return Ok(w.await? == 1);
+        }
+        let r = sqlx::query(UPDATE_ACCOUNT)
             .bind(contact)
             .bind(status)
             .bind(id)
@@ -288,63 +369,100 @@ impl Store {
         authzs: &[AcmeAuthz],
         challenges: &[AcmeChallenge],
     ) -> Result<(), CaError> {
+        let rows = (order.clone(), authzs.to_vec(), challenges.to_vec());
+        if let Some(w) = self.sqlite_write(move |c| {
+            let (o, authzs, challenges) = &rows;
+            sqlite::exec(
+                c,
+                INSERT_ORDER,
+                (&o.id, &o.account_id, &o.status, &o.identifiers, o.expires_at, o.created_at, &o.replaces),
+            )?;
+            for a in authzs {
+                sqlite::exec(
+                    c,
+                    INSERT_AUTHZ,
+                    (
+                        &a.id,
+                        &a.order_id,
+                        &a.account_id,
+                        &a.id_type,
+                        &a.id_value,
+                        i64::from(a.wildcard),
+                        &a.status,
+                        a.expires_at,
+                    ),
+                )?;
+            }
+            for ch in challenges {
+                sqlite::exec(c, INSERT_CHALLENGE, (&ch.id, &ch.authz_id, &ch.kind, &ch.token, &ch.status))?;
+            }
+            Ok(1)
+        }) {
+            return w.await.map(|_| ());
+        }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query(
-            "INSERT INTO acme_orders (id, account_id, status, identifiers, expires_at, error, cert_serial, created_at, replaces) \
-             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7)",
-        )
-        .bind(&order.id)
-        .bind(&order.account_id)
-        .bind(&order.status)
-        .bind(&order.identifiers)
-        .bind(order.expires_at)
-        .bind(order.created_at)
-        .bind(order.replaces.clone())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        for a in authzs {
-            sqlx::query(
-                "INSERT INTO acme_authorizations (id, order_id, account_id, id_type, id_value, wildcard, status, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&a.id)
-            .bind(&a.order_id)
-            .bind(&a.account_id)
-            .bind(&a.id_type)
-            .bind(&a.id_value)
-            .bind(i32::from(a.wildcard))
-            .bind(&a.status)
-            .bind(a.expires_at)
+        sqlx::query(INSERT_ORDER)
+            .bind(&order.id)
+            .bind(&order.account_id)
+            .bind(&order.status)
+            .bind(&order.identifiers)
+            .bind(order.expires_at)
+            .bind(order.created_at)
+            .bind(order.replaces.clone())
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        for a in authzs {
+            sqlx::query(INSERT_AUTHZ)
+                .bind(&a.id)
+                .bind(&a.order_id)
+                .bind(&a.account_id)
+                .bind(&a.id_type)
+                .bind(&a.id_value)
+                .bind(i32::from(a.wildcard))
+                .bind(&a.status)
+                .bind(a.expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         }
         for c in challenges {
-            sqlx::query(
-                "INSERT INTO acme_challenges (id, authz_id, type, token, status, validated_at, error) \
-                 VALUES ($1, $2, $3, $4, $5, NULL, NULL)",
-            )
-            .bind(&c.id)
-            .bind(&c.authz_id)
-            .bind(&c.kind)
-            .bind(&c.token)
-            .bind(&c.status)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            sqlx::query(INSERT_CHALLENGE)
+                .bind(&c.id)
+                .bind(&c.authz_id)
+                .bind(&c.kind)
+                .bind(&c.token)
+                .bind(&c.status)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }
 
     /// An order by id.
     pub async fn acme_order(&self, id: &str) -> Result<Option<AcmeOrder>, CaError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ORDER_COLS} FROM acme_orders WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let key = id.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| sqlite::one(c, ORDER_BY_ID, [&key], sqlite::order)) {
+            return r.await;
+        }
+        let row = sqlx::query(ORDER_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(order_from).transpose()
+    }
+
+    /// An order and its authorizations, read together (one read transaction on SQLite).
+    pub async fn acme_order_with_authzs(&self, id: &str) -> Result<Option<(AcmeOrder, Vec<AcmeAuthz>)>, CaError> {
+        let key = id.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| {
+            let Some(o) = sqlite::one(c, ORDER_BY_ID, [&key], sqlite::order)? else { return Ok(None) };
+            let authzs = sqlite::all(c, AUTHZS_OF_ORDER, [&key], sqlite::authz)?;
+            Ok(Some((o, authzs)))
+        }) {
+            return r.await;
+        }
+        let Some(o) = self.acme_order(id).await? else { return Ok(None) };
+        let authzs = self.acme_authzs_for_order(&o.id).await?;
+        Ok(Some((o, authzs)))
     }
 
     /// The ids of an account's orders, newest first.
@@ -360,62 +478,50 @@ impl Store {
 
     /// The order that produced a certificate.
     pub async fn acme_order_for_cert(&self, serial: &str) -> Result<Option<AcmeOrder>, CaError> {
-        let row =
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ORDER_COLS} FROM acme_orders WHERE cert_serial = $1")))
-                .bind(serial)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
+        let key = serial.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| sqlite::one(c, ORDER_BY_CERT, [&key], sqlite::order)) {
+            return r.await;
+        }
+        let row = sqlx::query(ORDER_BY_CERT).bind(serial).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(order_from).transpose()
     }
 
     /// The authorizations of an order.
     pub async fn acme_authzs_for_order(&self, order_id: &str) -> Result<Vec<AcmeAuthz>, CaError> {
-        let rows = sqlx::query(
-            "SELECT id, order_id, account_id, id_type, id_value, wildcard, status, expires_at \
-             FROM acme_authorizations WHERE order_id = $1 ORDER BY id",
-        )
-        .bind(order_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let key = order_id.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| sqlite::all(c, AUTHZS_OF_ORDER, [&key], sqlite::authz)) {
+            return r.await;
+        }
+        let rows = sqlx::query(AUTHZS_OF_ORDER).bind(order_id).fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(authz_from).collect()
     }
 
     /// An authorization and its challenges.
     pub async fn acme_authz(&self, id: &str) -> Result<Option<(AcmeAuthz, Vec<AcmeChallenge>)>, CaError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, order_id, account_id, id_type, id_value, wildcard, status, expires_at \
-             FROM acme_authorizations WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?
-        else {
+        let key = id.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| authz_with_challenges(c, &key)) {
+            return r.await;
+        }
+        let Some(row) = sqlx::query(AUTHZ_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_err)? else {
             return Ok(None);
         };
         let authz = authz_from(&row)?;
-        let rows = sqlx::query(
-            "SELECT id, authz_id, type, token, status, validated_at, error FROM acme_challenges WHERE authz_id = $1 ORDER BY type",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let rows = sqlx::query(CHALLENGES_OF_AUTHZ).bind(id).fetch_all(&self.pool).await.map_err(db_err)?;
         Ok(Some((authz, rows.iter().map(challenge_from).collect::<Result<_, _>>()?)))
     }
 
     /// A challenge and the authorization it belongs to.
     pub async fn acme_challenge(&self, id: &str) -> Result<Option<(AcmeChallenge, AcmeAuthz)>, CaError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, authz_id, type, token, status, validated_at, error FROM acme_challenges WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?
-        else {
+        let key = id.to_owned();
+        if let Some(r) = self.sqlite_read(move |c| {
+            let Some(ch) = sqlite::one(c, CHALLENGE_BY_ID, [&key], sqlite::challenge)? else { return Ok(None) };
+            let (authz, _) =
+                authz_with_challenges(c, &ch.authz_id)?.ok_or_else(|| CaError::Store("orphan challenge".into()))?;
+            Ok(Some((ch, authz)))
+        }) {
+            return r.await;
+        }
+        let Some(row) = sqlx::query(CHALLENGE_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_err)? else {
             return Ok(None);
         };
         let ch = challenge_from(&row)?;
@@ -436,9 +542,23 @@ impl Store {
         error: Option<&str>,
         now: i64,
     ) -> Result<(), CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let (ch_status, az_status) = if valid { ("valid", "valid") } else { ("invalid", "invalid") };
-        sqlx::query("UPDATE acme_challenges SET status = $1, validated_at = $2, error = $3 WHERE id = $4")
+        let ids = (challenge_id.to_owned(), authz_id.to_owned(), order_id.to_owned(), error.map(str::to_owned));
+        if let Some(w) = self.sqlite_write(move |c| {
+            let (ch, az, o, error) = &ids;
+            sqlite::exec(c, FINISH_CHALLENGE, (ch_status, valid.then_some(now), error, ch))?;
+            sqlite::exec(c, FINISH_AUTHZ, (az_status, az))?;
+            if valid {
+                sqlite::exec(c, ORDER_READY, [o])?;
+            } else {
+                sqlite::exec(c, ORDER_INVALID, (error, o))?;
+            }
+            Ok(1)
+        }) {
+            return w.await.map(|_| ());
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(FINISH_CHALLENGE)
             .bind(ch_status)
             .bind(if valid { Some(now) } else { None })
             .bind(error.map(str::to_owned))
@@ -446,23 +566,11 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        sqlx::query("UPDATE acme_authorizations SET status = $1 WHERE id = $2 AND status = 'pending'")
-            .bind(az_status)
-            .bind(authz_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(FINISH_AUTHZ).bind(az_status).bind(authz_id).execute(&mut *tx).await.map_err(db_err)?;
         if valid {
-            sqlx::query(
-                "UPDATE acme_orders SET status = 'ready' WHERE id = $1 AND status = 'pending' AND NOT EXISTS \
-                 (SELECT 1 FROM acme_authorizations a WHERE a.order_id = $1 AND a.status <> 'valid')",
-            )
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            sqlx::query(ORDER_READY).bind(order_id).execute(&mut *tx).await.map_err(db_err)?;
         } else {
-            sqlx::query("UPDATE acme_orders SET status = 'invalid', error = $1 WHERE id = $2 AND status = 'pending'")
+            sqlx::query(ORDER_INVALID)
                 .bind(error.map(str::to_owned))
                 .bind(order_id)
                 .execute(&mut *tx)
@@ -481,18 +589,23 @@ impl Store {
         cert_serial: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, CaError> {
-        let r = sqlx::query(
-            "UPDATE acme_orders SET status = $1, cert_serial = COALESCE($2, cert_serial), error = COALESCE($3, error) \
-             WHERE id = $4 AND status = $5",
-        )
-        .bind(to)
-        .bind(cert_serial.map(str::to_owned))
-        .bind(error.map(str::to_owned))
-        .bind(id)
-        .bind(from)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let row =
+            (to.to_owned(), cert_serial.map(str::to_owned), error.map(str::to_owned), id.to_owned(), from.to_owned());
+        if let Some(w) = self.sqlite_write(move |c| {
+            let (to, serial, error, id, from) = &row;
+            sqlite::exec(c, TRANSITION_ORDER, (to, serial, error, id, from))
+        }) {
+            return Ok(w.await? == 1);
+        }
+        let r = sqlx::query(TRANSITION_ORDER)
+            .bind(to)
+            .bind(cert_serial.map(str::to_owned))
+            .bind(error.map(str::to_owned))
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
     }
 
