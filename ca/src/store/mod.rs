@@ -63,7 +63,11 @@ pub(crate) fn db_err(e: sqlx::Error) -> CaError {
             // SQLite: busy/locked/readonly/full/ioerr/cantopen; PostgreSQL: class 08 (connection),
             // 53 (resources), 57P (shutdown).
             let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
-            let unavailable = matches!(code.as_str(), "5" | "6" | "8" | "10" | "13" | "14")
+            // SQLite reports extended codes (SQLITE_BUSY_SNAPSHOT is 517): the primary code is
+            // the low byte.
+            let sqlite = d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            let sqlite_primary = code.parse::<i32>().ok().filter(|_| sqlite).map(|c| c & 0xff);
+            let unavailable = matches!(sqlite_primary, Some(5 | 6 | 8 | 10 | 13 | 14))
                 || code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57P");
@@ -147,7 +151,8 @@ impl Store {
         self.backend
     }
 
-    /// Closes the pool; later calls fail with `StoreUnavailable`.
+    /// Closes the writer (after committing what it was given), the reader and the pool; later
+    /// calls fail with `StoreUnavailable`.
     pub async fn close(&self) {
         let _ = self.submit(Write::Close).await;
         if let Some(r) = &self.reader {
@@ -526,5 +531,25 @@ impl Store {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A SQLite error that means the database cannot be written (here SQLITE_READONLY, as a full
+    /// or failing disk would give) is `StoreUnavailable`; a constraint violation is not.
+    #[tokio::test]
+    async fn sqlite_errors_are_classified_through_the_any_driver() {
+        use sqlx::Executor;
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect("sqlite::memory:").await.expect("connect");
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)").await.expect("create");
+        conn.execute("INSERT INTO t (k) VALUES (1)").await.expect("insert");
+        let dup = conn.execute("INSERT INTO t (k) VALUES (1)").await.expect_err("duplicate");
+        assert!(matches!(super::db_err(dup), crate::CaError::Store(_)));
+        conn.execute("PRAGMA query_only = 1").await.expect("pragma");
+        let ro = conn.execute("INSERT INTO t (k) VALUES (2)").await.expect_err("read-only");
+        let e = super::db_err(ro);
+        assert!(matches!(e, crate::CaError::StoreUnavailable(_)), "{e:?}");
     }
 }
