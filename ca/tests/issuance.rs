@@ -356,7 +356,10 @@ async fn unavailable_store_issues_nothing_and_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
         let (auth, _) = authority(&url, policy()).await;
+        auth.store().ping().await.expect("an open store answers");
         auth.store().close().await;
+        let err = auth.store().ping().await.expect_err("a closed store does not");
+        assert!(matches!(err, CaError::StoreUnavailable(_)), "{err:?}");
         let c = csr(&p256(), &[San::Dns("a.example.test")], None);
         let err = auth.issue(req(&c, Profile::TlsServer)).await.expect_err("store closed");
         assert!(matches!(err, CaError::StoreUnavailable(_)), "{err:?}");

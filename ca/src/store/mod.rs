@@ -161,6 +161,23 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Checks that every path to the database answers: the pool, and with SQLite the writer and
+    /// reader threads (a write job that changes nothing and a read). Cheap, unlike any count over
+    /// the certificate table, so health checks can call it as often as they like.
+    pub async fn ping(&self) -> Result<(), CaError> {
+        if self.writer.is_closed() {
+            return Err(CaError::StoreUnavailable("the store writer has stopped".into()));
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+        if let Some(w) = self.sqlite_write(|_| Ok(0)) {
+            w.await?;
+        }
+        if let Some(r) = self.sqlite_read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(native::sqlite_err)) {
+            r.await?;
+        }
+        Ok(())
+    }
+
     async fn submit(&self, write: Write) -> Result<(), CaError> {
         self.submit_counted(write).await.map(|_| ())
     }
