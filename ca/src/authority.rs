@@ -68,9 +68,12 @@ pub struct ImportedCa {
 fn ca_name(org: &str, role: &str, now: OffsetDateTime, serial: &Serial) -> DistinguishedName {
     // Distinct, meaningful names per generation: cert-manager's preferredChain and humans both
     // pick chains by the issuer's CN, which matters once roots are rotated and cross-signed.
+    // The suffix comes from the serial's random tail: its head is a constant prefix and the time
+    // in seconds, which would give every generation made on one day the same name.
+    let hex = serial.to_hex();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, org);
-    dn.push(DnType::CommonName, format!("{org} {role} {} {}", now.date(), &serial.to_hex()[..8]));
+    dn.push(DnType::CommonName, format!("{org} {role} {} {}", now.date(), &hex[hex.len() - 8..]));
     dn
 }
 
@@ -109,7 +112,8 @@ fn new_root(opts: &InitOptions, key: &KeyPair, now: OffsetDateTime) -> Result<Ve
     Ok(cert.der().to_vec())
 }
 
-/// Signs a new intermediate key with the root; returns the intermediate DER.
+/// Signs a new intermediate key with the root, under a name of its own generation; returns the
+/// intermediate DER.
 pub(crate) fn sign_intermediate(
     opts: &InitOptions,
     root_der: &[u8],
@@ -120,20 +124,6 @@ pub(crate) fn sign_intermediate(
     let rng = ring::rand::SystemRandom::new();
     let serial = Serial::random(&rng)?;
     let dn = ca_name(&opts.organization, "Intermediate CA", now, &serial);
-    sign_intermediate_named(opts, dn, serial, root_der, root_key, intermediate_key, now)
-}
-
-/// Signs `intermediate_key` under the name `dn` with a root; the same name and key signed by two
-/// roots make a cross-signed pair.
-pub(crate) fn sign_intermediate_named(
-    opts: &InitOptions,
-    dn: DistinguishedName,
-    serial: Serial,
-    root_der: &[u8],
-    root_key: KeyPair,
-    intermediate_key: &KeyPair,
-    now: OffsetDateTime,
-) -> Result<Vec<u8>, CaError> {
     let (_, root) = X509Certificate::from_der(root_der).map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
     let root_not_after = root.validity().not_after.to_datetime();
     // Backdated for clock skew, but by no more than a twentieth of its life, so that rotation
@@ -152,16 +142,28 @@ pub(crate) fn sign_intermediate_named(
     Ok(cert.der().to_vec())
 }
 
-/// A new root with its first intermediate, the intermediate also cross-signed by the current root.
+/// A new root with its first intermediate, and the two roots certified by each other.
+///
+/// Cross-signing is done between the *roots*, not the intermediates: a chain then stays linear
+/// (`leaf, intermediate, this root as certified by the other root`) and every verifier finds the
+/// path without backtracking. OpenSSL (curl, `openssl s_client`) takes the first matching issuer
+/// in the untrusted list and never tries a second one, so two copies of one intermediate (signed
+/// by two roots) in a chain leave one of the two root populations without a path.
 pub(crate) struct RootSuccessor {
     pub(crate) root_der: Vec<u8>,
     pub(crate) root_key: KeyPair,
     pub(crate) intermediate_der: Vec<u8>,
-    pub(crate) cross_der: Vec<u8>,
     pub(crate) intermediate_key: KeyPair,
+    /// The new root's name and key, certified by the current root (serves clients that know only
+    /// the current root once the new one signs).
+    pub(crate) new_root_cross_der: Vec<u8>,
+    /// The current root's name and key, certified by the new root (serves clients that already
+    /// know only the new root while the current one still signs).
+    pub(crate) current_root_cross_der: Vec<u8>,
 }
 
-/// Creates a successor root and an intermediate certified by both it and the current root.
+/// Creates a successor root, an intermediate under it, and the cross certificates between the
+/// successor and the current root.
 pub(crate) fn new_root_successor(
     opts: &InitOptions,
     current_root_der: &[u8],
@@ -176,6 +178,13 @@ pub(crate) fn new_root_successor(
             if !cert.is_ca() || cert.subject() != cert.issuer() || cert.verify_signature(None).is_err() {
                 return Err(CaError::InvalidCertificate("the new root is not a self-signed CA certificate".into()));
             }
+            if cert.subject().as_raw() == subject_raw(current_root_der)?.as_slice() {
+                return Err(CaError::InvalidCertificate(
+                    "the new root has the same subject name as the current root; every root generation needs its \
+                     own name"
+                        .into(),
+                ));
+            }
             check_key_matches(&der, &key, "new root")?;
             (der, key)
         }
@@ -185,23 +194,106 @@ pub(crate) fn new_root_successor(
         }
     };
     let intermediate_key = generate_key(opts.key_algorithm)?;
+    let intermediate_der = sign_intermediate(opts, &root_der, copy_key(&root_key)?, &intermediate_key, now)?;
+    let new_root_cross_der = cross_certify(&root_der, &root_key, current_root_der, copy_key(&current_root_key)?, now)?;
+    let current_root_cross_der =
+        cross_certify(current_root_der, &current_root_key, &root_der, copy_key(&root_key)?, now)?;
+    Ok(RootSuccessor {
+        root_der,
+        root_key,
+        intermediate_der,
+        intermediate_key,
+        new_root_cross_der,
+        current_root_cross_der,
+    })
+}
+
+fn copy_key(key: &KeyPair) -> Result<KeyPair, CaError> {
+    KeyPair::try_from(key.serialize_der().as_slice()).map_err(|e| CaError::Key(format!("copy key: {e}")))
+}
+
+fn subject_raw(der: &[u8]) -> Result<Vec<u8>, CaError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
+    Ok(cert.subject().as_raw().to_vec())
+}
+
+/// The subject name of a certificate as rcgen writes it. rcgen re-encodes an issuer's name this
+/// way in everything that issuer signs, so a cross certificate built from it carries exactly the
+/// bytes that the certificates below it name as their issuer (webpki compares names byte for byte).
+fn subject_name(cert: &X509Certificate<'_>) -> Result<DistinguishedName, CaError> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let bad = |what: &str| CaError::InvalidCertificate(format!("{}: {what}", cert.subject()));
+    let mut dn = DistinguishedName::new();
+    for rdn in cert.subject().iter() {
+        let mut attrs = rdn.iter();
+        let (Some(attr), None) = (attrs.next(), attrs.next()) else {
+            return Err(bad("a subject with multi-valued or empty RDNs cannot be cross-certified"));
+        };
+        let oid: Vec<u64> = attr.attr_type().iter().ok_or_else(|| bad("subject attribute OID too large"))?.collect();
+        let data = attr.attr_value().data;
+        let text = || std::str::from_utf8(data).map_err(|_| bad("subject attribute is not valid text"));
+        let value = match attr.attr_value().header.tag() {
+            Tag::Utf8String => rcgen::DnValue::Utf8String(text()?.to_owned()),
+            Tag::PrintableString => rcgen::DnValue::PrintableString(
+                text()?.try_into().map_err(|_| bad("invalid PrintableString in the subject"))?,
+            ),
+            Tag::Ia5String => {
+                rcgen::DnValue::Ia5String(text()?.try_into().map_err(|_| bad("invalid IA5String in the subject"))?)
+            }
+            Tag::T61String => rcgen::DnValue::TeletexString(
+                text()?.try_into().map_err(|_| bad("invalid TeletexString in the subject"))?,
+            ),
+            Tag::BmpString => rcgen::DnValue::BmpString(
+                rcgen::string::BmpString::from_utf16be(data.to_vec())
+                    .map_err(|_| bad("invalid BMPString in the subject"))?,
+            ),
+            Tag::UniversalString => rcgen::DnValue::UniversalString(
+                rcgen::string::UniversalString::from_utf32be(data.to_vec())
+                    .map_err(|_| bad("invalid UniversalString in the subject"))?,
+            ),
+            _ => return Err(bad("unsupported string type in the subject")),
+        };
+        dn.push(DnType::from_oid(&oid), value);
+    }
+    Ok(dn)
+}
+
+/// Certifies the CA `subject_der` (its name, key and key identifier kept, so it is the same CA to
+/// every verifier) under another root. Valid while both are.
+pub(crate) fn cross_certify(
+    subject_der: &[u8],
+    subject_key: &KeyPair,
+    signer_der: &[u8],
+    signer_key: KeyPair,
+    now: OffsetDateTime,
+) -> Result<Vec<u8>, CaError> {
+    let (_, subject) =
+        X509Certificate::from_der(subject_der).map_err(|e| CaError::InvalidCertificate(format!("cross: {e}")))?;
+    let (_, signer) =
+        X509Certificate::from_der(signer_der).map_err(|e| CaError::InvalidCertificate(format!("cross: {e}")))?;
+    check_key_matches(subject_der, subject_key, "cross-certified CA")?;
+    let ski = subject
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .ok_or_else(|| CaError::InvalidCertificate(format!("{} has no subject key identifier", subject.subject())))?;
     let rng = ring::rand::SystemRandom::new();
-    let serial = Serial::random(&rng)?;
-    let dn = ca_name(&opts.organization, "Intermediate CA", now, &serial);
-    let new_root_key_copy = KeyPair::try_from(root_key.serialize_der().as_slice())
-        .map_err(|e| CaError::Key(format!("copy root key: {e}")))?;
-    let intermediate_der =
-        sign_intermediate_named(opts, dn.clone(), serial, &root_der, new_root_key_copy, &intermediate_key, now)?;
-    let cross_der = sign_intermediate_named(
-        opts,
-        dn,
+    let not_after = subject.validity().not_after.to_datetime().min(signer.validity().not_after.to_datetime());
+    let mut p = ca_params(
+        subject_name(&subject)?,
         Serial::random(&rng)?,
-        current_root_der,
-        current_root_key,
-        &intermediate_key,
-        now,
-    )?;
-    Ok(RootSuccessor { root_der, root_key, intermediate_der, cross_der, intermediate_key })
+        now - time::Duration::minutes(5),
+        not_after,
+        BasicConstraints::Unconstrained,
+    );
+    p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(ski);
+    let issuer = rcgen::Issuer::from_ca_cert_der(&signer_der.into(), signer_key)
+        .map_err(|e| CaError::InvalidCertificate(format!("cross signer: {e}")))?;
+    let cert = p.signed_by(subject_key, &issuer).map_err(|e| CaError::Signing(format!("cross certificate: {e}")))?;
+    Ok(cert.der().to_vec())
 }
 
 /// Creates a new root and intermediate.
@@ -290,4 +382,70 @@ pub fn import_ca(imp: &ImportedCa, opts: &InitOptions, pass: &Passphrase) -> Res
         }
     };
     Ok(CaMaterial { root, root_key_pem_enc, intermediate })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generations made on the same day in the same second still get names of their own, and
+    /// cross certificates are their twin's name and key under the other root.
+    #[test]
+    fn generations_have_their_own_names_and_cross_certificates_keep_their_twins() {
+        let opts = InitOptions::default();
+        let pass = Passphrase::new("a test passphrase").expect("pass");
+        let a = create_ca(&opts, &pass).expect("ca");
+        let b = create_ca(&opts, &pass).expect("ca");
+        assert_ne!(a.root.subject, b.root.subject);
+        assert_ne!(a.intermediate.subject, b.intermediate.subject);
+        assert_ne!(a.root.subject, a.intermediate.subject);
+
+        let current_key = generate_key(opts.key_algorithm).expect("key");
+        let current = new_root(&opts, &current_key, OffsetDateTime::now_utc()).expect("root");
+        let succ = new_root_successor(&opts, &current, copy_key(&current_key).expect("key"), None).expect("succ");
+        let parse = |d: &[u8]| X509Certificate::from_der(d).expect("cert").1.subject().as_raw().to_vec();
+        assert_ne!(parse(&succ.root_der), parse(&current));
+        for (cross, twin, signer) in [
+            (&succ.new_root_cross_der, &succ.root_der, &current),
+            (&succ.current_root_cross_der, &current, &succ.root_der),
+        ] {
+            let (_, c) = X509Certificate::from_der(cross).expect("cross");
+            let (_, t) = X509Certificate::from_der(twin).expect("twin");
+            let (_, s) = X509Certificate::from_der(signer).expect("signer");
+            assert_eq!(c.subject().as_raw(), t.subject().as_raw());
+            assert_eq!(c.issuer().as_raw(), s.subject().as_raw());
+            assert_eq!(c.public_key().raw, t.public_key().raw);
+            assert!(c.verify_signature(Some(s.public_key())).is_ok());
+            assert!(c.is_ca());
+            assert!(c.validity().not_after <= s.validity().not_after);
+        }
+        // The new intermediate names the new root as its issuer with exactly the bytes of the
+        // cross certificate's subject, so a path through the cross certificate is found.
+        let (_, int) = X509Certificate::from_der(&succ.intermediate_der).expect("int");
+        let (_, c) = X509Certificate::from_der(&succ.new_root_cross_der).expect("cross");
+        assert_eq!(int.issuer().as_raw(), c.subject().as_raw());
+    }
+
+    /// An imported successor root with the current root's name is refused.
+    #[test]
+    fn an_imported_root_with_the_current_name_is_refused() {
+        let opts = InitOptions::default();
+        let now = OffsetDateTime::now_utc();
+        let key = generate_key(opts.key_algorithm).expect("key");
+        let current = new_root(&opts, &key, now).expect("root");
+        // Same name, new key: what `openssl req -subj` with the old subject would make.
+        let (_, cur) = X509Certificate::from_der(&current).expect("cert");
+        let mut p = ca_params(
+            subject_name(&cur).expect("dn"),
+            Serial::random(&ring::rand::SystemRandom::new()).expect("serial"),
+            now,
+            now + Duration::from_secs(3600),
+            BasicConstraints::Unconstrained,
+        );
+        p.use_authority_key_identifier_extension = false;
+        let other = generate_key(opts.key_algorithm).expect("key");
+        let look_alike = p.self_signed(&other).expect("cert").der().to_vec();
+        let err = new_root_successor(&opts, &current, key, Some((look_alike, other))).err().expect("refused");
+        assert!(err.to_string().contains("same subject name"), "{err}");
+    }
 }

@@ -152,10 +152,14 @@ impl Authority {
             .find(|r| r.kind == IssuerKind::Intermediate && r.state == crate::IssuerState::Active)
             .cloned()
             .ok_or(CaError::NoActiveIssuer)?;
-        // The chain changes too when the previous root leaves the trust bundle.
-        let cross_wanted = record.cross_chain_in(&journal).is_some();
-        let want_len = if cross_wanted { 2 } else { 1 };
-        if self.active_issuer().is_ok_and(|a| a.record.id == record.id && a.chain_der.len() == want_len) {
+        // The chain changes too: cross certificates join it when a root rotation starts and leave
+        // it when the previous root leaves the trust bundle.
+        let want_cross = record
+            .cross_chain(&journal)
+            .iter()
+            .map(|p| crate::issuers::pem_to_der(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.active_issuer().is_ok_and(|a| a.record.id == record.id && a.chain_der[1..] == want_cross[..]) {
             return Ok(false);
         }
         let key_pem = record

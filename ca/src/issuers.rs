@@ -91,8 +91,10 @@ pub struct IssuerRecord {
     pub created_at: OffsetDateTime,
     /// When the state last changed.
     pub state_changed_at: OffsetDateTime,
-    /// For an intermediate made during a root rotation: the same name and key certified by the
-    /// previous root (PEM), so chains validate from either root during the overlap.
+    /// For a root: its name and key certified by the other root of a root rotation (PEM, one
+    /// block per rotation it took part in), so chains through it also lead to that root. Records
+    /// written before roots were cross-certified may hold such a copy of an intermediate; it is
+    /// published in `/intermediates.pem` but not put in chains.
     pub cross_cert_pem: Option<String>,
 }
 
@@ -135,15 +137,51 @@ pub(crate) fn der_to_pem(der: &[u8]) -> String {
 }
 
 impl IssuerRecord {
-    /// The cross-signed copy of this intermediate (PEM) while it is worth serving: a root other
-    /// than its own parent is still trusted (during a root rotation, until the previous root
-    /// expires), so chains through the cross certificate lead to a root relying parties hold.
-    pub fn cross_chain_in(&self, journal: &[IssuerRecord]) -> Option<&str> {
-        let cross = self.cross_cert_pem.as_deref()?;
-        let other_root_trusted = journal.iter().any(|r| {
-            r.kind == IssuerKind::Root && r.state != IssuerState::Expired && Some(&r.id) != self.parent_id.as_ref()
-        });
-        other_root_trusted.then_some(cross)
+    /// What follows this intermediate in a chain so that a relying party holding any trusted root
+    /// finds a path: the cross certificates that lead from its own root to every other root still
+    /// in the trust bundle (PEM, nearest first). Empty outside a root rotation.
+    ///
+    /// The chain stays linear (`leaf, intermediate, root as certified by the other root`), which
+    /// path builders without backtracking (OpenSSL) follow from either root: one trusting the
+    /// intermediate's own root stops early, one trusting the other root goes one step further.
+    pub fn cross_chain(&self, journal: &[IssuerRecord]) -> Vec<String> {
+        let trusted: Vec<&IssuerRecord> =
+            journal.iter().filter(|r| r.kind == IssuerKind::Root && r.state != IssuerState::Expired).collect();
+        let Some(parent) = trusted.iter().find(|r| Some(&r.id) == self.parent_id.as_ref()) else {
+            return Vec::new();
+        };
+        let mut reached = vec![parent.ski.as_str()];
+        let mut out = Vec::new();
+        // A walk over "root X is certified by root Y" links; each step reaches one more root.
+        while let Some((pem, signer)) =
+            trusted.iter().filter(|r| reached.contains(&r.ski.as_str())).flat_map(|r| r.cross_certificates()).find_map(
+                |(pem, signer_ski)| {
+                    let signer = trusted.iter().find(|t| t.ski == signer_ski && !reached.contains(&t.ski.as_str()))?;
+                    Some((pem, signer))
+                },
+            )
+        {
+            reached.push(signer.ski.as_str());
+            out.push(pem);
+        }
+        out
+    }
+
+    /// The cross certificates stored with this root, each with the key identifier (hex) of the
+    /// root that signed it. Blocks that do not parse are skipped (they were checked when made).
+    fn cross_certificates(&self) -> Vec<(String, String)> {
+        let Some(pems) = self.cross_cert_pem.as_deref() else { return Vec::new() };
+        x509_parser::pem::Pem::iter_from_buffer(pems.as_bytes())
+            .filter_map(Result::ok)
+            .filter_map(|p| {
+                let (_, cert) = X509Certificate::from_der(&p.contents).ok()?;
+                let aki = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| hex::encode(k.0)),
+                    _ => None,
+                })?;
+                Some((der_to_pem(&p.contents), aki))
+            })
+            .collect()
     }
 
     /// Builds a journal record from a CA certificate, checking that it is one.
@@ -223,13 +261,12 @@ impl ActiveIssuer {
         Ok(ActiveIssuer { record, chain_der: vec![der], issuer })
     }
 
-    /// During a root rotation: also present the cross-signed copy of this intermediate (same name
-    /// and key, signed by the previous root) while any other root is still trusted, so that
-    /// relying parties that know only the old root or only the new one both find a path.
+    /// During a root rotation: also present the cross certificates from this intermediate's root
+    /// to every other trusted root ([`IssuerRecord::cross_chain`]), so that relying parties that
+    /// know only the old root or only the new one both find a path.
     pub fn with_cross_chain(mut self, journal: &[IssuerRecord]) -> Result<Self, CaError> {
-        if let Some(cross) = self.record.cross_chain_in(journal) {
-            let der = pem_to_der(cross)?;
-            self.chain_der.push(der);
+        for cross in self.record.cross_chain(journal) {
+            self.chain_der.push(pem_to_der(&cross)?);
         }
         Ok(self)
     }

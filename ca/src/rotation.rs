@@ -233,8 +233,8 @@ fn load_root_key(keys: &RotationKeys, id: &str) -> Result<rcgen::KeyPair, CaErro
     decrypt_key_pem(&pem, &keys.pass, &format!("root {id}"))
 }
 
-/// `lanyard-ca rotate root`: a new root and an intermediate under it, cross-signed by the current
-/// root, both prepared. The trust bundle carries both roots from now on; after
+/// `lanyard-ca rotate root`: a new root and an intermediate under it, both prepared, and the new
+/// and the current root cross-certified by each other. The trust bundle carries both roots from now on; after
 /// [`RotationPolicy::root_overlap`] the new pair becomes active, and the old root leaves the
 /// bundle once every intermediate under it has expired. Returns (new root, new intermediate).
 ///
@@ -263,7 +263,7 @@ pub async fn prepare_root(
         None => None,
     };
     let succ = crate::authority::new_root_successor(&keys.init, &old_root.cert_der()?, old_key, imported)?;
-    let root = IssuerRecord::from_cert(&succ.root_der, IssuerKind::Root, IssuerState::Prepared, None, None)?;
+    let mut root = IssuerRecord::from_cert(&succ.root_der, IssuerKind::Root, IssuerState::Prepared, None, None)?;
     // The key file first: a crash before the journal insert leaves only an unused file.
     let dir = keys.root_key_path.parent().map(PathBuf::from).unwrap_or_default();
     crate::fsutil::write_atomic(
@@ -272,14 +272,16 @@ pub async fn prepare_root(
         0o600,
     )?;
     crate::fsutil::write_atomic(&dir.join(format!("root-{}.pem", root.id)), root.cert_pem.as_bytes(), 0o644)?;
-    let mut intermediate = IssuerRecord::from_cert(
+    let intermediate = IssuerRecord::from_cert(
         &succ.intermediate_der,
         IssuerKind::Intermediate,
         IssuerState::Prepared,
         Some(root.id.clone()),
         Some(encrypt_key_pem(&succ.intermediate_key, &keys.pass)?),
     )?;
-    intermediate.cross_cert_pem = Some(crate::issuers::der_to_pem(&succ.cross_der));
+    // Each root certified by the other: `leaf, intermediate, cross` then leads to either root.
+    root.cross_cert_pem = Some(crate::issuers::der_to_pem(&succ.new_root_cross_der));
+    let old_root_cross = crate::issuers::der_to_pem(&succ.current_root_cross_der);
     // A successor prepared under the old root is superseded.
     if let Some(p) = journal.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Prepared) {
         let ev = AuditEvent::now(
@@ -306,7 +308,14 @@ pub async fn prepare_root(
             "key.sign",
             &old_root.id,
             Outcome::Success,
-            format!("rotation {rotation}: cross-signed intermediate {}", intermediate.id),
+            format!("rotation {rotation}: cross-certified the new root {}", root.id),
+        ),
+        AuditEvent::now(
+            "ca",
+            "key.sign",
+            &root.id,
+            Outcome::Success,
+            format!("rotation {rotation}: cross-certified the current root {}", old_root.id),
         ),
         AuditEvent::now(
             "ca",
@@ -316,7 +325,7 @@ pub async fn prepare_root(
             format!("rotation {rotation}: intermediate under root {}", root.id),
         ),
     ];
-    store.insert_issuers(&[&root, &intermediate], &audit).await?;
+    store.insert_issuers_with_cross(&[&root, &intermediate], &[(&old_root.id, &old_root_cross)], &audit).await?;
     info!(rotation, root = %root.id, intermediate = %intermediate.id, "root rotation prepared");
     Ok((root, intermediate))
 }

@@ -62,14 +62,18 @@ impl ServerIdentity {
         let weak = Arc::downgrade(&me);
         tokio::spawn(async move {
             let mut not_after = not_after;
-            let active_id = |a: &Authority| a.active_issuer().map(|i| i.record.id.clone()).ok();
+            // The issuer and the chain it hands out: both change in a root rotation (cross
+            // certificates come and go), and the server's chain must follow so that clients
+            // holding only one of the roots keep reaching it.
+            let active_id = |a: &Authority| a.active_issuer().map(|i| (i.record.id.clone(), i.chain_der.clone())).ok();
             let mut signed_by = active_id(&authority);
             loop {
                 let left = (not_after - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
                 let wait =
                     Duration::try_from(left * 2 / 3).unwrap_or(Duration::from_secs(60)).max(Duration::from_secs(5));
-                // Renew at two thirds of the life, or as soon as the intermediate changes (a
-                // rotation, or an emergency that revoked the one that signed us).
+                // Renew at two thirds of the life, or as soon as the intermediate or its chain
+                // changes (a rotation, an emergency that revoked the one that signed us, a root
+                // rotation starting or ending).
                 let due = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < due && active_id(&authority) == signed_by {
                     tokio::time::sleep(Duration::from_secs(1).min(due - tokio::time::Instant::now())).await;

@@ -101,8 +101,9 @@ enum Command {
 enum RotateWhat {
     /// The signing intermediate (needs the root key file and the passphrase).
     Intermediate,
-    /// The root: a new root and an intermediate cross-signed by the current root are prepared
-    /// and published in the trust bundle; they take over after `[rotation] root_overlap`.
+    /// The root: a new root and an intermediate under it are prepared, the two roots certify
+    /// each other, and both roots are published in the trust bundle; the new pair takes over after
+    /// `[rotation] root_overlap`.
     Root,
 }
 
@@ -243,8 +244,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ca::rotation::prepare_root(&store, &keys, import.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
                     .await?;
             println!(
-                "root {} prepared (sha256 {}) with intermediate {} cross-signed by the current root; both roots are \
-                 in the trust bundle now and the new ones take over in {}",
+                "root {} prepared (sha256 {}) with intermediate {}, cross-certified with the current root; both \
+                 roots are in the trust bundle now and the new ones take over in {}",
                 root.id,
                 root.fingerprint,
                 intermediate.id,

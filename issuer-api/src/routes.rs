@@ -50,8 +50,8 @@ async fn chain(State(state): State<Arc<AppState>>) -> Result<Response, Problem> 
 }
 
 /// Every intermediate relying parties may meet: the prepared successor (published here before it
-/// signs anything), the active one and retired ones still trusted. Chains to the roots of
-/// `/roots.pem`.
+/// signs anything), the active one and retired ones still trusted, and during a root rotation the
+/// cross certificates between the roots. Chains to the roots of `/roots.pem`.
 async fn intermediates(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
     let journal = state.authority.store().issuers().await.map_err(Problem::from)?;
     let order = |s: ca::IssuerState| match s {
@@ -70,6 +70,11 @@ async fn intermediates(State(state): State<Arc<AppState>>) -> Result<Response, P
         if let Some(c) = &r.cross_cert_pem {
             body.push_str(c);
         }
+    }
+    // During a root rotation, the roots certified by each other: the links between the two roots
+    // of `/roots.pem` that chains carry.
+    for r in journal.iter().filter(|r| r.kind == ca::IssuerKind::Root && r.state != ca::IssuerState::Expired) {
+        body.push_str(r.cross_cert_pem.as_deref().unwrap_or_default());
     }
     Ok(pem(body))
 }

@@ -120,3 +120,52 @@ impl RawClient {
         url.strip_prefix(&format!("{}/acme", self.base)).expect("our URL").to_owned()
     }
 }
+
+/// A certificate downloaded over ACME: the default chain and the alternates the server offered
+/// with `Link: rel="alternate"` (RFC 8555 section 7.4.2), each as PEM text.
+#[derive(Debug)]
+pub struct Downloaded {
+    /// The default chain (leaf first).
+    pub default_chain: String,
+    /// Every alternate chain, in the order the server linked them.
+    pub alternates: Vec<String>,
+}
+
+impl RawClient {
+    /// Enrolls the SPIFFE ID `id` with a join token (`join-token-01`), finalizes with a fresh key
+    /// and downloads the certificate with every alternate chain. Registers first if needed.
+    pub async fn enroll_with_token(&mut self, id: &str, token: &str) -> Downloaded {
+        if self.kid.is_none() {
+            self.register().await;
+        }
+        let r = self.post("/new-order", Some(&json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
+        assert_eq!(r.status, 201, "newOrder: {}", String::from_utf8_lossy(&r.body));
+        let order = r.json();
+        let authz = self.post(&self.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
+        let ch = authz["challenges"]
+            .as_array()
+            .expect("challenges")
+            .iter()
+            .find(|c| c["type"] == "join-token-01")
+            .expect("join-token-01 challenge")
+            .clone();
+        let r = self.post(&self.path_of(ch["url"].as_str().expect("url")), Some(&json!({"token": token}))).await;
+        assert_eq!(r.json()["status"], "valid", "challenge: {}", String::from_utf8_lossy(&r.body));
+        let (_, csr) = workload_agent::agent::enroll::new_key_and_csr(id).expect("csr");
+        let r = self
+            .post(&self.path_of(order["finalize"].as_str().expect("f")), Some(&json!({"csr": B64.encode(csr)})))
+            .await;
+        assert_eq!(r.status, 200, "finalize: {}", String::from_utf8_lossy(&r.body));
+        let cert_url = r.json()["certificate"].as_str().expect("certificate").to_owned();
+        let r = self.post(&self.path_of(&cert_url), None).await;
+        assert_eq!(r.status, 200, "download: {}", String::from_utf8_lossy(&r.body));
+        let mut alternates = Vec::new();
+        for (_, v) in r.headers.iter().filter(|(n, v)| n == "link" && v.contains("rel=\"alternate\"")) {
+            let url = v.trim_start_matches('<').split('>').next().expect("url");
+            let alt = self.post(&self.path_of(url), None).await;
+            assert_eq!(alt.status, 200, "alternate download: {}", String::from_utf8_lossy(&alt.body));
+            alternates.push(String::from_utf8_lossy(&alt.body).to_string());
+        }
+        Downloaded { default_chain: String::from_utf8_lossy(&r.body).to_string(), alternates }
+    }
+}

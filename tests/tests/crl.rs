@@ -231,9 +231,10 @@ async fn crls_are_served_revoke_leaves_and_survive_rotation() {
     assert!(!ok, "the retired intermediate's CRL is not the new leaf's CRL");
 }
 
-/// Root rotation: the new intermediate is certified by the new root and, cross-signed, by the old
-/// one. Its one CRL (same name, same key) verifies along both chains, before and after a
-/// revocation, and the old root's intermediate keeps serving its own CRL.
+/// Root rotation: the new intermediate is certified by the new root, and the new root by the old
+/// one. The intermediate's one CRL verifies along both paths (`new-int -> new root` and
+/// `new-int -> new root certified by the old root -> old root`), before and after a revocation, and
+/// the old root's intermediate keeps serving its own CRL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crls_verify_along_old_and_new_root_chains() {
     let ca = WorkloadCa::start_with(
@@ -272,10 +273,10 @@ async fn crls_verify_along_old_and_new_root_chains() {
     let new_root = journal.iter().find(|r| Some(&r.id) == new.parent_id.as_ref()).expect("new root");
     assert_eq!(new_root.kind, IssuerKind::Root);
     assert_ne!(new_root.cert_pem.trim(), old_root_pem.trim());
-    let cross = new.cross_cert_pem.as_deref().expect("cross-signed by the old root");
+    let cross = new_root.cross_cert_pem.as_deref().expect("the new root certified by the old root");
     std::fs::write(dir.join("new-root.pem"), &new_root.cert_pem).expect("write");
     std::fs::write(dir.join("new-int.pem"), &new.cert_pem).expect("write");
-    std::fs::write(dir.join("cross-int.pem"), cross).expect("write");
+    std::fs::write(dir.join("cross-chain.pem"), format!("{}{cross}", new.cert_pem)).expect("write");
     std::fs::write(dir.join("c.pem"), pem("CERTIFICATE", c[0].as_ref())).expect("write");
     assert_eq!(crl_distribution_points(c[0].as_ref()), vec![format!("{CRL_BASE}/{}.crl", new.id)]);
 
@@ -283,8 +284,7 @@ async fn crls_verify_along_old_and_new_root_chains() {
     let first = fetch_crl(&ca, &old_root_pem, &new.id, dir, "new0").await;
     assert!(first.entries.is_empty());
     assert!(crl_signed_by(dir, &first.file, "new-int.pem"));
-    assert!(crl_signed_by(dir, &first.file, "cross-int.pem"));
-    for (root, int) in [("new-root.pem", "new-int.pem"), ("old-root.pem", "cross-int.pem")] {
+    for (root, int) in [("new-root.pem", "new-int.pem"), ("old-root.pem", "cross-chain.pem")] {
         let (ok, out) = verify_from(dir, root, &first.file, int, "c.pem");
         assert!(ok && out.contains("c.pem: OK"), "{root} / {int}: {out}");
     }
@@ -295,7 +295,7 @@ async fn crls_verify_along_old_and_new_root_chains() {
     let revoked = fetch_crl(&ca, &old_root_pem, &new.id, dir, "new1").await;
     assert!(revoked.number > first.number);
     assert_eq!(revoked.entries, vec![(serial_c, Some(5))]);
-    for (root, int) in [("new-root.pem", "new-int.pem"), ("old-root.pem", "cross-int.pem")] {
+    for (root, int) in [("new-root.pem", "new-int.pem"), ("old-root.pem", "cross-chain.pem")] {
         let (ok, out) = verify_from(dir, root, &revoked.file, int, "c.pem");
         assert!(!ok && out.contains("certificate revoked"), "{root} / {int}: {out}");
     }

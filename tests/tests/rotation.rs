@@ -169,6 +169,10 @@ async fn killed_manual_rotations_resume_cleanly() {
     }
     let active =
         j.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active).expect("a").clone();
+    // With a prepared root left behind, the chain also carries the current root as certified by it.
+    let cross = active.cross_chain(&j);
+    assert_eq!(cross.len(), roots(&j, IssuerState::Prepared), "a cross certificate exactly while a root is prepared");
+    let want = format!("{}{}", active.cert_pem, cross.concat());
 
     // The running server picks the new active intermediate up and serves it.
     let url = ca.addr;
@@ -176,10 +180,10 @@ async fn killed_manual_rotations_resume_cleanly() {
     loop {
         let r = tests::https_get(url, "localhost", "/chain.pem", None).await.expect("chain");
         let pem = String::from_utf8_lossy(&r.body).to_string();
-        if pem.trim() == active.cert_pem.trim() {
+        if pem.trim() == want.trim() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the server did not follow the rotation");
+        assert!(tokio::time::Instant::now() < deadline, "the server did not follow the rotation: {pem}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // And issues under it.
@@ -389,9 +393,9 @@ fn pem_blocks(pem: &str) -> Vec<String> {
     pem.split_inclusive("-----END CERTIFICATE-----\n").filter(|b| b.contains("BEGIN")).map(str::to_owned).collect()
 }
 
-/// After `rotate root`: ACME downloads carry the chain to the new root and a `Link:
-/// rel="alternate"` chain through the cross-signed intermediate to the old root; both verify with
-/// `openssl verify -x509_strict` against their root alone.
+/// After `rotate root` with a root made by OpenSSL: ACME downloads carry a default chain through
+/// the new root as certified by the old one, which `openssl verify -x509_strict` accepts from
+/// either root alone, and a `Link: rel="alternate"` chain that stops at the new root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_signed_chains_verify_from_either_root() {
     let ca = WorkloadCa::start_with("", "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"1s\"\n").expect("CA");
@@ -434,48 +438,33 @@ async fn cross_signed_chains_verify_from_either_root() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // An ACME enrollment (join token) with the raw client, to see the Link headers.
-    let both_roots = format!("{old_root}{new_root}");
+    // An ACME enrollment (join token) with the raw client, to see the Link headers. The client
+    // trusts only the old root, as one configured before the rotation would.
     let id = format!("spiffe://{TD}/chains");
     let token = ca.token(&id, &[]).expect("token");
-    let mut c = tests::acme::RawClient::new(ca.addr, &both_roots);
-    c.register().await;
-    let r = c.post("/new-order", Some(&serde_json::json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let order = r.json();
-    let authz = c.post(&c.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
-    let ch =
-        authz["challenges"].as_array().expect("challenges").iter().find(|c| c["type"] == "join-token-01").expect("c");
-    let r = c.post(&c.path_of(ch["url"].as_str().expect("url")), Some(&serde_json::json!({"token": token}))).await;
-    assert_eq!(r.json()["status"], "valid", "{}", String::from_utf8_lossy(&r.body));
-    let (_, csr) = workload_agent::agent::enroll::new_key_and_csr(&id).expect("csr");
-    use base64::Engine;
-    let csr = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(csr);
-    let r = c.post(&c.path_of(order["finalize"].as_str().expect("f")), Some(&serde_json::json!({"csr": csr}))).await;
-    let cert_url = r.json()["certificate"].as_str().expect("certificate").to_owned();
-    let r = c.post(&c.path_of(&cert_url), None).await;
-    assert_eq!(r.status, 200);
-    let default_chain = String::from_utf8_lossy(&r.body).to_string();
-    let alternates: Vec<String> = r
-        .headers
-        .iter()
-        .filter(|(n, v)| n == "link" && v.contains("rel=\"alternate\""))
-        .map(|(_, v)| v.trim_start_matches('<').split('>').next().expect("url").to_owned())
-        .collect();
-    assert_eq!(alternates.len(), 1, "one alternate chain: {:?}", r.headers);
-    let alt = c.post(&c.path_of(&alternates[0]), None).await;
-    assert_eq!(alt.status, 200);
-    let alt_chain = String::from_utf8_lossy(&alt.body).to_string();
-
-    let d = pem_blocks(&default_chain);
-    let a = pem_blocks(&alt_chain);
+    let got = tests::acme::RawClient::new(ca.addr, &old_root).enroll_with_token(&id, &token).await;
+    assert_eq!(got.alternates.len(), 1, "one alternate chain");
+    let d = pem_blocks(&got.default_chain);
+    let a = pem_blocks(&got.alternates[0]);
     assert_eq!(d[0], a[0], "same leaf");
-    let (ok, msg) = openssl_verify(&new_root, &d[1..].concat(), &d[0]);
-    assert!(ok, "default chain with the new root: {msg}");
-    let (ok, msg) = openssl_verify(&old_root, &a[1..].concat(), &a[0]);
-    assert!(ok, "alternate chain with the old root: {msg}");
-    let (ok, _) = openssl_verify(&old_root, &d[1..].concat(), &d[0]);
-    assert!(!ok, "the default chain alone does not reach the old root");
+    assert_eq!(d.len(), 3, "default chain: leaf, intermediate, new root certified by the old root");
+    assert_eq!(a.len(), 2, "alternate chain: leaf, intermediate");
+    for root in [&old_root, &new_root] {
+        let (ok, msg) = openssl_verify(root, &d[1..].concat(), &d[0]);
+        assert!(ok, "the default chain verifies from either root alone: {msg}");
+    }
+    let (ok, msg) = openssl_verify(&new_root, &a[1..].concat(), &a[0]);
+    assert!(ok, "alternate chain with the new root: {msg}");
+    let (ok, _) = openssl_verify(&old_root, &a[1..].concat(), &a[0]);
+    assert!(!ok, "the alternate chain stops at the new root");
+    // The cross certificate is the imported root's name and key (so its subject is OpenSSL's
+    // encoding re-written by us: verification above proves the names still match).
+    let cross = x509_parser::pem::parse_x509_pem(d[2].as_bytes()).expect("pem").1;
+    let cross = cross.parse_x509().expect("cross");
+    let imported = x509_parser::pem::parse_x509_pem(new_root.as_bytes()).expect("pem").1;
+    let imported = imported.parse_x509().expect("root");
+    assert_eq!(cross.public_key().raw, imported.public_key().raw, "same key as the imported root");
+    assert_eq!(cross.subject().to_string(), imported.subject().to_string(), "same name as the imported root");
 }
 
 fn crl_pem(der: &[u8]) -> String {

@@ -330,6 +330,19 @@ impl Store {
 
     /// Adds issuers to the journal with their audit events, all or nothing.
     pub async fn insert_issuers(&self, issuers: &[&IssuerRecord], audit: &[AuditEvent]) -> Result<(), CaError> {
+        self.insert_issuers_with_cross(issuers, &[], audit).await
+    }
+
+    /// Adds issuers to the journal and appends cross certificates (`(id, PEM)`: that issuer's name
+    /// and key certified by another root) to existing issuers, with the audit events, all or
+    /// nothing. A root rotation needs this: the new root arrives together with the current root's
+    /// certificate from it.
+    pub async fn insert_issuers_with_cross(
+        &self,
+        issuers: &[&IssuerRecord],
+        cross: &[(&str, &str)],
+        audit: &[AuditEvent],
+    ) -> Result<(), CaError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for r in issuers {
             sqlx::query(
@@ -354,6 +367,17 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        }
+        for (id, pem) in cross {
+            let r = sqlx::query("UPDATE issuers SET cross_cert_pem = COALESCE(cross_cert_pem, '') || $1 WHERE id = $2")
+                .bind(*pem)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if r.rows_affected() != 1 {
+                return Err(CaError::Config(format!("issuer {id} is not in the journal")));
+            }
         }
         for ev in audit {
             writer::insert_audit(self.backend, &mut tx, ev).await.map_err(db_err)?;

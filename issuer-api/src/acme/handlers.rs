@@ -685,11 +685,17 @@ pub(crate) async fn certificate_alternate(
     download(&acme, &serial, n, &auth).await
 }
 
-/// The chains (issuer certificates, PEM) a certificate can be served with: the intermediate as
-/// signed by its own root, then, during a root rotation while the previous root is still trusted,
-/// the cross-signed copy that leads to the previous root.
+/// The chains (issuer certificates, PEM) a certificate can be served with. The default one leads
+/// to every trusted root: during a root rotation it carries the cross certificate to the other
+/// root, so a client that holds only the old root (or only the new one) validates it. The
+/// alternate, offered only then, stops at the intermediate's own root, for clients that pick
+/// chains by the top issuer's name (cert-manager's `preferredChain`) or want the shorter one.
 fn chains_for(issuer: &ca::IssuerRecord, journal: &[ca::IssuerRecord]) -> Vec<String> {
-    std::iter::once(issuer.cert_pem.as_str()).chain(issuer.cross_chain_in(journal)).map(str::to_owned).collect()
+    let cross = issuer.cross_chain(journal);
+    if cross.is_empty() {
+        return vec![issuer.cert_pem.clone()];
+    }
+    vec![format!("{}{}", issuer.cert_pem, cross.concat()), issuer.cert_pem.clone()]
 }
 
 async fn download(acme: &Acme, serial: &str, n: usize, auth: &Authenticated) -> AcmeResult {
