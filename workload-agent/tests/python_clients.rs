@@ -79,8 +79,7 @@ impl Pki {
     fn new() -> Pki {
         let root = CertifiedIssuer::self_signed(ca_params("python root"), KeyPair::generate().unwrap()).unwrap();
         let intermediate =
-            CertifiedIssuer::signed_by(ca_params("python intermediate"), KeyPair::generate().unwrap(), &*root)
-                .unwrap();
+            CertifiedIssuer::signed_by(ca_params("python intermediate"), KeyPair::generate().unwrap(), &*root).unwrap();
         Pki { root, intermediate }
     }
 

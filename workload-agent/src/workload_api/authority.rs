@@ -205,14 +205,7 @@ impl Filter {
     pub(crate) fn new() -> Filter {
         let mut decoder = loona_hpack::Decoder::new();
         decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
-        Filter {
-            stage: Stage::Preface,
-            input: Vec::new(),
-            forward: 0,
-            block: None,
-            decoder,
-            dropped_authority: false,
-        }
+        Filter { stage: Stage::Preface, input: Vec::new(), forward: 0, block: None, decoder, dropped_authority: false }
     }
 
     /// Takes bytes received from the client and appends to `out` everything that can be passed
@@ -582,6 +575,12 @@ mod tests {
         assert_eq!(run(input, 3).unwrap(), input);
     }
 
+    fn expect_failure(input: &[u8], step: usize, reason: &str) {
+        let err = run(input, step).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains(reason), "{err} should say {reason}");
+    }
+
     #[test]
     fn broken_or_oversized_blocks_end_the_connection() {
         let mut encoder = loona_hpack::Encoder::new();
@@ -590,25 +589,25 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, 0, 1, &block));
         input.extend(frame(0x0, 0, 1, b"x"));
-        assert!(run(&input, 5).is_err());
+        expect_failure(&input, 5, "interrupted");
         // A reference to a dynamic table entry that does not exist.
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS, 1, &[0xff, 0x40]));
-        assert!(run(&input, 100).is_err());
+        expect_failure(&input, 100, "Header index out of bounds");
         // A CONTINUATION flood.
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, 0, 1, &[]));
         for _ in 0..=MAX_BLOCK / MAX_FRAME_SIZE {
             input.extend(frame(CONTINUATION, 0, 1, &[0x82; MAX_FRAME_SIZE]));
         }
-        assert!(run(&input, 65_536).is_err());
+        expect_failure(&input, 65_536, "header block too large");
         // Growing the dynamic table beyond what h2 advertised.
         let mut table_update = Vec::new();
         encode_integer(HEADER_TABLE_SIZE + 1, 5, 0x20, &mut table_update);
         table_update.push(0x82);
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS, 1, &table_update));
-        assert!(run(&input, 100).is_err());
+        expect_failure(&input, 100, "Dynamic table size exceeds");
         // A small block that expands past the header list bound through the dynamic table.
         let mut bomb = vec![0x40];
         encode_string(b"x-big", &mut bomb);
@@ -616,7 +615,18 @@ mod tests {
         bomb.extend(std::iter::repeat_n(0xbe, 100)); // index 62: the entry just added
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS, 1, &bomb));
-        assert!(run(&input, 100_000).is_err());
+        expect_failure(&input, 100_000, "header list too large");
+    }
+
+    #[test]
+    fn the_http_crate_refuses_what_grpc_clients_send_for_a_socket() {
+        // grpc C-core (percent-encoded path without its leading slash) and grpc-java (the path).
+        for sent in [&b"tmp%2Fdir%2Fagent.sock"[..], b"/var/run/agent.sock", b""] {
+            assert!(Authority::try_from(sent).is_err(), "{}", String::from_utf8_lossy(sent));
+        }
+        for kept in [&b"localhost"[..], b"localhost:8080", b"[::1]:443", b"user%40x@host"] {
+            assert!(Authority::try_from(kept).is_ok(), "{}", String::from_utf8_lossy(kept));
+        }
     }
 
     #[test]

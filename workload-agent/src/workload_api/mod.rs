@@ -129,7 +129,10 @@ pub async fn serve_with_mode(
     tracing::info!(socket = %socket.display(), mode = format_args!("{mode:o}"), "serving the SPIFFE Workload API");
     tonic::transport::Server::builder()
         .add_service(api.into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFilter::new)), signal)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFilter::new)),
+            signal,
+        )
         .await
         .with_context(|| format!("serving the SPIFFE Workload API on {}", socket.display()))
 }
