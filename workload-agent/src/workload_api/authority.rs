@@ -52,12 +52,14 @@ use tonic::transport::server::Connected;
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length of an HTTP/2 frame header.
 const FRAME_HEADER: usize = 9;
-/// `SETTINGS_MAX_FRAME_SIZE` as `h2` advertises it (the protocol default; tonic does not change it).
+/// `SETTINGS_MAX_FRAME_SIZE` as tonic's server advertises it (hyper's default, the protocol's minimum).
+/// A client may not send larger frames, so header frames beyond it are refused here.
 const MAX_FRAME_SIZE: usize = 16_384;
-/// `SETTINGS_HEADER_TABLE_SIZE` as `h2` advertises it (the protocol default): the most a client may
-/// grow its encoder's dynamic table to.
+/// `SETTINGS_HEADER_TABLE_SIZE` as tonic's server advertises it (hyper leaves it at the protocol
+/// default): the most a client may grow its encoder's dynamic table to.
 const HEADER_TABLE_SIZE: usize = 4_096;
-/// Largest encoded header block accepted; gRPC clients send a few hundred octets.
+/// Largest encoded header block accepted; gRPC clients send a few hundred octets, and hyper's
+/// `h2` refuses decoded header lists over 16 KiB after us anyway.
 pub(crate) const MAX_BLOCK: usize = 64 * 1024;
 /// Largest decoded header list accepted (names, values and 32 octets per field).
 pub(crate) const MAX_HEADER_LIST: usize = 256 * 1024;
