@@ -2,7 +2,10 @@
 # Lanyard's whole test suite, as the README documents it and CI runs it.
 #
 # On a fresh Debian machine with Rust this installs what the tests need (PostgreSQL, openssl,
-# the ACME clients lego and uacme),
+# the ACME clients lego and uacme, python3 with venv),
+# builds a throwaway Python virtualenv under target/python-clients with the Workload API's
+# Python clients (py-spiffe and grpcio, pinned in workload-agent/tests/python/requirements.txt;
+# scripts/python-clients.sh) and exports its interpreter as LANYARD_TEST_PYTHON,
 # starts a throwaway PostgreSQL on loopback, runs every test of the workspace against it and
 # against SQLite, and stops the server again, whatever the outcome.
 set -euo pipefail
@@ -10,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-packages=(postgresql openssl ca-certificates lego uacme pebble curl util-linux)
+packages=(postgresql openssl ca-certificates lego uacme pebble curl util-linux python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +23,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# py-spiffe and grpcio for workload-agent/tests/python_clients.rs (which fails under CI without it).
+LANYARD_TEST_PYTHON="$(scripts/python-clients.sh | tail -n 1)"
+export LANYARD_TEST_PYTHON
+echo "test.sh: Python clients in $LANYARD_TEST_PYTHON"
 
 # A throwaway PostgreSQL cluster, on loopback only, owned by the postgres user when we are root
 # (initdb refuses to run as root).

@@ -18,10 +18,15 @@
 //!   The check runs in an interceptor, before any method, and answers `INVALID_ARGUMENT` with the
 //!   same message SPIRE uses.
 //!
+//! grpc C-core clients (Python's `grpcio`, so py-spiffe) send the socket path as `:authority`,
+//! which the HTTP/2 server refuses on its own; every accepted connection therefore goes through
+//! [`AuthorityFilter`] first (see its module for why and how).
+//!
 //! The socket is the access control: whoever can `connect(2)` to it gets the workload's private
 //! key. This agent serves one identity and does not attest callers, so the socket's permissions
 //! ([`DEFAULT_SOCKET_MODE`]) and its directory decide who the workload is.
 
+mod authority;
 mod service;
 
 use std::future::Future;
@@ -32,10 +37,12 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::credentials::{Svid, TrustBundle};
 
+pub use authority::AuthorityFilter;
 pub use service::{SECURITY_HEADER, SecurityHeader, WorkloadApi, WorkloadApiService};
 
 /// Code generated from `proto/workload.proto` (which has no `package`, so the gRPC service is
@@ -99,6 +106,9 @@ pub async fn serve(
 /// reconnect later); otherwise tonic's graceful shutdown would wait forever for streams that
 /// by design never end on their own.
 ///
+/// Each connection is wrapped in an [`AuthorityFilter`], so that clients that send the socket path
+/// as the HTTP/2 `:authority` (grpc C-core: `grpcio`, py-spiffe) are served like any other.
+///
 /// # Errors
 ///
 /// Fails if the socket cannot be prepared or bound, or the gRPC server fails.
@@ -119,7 +129,10 @@ pub async fn serve_with_mode(
     tracing::info!(socket = %socket.display(), mode = format_args!("{mode:o}"), "serving the SPIFFE Workload API");
     tonic::transport::Server::builder()
         .add_service(api.into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFilter::new)),
+            signal,
+        )
         .await
         .with_context(|| format!("serving the SPIFFE Workload API on {}", socket.display()))
 }
@@ -129,7 +142,8 @@ pub async fn serve_with_mode(
 ///
 /// Streams opened on it end when a watch sender is dropped or the client goes away; to end them
 /// on shutdown as well, build a [`WorkloadApi`], keep a clone, and call
-/// [`WorkloadApi::close_streams`].
+/// [`WorkloadApi::close_streams`]. Wrap accepted connections in an [`AuthorityFilter`] to serve
+/// grpc C-core clients too, as [`serve_with_mode`] does.
 pub fn service(
     svids: watch::Receiver<Option<Arc<Svid>>>,
     bundles: watch::Receiver<Option<Arc<TrustBundle>>>,
