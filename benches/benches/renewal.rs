@@ -443,12 +443,15 @@ fn main() {
     );
 
     // Lanyard: a fresh CA, then every client enrolled through the server with a join token.
+    // Each client renews with the same certificate over and over, which the lineage rule allows
+    // only as a lost-response retry inside `renewal_retry_window` (each renewal then replaces the
+    // previous one): the window is opened to its maximum so the runs stay inside it.
     let data = d.join("lanyard");
     let config = d.join("lanyard.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[policy]\ntrust_domain = \"{TRUST_DOMAIN}\"\n[policy.workload]\ndefault = \"1h\"\nmax = \"24h\"\n\
+            "data_dir = \"{}\"\n[policy]\ntrust_domain = \"{TRUST_DOMAIN}\"\nrenewal_retry_window = \"1h\"\n[policy.workload]\ndefault = \"1h\"\nmax = \"24h\"\n\
              [acme.rate_limits]\nrequests_per_ip = {{ burst = 100000000, period = \"1s\" }}\n",
             data.display()
         ),

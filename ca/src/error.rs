@@ -105,6 +105,16 @@ pub enum CaError {
     /// A credential presented to the CA (a certificate for renewal) is not one it accepts.
     #[error("not authenticated: {0}")]
     Unauthenticated(String),
+    /// A workload certificate presented for renewal was already renewed (its successor is the
+    /// one to renew from), and this is not a retry the lost-response rule accepts. Refusing it
+    /// keeps one live successor per certificate: a stolen certificate cannot fork the identity.
+    #[error("certificate {serial} was already renewed: {detail}")]
+    Superseded {
+        /// The certificate presented.
+        serial: String,
+        /// Why a repeated renewal is refused (successor, when, the retry window).
+        detail: String,
+    },
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {
@@ -128,7 +138,7 @@ impl CaError {
             | UnsupportedKey(_)
             | BadName { .. }
             | BadIdentity(_) => ErrorKind::BadRequest,
-            NameNotAllowed { .. } | LifetimeTooLong { .. } => ErrorKind::Rejected,
+            NameNotAllowed { .. } | LifetimeTooLong { .. } | Superseded { .. } => ErrorKind::Rejected,
             NoActiveIssuer | IssuerExpiring { .. } | StoreUnavailable(_) => ErrorKind::Unavailable,
             WrongPassphrase(_) | MissingPassphrase { .. } | InvalidCertificate(_) | Config(_) => ErrorKind::Config,
             Store(_) | Key(_) | Signing(_) | Io { .. } => ErrorKind::Internal,

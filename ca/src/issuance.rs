@@ -74,6 +74,20 @@ impl IssuedCertificate {
     }
 }
 
+/// What a renewal adds to an issuance: the key that must change, and the lineage to record with
+/// the certificate (see [`crate::store::RenewalRecord`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Renewal<'a> {
+    /// DER SubjectPublicKeyInfo of the certificate being renewed: the CSR must use another key.
+    pub(crate) old_key: &'a [u8],
+    /// Serial of the certificate being renewed.
+    pub(crate) predecessor: &'a str,
+    /// Its current successor, when this is a lost-response retry that replaces it.
+    pub(crate) replaces: Option<&'a str>,
+    /// The retry is recorded only if the predecessor's first renewal is later than this (Unix s).
+    pub(crate) window_start: i64,
+}
+
 /// A request that passed every check, ready to be recorded and signed.
 struct Prepared {
     csr: crate::csr::VerifiedCsr,
@@ -213,15 +227,16 @@ impl Authority {
         self.issue_with(req, None).await
     }
 
-    /// [`Authority::issue`], refusing a CSR whose key is `not_key` (DER SubjectPublicKeyInfo): a
-    /// renewal must change keys. The check rides on the one CSR verification issuance does anyway.
+    /// [`Authority::issue`], for a renewal when `renewal` is given: the CSR's key must differ from
+    /// the old one (the check rides on the one CSR verification issuance does anyway), and the
+    /// lineage is recorded with the certificate.
     pub(crate) async fn issue_with(
         &self,
         req: IssueRequest<'_>,
-        not_key: Option<&[u8]>,
+        renewal: Option<Renewal<'_>>,
     ) -> Result<IssuedCertificate, CaError> {
         let started = std::time::Instant::now();
-        match self.issue_inner(&req, not_key).await {
+        match self.issue_inner(&req, renewal).await {
             Ok(c) => {
                 self.stats.observe(started.elapsed());
                 self.stats.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -283,8 +298,13 @@ impl Authority {
         Ok(Prepared { csr, names, issuer, serial, params, spki, subject })
     }
 
-    async fn issue_inner(&self, req: &IssueRequest<'_>, not_key: Option<&[u8]>) -> Result<IssuedCertificate, CaError> {
-        let Prepared { csr, names, issuer, serial, params, spki, subject } = self.prepare(req, not_key)?;
+    async fn issue_inner(
+        &self,
+        req: &IssueRequest<'_>,
+        renewal: Option<Renewal<'_>>,
+    ) -> Result<IssuedCertificate, CaError> {
+        let Prepared { csr, names, issuer, serial, params, spki, subject } =
+            self.prepare(req, renewal.map(|r| r.old_key))?;
         let (not_before, not_after) = (params.not_before, params.not_after);
 
         // 1. Reserve the serial and record the intent.
@@ -299,6 +319,7 @@ impl Authority {
                 key_fingerprint: csr.key_fingerprint.clone(),
                 not_before,
                 not_after,
+                renewed_from: renewal.map(|r| r.predecessor.to_owned()),
             })
             .await?;
         self.step(IssuanceStep::IntentRecorded);
@@ -308,8 +329,37 @@ impl Authority {
         let der = cert.der().to_vec();
         self.step(IssuanceStep::Signed);
 
-        // 3. Record the certificate (the record is the issuance's audit event, see `record_issued`).
-        self.store.record_issued(&serial.to_hex(), der_to_pem(&der)).await?;
+        // 3. Record the certificate (the record is the issuance's audit event, see `record_issued`);
+        // a renewal's record commits together with its predecessor's superseded mark.
+        match renewal {
+            None => self.store.record_issued(&serial.to_hex(), der_to_pem(&der)).await?,
+            Some(r) => {
+                let audit = r.replaces.map(|prev| {
+                    AuditEvent::now(
+                        req.requester,
+                        "certificate.revoke",
+                        prev,
+                        Outcome::Success,
+                        format!(
+                            "reason=4 (superseded): {} was renewed again within the retry window; {} replaces it",
+                            r.predecessor,
+                            serial.to_hex()
+                        ),
+                    )
+                });
+                self.store
+                    .record_renewed(crate::store::RenewalRecord {
+                        serial: serial.to_hex(),
+                        cert_pem: der_to_pem(&der),
+                        issued_at: OffsetDateTime::now_utc().unix_timestamp(),
+                        predecessor: r.predecessor.to_owned(),
+                        replaces: r.replaces.map(str::to_owned),
+                        window_start: r.window_start,
+                        audit,
+                    })
+                    .await?
+            }
+        }
         self.step(IssuanceStep::Recorded);
 
         Ok(IssuedCertificate {

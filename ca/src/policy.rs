@@ -39,6 +39,16 @@ pub struct Policy {
     /// this: its certificates would be uselessly short. Rotation activates a successor long before.
     #[serde(with = "humantime_serde")]
     pub min_issuer_remaining: Duration,
+    /// The lost-response rule of workload renewal. A renewed certificate is superseded and
+    /// renewing it again is refused, except within this long after its *first* renewal: an agent
+    /// whose answer was lost retries with the same old certificate, and gets a new successor while
+    /// the previous one (which it never received) is revoked as superseded. The window never
+    /// moves, and a successor that was itself renewed or revoked is never replaced this way, so
+    /// there is at most one live successor per certificate at any time. Short, because a thief
+    /// holding the old certificate can use it too, for this long, and only by revoking the
+    /// holder's successor (which the holder notices). Zero disables retries.
+    #[serde(with = "humantime_serde")]
+    pub renewal_retry_window: Duration,
 }
 
 impl Default for Policy {
@@ -56,9 +66,14 @@ impl Default for Policy {
             crl_validity: Duration::from_secs(3600),
             ca_issuers_url: None,
             min_issuer_remaining: Duration::from_secs(60),
+            renewal_retry_window: DEFAULT_RENEWAL_RETRY_WINDOW,
         }
     }
 }
+
+/// Default of [`Policy::renewal_retry_window`]: an agent retries a failed renewal after 1, 2, 4,
+/// 8... seconds, so it gets about six attempts in two minutes, and a lost answer costs it nothing.
+pub const DEFAULT_RENEWAL_RETRY_WINDOW: Duration = Duration::from_secs(120);
 
 /// Which DNS names and IP addresses may appear in certificates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,6 +134,9 @@ impl Policy {
             return Err(CaError::Config(format!(
                 "crl_url must be an http:// or https:// base URL without query or fragment, not {url:?}"
             )));
+        }
+        if self.renewal_retry_window > Duration::from_secs(3600) {
+            return Err(CaError::Config("renewal_retry_window may not exceed 1h".into()));
         }
         if self.crl_validity < Duration::from_secs(60) || self.crl_validity > Duration::from_secs(7 * 24 * 3600) {
             return Err(CaError::Config("crl_validity must be between 1m and 7days".into()));

@@ -4,11 +4,21 @@
 //! module decides whether that certificate is one this CA issued and may still be renewed. The
 //! check is by exact bytes against the durable record, so a look-alike certificate with a copied
 //! serial fails, and revocation is read from the same record.
+//!
+//! Lineage: a renewed certificate is superseded by its successor, and renewing it again is
+//! refused, so a stolen certificate and key cannot fork the identity (the thief renewing in
+//! parallel with the holder). One exception, the lost-response rule: within
+//! [`crate::Policy::renewal_retry_window`] of the first renewal, the same old certificate may be
+//! renewed again (an agent whose answer was lost retries with what it has); the new certificate
+//! then replaces the previous successor, which is revoked as superseded in the same transaction.
+//! A successor that was renewed or revoked itself is never replaced. So there is at most one live
+//! successor per certificate at any time, and revoking a certificate revokes its successors
+//! ([`crate::store::Store::revoke`]).
 
 use x509_parser::prelude::FromDer;
 
 use crate::CaError;
-use crate::issuance::{Authority, IssueRequest, IssuedCertificate};
+use crate::issuance::{Authority, IssueRequest, IssuedCertificate, Renewal};
 use crate::names::{AuthorizedNames, Name};
 use crate::profile::Profile;
 use crate::store::{CertificateRecord, CertificateStatus};
@@ -61,10 +71,59 @@ impl Authority {
         Ok((leaf, record))
     }
 
+    /// Whether `record` (authenticated, unrevoked) may be renewed now: Ok(None) if it was never
+    /// renewed, Ok(Some(successor)) for a retry the lost-response rule accepts (the successor it
+    /// replaces), else [`CaError::Superseded`]. The store re-checks all of it when it records the
+    /// renewal, so a change between this look and the record refuses the renewal then.
+    async fn lineage_check(
+        &self,
+        record: &CertificateRecord,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<String>, CaError> {
+        let (Some(next), Some(at)) = (&record.superseded_by, record.superseded_at) else { return Ok(None) };
+        let window = self.policy().renewal_retry_window;
+        let refuse = |detail: String| CaError::Superseded { serial: record.serial.clone(), detail };
+        if now >= at + window {
+            return Err(refuse(format!(
+                "{next} replaced it at {at}; renew from {next}, a repeat with this certificate is accepted only \
+                 within {} of its first renewal",
+                humantime_serde::re::humantime::format_duration(window)
+            )));
+        }
+        let successor = self.store().certificate(next).await?;
+        match successor {
+            Some(s) if s.revoked_at.is_none() && s.superseded_by.is_none() => Ok(Some(next.clone())),
+            Some(s) if s.revoked_at.is_some() => Err(refuse(format!("its successor {next} is revoked"))),
+            _ => Err(refuse(format!("its successor {next} was renewed itself, so the first answer arrived"))),
+        }
+    }
+
     /// Issues a new workload certificate for the identity of `presented` (leaf DER, already
-    /// proven by the TLS handshake), from a CSR with a new key naming the same SPIFFE ID.
+    /// proven by the TLS handshake), from a CSR with a new key naming the same SPIFFE ID. Refused
+    /// ([`CaError::Superseded`]) when `presented` was already renewed, except for a retry within
+    /// the retry window (see the module documentation).
     pub async fn renew(&self, presented: &[u8], csr: &[u8]) -> Result<IssuedCertificate, CaError> {
         let (leaf, record) = self.check_presented(presented).await?;
+        let now = time::OffsetDateTime::now_utc();
+        let replaces = match self.lineage_check(&record, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A superseded certificate presented again is how a stolen one shows: audit it.
+                if let CaError::Superseded { .. } = e {
+                    let ev = crate::AuditEvent::now(
+                        format!("renewal:{}", record.serial),
+                        "certificate.renew",
+                        &record.serial,
+                        crate::Outcome::Refused,
+                        e.to_string(),
+                    );
+                    if let Err(audit_err) = self.store().append_audit(ev).await {
+                        tracing::warn!(error = %audit_err, "could not audit a refused renewal");
+                    }
+                }
+                return Err(e);
+            }
+        };
         // The same identity: exactly the names of the certificate being renewed.
         let names: Vec<Name> = crate::csr::names_in_certificate(&leaf)?;
         let authorized = AuthorizedNames { names, exact: true };
@@ -77,7 +136,12 @@ impl Authority {
                 lifetime: None,
                 authorized: Some(&authorized),
             },
-            Some(leaf.public_key().raw),
+            Some(Renewal {
+                old_key: leaf.public_key().raw,
+                predecessor: &record.serial,
+                replaces: replaces.as_deref(),
+                window_start: (now - self.policy().renewal_retry_window).unix_timestamp(),
+            }),
         )
         .await
     }

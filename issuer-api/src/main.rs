@@ -272,20 +272,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if store.certificate(&serial).await?.is_none() {
                 anyhow::bail!("no certificate with serial {serial} was issued by this CA");
             }
-            let done = store.revoke_certificate(&serial, reason, time::OffsetDateTime::now_utc()).await?;
-            store
-                .append_audit(ca::AuditEvent::now(
-                    "operator",
-                    "certificate.revoke",
-                    &serial,
-                    if done { ca::Outcome::Success } else { ca::Outcome::Refused },
-                    format!("reason {reason}"),
-                ))
-                .await?;
-            if done {
+            // The certificate and everything renewed from it, with the audit events, at once.
+            let done = store.revoke(&serial, reason, time::OffsetDateTime::now_utc(), "operator").await?;
+            if done.revoked {
                 println!("revoked {serial}");
             } else {
                 println!("{serial} was already revoked");
+            }
+            for s in &done.successors {
+                println!("revoked {s} (renewed from {serial})");
             }
             Ok(())
         }

@@ -38,6 +38,11 @@ impl Problem {
 
 impl From<CaError> for Problem {
     fn from(e: CaError) -> Self {
+        if let CaError::Superseded { .. } = e {
+            // Its own type, so that an agent can tell "renew from the successor / enroll again"
+            // from other refusals.
+            return Problem::new(StatusCode::FORBIDDEN, "superseded", e.to_string());
+        }
         match e.kind() {
             ErrorKind::BadRequest => Problem::new(StatusCode::BAD_REQUEST, "badRequest", e.to_string()),
             ErrorKind::Rejected => Problem::new(StatusCode::FORBIDDEN, "rejected", e.to_string()),

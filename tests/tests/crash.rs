@@ -94,6 +94,7 @@ async fn killed_between_steps_never_returns_unrecorded_and_never_reuses_serials(
                     key_fingerprint: "00".into(),
                     not_before: time::OffsetDateTime::now_utc(),
                     not_after: time::OffsetDateTime::now_utc(),
+                    renewed_from: None,
                 })
                 .await;
             assert!(reuse.is_err(), "serial {} could be reserved twice", r.serial);

@@ -9,6 +9,7 @@
 pub mod acme;
 pub mod crl;
 pub mod emergency;
+pub mod lineage;
 mod native;
 mod reader;
 mod records;
@@ -24,6 +25,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 pub use records::{CertificateIntent, CertificateRecord, CertificateStatus};
+pub(crate) use writer::RenewalRecord;
 use writer::{Job, Write};
 
 use crate::CaError;
@@ -228,6 +230,14 @@ impl Store {
     pub async fn record_issued(&self, serial: &str, cert_pem: String) -> Result<(), CaError> {
         self.submit(Write::Issued { serial: serial.to_owned(), cert_pem, issued_at: unix(OffsetDateTime::now_utc()) })
             .await
+    }
+
+    /// Step 3 of a renewal: the successor's record together with the predecessor's superseded
+    /// mark (and, for a lost-response retry, the revocation of the previous successor), in one
+    /// group-committed transaction; [`CaError::Superseded`] when the lineage changed since the
+    /// renewal looked at it (nothing is recorded then, so the certificate is never returned).
+    pub(crate) async fn record_renewed(&self, record: writer::RenewalRecord) -> Result<(), CaError> {
+        self.submit(Write::Renewed(record)).await
     }
 
     /// Appends an audit event (group-committed).

@@ -28,6 +28,9 @@ pub struct CertificateIntent {
     pub not_before: OffsetDateTime,
     /// Validity.
     pub not_after: OffsetDateTime,
+    /// The certificate this one renews (serial, hex), for a renewal; recorded with the intent so
+    /// that the lineage exists before anything is signed.
+    pub renewed_from: Option<String>,
 }
 
 /// Status of a certificate row.
@@ -68,6 +71,13 @@ pub struct CertificateRecord {
     pub cert_pem: Option<String>,
     /// Revocation time, if revoked.
     pub revoked_at: Option<OffsetDateTime>,
+    /// The certificate this one renews, if it is a renewal.
+    pub renewed_from: Option<String>,
+    /// Its one live successor, once it was renewed: renewing it again is refused (outside the
+    /// retry window, see `Policy::renewal_retry_window`).
+    pub superseded_by: Option<String>,
+    /// When it was first renewed; the retry window runs from here and never moves.
+    pub superseded_at: Option<OffsetDateTime>,
 }
 
 /// The columns [`CertificateRecord::from_row`] reads and the join they come from (a macro so
@@ -75,7 +85,8 @@ pub struct CertificateRecord {
 macro_rules! cert_columns {
     () => {
         "c.serial, CASE WHEN i.serial IS NULL THEN c.status ELSE 'issued' END AS status, c.issuer_id, c.profile, \
-         c.requester, c.subject, c.sans, c.key_fingerprint, c.not_before, c.not_after, i.cert_pem, c.revoked_at \
+         c.requester, c.subject, c.sans, c.key_fingerprint, c.not_before, c.not_after, i.cert_pem, c.revoked_at, \
+         c.renewed_from, c.superseded_by, c.superseded_at \
          FROM certificates c LEFT JOIN issued_certificates i ON i.serial = c.serial"
     };
 }
@@ -108,6 +119,9 @@ impl CertificateRecord {
             not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
             cert_pem: r.try_get("cert_pem").map_err(db_err)?,
             revoked_at: r.try_get::<Option<i64>, _>("revoked_at").map_err(db_err)?.map(from_unix).transpose()?,
+            renewed_from: r.try_get("renewed_from").map_err(db_err)?,
+            superseded_by: r.try_get("superseded_by").map_err(db_err)?,
+            superseded_at: r.try_get::<Option<i64>, _>("superseded_at").map_err(db_err)?.map(from_unix).transpose()?,
         })
     }
 
@@ -119,6 +133,9 @@ impl CertificateRecord {
         };
         let int = |i| -> Result<Option<i64>, CaError> {
             get(i)?.as_i64_or_null().map_err(|e| CaError::Store(format!("column {i}: {e}")))
+        };
+        let opt_text = |i| -> Result<Option<String>, CaError> {
+            Ok(get(i)?.as_str_or_null().map_err(|e| CaError::Store(format!("column {i}: {e}")))?.map(str::to_owned))
         };
         let required = |i| int(i)?.ok_or_else(|| CaError::Store(format!("column {i} is NULL")));
         Ok(CertificateRecord {
@@ -132,11 +149,11 @@ impl CertificateRecord {
             key_fingerprint: text(7)?,
             not_before: from_unix(required(8)?)?,
             not_after: from_unix(required(9)?)?,
-            cert_pem: get(10)?
-                .as_str_or_null()
-                .map_err(|e| CaError::Store(format!("column 10: {e}")))?
-                .map(str::to_owned),
+            cert_pem: opt_text(10)?,
             revoked_at: int(11)?.map(from_unix).transpose()?,
+            renewed_from: opt_text(12)?,
+            superseded_by: opt_text(13)?,
+            superseded_at: int(14)?.map(from_unix).transpose()?,
         })
     }
 }

@@ -760,21 +760,13 @@ pub(crate) async fn revoke_cert(State(acme): State<Arc<Acme>>, Signed(auth): Eit
             "neither the ordering account nor the certificate key signed this request",
         ));
     }
-    if !acme.store.revoke_certificate(&serial, reason, OffsetDateTime::now_utc()).await.map_err(AcmeProblem::from)? {
+    let who = auth.account.as_ref().map(|a| format!("acme:{}", a.id)).unwrap_or_else(|| "certificate-key".into());
+    // The certificate and everything renewed from it, with the audit events, in one transaction.
+    let done = acme.store.revoke(&serial, reason, OffsetDateTime::now_utc(), &who).await.map_err(AcmeProblem::from)?;
+    if !done.revoked {
         return Err(AcmeProblem::new(StatusCode::BAD_REQUEST, "alreadyRevoked", "the certificate is already revoked"));
     }
-    let who = auth.account.as_ref().map(|a| format!("acme:{}", a.id)).unwrap_or_else(|| "certificate-key".into());
-    let _ = acme
-        .store
-        .append_audit(ca::AuditEvent::now(
-            who,
-            "certificate.revoke",
-            &serial,
-            ca::Outcome::Success,
-            format!("reason={reason}"),
-        ))
-        .await;
-    tracing::info!(%serial, reason, "certificate revoked");
+    tracing::info!(%serial, reason, successors = done.successors.len(), "certificate revoked");
     Ok(StatusCode::OK.into_response())
 }
 

@@ -9,7 +9,7 @@ mod sqlite;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, db_err, unix};
+use super::{Store, db_err};
 use crate::CaError;
 
 /// An ACME account (RFC 8555 section 7.1.2).
@@ -705,25 +705,6 @@ impl Store {
             .await
             .map_err(db_err)?;
         Ok(r.is_some())
-    }
-
-    /// Marks a certificate revoked with an RFC 5280 reason code; false if it already was.
-    pub async fn revoke_certificate(
-        &self,
-        serial: &str,
-        reason: i32,
-        at: time::OffsetDateTime,
-    ) -> Result<bool, CaError> {
-        let r = sqlx::query(
-            "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3 AND revoked_at IS NULL",
-        )
-        .bind(unix(at))
-        .bind(reason)
-        .bind(serial)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
     }
 
     /// Deletes used nonces that have expired anyway, and expires stale orders and authorizations.

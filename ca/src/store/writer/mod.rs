@@ -45,6 +45,9 @@ pub(super) enum Write {
         issued_at: i64,
     },
     Audit(AuditEvent),
+    /// Step 3 of a renewal: the successor's record and the predecessor's superseded mark, which
+    /// commit together or not at all ([`RenewalRecord`]).
+    Renewed(RenewalRecord),
     /// Marks an ACME nonce used; affects 0 rows when it already was (a replay).
     Nonce {
         nonce: String,
@@ -57,6 +60,43 @@ pub(super) enum Write {
     /// Not a write: the writer commits what came before, closes its connection and from then on
     /// answers every job with `StoreUnavailable` ([`super::Store::close`]).
     Close,
+}
+
+/// The record of a renewed certificate. Besides inserting the successor's record like
+/// [`Write::Issued`], it moves the predecessor's `superseded_by` from `replaces` to `serial`,
+/// guarded by `replaces` (the value the renewal saw before signing) and by the predecessor being
+/// unrevoked, so two renewals of one certificate racing (in one batch, on two replicas) cannot
+/// both be recorded. When `replaces` is a previous successor (the lost-response retry), that
+/// successor is revoked (superseded) in the same step, guarded by it being unrevoked and not
+/// renewed itself, and only while the predecessor's first renewal is later than `window_start`.
+/// A guard that fails refuses this job alone ([`CaError::Superseded`]); its neighbours commit.
+#[derive(Debug)]
+pub(crate) struct RenewalRecord {
+    pub(crate) serial: String,
+    pub(crate) cert_pem: String,
+    pub(crate) issued_at: i64,
+    pub(crate) predecessor: String,
+    pub(crate) replaces: Option<String>,
+    pub(crate) window_start: i64,
+    /// The audit event of the revocation of `replaces`.
+    pub(crate) audit: Option<AuditEvent>,
+}
+
+impl RenewalRecord {
+    /// The refusal when a guard fails: someone else renewed or revoked the lineage since the
+    /// renewal looked at it.
+    fn lost(&self) -> CaError {
+        CaError::Superseded {
+            serial: self.predecessor.clone(),
+            detail: match &self.replaces {
+                None => "it was renewed or revoked while this renewal was being signed".into(),
+                Some(prev) => format!(
+                    "its successor {prev} was renewed or revoked, or the retry window closed, while this renewal \
+                     was being signed"
+                ),
+            },
+        }
+    }
 }
 
 /// See [`Write::Sqlite`]. `Fn`, not `FnOnce`: a batch that fails as a whole is retried job by job.
@@ -174,8 +214,8 @@ impl Kind {
         match self {
             Kind::Intent => (
                 "INSERT INTO certificates (serial, status, issuer_id, profile, requester, subject, sans, \
-                 key_fingerprint, not_before, not_after, created_at) VALUES ",
-                10,
+                 key_fingerprint, not_before, not_after, created_at, renewed_from) VALUES ",
+                11,
                 Some("'intent'"),
             ),
             Kind::Issued => ("INSERT INTO issued_certificates (serial, cert_pem, issued_at) VALUES ", 3, None),
@@ -209,6 +249,8 @@ struct Sorted<'a> {
     intents: Vec<&'a CertificateIntent>,
     issued: Vec<(&'a str, &'a str, i64)>,
     audits: Vec<&'a AuditEvent>,
+    /// (index of the job, renewal): their records join `issued` once their guards held.
+    renewals: Vec<(usize, &'a RenewalRecord)>,
     /// (index of the job, nonce, expiry).
     nonces: Vec<(usize, &'a str, i64)>,
     /// (index of the job, write).
@@ -223,6 +265,7 @@ impl<'a> Sorted<'a> {
                 Write::Intent(i) => s.intents.push(i),
                 Write::Issued { serial, cert_pem, issued_at } => s.issued.push((serial, cert_pem, *issued_at)),
                 Write::Audit(ev) => s.audits.push(ev),
+                Write::Renewed(r) => s.renewals.push((k, r)),
                 Write::Nonce { nonce, expires_at } => s.nonces.push((k, nonce, *expires_at)),
                 Write::Sqlite(w) => s.sqlite.push((k, w)),
                 Write::Close => {}
@@ -243,7 +286,7 @@ fn audit_id(ev: &AuditEvent) -> String {
 
 /// Commits a batch through the `Any` pool; returns the rows each job affected, in job order.
 async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut Statements) -> Result<Answers, CaError> {
-    let rows = Sorted::of(jobs);
+    let mut rows = Sorted::of(jobs);
     let mut affected: Answers = jobs.iter().map(|_| Ok(1)).collect();
     for (k, _) in &rows.sqlite {
         affected[*k] = Err(CaError::Store("a SQLite write reached the PostgreSQL writer".into()));
@@ -266,6 +309,14 @@ async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut St
             .map_err(db_err)?
             .rows_affected());
     }
+    for (k, r) in std::mem::take(&mut rows.renewals) {
+        if supersede_any(&mut tx, r).await.map_err(db_err)? {
+            rows.issued.push((&r.serial, &r.cert_pem, r.issued_at));
+            rows.audits.extend(r.audit.as_ref());
+        } else {
+            affected[k] = Err(r.lost());
+        }
+    }
     // One multi-row statement per kind and chunk: statement overhead, not row count, dominates.
     let now = unix(OffsetDateTime::now_utc());
     for chunk in pow2_chunks(&rows.intents) {
@@ -281,7 +332,8 @@ async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut St
                 .bind(i.key_fingerprint.as_str())
                 .bind(unix(i.not_before))
                 .bind(unix(i.not_after))
-                .bind(now);
+                .bind(now)
+                .bind(i.renewed_from.as_deref());
         }
         q.execute(&mut *tx).await.map_err(db_err)?;
     }
@@ -298,6 +350,54 @@ async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut St
     }
     tx.commit().await.map_err(db_err)?;
     Ok(affected)
+}
+
+/// Applies the guards of a renewal through the `Any` pool (PostgreSQL); false, and nothing
+/// changed, when one of them failed. Under PostgreSQL's read committed isolation each guarded
+/// UPDATE waits for a concurrent transaction holding the row and then re-checks its guard on the
+/// committed row, so a concurrent renewal or revocation of the same certificate makes it fail.
+async fn supersede_any(tx: &mut Transaction<'static, Any>, r: &RenewalRecord) -> Result<bool, sqlx::Error> {
+    let Some(prev) = &r.replaces else {
+        let n = sqlx::query(
+            "UPDATE certificates SET superseded_by = $1, superseded_at = $2 \
+             WHERE serial = $3 AND revoked_at IS NULL AND superseded_by IS NULL",
+        )
+        .bind(&r.serial)
+        .bind(r.issued_at)
+        .bind(&r.predecessor)
+        .execute(&mut **tx)
+        .await?;
+        return Ok(n.rows_affected() == 1);
+    };
+    sqlx::query("SAVEPOINT renewal").execute(&mut **tx).await?;
+    let moved = sqlx::query(
+        "UPDATE certificates SET superseded_by = $1 \
+         WHERE serial = $2 AND revoked_at IS NULL AND superseded_by = $3 AND superseded_at > $4",
+    )
+    .bind(&r.serial)
+    .bind(&r.predecessor)
+    .bind(prev)
+    .bind(r.window_start)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let replaced = moved
+        && sqlx::query(
+            "UPDATE certificates SET revoked_at = $1, revocation_reason = 4 \
+             WHERE serial = $2 AND revoked_at IS NULL AND superseded_by IS NULL",
+        )
+        .bind(r.issued_at)
+        .bind(prev)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1;
+    if !replaced {
+        sqlx::query("ROLLBACK TO SAVEPOINT renewal").execute(&mut **tx).await?;
+    }
+    sqlx::query("RELEASE SAVEPOINT renewal").execute(&mut **tx).await?;
+    Ok(replaced)
 }
 
 /// Rows per multi-row statement (10 columns x 256 rows stays far below every bind-parameter limit).

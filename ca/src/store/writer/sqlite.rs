@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{
-    Answers, Job, Kind, MAX_BATCH, Sorted, SqliteWrite, Statements, audit_id, closed, deliver, linger, only_answer,
-    pow2_chunks, split_at_close,
+    Answers, Job, Kind, MAX_BATCH, RenewalRecord, Sorted, SqliteWrite, Statements, audit_id, closed, deliver, linger,
+    only_answer, pow2_chunks, split_at_close,
 };
 use crate::CaError;
 use crate::store::{Backend, native, unix};
@@ -69,11 +69,19 @@ fn int(n: i64) -> ToSqlOutput<'static> {
 
 /// Commits a batch in one transaction; returns each job's answer (rows affected), in job order.
 fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<Answers, CaError> {
-    let rows = Sorted::of(jobs);
+    let mut rows = Sorted::of(jobs);
     let mut affected: Answers = jobs.iter().map(|_| Ok(1)).collect();
     let tx = conn.transaction().map_err(native::sqlite_err)?;
-    for (k, write) in rows.sqlite {
+    for (k, write) in std::mem::take(&mut rows.sqlite) {
         affected[k] = run_isolated(&tx, write)?;
+    }
+    for (k, r) in std::mem::take(&mut rows.renewals) {
+        if supersede(&tx, r)? {
+            rows.issued.push((&r.serial, &r.cert_pem, r.issued_at));
+            rows.audits.extend(r.audit.as_ref());
+        } else {
+            affected[k] = Err(r.lost());
+        }
     }
     for (k, nonce, expires_at) in rows.nonces {
         let n = tx
@@ -98,6 +106,7 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
                 int(unix(i.not_before)),
                 int(unix(i.not_after)),
                 int(now),
+                i.renewed_from.as_deref().map_or(ToSqlOutput::Owned(Value::Null), text),
             ]
         });
         insert(&tx, sql, Kind::Intent, chunk.len(), values)?;
@@ -122,6 +131,41 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
     }
     tx.commit().map_err(native::sqlite_err)?;
     Ok(affected)
+}
+
+/// Applies the guards of a renewal ([`RenewalRecord`]); false, and nothing changed, when one of
+/// them failed. The writer is the only writer of this connection and SQLite's write lock is held
+/// for the whole batch, so the guards see every renewal and revocation committed before.
+fn supersede(tx: &Transaction<'_>, r: &RenewalRecord) -> Result<bool, CaError> {
+    let exec = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+        tx.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(native::sqlite_err)
+    };
+    let Some(prev) = &r.replaces else {
+        // The common case: one guarded UPDATE; when it fails nothing was written.
+        let n = exec(
+            "UPDATE certificates SET superseded_by = ?1, superseded_at = ?2 \
+             WHERE serial = ?3 AND revoked_at IS NULL AND superseded_by IS NULL",
+            &[&r.serial, &r.issued_at, &r.predecessor],
+        )?;
+        return Ok(n == 1);
+    };
+    tx.execute_batch("SAVEPOINT renewal").map_err(native::sqlite_err)?;
+    let moved = exec(
+        "UPDATE certificates SET superseded_by = ?1 \
+         WHERE serial = ?2 AND revoked_at IS NULL AND superseded_by = ?3 AND superseded_at > ?4",
+        &[&r.serial, &r.predecessor, prev, &r.window_start],
+    )? == 1;
+    let replaced = moved
+        && exec(
+            "UPDATE certificates SET revoked_at = ?1, revocation_reason = 4 \
+             WHERE serial = ?2 AND revoked_at IS NULL AND superseded_by IS NULL",
+            &[&r.issued_at, prev],
+        )? == 1;
+    if !replaced {
+        tx.execute_batch("ROLLBACK TO renewal").map_err(native::sqlite_err)?;
+    }
+    tx.execute_batch("RELEASE renewal").map_err(native::sqlite_err)?;
+    Ok(replaced)
 }
 
 /// Runs one [`super::Write::Sqlite`] under a savepoint: its own failure rolls back its own changes
