@@ -139,9 +139,6 @@ pub enum SeamError {
     /// CRLs were offered before any trust bundle: they could not be checked.
     #[error("no trust bundle has been published yet, so CRLs cannot be checked")]
     NoBundle,
-    /// rustls refused to build the client-certificate verifier from the roots and CRLs.
-    #[error("building the client certificate verifier failed: {0}")]
-    ClientVerifier(String),
     /// rustls refused to build a configuration.
     #[error("building the rustls configuration failed: {0}")]
     Config(#[source] rustls::Error),

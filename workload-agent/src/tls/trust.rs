@@ -14,14 +14,17 @@
 //!   lists stays revoked, and enforcing expiry would turn a CA outage longer than the CRL
 //!   validity into a fleet-wide outage. Staleness is exported as a metric instead;
 //! - a CRL's signature is checked by webpki at every use against the chain's issuer (itself
-//!   verified up to the bundle); a CRL that does not verify makes paths through that issuer fail.
+//!   verified up to the bundle); a CRL that does not verify makes paths through that issuer fail;
+//! - webpki picks a certificate's CRL by issuer *name* alone, so two issuers with one name (two
+//!   intermediate generations named alike, an imported hierarchy) would have one's CRL tried
+//!   against the other's key and fail closed. Each handshake therefore hands webpki only the CRLs
+//!   whose issuer name **and** authority key identifier match a certificate the peer presented.
 
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
-use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
+
 use rustls::{CertRevocationListError, CertificateError, RootCertStore};
 use webpki::{
     EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList, RevocationCheckDepth, RevocationOptionsBuilder,
@@ -37,6 +40,8 @@ pub(crate) struct RevocationSet {
     /// The CRLs as fetched (DER), in order.
     pub(crate) der: Vec<CertificateRevocationListDer<'static>>,
     parsed: Vec<webpki::CertRevocationList<'static>>,
+    /// Per CRL: the issuer name (DER) and authority key identifier it was signed under.
+    keys: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl RevocationSet {
@@ -51,7 +56,48 @@ impl RevocationSet {
                     .map_err(|source| SeamError::InvalidCrl { index, reason: source.to_string() })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RevocationSet { der, parsed })
+        let keys = der
+            .iter()
+            .enumerate()
+            .map(|(index, crl)| {
+                use x509_parser::prelude::FromDer;
+                let (_, c) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
+                    .map_err(|e| SeamError::InvalidCrl { index, reason: e.to_string() })?;
+                let aki = c.extensions().iter().find_map(|e| match e.parsed_extension() {
+                    x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                    }
+                    _ => None,
+                });
+                Ok((c.issuer().as_raw().to_vec(), aki))
+            })
+            .collect::<Result<Vec<_>, SeamError>>()?;
+        Ok(RevocationSet { der, parsed, keys })
+    }
+
+    /// The CRLs that can speak for the certificates of a presented chain: same issuer name, and
+    /// the same authority key identifier when both carry one.
+    fn for_chain(&self, chain: &[&[u8]]) -> Vec<&webpki::CertRevocationList<'static>> {
+        let mut picked = vec![false; self.parsed.len()];
+        for der in chain {
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { continue };
+            let aki = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0)
+                }
+                _ => None,
+            });
+            for (i, (issuer, crl_aki)) in self.keys.iter().enumerate() {
+                let same_key = match (aki, crl_aki) {
+                    (Some(a), Some(b)) => a == b.as_slice(),
+                    _ => true,
+                };
+                if issuer.as_slice() == cert.issuer().as_raw() && same_key {
+                    picked[i] = true;
+                }
+            }
+        }
+        self.parsed.iter().zip(picked).filter_map(|(crl, p)| p.then_some(crl)).collect()
     }
 
     /// Number of CRLs.
@@ -60,14 +106,12 @@ impl RevocationSet {
     }
 }
 
-/// Roots of one bundle, and the CRLs in force, in the two forms webpki checks against: trust
-/// anchors for server certificates (serverAuth) and a ready client verifier (clientAuth).
+/// Roots of one bundle as webpki trust anchors, and the CRLs in force.
 #[derive(Debug)]
 pub(crate) struct TrustAnchors {
     pub(crate) bundle: Arc<TrustBundle>,
     pub(crate) crls: Arc<RevocationSet>,
     roots: Arc<RootCertStore>,
-    client: Arc<dyn ClientCertVerifier>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -88,12 +132,7 @@ impl TrustAnchors {
             roots.add(root.clone()).map_err(|source| SeamError::InvalidRoot { index, source })?;
         }
         let roots = Arc::new(roots);
-        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .with_crls(crls.der.iter().cloned())
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| SeamError::ClientVerifier(e.to_string()))?;
-        Ok(TrustAnchors { bundle, crls, roots, client, provider: provider.clone() })
+        Ok(TrustAnchors { bundle, crls, roots, provider: provider.clone() })
     }
 
     pub(crate) fn sequence(&self) -> u64 {
@@ -113,9 +152,23 @@ impl TrustAnchors {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
+        self.verify(end_entity, intermediates, now, KeyUsage::server_auth())
+    }
+
+    /// webpki path building to the bundle's roots for `usage`, with the revocation policy above.
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<(), rustls::Error> {
         let cert = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
         let algs = self.provider.signature_verification_algorithms.all;
-        let refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.parsed.iter().collect();
+        let presented: Vec<&[u8]> =
+            std::iter::once(end_entity.as_ref()).chain(intermediates.iter().map(|c| c.as_ref())).collect();
+        let refs: Vec<&webpki::CertRevocationList<'_>> =
+            self.crls.for_chain(&presented).into_iter().map(|c| c as &webpki::CertRevocationList<'_>).collect();
         let revocation = match RevocationOptionsBuilder::new(&refs) {
             Ok(b) => Some(
                 b.with_depth(RevocationCheckDepth::Chain)
@@ -127,9 +180,7 @@ impl TrustAnchors {
             Err(_) => None,
         };
         let anchors: &[TrustAnchor<'static>] = &self.roots.roots;
-        cert.verify_for_usage(algs, anchors, intermediates, now, KeyUsage::server_auth(), revocation, None)
-            .map(|_| ())
-            .map_err(pki_error)
+        cert.verify_for_usage(algs, anchors, intermediates, now, usage, revocation, None).map(|_| ()).map_err(pki_error)
     }
 
     /// Chain and revocation check for a certificate presented by a TLS client (EKU clientAuth).
@@ -139,7 +190,7 @@ impl TrustAnchors {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
-        self.client.verify_client_cert(end_entity, intermediates, now).map(|_| ())
+        self.verify(end_entity, intermediates, now, KeyUsage::client_auth())
     }
 
     /// Our own SVID is used both to serve and to connect, so it must pass both checks.
