@@ -299,6 +299,32 @@ impl Authority {
         first_err.map_or(Ok(current), Err)
     }
 
+    /// Every CRL a relying party needs to check whole chains, for `GET /crls.pem`: the current
+    /// CRL of each intermediate that has one (made or refreshed as [`Authority::crl`] does) and
+    /// the latest CRL of each trusted root that has one (the intermediates an emergency rotation
+    /// revoked).
+    ///
+    /// All or nothing: if any CRL cannot be produced the whole call fails, because relying parties
+    /// replace their revocation state with this list and a partial list would silently drop a
+    /// revocation. A root CRL is listed even past its nextUpdate (it is re-signed only where the
+    /// root key is): an intermediate revoked for key compromise is never reinstated, so a stale
+    /// root CRL is still true, and leaving it out would reinstate the intermediate.
+    pub async fn current_crls(&self) -> Result<Vec<Crl>, CaError> {
+        let now = now_seconds();
+        let journal = self.store().issuers().await?;
+        let mut out = Vec::new();
+        for r in &journal {
+            if r.kind == IssuerKind::Root && r.state != IssuerState::Expired {
+                if let Some(latest) = self.store().latest_crl(&r.id).await? {
+                    out.push(to_crl(&r.id, latest).crl);
+                }
+            } else if has_crl(r, now) {
+                out.extend(self.crl(&r.id).await?);
+            }
+        }
+        Ok(out)
+    }
+
     fn cached_crl(
         &self,
         issuer_id: &str,

@@ -1,7 +1,7 @@
 //! `GET /crl/{issuer_id}.crl`: the CRL of one intermediate (RFC 5280 section 5), DER, as
 //! `application/pkix-crl` (RFC 2585 section 4.2). This is the distribution point written into
 //! leaves when `[policy] crl_url` is set (`<crl_url>/<issuer_id>.crl`). Unknown, expired and root
-//! issuers have no CRL: 404 problem document.
+//! issuers have no CRL: 404 problem document. `GET /crls.pem` lists every current CRL at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +42,26 @@ async fn crl(State(state): State<Arc<CrlState>>, Path(file): Path<String>) -> Re
     Ok(r)
 }
 
+/// `GET /crls.pem`: every current CRL (intermediates' and roots'), PEM `X509 CRL` blocks, so a
+/// relying party learns the whole revocation state in one request. Each CRL is signed, so the
+/// transport adds nothing to its authenticity; agents fetch it over the TLS connection they
+/// already verify against the bundle.
+async fn all_crls(State(state): State<Arc<CrlState>>) -> Result<Response, Problem> {
+    let crls = state.authority.current_crls().await.map_err(Problem::from)?;
+    let body: String = crls.iter().map(ca::Crl::pem).collect();
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
 /// The router.
 pub fn router(authority: Arc<Authority>) -> Router {
-    Router::new().route("/crl/{file}", get(crl)).with_state(Arc::new(CrlState { authority }))
+    Router::new()
+        .route("/crl/{file}", get(crl))
+        .route("/crls.pem", get(all_crls))
+        .with_state(Arc::new(CrlState { authority }))
 }
 
 /// The schedule: when CRLs are published (`[policy] crl_url` set), reissues each one before half

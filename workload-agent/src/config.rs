@@ -57,6 +57,9 @@ pub struct Output {
     pub cert_file: Option<PathBuf>,
     /// Trust bundle (PEM roots).
     pub bundle_file: Option<PathBuf>,
+    /// Every CRL in force (PEM `X509 CRL` blocks), for OpenSSL-style consumers
+    /// (`openssl verify -crl_check_all -CRLfile`). Rewritten when the set changes.
+    pub crl_file: Option<PathBuf>,
 }
 
 /// Reload action after new files are written.

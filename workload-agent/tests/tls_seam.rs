@@ -465,3 +465,79 @@ async fn root_rotation_without_rebuilding_configs() {
     connect_and_ping(&client, addr).await.unwrap();
     next_accept(&mut accepted).await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revocation
+
+fn serial_of(der: &[u8]) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+/// A CRL signed by `ca` listing `revoked` (DER serials).
+fn crl(ca: &Ca, revoked: &[Vec<u8>]) -> rustls::pki_types::CertificateRevocationListDer<'static> {
+    let now = OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::hours(1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(s),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&Issuer::from_params(&ca.params, &ca.key)).unwrap().der().clone()
+}
+
+#[tokio::test]
+async fn crls_refuse_revoked_leaves_and_everything_under_a_revoked_intermediate() {
+    let pki = Pki::new("one");
+    let a = seam_with(SVC_A, &pki);
+    let b = seam_with(SVC_B, &pki);
+    // A second svc-b leaf, held elsewhere, and a client presenting it.
+    let held = pki.svid(SVC_B);
+    let held_serial = serial_of(held.chain[0].as_ref());
+    let c = CredentialSeam::new(SVC_B).unwrap();
+    c.publish(held, pki.bundle(1)).unwrap();
+    let (addr, _accepted) = serve(a.server_config(only(SVC_B)).unwrap()).await;
+    let honest = Arc::new(b.client_config(only(SVC_A)).unwrap());
+    let holder = Arc::new(c.client_config(only(SVC_A)).unwrap());
+    connect_and_ping(&holder, addr).await.unwrap();
+
+    // The intermediate's CRL lists the held leaf; the root has no CRL (unknown status: allowed).
+    let leaf_crl = crl(&pki.intermediate, std::slice::from_ref(&held_serial));
+    assert!(a.publish_crls(vec![leaf_crl.clone()]).unwrap());
+    assert!(!a.publish_crls(vec![leaf_crl]).unwrap(), "an identical set changes nothing");
+    assert!(!a.svid_revoked());
+    let err = connect_and_ping(&holder, addr).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("revoked"), "{err}");
+    connect_and_ping(&honest, addr).await.unwrap();
+
+    // A set with a CRL that does not parse, or a root CRL not signed by the root it names, is
+    // refused whole, and the CRLs in force stay.
+    let garbage = rustls::pki_types::CertificateRevocationListDer::from(b"not a CRL".to_vec());
+    assert!(matches!(a.publish_crls(vec![garbage]), Err(SeamError::InvalidCrl { .. })));
+    let impostor = Ca { params: Ca::params("one root"), key: KeyPair::generate().unwrap(), der: pki.root.der.clone() };
+    assert!(matches!(a.publish_crls(vec![crl(&impostor, &[])]), Err(SeamError::InvalidCrl { .. })));
+    assert!(connect_and_ping(&holder, addr).await.is_err(), "the revoked leaf is still refused");
+
+    // The root's CRL revokes the intermediate: every leaf under it is refused, in both roles.
+    let int_serial = serial_of(pki.intermediate.der.as_ref());
+    assert!(
+        b.publish_crls(vec![crl(&pki.root, &[int_serial.clone()]), crl(&pki.intermediate, &[])]).unwrap(),
+        "our own SVID being under the revoked intermediate does not block the CRLs"
+    );
+    assert!(b.svid_revoked());
+    let err = connect(&honest, addr).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("revoked"), "{err}");
+    assert!(a.publish_crls(vec![crl(&pki.root, &[int_serial])]).unwrap());
+    assert!(connect_and_ping(&honest, addr).await.is_err());
+    assert!(a.svid_revoked());
+}

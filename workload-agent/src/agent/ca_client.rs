@@ -124,6 +124,23 @@ impl CaClient {
         self.parse_bundle(&self.get(http::tls_config(roots, None)?, "/bundle.spiffe").await?)
     }
 
+    /// Fetches every current CRL of the CA (`GET /crls.pem`, PEM `X509 CRL` blocks) over a
+    /// connection verified with `roots`. Any failure, including a body that does not parse, is an
+    /// error: the caller then keeps the CRLs it has.
+    pub async fn fetch_crls(
+        &self,
+        roots: &[CertificateDer<'static>],
+    ) -> anyhow::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+        use rustls::pki_types::pem::PemObject;
+        let resp = self.get(http::tls_config(roots, None)?, "/crls.pem").await?;
+        if resp.status != StatusCode::OK {
+            bail!("CRLs: HTTP {}: {}", resp.status, resp.error_detail());
+        }
+        rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&resp.body)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("CRLs: bad PEM: {e:?}"))
+    }
+
     /// Renews `current` over mTLS with a CSR for a new key; returns the new chain.
     pub async fn renew(
         &self,

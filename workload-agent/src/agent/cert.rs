@@ -79,3 +79,9 @@ pub fn key_from_pem(pem: &[u8]) -> anyhow::Result<rustls::pki_types::PrivateKeyD
     }
     bail!("no PKCS#8 private key in the PEM")
 }
+
+/// A CRL's nextUpdate (Unix seconds), if it parses and has one.
+pub fn crl_next_update(der: &[u8]) -> Option<i64> {
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der).ok()?;
+    crl.next_update().map(|t| t.timestamp())
+}

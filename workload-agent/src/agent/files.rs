@@ -57,6 +57,11 @@ pub fn bundle_pem(bundle: &TrustBundle) -> String {
     bundle.roots.iter().map(|c| pem("CERTIFICATE", c.as_ref())).collect()
 }
 
+/// CRLs as PEM `X509 CRL` blocks.
+pub fn crls_pem(crls: &[rustls::pki_types::CertificateRevocationListDer<'_>]) -> String {
+    crls.iter().map(|c| pem("X509 CRL", c.as_ref())).collect()
+}
+
 /// Writes the configured files. The key goes first and the certificate last, so a service that
 /// watches the certificate file never pairs a new certificate with an old key.
 pub fn write_outputs(out: &Output, svid: &Svid, bundle: &TrustBundle) -> anyhow::Result<()> {

@@ -4,8 +4,8 @@
 //! to expiry: a renewal that silently stops shows up there long before anything breaks.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -28,6 +28,17 @@ pub struct Metrics {
     pub bundle_sequence: AtomicU64,
     /// Failed trust bundle refreshes.
     pub bundle_refresh_failed: AtomicU64,
+    /// When the agent started (Unix seconds): the revocation state's age before any success.
+    pub started: AtomicI64,
+    /// Time of the last successful CRL refresh (Unix seconds), 0 before the first.
+    pub revocation_last_success: AtomicI64,
+    /// Failed CRL refreshes (the CA unreachable, or CRLs refused); the last known CRLs stay.
+    pub revocation_refresh_failed: AtomicU64,
+    /// CRLs in force.
+    pub revocation_crls: AtomicU64,
+    /// nextUpdate (Unix seconds) of each CRL in force: the stale ones are counted at render time,
+    /// since staleness grows exactly while refreshes fail.
+    pub revocation_next_updates: Mutex<Vec<i64>>,
 }
 
 impl Metrics {
@@ -87,7 +98,51 @@ impl Metrics {
             "Failed trust bundle refreshes.",
             &[(String::new(), self.bundle_refresh_failed.load(Ordering::Relaxed).to_string())],
         );
+        metric(
+            "lanyard_agent_revocation_state_age_seconds",
+            "gauge",
+            "Seconds since the CRLs in force were last refreshed from the CA (since start if never).",
+            &[(String::new(), self.revocation_age(now).to_string())],
+        );
+        metric(
+            "lanyard_agent_revocation_refresh_failures_total",
+            "counter",
+            "Failed CRL refreshes; the last known CRLs stay in force.",
+            &[(String::new(), self.revocation_refresh_failed.load(Ordering::Relaxed).to_string())],
+        );
+        metric(
+            "lanyard_agent_revocation_crls",
+            "gauge",
+            "CRLs the verifiers check peers against.",
+            &[(String::new(), self.revocation_crls.load(Ordering::Relaxed).to_string())],
+        );
+        metric(
+            "lanyard_agent_revocation_crls_stale",
+            "gauge",
+            "CRLs in force whose nextUpdate has passed.",
+            &[(String::new(), self.stale_crls(now).to_string())],
+        );
         out
+    }
+
+    /// Records the nextUpdate of every CRL now in force.
+    pub fn set_crl_next_updates(&self, next_updates: Vec<i64>) {
+        let mut g = self.revocation_next_updates.lock().unwrap_or_else(|p| p.into_inner());
+        *g = next_updates;
+    }
+
+    /// CRLs in force whose nextUpdate is before `now`. Still used by the verifiers (what they list
+    /// stays revoked); an alert on this and on the age says revocations may be missing.
+    pub fn stale_crls(&self, now: i64) -> usize {
+        let g = self.revocation_next_updates.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().filter(|n| **n <= now).count()
+    }
+
+    /// Age of the revocation state at `now`: since the last successful refresh, or since start.
+    pub fn revocation_age(&self, now: i64) -> i64 {
+        let last = self.revocation_last_success.load(Ordering::Relaxed);
+        let since = if last > 0 { last } else { self.started.load(Ordering::Relaxed) };
+        if since == 0 { 0 } else { (now - since).max(0) }
     }
 }
 

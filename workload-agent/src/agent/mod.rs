@@ -62,7 +62,9 @@ impl Agent {
         cfg.validate()?;
         let seam = CredentialSeam::new(&cfg.spiffe_id).map_err(|e| anyhow!("spiffe_id: {e}"))?;
         let client = CaClient::new(&cfg.ca_url, &cfg.pin(), seam.trust_domain(), cfg.renewal.request_timeout);
-        Ok(Agent { cfg, client, seam, metrics: Arc::default() })
+        let metrics = Arc::new(Metrics::default());
+        metrics.started.store(now(), Ordering::Relaxed);
+        Ok(Agent { cfg, client, seam, metrics })
     }
 
     /// The seam in-process consumers build their rustls configs from.
@@ -299,6 +301,42 @@ impl Agent {
         }
     }
 
+    /// Refreshes the CRLs the verifiers check peers against (`/crls.pem`, over a connection verified
+    /// with the bundle). On any failure the last known CRLs stay in force, never fewer: the
+    /// failure is counted and logged with the age of the state in force, which the metrics export.
+    async fn refresh_crls(&self, bundle: &TrustBundle) {
+        let result = match self.client.fetch_crls(&bundle.roots).await {
+            Ok(crls) => self.seam.publish_crls(crls.clone()).map(|changed| (crls, changed)).map_err(|e| anyhow!("{e}")),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((crls, changed)) => {
+                let m = &self.metrics;
+                m.revocation_last_success.store(now(), Ordering::Relaxed);
+                m.revocation_crls.store(crls.len() as u64, Ordering::Relaxed);
+                m.set_crl_next_updates(crls.iter().filter_map(|c| cert::crl_next_update(c.as_ref())).collect());
+                if changed {
+                    info!(crls = crls.len(), "new revocation lists in force");
+                }
+                if let Some(p) = &self.cfg.output.crl_file
+                    && (changed || !p.exists())
+                    && let Err(e) = files::write_atomic(p, files::crls_pem(&crls).as_bytes(), 0o644)
+                {
+                    warn!(error = %format!("{e:#}"), "writing the CRL file failed");
+                }
+            }
+            Err(e) => {
+                self.metrics.revocation_refresh_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    error = %format!("{e:#}"),
+                    state_age_s = self.metrics.revocation_age(now()),
+                    crls_in_force = self.metrics.revocation_crls.load(Ordering::Relaxed),
+                    "CRL refresh failed; the last known revocation lists stay in force"
+                );
+            }
+        }
+    }
+
     /// Refreshes the trust bundle and the CA's renewal suggestion for the current certificate.
     async fn refresh(&self, bundle: &mut TrustBundle, hint: &mut Option<Duration>, cur: &mut Current) {
         match self.client.fetch_bundle(&bundle.roots).await {
@@ -324,6 +362,11 @@ impl Agent {
                 self.metrics.bundle_refresh_failed.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %format!("{e:#}"), "trust bundle refresh failed");
             }
+        }
+        self.refresh_crls(bundle).await;
+        if self.seam.svid_revoked() {
+            let t = now();
+            cur.suggest(t, t, "our certificate is revoked (CRL): renewing at once");
         }
         let Some(ari_id) = cert::leaf_info(cur.svid.chain[0].as_ref()).ok().and_then(|i| i.ari_id) else { return };
         match self.client.renewal_info(bundle, &ari_id).await {

@@ -128,6 +128,17 @@ pub enum SeamError {
         /// The peer's SPIFFE ID.
         spiffe_id: String,
     },
+    /// A CRL does not parse or is not signed by the root it names; the whole set is refused.
+    #[error("CRL #{index} is refused: {reason}")]
+    InvalidCrl {
+        /// Position of the CRL in the offered set.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// CRLs were offered before any trust bundle: they could not be checked.
+    #[error("no trust bundle has been published yet, so CRLs cannot be checked")]
+    NoBundle,
     /// rustls refused to build a configuration.
     #[error("building the rustls configuration failed: {0}")]
     Config(#[source] rustls::Error),

@@ -6,6 +6,9 @@
 //! - rustls, through [`SvidResolver`] and the SPIFFE verifiers, which read `ArcSwap`s on every
 //!   handshake (new handshakes see new material; established connections keep what they negotiated);
 //! - everyone else (Workload API server, file writer), through `tokio::sync::watch` channels.
+//!
+//! Revocation lists are published the same way ([`CredentialSeam::publish_crls`]): the verifiers
+//! check every new handshake against the newest accepted set (see `trust.rs` for the policy).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,19 +16,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::UnixTime;
+use rustls::pki_types::{CertificateRevocationListDer, UnixTime};
 use rustls::server::NoServerSessionStorage;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, InconsistentKeys, ServerConfig};
 use tokio::sync::watch;
 
 use super::spiffe_id::SpiffeId;
-use super::trust::TrustAnchors;
+use super::trust::{RevocationSet, TrustAnchors};
 use super::x509::{SvidLeaf, inspect_leaf};
 use super::{Authorizer, SeamError, SpiffeClientCertVerifier, SpiffeServerCertVerifier, SvidResolver};
 use crate::credentials::{Svid, TrustBundle};
 
-/// What handshakes read: the prepared key and the prepared trust anchors.
+/// What handshakes read: the prepared key and the prepared trust anchors (roots and CRLs).
 #[derive(Debug, Default)]
 pub(crate) struct Live {
     pub(crate) certified: ArcSwapOption<CertifiedKey>,
@@ -48,6 +51,7 @@ struct Inner {
     publishing: Mutex<()>,
     svid_tx: watch::Sender<Option<Arc<Svid>>>,
     bundle_tx: watch::Sender<Option<Arc<TrustBundle>>>,
+    crl_tx: watch::Sender<Vec<CertificateRevocationListDer<'static>>>,
 }
 
 impl CredentialSeam {
@@ -63,6 +67,7 @@ impl CredentialSeam {
                 publishing: Mutex::new(()),
                 svid_tx: watch::Sender::new(None),
                 bundle_tx: watch::Sender::new(None),
+                crl_tx: watch::Sender::new(Vec::new()),
             }),
         })
     }
@@ -109,10 +114,64 @@ impl CredentialSeam {
         }
         if let Some(svid) = self.inner.svid_tx.borrow().clone() {
             let at = now_unix().clamp(svid.not_before, svid.not_after);
-            anchors.verify_own_chain(&svid.chain, unix_time(at))?;
+            match anchors.verify_own_chain(&svid.chain, unix_time(at)) {
+                // Our own SVID being revoked is the renewal loop's problem; the bundle is still
+                // needed to verify peers.
+                Err(e) if is_revoked(&e) => tracing::warn!("our own SVID is revoked; it needs replacing"),
+                other => other?,
+            }
         }
         self.commit_bundle(anchors);
         Ok(())
+    }
+
+    /// Publishes a new set of CRLs (every current CRL of the trust domain, as the CA lists them):
+    /// from the next handshake on, the verifiers refuse peers whose leaf or intermediate is on
+    /// one. Returns whether the set changed (an identical set is a no-op).
+    ///
+    /// Every CRL must parse, and a CRL issued by a root of the bundle must carry a valid signature
+    /// of that root; otherwise the whole set is refused and the previous one stays in force (a
+    /// refresh can never drop revocations by accident). CRLs of intermediates are verified by
+    /// webpki against the chain's intermediate at every use. Our own SVID showing up as revoked
+    /// is logged, not refused: peers will refuse it whatever we do, and we must refuse others.
+    pub fn publish_crls(&self, crls: Vec<CertificateRevocationListDer<'static>>) -> Result<bool, SeamError> {
+        let _publishing = self.lock();
+        let current = self.inner.live.trust.load_full().ok_or(SeamError::NoBundle)?;
+        if current.crls.der == crls {
+            return Ok(false);
+        }
+        for (index, crl) in crls.iter().enumerate() {
+            check_root_signed_crl(index, crl.as_ref(), &current.bundle.roots)?;
+        }
+        let set = Arc::new(RevocationSet::parse(crls)?);
+        let anchors = Arc::new(current.with_crls(set.clone())?);
+        if let Some(svid) = self.inner.svid_tx.borrow().clone() {
+            let at = now_unix().clamp(svid.not_before, svid.not_after);
+            if let Err(e) = anchors.verify_own_chain(&svid.chain, unix_time(at)) {
+                tracing::warn!(error = %e, "our own SVID does not verify under the new CRLs; it needs replacing");
+            }
+        }
+        tracing::info!(crls = set.len(), sequence = anchors.sequence(), "published revocation lists");
+        self.inner.live.trust.store(Some(anchors));
+        self.inner.crl_tx.send_replace(set.der.clone());
+        Ok(true)
+    }
+
+    /// Whether the published SVID is revoked under the CRLs in force (its holder should renew at
+    /// once: peers that know the CRLs refuse it).
+    pub fn svid_revoked(&self) -> bool {
+        let (Some(anchors), Some(svid)) = (self.inner.live.trust.load_full(), self.inner.svid_tx.borrow().clone())
+        else {
+            return false;
+        };
+        let at = now_unix().clamp(svid.not_before, svid.not_after);
+        anchors.verify_own_chain(&svid.chain, unix_time(at)).is_err_and(|e| is_revoked(&e))
+    }
+
+    /// Every published CRL set (DER, as the CA listed them), starting with the current one
+    /// (empty before the first).
+    pub fn crl_updates(&self) -> watch::Receiver<Vec<CertificateRevocationListDer<'static>>> {
+        self.inner.crl_tx.subscribe()
     }
 
     /// Every published SVID, starting with the current one (`None` before the first publish).
@@ -194,7 +253,9 @@ impl CredentialSeam {
         if bundle.trust_domain != expected {
             return Err(SeamError::WrongTrustDomain { got: bundle.trust_domain, expected: expected.to_owned() });
         }
-        if let Some(current) = self.inner.live.trust.load_full() {
+        let current = self.inner.live.trust.load_full();
+        let crls = current.as_ref().map(|c| c.crls.clone()).unwrap_or_default();
+        if let Some(current) = current {
             let current_sequence = current.sequence();
             if bundle.sequence < current_sequence {
                 return Err(SeamError::SequenceWentBackwards { current: current_sequence, offered: bundle.sequence });
@@ -207,7 +268,7 @@ impl CredentialSeam {
                 };
             }
         }
-        let anchors = TrustAnchors::build(Arc::new(bundle), &self.inner.provider)?;
+        let anchors = TrustAnchors::build(Arc::new(bundle), crls, &self.inner.provider)?;
         Ok((Arc::new(anchors), true))
     }
 
@@ -268,6 +329,34 @@ fn check_fields(svid: &Svid, leaf: &SvidLeaf) -> Result<(), SeamError> {
     }
     if svid.not_after != leaf.not_after {
         return Err(mismatch("not_after", &svid.not_after, &leaf.not_after));
+    }
+    Ok(())
+}
+
+fn is_revoked(e: &SeamError) -> bool {
+    matches!(
+        e,
+        SeamError::UntrustedChain { source: rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked), .. }
+    )
+}
+
+/// A CRL whose issuer is a root of the bundle must be signed by that root.
+fn check_root_signed_crl(
+    index: usize,
+    der: &[u8],
+    roots: &[rustls::pki_types::CertificateDer<'_>],
+) -> Result<(), SeamError> {
+    use x509_parser::prelude::FromDer;
+    let invalid = |reason: String| SeamError::InvalidCrl { index, reason };
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+        .map_err(|e| invalid(format!("does not parse: {e}")))?;
+    for root in roots {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(root.as_ref()) else { continue };
+        if cert.subject().as_raw() == crl.issuer().as_raw() {
+            return crl
+                .verify_signature(cert.public_key())
+                .map_err(|e| invalid(format!("not signed by the bundle root that it names: {e}")));
+        }
     }
     Ok(())
 }
