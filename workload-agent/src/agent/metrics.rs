@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tokio::time::{Duration, Instant};
 
 /// Counters and gauges.
 #[derive(Debug, Default)]
@@ -39,6 +41,8 @@ pub struct Metrics {
     /// nextUpdate (Unix seconds) of each CRL in force: the stale ones are counted at render time,
     /// since staleness grows exactly while refreshes fail.
     pub revocation_next_updates: Mutex<Vec<i64>>,
+    /// Metrics connections closed at accept because every slot was taken.
+    pub metrics_connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -122,6 +126,12 @@ impl Metrics {
             "CRLs in force whose nextUpdate has passed.",
             &[(String::new(), self.stale_crls(now).to_string())],
         );
+        metric(
+            "lanyard_agent_metrics_connections_refused_total",
+            "counter",
+            "Metrics connections closed at accept because the connection limit was reached.",
+            &[(String::new(), self.metrics_connections_refused.load(Ordering::Relaxed).to_string())],
+        );
         out
     }
 
@@ -146,12 +156,49 @@ impl Metrics {
     }
 }
 
+/// Connections the metrics listener serves at once; past it they are accepted and closed.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a scraper has to send its request head (also the keep-alive idle limit).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `GET /metrics` (any path, in fact) until the task is dropped.
+///
+/// Bounded like `lanyard-ca`'s listeners (a smaller copy of `issuer_api::listener`, which the
+/// agent does not depend on): at most [`MAX_CONNECTIONS`] at once, the rest closed at accept and
+/// counted; a request head must arrive within [`HEADER_READ_TIMEOUT`]; accept errors (EMFILE) back
+/// off from 10 ms to 1 s and are logged at most every 10 s, never in a hot loop.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    let mut last_log: Option<Instant> = None;
+    let mut unlogged = 0u64;
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => {
+                backoff = Duration::from_millis(10);
+                tcp
+            }
+            Err(e) => {
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, failures_since_last_log = unlogged, "metrics accept failed; backing off");
+                    last_log = Some(Instant::now());
+                    unlogged = 0;
+                } else {
+                    unlogged += 1;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.metrics_connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
         let m = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |_req| {
                 let body = m.render();
                 async move {
@@ -160,7 +207,11 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                         .body(Full::new(Bytes::from(body)))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         });
     }
 }
