@@ -5,14 +5,16 @@
 //! descriptor forever, and once the process runs out of descriptors `accept` fails instantly in a
 //! loop (measured before this module: 1,100 idle connections against a soft limit of 1,024 drove
 //! `lanyard-ca` to 173 % CPU and 1.68 GB of logs in 27 s). Here every connection holds a slot of a
-//! semaphore (`max_connections`); when none is free the connection is accepted and closed at once,
-//! which keeps the kernel backlog drained so a legitimate client waits only for a slot, not behind
-//! every queued junk connection. Slots come back because every phase of a connection has a
+//! semaphore (`max_connections`); when none is free, the oldest connection still in its TLS
+//! handshake is evicted for the new one, and when every slot is past its handshake the new
+//! connection is accepted and closed at once, which keeps the kernel backlog drained so a
+//! legitimate client never queues behind junk. Slots come back because every phase of a connection has a
 //! deadline: the TLS handshake, each HTTP/1 request head (which also bounds keep-alive idleness),
 //! and an idle limit for connections with no request in flight and no bytes moving (HTTP/2
 //! included, which hyper does not bound itself). Accept errors back off exponentially and are
 //! logged at most once per [`LOG_EVERY`].
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -35,6 +37,8 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest pause after repeated accept errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a new connection waits for the slot of the handshake it evicted.
+const EVICT_WAIT: Duration = Duration::from_millis(100);
 /// How long a connection past its idle limit may take to finish a graceful close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Upper bound for every configured timeout: longer ones are almost certainly a unit mistake.
@@ -137,6 +141,8 @@ pub struct ListenerStats {
     pub handshake_timeouts: AtomicU64,
     /// Connections closed after `idle_timeout` without activity.
     pub idle_closed: AtomicU64,
+    /// Connections closed mid-handshake to make room for a new one while every slot was taken.
+    pub handshakes_evicted: AtomicU64,
 }
 
 impl ListenerStats {
@@ -148,6 +154,7 @@ impl ListenerStats {
             accept_errors: AtomicU64::new(0),
             handshake_timeouts: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
+            handshakes_evicted: AtomicU64::new(0),
         }
     }
 }
@@ -195,19 +202,46 @@ pub struct BoundedListener {
     name: &'static str,
     slots: Arc<Semaphore>,
     stats: &'static ListenerStats,
+    /// Connections still in their handshake, oldest first: the ones to evict when full. Entries
+    /// whose connection finished its handshake (or ended) are closed senders, skipped and pruned.
+    handshaking: VecDeque<oneshot::Sender<()>>,
+    capacity: usize,
     backoff: Duration,
     error_log: RateLimitedLog,
     refused_log: RateLimitedLog,
 }
 
+/// A connection handed out by [`BoundedListener::accept`].
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection.
+    pub tcp: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Its slot; drop it when the connection ends.
+    pub slot: Slot,
+    /// Fires when the listener needs this connection's slot while it is still handshaking.
+    pub handshake: Handshake,
+}
+
+/// A connection's handshake phase, during which a newer connection may evict it (see
+/// [`Handshake::run`]).
+#[derive(Debug)]
+pub struct Handshake {
+    evict: oneshot::Receiver<()>,
+}
+
 impl BoundedListener {
     /// Wraps `tcp`; `name` labels log lines; `stats` is where its counters go.
     pub fn new(tcp: TcpListener, name: &'static str, max_connections: usize, stats: &'static ListenerStats) -> Self {
+        let capacity = max_connections.clamp(1, MAX_CONNECTIONS);
         BoundedListener {
             tcp,
             name,
-            slots: Arc::new(Semaphore::new(max_connections.clamp(1, MAX_CONNECTIONS))),
+            slots: Arc::new(Semaphore::new(capacity)),
             stats,
+            handshaking: VecDeque::new(),
+            capacity,
             backoff: MIN_BACKOFF,
             error_log: RateLimitedLog::default(),
             refused_log: RateLimitedLog::default(),
@@ -219,30 +253,46 @@ impl BoundedListener {
         self.tcp.local_addr()
     }
 
-    /// The next connection that fits under the limit. Connections over the limit are closed as
-    /// soon as they are accepted; after an accept error (typically EMFILE) it sleeps 10 ms,
-    /// doubling to 1 s while errors continue, so a full descriptor table cannot spin the CPU.
-    /// Cancel-safe: a connection is only ever lost to a refusal, never to a dropped future.
-    pub async fn accept(&mut self) -> (TcpStream, SocketAddr, Slot) {
+    /// The next connection that fits under the limit.
+    ///
+    /// When every slot is taken, the oldest connection still in its handshake is evicted and the
+    /// new one takes its slot: a flood of connections that never finish a handshake then only
+    /// shortens every handshake's window (to about `max_connections` / flood rate) instead of
+    /// locking legitimate clients out until `handshake_timeout`. When no connection is
+    /// handshaking (all slots serve requests), the new connection is closed at once and counted.
+    /// After an accept error (typically EMFILE) it sleeps 10 ms, doubling to 1 s while errors
+    /// continue, so a full descriptor table cannot spin the CPU. Cancel-safe.
+    pub async fn accept(&mut self) -> Accepted {
         loop {
             match self.tcp.accept().await {
                 Ok((tcp, peer)) => {
                     self.backoff = MIN_BACKOFF;
-                    match self.slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            self.stats.open.fetch_add(1, Ordering::Relaxed);
-                            return (tcp, peer, Slot { _permit: permit, stats: self.stats });
+                    let permit = match self.slots.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => self.evict_oldest_handshake().await,
+                    };
+                    let Some(permit) = permit else {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        if let Some(skipped) = self.refused_log.due() {
+                            warn!(listener = self.name, %peer, refused_since_last_log = skipped,
+                                "connection limit reached; refusing connections");
                         }
-                        Err(_) => {
-                            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                            if let Some(skipped) = self.refused_log.due() {
-                                warn!(listener = self.name, %peer, refused_since_last_log = skipped,
-                                    "connection limit reached; refusing connections");
-                            }
-                            // Dropping closes it: no bytes are read, no task is spawned.
-                            drop(tcp);
-                        }
+                        // Dropping closes it: no bytes are read, no task is spawned.
+                        drop(tcp);
+                        continue;
+                    };
+                    self.stats.open.fetch_add(1, Ordering::Relaxed);
+                    let (tx, evict) = oneshot::channel();
+                    if self.handshaking.len() >= self.capacity {
+                        self.handshaking.retain(|t| !t.is_closed());
                     }
+                    self.handshaking.push_back(tx);
+                    return Accepted {
+                        tcp,
+                        peer,
+                        slot: Slot { _permit: permit, stats: self.stats },
+                        handshake: Handshake { evict },
+                    };
                 }
                 Err(e) => {
                     self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
@@ -256,19 +306,34 @@ impl BoundedListener {
             }
         }
     }
+
+    /// Tells the oldest still-handshaking connection to give up, and waits (briefly) for the
+    /// slot it frees. `None` when no connection is handshaking.
+    async fn evict_oldest_handshake(&mut self) -> Option<OwnedSemaphorePermit> {
+        while let Some(tx) = self.handshaking.pop_front() {
+            if tx.send(()).is_ok() {
+                self.stats.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
+                // The evicted task drops its slot as soon as it is polled.
+                return tokio::time::timeout(EVICT_WAIT, self.slots.clone().acquire_owned()).await.ok()?.ok();
+            }
+        }
+        None
+    }
 }
 
-/// Runs `handshake` with the configured deadline; `None` (and a count) when it is exceeded.
-pub async fn with_handshake_timeout<F: Future>(
-    cfg: &ListenerConfig,
-    stats: &ListenerStats,
-    handshake: F,
-) -> Option<F::Output> {
-    match tokio::time::timeout(cfg.handshake_timeout, handshake).await {
-        Ok(r) => Some(r),
-        Err(_) => {
-            stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-            None
+impl Handshake {
+    /// Runs `handshake` until it completes, `handshake_timeout` passes, or the listener evicts
+    /// it; `None` (and a count) in the last two cases.
+    pub async fn run<F: Future>(self, cfg: &ListenerConfig, stats: &ListenerStats, handshake: F) -> Option<F::Output> {
+        tokio::select! {
+            r = tokio::time::timeout(cfg.handshake_timeout, handshake) => match r {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            Ok(()) = self.evict => None,
         }
     }
 }
@@ -517,26 +582,40 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
         let mut listener = BoundedListener::new(tcp, "test", 1, &STATS);
+        let cfg = ListenerConfig::default();
+        let _c1 = TcpStream::connect(addr).await.expect("connect");
+        let first = listener.accept().await;
+        assert_eq!(STATS.open.load(Ordering::Relaxed), 1);
+        // The only slot is held by a connection still in its handshake: a new one evicts it.
+        let first_task = tokio::spawn(async move {
+            let r = first.handshake.run(&cfg, &STATS, std::future::pending::<()>()).await;
+            drop(first.slot);
+            r
+        });
+        let _c2 = TcpStream::connect(addr).await.expect("connect");
+        let second = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("evicts");
+        assert_eq!(first_task.await.expect("task"), None, "the oldest handshake gave up its slot");
+        assert_eq!(STATS.handshakes_evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(STATS.open.load(Ordering::Relaxed), 1);
+        // Once the holder is past its handshake, newcomers are accepted and closed, and counted.
+        drop(second.handshake);
         let mut clients = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..2 {
             clients.push(TcpStream::connect(addr).await.expect("connect"));
         }
-        let (_first, _, slot) = listener.accept().await;
-        assert_eq!(STATS.open.load(Ordering::Relaxed), 1);
-        // With the only slot taken, the other two are accepted and closed; nothing is handed out.
         assert!(tokio::time::timeout(Duration::from_millis(500), listener.accept()).await.is_err());
         assert_eq!(STATS.refused.load(Ordering::Relaxed), 2);
-        for c in &mut clients[1..] {
+        for c in &mut clients {
             let mut buf = [0u8; 1];
             let n = tokio::io::AsyncReadExt::read(c, &mut buf).await.unwrap_or(0);
             assert_eq!(n, 0, "a refused connection is closed");
         }
-        drop(slot);
+        drop(second.slot);
         assert_eq!(STATS.open.load(Ordering::Relaxed), 0);
         let _late = TcpStream::connect(addr).await.expect("connect");
-        let (_c, _, _slot) =
-            tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("a free slot");
+        let third = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("a free slot");
         assert_eq!(STATS.open.load(Ordering::Relaxed), 1);
+        drop(third);
         assert_eq!(STATS.accept_errors.load(Ordering::Relaxed), 0);
     }
 }

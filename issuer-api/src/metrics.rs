@@ -202,9 +202,12 @@ pub static HTTPS_LISTENER: ListenerStats = ListenerStats::new();
 /// Counters of this metrics listener.
 pub static METRICS_LISTENER: ListenerStats = ListenerStats::new();
 
+/// A listener metric family: name, type, help, and how to read it from the counters.
+type ListenerFamily = (&'static str, &'static str, &'static str, fn(&ListenerStats) -> i64);
+
 fn listener_metrics(out: &mut String) {
     let listeners = [("https", &HTTPS_LISTENER), ("metrics", &METRICS_LISTENER)];
-    let families: [(&str, &str, &str, fn(&ListenerStats) -> i64); 5] = [
+    let families: [ListenerFamily; 6] = [
         ("lanyard_listener_open_connections", "gauge", "Connections holding a slot (TLS handshakes included).", |s| {
             s.open.load(Ordering::Relaxed)
         }),
@@ -225,6 +228,12 @@ fn listener_metrics(out: &mut String) {
             "counter",
             "Connections closed because the TLS handshake exceeded handshake_timeout.",
             |s| i64::try_from(s.handshake_timeouts.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "lanyard_listener_handshakes_evicted_total",
+            "counter",
+            "Connections closed mid-handshake to make room for a new one while every slot was taken.",
+            |s| i64::try_from(s.handshakes_evicted.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
         ),
         (
             "lanyard_listener_idle_closed_total",
@@ -250,7 +259,8 @@ pub async fn serve(listener: tokio::net::TcpListener, authority: Arc<Authority>,
     let mut incoming = BoundedListener::new(listener, "metrics", limits.max_connections, stats);
     let limits = Arc::new(limits);
     loop {
-        let (tcp, _, slot) = incoming.accept().await;
+        // No handshake to evict on plain HTTP: the header deadline bounds a silent scraper.
+        let listener::Accepted { tcp, slot, .. } = incoming.accept().await;
         let authority = authority.clone();
         let limits = limits.clone();
         tokio::spawn(async move {

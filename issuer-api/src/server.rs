@@ -100,7 +100,7 @@ pub async fn serve_tls(
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer, slot) = tokio::select! {
+        let listener::Accepted { tcp, peer, slot, handshake } = tokio::select! {
             c = incoming.accept() => c,
             () = &mut shutdown => { info!("shutting down"); return Ok(()); }
         };
@@ -111,14 +111,14 @@ pub async fn serve_tls(
         let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot; // held until the connection ends
-            let tls = match listener::with_handshake_timeout(&limits, stats, acceptor.accept(tcp)).await {
+            let tls = match handshake.run(&limits, stats, acceptor.accept(tcp)).await {
                 Some(Ok(t)) => t,
                 Some(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 None => {
-                    debug!(%peer, "TLS handshake timed out");
+                    debug!(%peer, "TLS handshake timed out or evicted");
                     return;
                 }
             };

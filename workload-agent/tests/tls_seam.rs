@@ -531,7 +531,7 @@ async fn crls_refuse_revoked_leaves_and_everything_under_a_revoked_intermediate(
     // The root's CRL revokes the intermediate: every leaf under it is refused, in both roles.
     let int_serial = serial_of(pki.intermediate.der.as_ref());
     assert!(
-        b.publish_crls(vec![crl(&pki.root, &[int_serial.clone()]), crl(&pki.intermediate, &[])]).unwrap(),
+        b.publish_crls(vec![crl(&pki.root, std::slice::from_ref(&int_serial)), crl(&pki.intermediate, &[])]).unwrap(),
         "our own SVID being under the revoked intermediate does not block the CRLs"
     );
     assert!(b.svid_revoked());
