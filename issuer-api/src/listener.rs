@@ -39,8 +39,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the slot of the handshake it evicted.
 const EVICT_WAIT: Duration = Duration::from_millis(100);
-/// How long a connection past its idle limit may take to finish a graceful close.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a connection past its idle limit may take to finish a graceful close. Short: nothing
+/// is in flight by then, and an HTTP/2 connection still waiting for the client's preface does not
+/// finish a graceful shutdown on its own.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Upper bound for every configured timeout: longer ones are almost certainly a unit mistake.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Upper bound for `max_connections` (far above any descriptor limit a CA is run with).
@@ -307,17 +309,26 @@ impl BoundedListener {
         }
     }
 
-    /// Tells the oldest still-handshaking connection to give up, and waits (briefly) for the
-    /// slot it frees. `None` when no connection is handshaking.
+    /// Tells the oldest still-handshaking connections to give up, and waits (briefly) for a slot
+    /// they free. `None` when no connection is handshaking. It evicts a small batch (1/16 of the
+    /// slots, at most 16) rather than one: waiting for an evicted task to run costs a round trip
+    /// through the scheduler, and paying it for every newcomer of a flood on a busy machine would
+    /// make the accept loop the bottleneck; the next newcomers take the other freed slots directly.
     async fn evict_oldest_handshake(&mut self) -> Option<OwnedSemaphorePermit> {
-        while let Some(tx) = self.handshaking.pop_front() {
+        let batch = (self.capacity / 16).clamp(1, 16) as u64;
+        let mut evicted: u64 = 0;
+        while evicted < batch {
+            let Some(tx) = self.handshaking.pop_front() else { break };
             if tx.send(()).is_ok() {
-                self.stats.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
-                // The evicted task drops its slot as soon as it is polled.
-                return tokio::time::timeout(EVICT_WAIT, self.slots.clone().acquire_owned()).await.ok()?.ok();
+                evicted += 1;
             }
         }
-        None
+        if evicted == 0 {
+            return None;
+        }
+        self.stats.handshakes_evicted.fetch_add(evicted, Ordering::Relaxed);
+        // The evicted tasks drop their slots as soon as they are polled.
+        tokio::time::timeout(EVICT_WAIT, self.slots.clone().acquire_owned()).await.ok()?.ok()
     }
 }
 
