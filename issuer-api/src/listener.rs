@@ -263,7 +263,8 @@ impl BoundedListener {
     /// locking legitimate clients out until `handshake_timeout`. When no connection is
     /// handshaking (all slots serve requests), the new connection is closed at once and counted.
     /// After an accept error (typically EMFILE) it sleeps 10 ms, doubling to 1 s while errors
-    /// continue, so a full descriptor table cannot spin the CPU. Cancel-safe.
+    /// continue, so a full descriptor table cannot spin the CPU. Cancelling it (at shutdown) may
+    /// close a connection that was accepted but not yet handed out.
     pub async fn accept(&mut self) -> Accepted {
         loop {
             match self.tcp.accept().await {
@@ -329,6 +330,27 @@ impl BoundedListener {
         self.stats.handshakes_evicted.fetch_add(evicted, Ordering::Relaxed);
         // The evicted tasks drop their slots as soon as they are polled.
         tokio::time::timeout(EVICT_WAIT, self.slots.clone().acquire_owned()).await.ok()?.ok()
+    }
+}
+
+/// Warns when `max_connections` exceeds the process's soft open-file limit (from
+/// `/proc/self/limits`; silent where that is unreadable): the limit would then never be reached and
+/// a flood would end in EMFILE, which is survivable (see [`BoundedListener::accept`]) but also
+/// starves the database of descriptors.
+pub fn warn_if_above_fd_limit(listener: &str, max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else { return };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft.filter(|s| max_connections >= *s) {
+        warn!(
+            listener,
+            max_connections,
+            open_file_limit = soft,
+            "max_connections is not below the open-file limit (ulimit -n); raise the limit or lower max_connections"
+        );
     }
 }
 

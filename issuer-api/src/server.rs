@@ -97,6 +97,7 @@ pub async fn serve_tls(
     let mut incoming = BoundedListener::new(listener, "https", limits.max_connections, stats);
     let local: SocketAddr = incoming.local_addr()?;
     info!(address = %local, max_connections = limits.max_connections, "listening (HTTPS)");
+    listener::warn_if_above_fd_limit("https", limits.max_connections);
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
     loop {

@@ -464,6 +464,7 @@ async fn running_out_of_file_descriptors_backs_off_quietly_and_recovers() {
          bytes, {accept_lines} 'accept failed' lines for {errors} accept errors; legitimate request after \
          {recovered_after:?} ({latency:?}, {attempts} attempts); {closed}/{opened} idle connections closed by the server"
     );
+    assert!(text.contains("max_connections is not below the open-file limit"), "warned at start:\n{text}");
     assert!(errors >= 1.0, "the descriptor limit was hit (accept errors counted)");
     assert!(cpu.as_secs_f64() < 0.25 * window, "server CPU {cpu:?} over {window:.1} s while out of descriptors");
     assert!(log_window < 8 * 1024, "log grew by {log_window} bytes:\n{text}");
