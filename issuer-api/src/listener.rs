@@ -5,14 +5,14 @@
 //! descriptor forever, and once the process runs out of descriptors `accept` fails instantly in a
 //! loop (measured before this module: 1,100 idle connections against a soft limit of 1,024 drove
 //! `lanyard-ca` to 173 % CPU and 1.68 GB of logs in 27 s). Here every connection holds a slot of a
-//! semaphore (`max_connections`); when none is free, the oldest connection still in its TLS
-//! handshake is evicted for the new one, and when every slot is past its handshake the new
+//! semaphore (`max_connections`); when none is free, the oldest connections still in their TLS
+//! handshake are evicted for the new one, and when every slot is past its handshake the new
 //! connection is accepted and closed at once, which keeps the kernel backlog drained so a
-//! legitimate client never queues behind junk. Slots come back because every phase of a connection has a
-//! deadline: the TLS handshake, each HTTP/1 request head (which also bounds keep-alive idleness),
-//! and an idle limit for connections with no request in flight and no bytes moving (HTTP/2
-//! included, which hyper does not bound itself). Accept errors back off exponentially and are
-//! logged at most once per [`LOG_EVERY`].
+//! legitimate client never queues behind junk. Slots come back because every phase of a
+//! connection has a deadline: the TLS handshake, each HTTP/1 request head (which also bounds
+//! keep-alive idleness), and an idle limit for connections with no request in flight and no bytes
+//! moving (HTTP/2 included, which hyper does not bound itself). Accept errors back off
+//! exponentially and are logged at most once per [`LOG_EVERY`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -257,8 +257,8 @@ impl BoundedListener {
 
     /// The next connection that fits under the limit.
     ///
-    /// When every slot is taken, the oldest connection still in its handshake is evicted and the
-    /// new one takes its slot: a flood of connections that never finish a handshake then only
+    /// When every slot is taken, the oldest connections still in their handshake are evicted and
+    /// the new one takes a freed slot: a flood of connections that never finish a handshake then only
     /// shortens every handshake's window (to about `max_connections` / flood rate) instead of
     /// locking legitimate clients out until `handshake_timeout`. When no connection is
     /// handshaking (all slots serve requests), the new connection is closed at once and counted.
@@ -286,7 +286,8 @@ impl BoundedListener {
                     };
                     self.stats.open.fetch_add(1, Ordering::Relaxed);
                     let (tx, evict) = oneshot::channel();
-                    if self.handshaking.len() >= self.capacity {
+                    // Pruned only when twice the slots: amortized O(1) per accept.
+                    if self.handshaking.len() >= 2 * self.capacity {
                         self.handshaking.retain(|t| !t.is_closed());
                     }
                     self.handshaking.push_back(tx);

@@ -460,9 +460,10 @@ async fn running_out_of_file_descriptors_backs_off_quietly_and_recovers() {
     let text = log.text();
     let accept_lines = text.lines().filter(|l| l.contains("accept failed")).count();
     println!(
-        "EMFILE: {opened} idle connections against RLIMIT_NOFILE 256; server CPU {cpu:?} over {window:.1} s, log +{log_window} \
-         bytes, {accept_lines} 'accept failed' lines for {errors} accept errors; legitimate request after \
-         {recovered_after:?} ({latency:?}, {attempts} attempts); {closed}/{opened} idle connections closed by the server"
+        "EMFILE: {opened} idle connections against RLIMIT_NOFILE 256; server CPU {cpu:?} over {window:.1} s, \
+         log +{log_window} bytes, {accept_lines} 'accept failed' lines for {errors} accept errors; legitimate \
+         request after {recovered_after:?} ({latency:?}, {attempts} attempts); {closed}/{opened} idle \
+         connections closed by the server"
     );
     assert!(text.contains("max_connections is not below the open-file limit"), "warned at start:\n{text}");
     assert!(errors >= 1.0, "the descriptor limit was hit (accept errors counted)");

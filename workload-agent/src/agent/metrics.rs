@@ -180,7 +180,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             }
             Err(e) => {
                 if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, failures_since_last_log = unlogged, "metrics accept failed; backing off");
+                    tracing::warn!(error = %e, failures_since_last_log = unlogged, "metrics accept failed");
                     last_log = Some(Instant::now());
                     unlogged = 0;
                 } else {
