@@ -220,3 +220,45 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(tokio::net::TcpListener::bind(addr).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_listener_refuses_past_its_limit_and_still_serves_afterwards() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        let server = tokio::spawn(serve(listener, metrics.clone()));
+        // Idle connections take every slot (each until the header deadline).
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut over = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await.expect("closed at once");
+        assert_eq!(n.unwrap_or(0), 0, "the connection past the limit is closed without an answer");
+        assert!(metrics.metrics_connections_refused.load(Ordering::Relaxed) >= 1);
+        // A slot frees as soon as an idle connection goes away; scrapes work again.
+        drop(idle.pop());
+        let page = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+                let mut page = String::new();
+                let _ = s.read_to_string(&mut page).await;
+                if !page.is_empty() {
+                    break page;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a scrape gets through");
+        assert!(page.contains("lanyard_agent_metrics_connections_refused_total "), "{page}");
+        server.abort();
+    }
+}
