@@ -17,6 +17,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// HTTPS listen address. Loopback by default.
     pub listen: SocketAddr,
+    /// Limits of the HTTPS listener (connections, handshake and header deadlines, idleness); the
+    /// metrics listener shares its timeouts.
+    pub listener: crate::listener::ListenerConfig,
     /// Prometheus metrics (plain HTTP, `/metrics`); none: off. Keep it on loopback or a private
     /// network: it lists issuers and fleet counts.
     pub metrics_listen: Option<SocketAddr>,
@@ -55,6 +58,7 @@ impl Default for Config {
             data_dir: PathBuf::from("lanyard-data"),
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            listener: crate::listener::ListenerConfig::default(),
             metrics_listen: None,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             passphrase_file: None,
@@ -86,6 +90,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.policy.validate().context("invalid [policy]")?;
         self.rotation.validate().context("invalid [rotation]")?;
+        self.listener.validate().context("invalid [listener]")?;
         if self.server_names.is_empty() {
             bail!("server_names must name at least one DNS name or IP address for the server certificate");
         }

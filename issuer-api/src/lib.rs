@@ -8,6 +8,7 @@ pub mod config;
 pub mod crl_routes;
 pub mod enroll;
 pub mod identity;
+pub mod listener;
 pub mod metrics;
 pub mod notices;
 pub mod ops;
@@ -75,7 +76,8 @@ pub async fn run_server(
     if let Some(m) = cfg.metrics_listen {
         let ml = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
         println!("lanyard-ca: metrics on http://{}/metrics", ml.local_addr()?);
-        tokio::spawn(metrics::serve(ml, authority.clone()));
+        let limits = cfg.listener.with_max_connections(listener::METRICS_MAX_CONNECTIONS);
+        tokio::spawn(metrics::serve(ml, authority.clone(), limits));
     }
     on_listen(addr);
     let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone() }));
@@ -93,5 +95,5 @@ pub async fn run_server(
         acme::spawn_cleanup(acme.clone());
         app = app.merge(acme::router(acme));
     }
-    server::serve_tls(listener, identity, app, shutdown).await
+    server::serve_tls(listener, identity, app, cfg.listener, shutdown).await
 }

@@ -12,6 +12,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use ca::{Authority, IssuerState, TrustBundle};
 
+use crate::listener::{self, BoundedListener, ListenerConfig, ListenerStats, Protocol};
+
 /// Counters bumped by request and rotation paths.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -191,17 +193,78 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
             let _ = writeln!(out, "lanyard_authentication_failures_total{{reason=\"{reason}\"}} {n}");
         }
     }
+    listener_metrics(&mut out);
     Ok(out)
 }
 
-/// Serves `/metrics` on `listener` (plain HTTP/1.1) until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, authority: Arc<Authority>) {
+/// Counters of the HTTPS listener.
+pub static HTTPS_LISTENER: ListenerStats = ListenerStats::new();
+/// Counters of this metrics listener.
+pub static METRICS_LISTENER: ListenerStats = ListenerStats::new();
+
+/// A listener metric family: name, type, help, and how to read it from the counters.
+type ListenerFamily = (&'static str, &'static str, &'static str, fn(&ListenerStats) -> i64);
+
+fn listener_metrics(out: &mut String) {
+    let listeners = [("https", &HTTPS_LISTENER), ("metrics", &METRICS_LISTENER)];
+    let families: [ListenerFamily; 6] = [
+        ("lanyard_listener_open_connections", "gauge", "Connections holding a slot (TLS handshakes included).", |s| {
+            s.open.load(Ordering::Relaxed)
+        }),
+        (
+            "lanyard_listener_connections_refused_total",
+            "counter",
+            "Connections closed at accept because max_connections were open.",
+            |s| i64::try_from(s.refused.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "lanyard_listener_accept_errors_total",
+            "counter",
+            "Failed accepts (e.g. out of file descriptors), each followed by a back-off.",
+            |s| i64::try_from(s.accept_errors.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "lanyard_listener_handshake_timeouts_total",
+            "counter",
+            "Connections closed because the TLS handshake exceeded handshake_timeout.",
+            |s| i64::try_from(s.handshake_timeouts.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "lanyard_listener_handshakes_evicted_total",
+            "counter",
+            "Connections closed mid-handshake to make room for a new one while every slot was taken.",
+            |s| i64::try_from(s.handshakes_evicted.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+        (
+            "lanyard_listener_idle_closed_total",
+            "counter",
+            "Connections closed after idle_timeout without a request or a byte.",
+            |s| i64::try_from(s.idle_closed.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for (listener, stats) in listeners {
+            let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {}", value(stats));
+        }
+    }
+}
+
+/// Serves `/metrics` on `listener` (plain HTTP/1.1) until the task is dropped, with the timeouts of
+/// `limits` and its connection limit (see [`crate::listener`]).
+pub async fn serve(listener: tokio::net::TcpListener, authority: Arc<Authority>, limits: ListenerConfig) {
     use http_body_util::Full;
     use hyper::body::Bytes;
+    let stats = &METRICS_LISTENER;
+    let mut incoming = BoundedListener::new(listener, "metrics", limits.max_connections, stats);
+    let limits = Arc::new(limits);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        // No handshake to evict on plain HTTP: the header deadline bounds a silent scraper.
+        let listener::Accepted { tcp, slot, .. } = incoming.accept().await;
         let authority = authority.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |_req| {
                 let authority = authority.clone();
                 async move {
@@ -218,9 +281,7 @@ pub async fn serve(listener: tokio::net::TcpListener, authority: Arc<Authority>)
                         .body(Full::new(Bytes::from(body)))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                .await;
+            let _ = listener::serve_http(tcp, Protocol::Http1, &limits, stats, svc).await;
         });
     }
 }

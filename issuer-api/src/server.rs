@@ -4,13 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::identity::ServerIdentity;
+use crate::listener::{self, BoundedListener, ListenerConfig, Protocol};
 
 /// The client's address, put into every request's extensions (rate limits, logs).
 #[derive(Debug, Clone, Copy)]
@@ -75,11 +75,13 @@ impl rustls::server::danger::ClientCertVerifier for OptionalClientCert {
     }
 }
 
-/// Binds `addr` and serves `app` over TLS until `shutdown` resolves.
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, within the limits of `limits`
+/// (see [`crate::listener`]); counters go to [`crate::metrics::HTTPS_LISTENER`].
 pub async fn serve_tls(
     listener: TcpListener,
     identity: Arc<ServerIdentity>,
     app: axum::Router,
+    limits: ListenerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -91,32 +93,39 @@ pub async fn serve_tls(
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let local: SocketAddr = listener.local_addr()?;
-    info!(address = %local, "listening (HTTPS)");
+    let stats = &crate::metrics::HTTPS_LISTENER;
+    let mut incoming = BoundedListener::new(listener, "https", limits.max_connections, stats);
+    let local: SocketAddr = incoming.local_addr()?;
+    info!(address = %local, max_connections = limits.max_connections, "listening (HTTPS)");
+    listener::warn_if_above_fd_limit("https", limits.max_connections);
+    let limits = Arc::new(limits);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { warn!(error = %e, "accept failed"); continue; }
-            },
+        let listener::Accepted { tcp, peer, slot, handshake } = tokio::select! {
+            c = incoming.accept() => c,
             () = &mut shutdown => { info!("shutting down"); return Ok(()); }
         };
         // Small ACME/JSON responses must not wait for Nagle's algorithm and delayed ACKs.
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let _slot = slot; // held until the connection ends
+            let tls = match handshake.run(&limits, stats, acceptor.accept(tcp)).await {
+                Some(Ok(t)) => t,
+                Some(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
+                None => {
+                    debug!(%peer, "TLS handshake timed out or evicted");
+                    return;
+                }
             };
-            let peer_certs = tls
-                .get_ref()
-                .1
+            let session = tls.get_ref().1;
+            let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+            let peer_certs = session
                 .peer_certificates()
                 .filter(|c| !c.is_empty())
                 .map(|c| PeerCertificates(Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())));
@@ -127,10 +136,7 @@ pub async fn serve_tls(
                 }
                 app.clone().call(req)
             });
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
+            if let Err(e) = listener::serve_http(tls, protocol, &limits, stats, svc).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tokio::time::{Duration, Instant};
 
 /// Counters and gauges.
 #[derive(Debug, Default)]
@@ -39,6 +41,8 @@ pub struct Metrics {
     /// nextUpdate (Unix seconds) of each CRL in force: the stale ones are counted at render time,
     /// since staleness grows exactly while refreshes fail.
     pub revocation_next_updates: Mutex<Vec<i64>>,
+    /// Metrics connections closed at accept because every slot was taken.
+    pub metrics_connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -122,6 +126,12 @@ impl Metrics {
             "CRLs in force whose nextUpdate has passed.",
             &[(String::new(), self.stale_crls(now).to_string())],
         );
+        metric(
+            "lanyard_agent_metrics_connections_refused_total",
+            "counter",
+            "Metrics connections closed at accept because the connection limit was reached.",
+            &[(String::new(), self.metrics_connections_refused.load(Ordering::Relaxed).to_string())],
+        );
         out
     }
 
@@ -146,12 +156,49 @@ impl Metrics {
     }
 }
 
+/// Connections the metrics listener serves at once; past it they are accepted and closed.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a scraper has to send its request head (also the keep-alive idle limit).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `GET /metrics` (any path, in fact) until the task is dropped.
+///
+/// Bounded like `lanyard-ca`'s listeners (a smaller copy of `issuer_api::listener`, which the
+/// agent does not depend on): at most [`MAX_CONNECTIONS`] at once, the rest closed at accept and
+/// counted; a request head must arrive within [`HEADER_READ_TIMEOUT`]; accept errors (EMFILE) back
+/// off from 10 ms to 1 s and are logged at most every 10 s, never in a hot loop.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    let mut last_log: Option<Instant> = None;
+    let mut unlogged = 0u64;
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => {
+                backoff = Duration::from_millis(10);
+                tcp
+            }
+            Err(e) => {
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, failures_since_last_log = unlogged, "metrics accept failed");
+                    last_log = Some(Instant::now());
+                    unlogged = 0;
+                } else {
+                    unlogged += 1;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.metrics_connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
         let m = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |_req| {
                 let body = m.render();
                 async move {
@@ -160,7 +207,11 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                         .body(Full::new(Bytes::from(body)))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
         });
     }
 }
@@ -168,4 +219,46 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 /// Binds the metrics address.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(tokio::net::TcpListener::bind(addr).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_listener_refuses_past_its_limit_and_still_serves_afterwards() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        let server = tokio::spawn(serve(listener, metrics.clone()));
+        // Idle connections take every slot (each until the header deadline).
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut over = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await.expect("closed at once");
+        assert_eq!(n.unwrap_or(0), 0, "the connection past the limit is closed without an answer");
+        assert!(metrics.metrics_connections_refused.load(Ordering::Relaxed) >= 1);
+        // A slot frees as soon as an idle connection goes away; scrapes work again.
+        drop(idle.pop());
+        let page = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+                let mut page = String::new();
+                let _ = s.read_to_string(&mut page).await;
+                if !page.is_empty() {
+                    break page;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a scrape gets through");
+        assert!(page.contains("lanyard_agent_metrics_connections_refused_total "), "{page}");
+        server.abort();
+    }
 }
