@@ -79,9 +79,14 @@ pub const DEFAULT_RENEWAL_RETRY_WINDOW: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsPolicy {
-    /// If not empty, every DNS name must equal or lie below one of these suffixes.
+    /// If not empty, every DNS name must equal or lie below one of these suffixes. Normalized when
+    /// read (see [`normalize_suffix`]).
+    #[serde(deserialize_with = "suffix_list")]
     pub allow_suffixes: Vec<String>,
-    /// DNS names equal to or below these suffixes are refused, whatever the allow list says.
+    /// DNS names equal to or below these suffixes are refused, whatever the allow list says. A
+    /// wildcard name is refused too when one of these lies at or below its base, since the
+    /// certificate would cover names under it. Normalized when read (see [`normalize_suffix`]).
+    #[serde(deserialize_with = "suffix_list")]
     pub deny_suffixes: Vec<String>,
     /// Refuse IP address SANs.
     pub deny_ip_addresses: bool,
@@ -101,13 +106,47 @@ pub struct LifetimePolicy {
 
 /// Whether DNS `name` (a leading `*.` ignored) equals `suffix` or lies below it on a label
 /// boundary. The one suffix rule for CA policy and ACME account policies alike.
+///
+/// Both sides are compared without case and without a trailing dot, and the suffix without
+/// leading dots: DNS names are case-insensitive, so a deny list must never fail open because
+/// of how a suffix or a name happens to be spelled.
 pub fn suffix_matches(name: &str, suffix: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
+    let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
     let suffix = suffix.trim_start_matches('.');
-    name == suffix
-        || (name.len() > suffix.len()
-            && name.ends_with(suffix)
-            && name.as_bytes()[name.len() - suffix.len() - 1] == b'.')
+    let suffix = suffix.strip_suffix('.').unwrap_or(suffix).as_bytes();
+    if suffix.is_empty() || name.len() < suffix.len() {
+        return false;
+    }
+    let (head, tail) = name.split_at(name.len() - suffix.len());
+    tail.eq_ignore_ascii_case(suffix) && (head.is_empty() || head.last() == Some(&b'.'))
+}
+
+/// Normalizes a configured allow/deny suffix: lower case, without the trailing dot, and without
+/// the leading dot ([`suffix_matches`] matches on label boundaries, so `.corp.example` and
+/// `corp.example` mean the same). Refuses what cannot be a DNS suffix (empty, wildcards, spaces or
+/// other characters outside letters, digits, hyphens and dots), so a typo stops the server
+/// instead of silently matching nothing.
+pub fn normalize_suffix(raw: &str) -> Result<String, CaError> {
+    let bad = |why: &str| CaError::Config(format!("DNS suffix {raw:?}: {why}"));
+    let s = raw.strip_prefix('.').unwrap_or(raw);
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    if s.contains('*') {
+        return Err(bad("wildcards are not allowed in suffixes; a suffix already covers every name below it"));
+    }
+    // Single-label suffixes ("svc", "internal") are fine: check the suffix as a name below it.
+    check_dns_name(&format!("x.{s}")).map_err(|e| bad(&e.to_string()))?;
+    Ok(s.to_ascii_lowercase())
+}
+
+/// Reads a suffix list through [`normalize_suffix`], so the policy in memory holds only
+/// normalized suffixes and a bad one is an error naming it when the config loads.
+fn suffix_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let raw = <Vec<String> as serde::Deserialize>::deserialize(d)?;
+    raw.iter().map(|s| normalize_suffix(s).map_err(serde::de::Error::custom)).collect()
 }
 
 impl Policy {
@@ -122,9 +161,7 @@ impl Policy {
             }
         }
         for s in self.dns.allow_suffixes.iter().chain(&self.dns.deny_suffixes) {
-            // Single-label suffixes ("svc", "internal") are fine: check the suffix as a name below it.
-            check_dns_name(&format!("x.{}", s.trim_start_matches('.')))
-                .map_err(|e| CaError::Config(format!("DNS suffix: {e}")))?;
+            normalize_suffix(s)?;
         }
         if self.backdate > Duration::from_secs(3600) {
             return Err(CaError::Config("backdate may not exceed 1h".into()));
@@ -230,6 +267,16 @@ impl Policy {
                 if let Some(s) = self.dns.deny_suffixes.iter().find(|s| suffix_matches(d, s)) {
                     return Err(CaError::NameNotAllowed { name: d.clone(), reason: format!("denied suffix {s}") });
                 }
+                // `*.corp.example` covers `secret.corp.example`: a wildcard is refused when a
+                // denied suffix lies at or below its base, not only when its base lies below one.
+                if let Some(base) = d.strip_prefix("*.")
+                    && let Some(s) = self.dns.deny_suffixes.iter().find(|s| suffix_matches(s, base))
+                {
+                    return Err(CaError::NameNotAllowed {
+                        name: d.clone(),
+                        reason: format!("the wildcard would cover the denied suffix {s}"),
+                    });
+                }
                 if !self.dns.allow_suffixes.is_empty() && !self.dns.allow_suffixes.iter().any(|s| suffix_matches(d, s))
                 {
                     return Err(CaError::NameNotAllowed {
@@ -289,6 +336,79 @@ mod tests {
         assert!(suffix_matches("*.example.com", ".example.com"));
         assert!(!suffix_matches("badexample.com", "example.com"));
         assert!(!suffix_matches("com", "example.com"));
+    }
+
+    #[test]
+    fn suffixes_match_regardless_of_case_and_dots() {
+        assert!(suffix_matches("secret.corp.example", "Secret.Corp.Example."));
+        assert!(suffix_matches("A.Secret.Corp.Example.", "secret.corp.example"));
+        assert!(suffix_matches("x.corp.example", "..corp.example"));
+        assert!(!suffix_matches("corp.example", ""));
+        assert!(!suffix_matches("corp.example", "."));
+        assert!(!suffix_matches("xcorp.example", "CORP.example"));
+    }
+
+    fn with_dns(allow: &[&str], deny: &[&str]) -> Policy {
+        let mut p = Policy::default();
+        p.dns.allow_suffixes = allow.iter().map(|s| (*s).to_owned()).collect();
+        p.dns.deny_suffixes = deny.iter().map(|s| (*s).to_owned()).collect();
+        p
+    }
+
+    fn dns(n: &str) -> Name {
+        Name::Dns(n.to_owned())
+    }
+
+    #[test]
+    fn wildcards_covering_a_denied_suffix_are_refused() {
+        for deny in ["secret.corp.example", "corp.example", "deep.secret.corp.example", "example"] {
+            let p = with_dns(&[], &[deny]);
+            match p.check_name(&dns("*.corp.example")) {
+                Err(CaError::NameNotAllowed { name, reason }) => {
+                    assert_eq!(name, "*.corp.example");
+                    assert!(reason.contains(deny), "{deny}: {reason}");
+                }
+                other => panic!("deny {deny}: {other:?}"),
+            }
+        }
+        let p = with_dns(&[], &["other.example", "xcorp.example"]);
+        assert!(p.check_name(&dns("*.corp.example")).is_ok());
+        // A denied sibling does not refuse a wildcard beside it.
+        let p = with_dns(&[], &["secret.corp.example"]);
+        assert!(p.check_name(&dns("*.web.corp.example")).is_ok());
+        assert!(p.check_name(&dns("web.corp.example")).is_ok());
+        assert!(p.check_name(&dns("*.secret.corp.example")).is_err());
+    }
+
+    #[test]
+    fn suffixes_are_normalized_when_the_config_loads() {
+        let p: Policy = serde_json::from_value(serde_json::json!({"dns": {
+            "deny_suffixes": ["Secret.Corp.Example."],
+            "allow_suffixes": [".Corp.EXAMPLE", "svc"],
+        }}))
+        .expect("valid policy");
+        assert_eq!(p.dns.deny_suffixes, ["secret.corp.example"]);
+        assert_eq!(p.dns.allow_suffixes, ["corp.example", "svc"]);
+        p.validate().expect("valid");
+        assert!(matches!(p.check_name(&dns("secret.corp.example")), Err(CaError::NameNotAllowed { .. })));
+        assert!(matches!(p.check_name(&dns("a.secret.corp.example")), Err(CaError::NameNotAllowed { .. })));
+        assert!(p.check_name(&dns("web.corp.example")).is_ok());
+        // Names that bypassed check_dns_name are still compared without case or trailing dot.
+        assert!(p.check_name(&dns("SECRET.corp.example.")).is_err());
+    }
+
+    #[test]
+    fn invalid_suffixes_are_config_errors() {
+        for bad in ["", ".", "*.corp.example", "corp.*", "bad suffix.example", "a..b", "x_y.example"] {
+            let err = serde_json::from_value::<Policy>(serde_json::json!({"dns": {"deny_suffixes": [bad]}}))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("DNS suffix"), "{bad}: {err}");
+            let p = with_dns(&[bad], &[]);
+            assert!(matches!(p.validate(), Err(CaError::Config(_))), "{bad}");
+        }
+        let err = normalize_suffix("*.corp.example").expect_err("wildcard").to_string();
+        assert!(err.contains("wildcards are not allowed"), "{err}");
     }
 
     #[test]

@@ -35,21 +35,39 @@ pub fn passphrase(cfg: &Config) -> anyhow::Result<Option<(Passphrase, Passphrase
     Ok(None)
 }
 
-/// Creates the data directory (0700) and opens the store.
+/// Creates the data directory (0700), refuses one that others can get into, and opens the store
+/// (whose SQLite files are kept 0600).
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     create_private_dir(&cfg.data_dir)?;
     let url = cfg.database_url()?;
     Store::open(&url).await.with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
 }
 
+/// The data directory holds the encrypted keys, the development passphrase and the database, so
+/// only its owner may read, write or enter it. A new one is created 0700; an existing one with any
+/// group or other permission is refused rather than silently changed: the operator should know
+/// the files may already have been read.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("reading data directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("data directory {} is not a directory", dir.display());
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "data directory {} has mode {mode:04o}: it holds the CA's keys and database and must be \
+             accessible by its owner only; fix with `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -245,4 +263,29 @@ pub async fn create_eab_key(store: &Store, allowed_suffixes: Vec<String>) -> any
         ))
         .await?;
     Ok((kid, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::create_private_dir;
+
+    #[test]
+    fn data_dir_is_created_0700_and_a_shared_one_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fresh = tmp.path().join("a/data");
+        create_private_dir(&fresh).expect("create");
+        assert_eq!(std::fs::metadata(&fresh).expect("meta").permissions().mode() & 0o777, 0o700);
+        create_private_dir(&fresh).expect("an existing private directory is fine");
+
+        for mode in [0o750, 0o705, 0o720, 0o755] {
+            std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = create_private_dir(&fresh).expect_err("shared").to_string();
+            let path = fresh.display().to_string();
+            assert!(err.contains(&path), "{err}");
+            assert!(err.contains(&format!("{mode:04o}")), "{err}");
+            assert!(err.contains(&format!("chmod 700 {path}")), "{err}");
+        }
+    }
 }

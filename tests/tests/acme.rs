@@ -32,11 +32,14 @@ fn start_with(dir: &Path, extra: &str, validation_extra: &str) -> Ca {
     let (http_port, tls_port) = (free_port(), free_port());
     let data = dir.join("data");
     let cfg = dir.join("ca.toml");
+    // Everything here validates on loopback, which the default allowed_networks excludes: opt in.
+    // The second deny suffix is spelled oddly on purpose: it must deny all the same.
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\n[policy.dns]\ndeny_suffixes = [\"forbidden.test\"]\n[acme]\n{extra}\n[acme.validation]\n\
+            "data_dir = \"{}\"\n[policy.dns]\ndeny_suffixes = [\"forbidden.test\", \"Secret.Corp.Test.\"]\n[acme]\n{extra}\n[acme.validation]\n\
              http01_port = {http_port}\ntls_alpn01_port = {tls_port}\n{validation_extra}\n\
+             allowed_networks = [\"127.0.0.0/8\", \"::1/128\"]\n\
              hosts = {{ \"web.example.test\" = \"127.0.0.1\", \"api.example.test\" = \"127.0.0.1\", \"far.example.test\" = \"192.0.2.1\" }}\n",
             data.display()
         ),
@@ -575,6 +578,35 @@ async fn nonces_work_across_replicas_sharing_postgresql() {
     // The same nonce replayed at A is refused.
     let r = ca_a.send("/new-order", body).await;
     assert_eq!((r.status, problem(&r).as_str()), (400, "badNonce"));
+}
+
+/// A wildcard whose base lies above a denied suffix would cover names under it: newOrder refuses
+/// it with rejectedIdentifier naming the suffix, and creates no order. The deny suffix is
+/// configured as `Secret.Corp.Test.`, so this also shows suffixes are normalized at load.
+#[tokio::test]
+async fn wildcards_covering_a_denied_suffix_are_refused_at_new_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A resolver must be configured for wildcards to be orderable at all; newOrder never asks it.
+    let ca = start_with(dir.path(), "", "dns_resolver = \"127.0.0.1:9\"");
+    let mut c = RawClient::new(ca.proc.addr, &ca.root_pem);
+    let acct = c.register().await;
+    let orders_path = c.path_of(acct.json()["orders"].as_str().expect("orders url"));
+    let order_count = |r: tests::Response| r.json()["orders"].as_array().map(|a| a.len()).unwrap_or(usize::MAX);
+
+    for value in ["*.corp.test", "secret.corp.test", "A.SECRET.corp.test", "*.secret.corp.test"] {
+        let r = c.post("/new-order", Some(&json!({"identifiers": [{"type": "dns", "value": value}]}))).await;
+        assert_eq!((r.status, problem(&r).as_str()), (400, "rejectedIdentifier"), "{value}");
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(text.contains("secret.corp.test"), "{value}: {text}");
+    }
+    assert_eq!(order_count(c.post(&orders_path, None).await), 0, "no refused order was created");
+
+    // A wildcard beside the denied suffix, and one elsewhere, are still orderable.
+    for value in ["*.web.corp.test", "*.web.example.test"] {
+        let r = c.post("/new-order", Some(&json!({"identifiers": [{"type": "dns", "value": value}]}))).await;
+        assert_eq!(r.status, 201, "{value}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(order_count(c.post(&orders_path, None).await), 2);
 }
 
 /// Kills a helper process on drop.

@@ -77,6 +77,38 @@ async fn serve_on_an_empty_directory_bootstraps_a_dev_ca_clients_can_pin() {
     assert!(out.contains("certificates: 2 issued"), "{out}");
 }
 
+/// A fresh init leaves a 0700 data directory with 0600 database files; a data directory others
+/// can get into is refused with its path, its mode and the fix; a bad DNS suffix stops the CA.
+#[test]
+fn data_directory_permissions_and_bad_suffixes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let d = data.to_str().expect("utf8");
+    let (ok, _, err) = run_ca(&["init", "--data-dir", d], &[PASS]).expect("init");
+    assert!(ok, "{err}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("lanyard.db")), 0o600);
+    for f in ["lanyard.db-wal", "lanyard.db-shm"] {
+        if data.join(f).exists() {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+    }
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    let (ok, _, err) = run_ca(&["status", "--data-dir", d], &[]).expect("status");
+    assert!(!ok, "a group-readable data directory must be refused");
+    assert!(err.contains(d) && err.contains("0750") && err.contains(&format!("chmod 700 {d}")), "{err}");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let (ok, _, err) = run_ca(&["status", "--data-dir", d], &[]).expect("status");
+    assert!(ok, "{err}");
+
+    let cfg = dir.path().join("bad-suffix.toml");
+    std::fs::write(&cfg, "[policy.dns]\ndeny_suffixes = [\"*.corp.example\"]\n").expect("write");
+    let (ok, _, err) = run_ca(&["--config", cfg.to_str().expect("utf8"), "status", "--data-dir", d], &[]).expect("run");
+    assert!(!ok && err.contains("DNS suffix") && err.contains("wildcards are not allowed"), "{err}");
+}
+
 #[tokio::test]
 async fn init_then_serve_with_operator_passphrase_and_refusals() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -316,7 +316,8 @@ async fn replicas_on_postgres_rotate_once_and_follow() {
     )
     .expect("init");
     assert!(ok, "{err}");
-    std::fs::create_dir_all(data("b")).expect("mkdir");
+    // The CA refuses a data directory others can enter; create_dir_all would make it 0755.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(data("b")).expect("mkdir");
     for f in ["root.pem", "root.key.pem"] {
         std::fs::copy(data("a").join(f), data("b").join(f)).expect("copy");
     }

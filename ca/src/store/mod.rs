@@ -106,6 +106,10 @@ impl Store {
         let url =
             if backend == Backend::Sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_owned() };
         let opts = AnyConnectOptions::from_str(&url).map_err(|e| CaError::Config(format!("database URL: {e}")))?;
+        let sqlite_path = if backend == Backend::Sqlite { Some(native::path_of(&url)?) } else { None };
+        if let Some(p) = &sqlite_path {
+            native::secure_files(p)?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
@@ -134,6 +138,10 @@ impl Store {
                 other => other,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| CaError::Store(format!("migrations: {e}")))?;
+        if let Some(p) = &sqlite_path {
+            // Again now that WAL mode has created -wal and -shm.
+            native::secure_files(p)?;
+        }
         let (tx, rx) = mpsc::channel(4096);
         let reader = match backend {
             Backend::Sqlite => {
@@ -602,5 +610,28 @@ mod tests {
         let ro = conn.execute("INSERT INTO t (k) VALUES (2)").await.expect_err("read-only");
         let e = super::db_err(ro);
         assert!(matches!(e, crate::CaError::StoreUnavailable(_)), "{e:?}");
+    }
+
+    /// The database and its WAL files hold every issued certificate and the audit log: 0600 on a
+    /// fresh open, and a wider mode left from before is tightened on the next open.
+    #[tokio::test]
+    async fn sqlite_files_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("l.db");
+        let url = format!("sqlite://{}", db.display());
+        let mode = |suffix: &str| {
+            let p = format!("{}{suffix}", db.display());
+            std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o777).unwrap_or_else(|e| panic!("{p}: {e}"))
+        };
+        let store = super::Store::open(&url).await.expect("open");
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "{suffix}");
+        }
+        store.close().await;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = super::Store::open(&url).await.expect("reopen");
+        assert_eq!(mode(""), 0o600);
+        store.close().await;
     }
 }

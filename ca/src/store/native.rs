@@ -32,6 +32,33 @@ pub(super) fn path_of(url: &str) -> Result<String, CaError> {
     Ok(path.to_owned())
 }
 
+/// Keeps the SQLite files private to the CA's user: creates the database file 0600 if it does
+/// not exist yet (SQLite then creates `-wal` and `-shm` with the database file's mode), and
+/// tightens the database, `-wal` and `-shm` files to 0600 where they are group or world
+/// accessible (left so by an older version or a copy). Without a umask change (process-wide,
+/// and unsafe to set from a library) this is the only way to be sure of the modes.
+pub(super) fn secure_files(path: &str) -> Result<(), CaError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let db = std::path::Path::new(path);
+    if !db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .map_err(CaError::io("create", db))?;
+    }
+    for f in [path.to_owned(), format!("{path}-wal"), format!("{path}-shm")] {
+        let f = std::path::Path::new(&f);
+        let Ok(meta) = std::fs::metadata(f) else { continue };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).map_err(CaError::io("chmod 600", f))?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens a connection with the pool's settings: WAL, and synchronous=FULL so that a commit is on
 /// disk when it returns.
 pub(super) fn open(path: &str, access: Access) -> Result<Connection, CaError> {
