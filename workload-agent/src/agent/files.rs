@@ -17,20 +17,33 @@ use crate::config::{Output, Reload};
 use crate::credentials::{Svid, TrustBundle};
 
 /// Writes `data` to `path` atomically with `mode`.
+///
+/// The temporary file gets an unpredictable name and is created with `O_CREAT | O_EXCL`
+/// (`create_new`), so a file or symlink planted in a shared output directory is never followed
+/// or reused: a pre-created 0644 file would otherwise keep its mode and receive a private key.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut nonce = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| anyhow::anyhow!("no randomness for a temporary file name"))?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", hex::encode(nonce)));
+    let mut created = false;
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        created = true;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if result.is_err()
+        && created
+        && let Err(e) = std::fs::remove_file(&tmp)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %tmp.display(), error = %e, "could not remove a temporary file");
     }
     result.with_context(|| format!("writing {}", path.display()))
 }
@@ -147,6 +160,26 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o600);
         let leftovers: Vec<_> = std::fs::read_dir(p.parent().expect("dir")).expect("ls").collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn planted_temporary_files_and_symlinks_are_neither_followed_nor_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("key.pem");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").expect("victim");
+        // What an attacker could pre-create under the old, predictable name.
+        let planted = dir.path().join(format!(".key.pem.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+        for _ in 0..3 {
+            write_atomic(&p, b"secret", 0o600).expect("write");
+        }
+        assert_eq!(std::fs::read(&victim).expect("read"), b"untouched");
+        assert_eq!(std::fs::read(&p).expect("read"), b"secret");
+        assert_eq!(std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::symlink_metadata(&p).expect("meta").file_type().is_file(), "the key is a regular file");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names.len(), 3, "no temporary file left besides the planted one: {names:?}");
     }
 
     #[test]
