@@ -63,13 +63,7 @@ impl RevocationSet {
                 use x509_parser::prelude::FromDer;
                 let (_, c) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
                     .map_err(|e| SeamError::InvalidCrl { index, reason: e.to_string() })?;
-                let aki = c.extensions().iter().find_map(|e| match e.parsed_extension() {
-                    x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                        a.key_identifier.as_ref().map(|k| k.0.to_vec())
-                    }
-                    _ => None,
-                });
-                Ok((c.issuer().as_raw().to_vec(), aki))
+                Ok((c.issuer().as_raw().to_vec(), authority_key_id(c.extensions()).map(<[u8]>::to_vec)))
             })
             .collect::<Result<Vec<_>, SeamError>>()?;
         Ok(RevocationSet { der, parsed, keys })
@@ -81,12 +75,7 @@ impl RevocationSet {
         let mut picked = vec![false; self.parsed.len()];
         for der in chain {
             let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { continue };
-            let aki = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                    a.key_identifier.as_ref().map(|k| k.0)
-                }
-                _ => None,
-            });
+            let aki = authority_key_id(cert.extensions());
             for (i, (issuer, crl_aki)) in self.keys.iter().enumerate() {
                 let same_key = match (aki, crl_aki) {
                     (Some(a), Some(b)) => a == b.as_slice(),
@@ -104,6 +93,15 @@ impl RevocationSet {
     pub(crate) fn len(&self) -> usize {
         self.der.len()
     }
+}
+
+/// The key identifier of an AuthorityKeyIdentifier extension (RFC 5280 4.2.1.1), of a
+/// certificate or a CRL alike.
+fn authority_key_id<'a>(extensions: &'a [x509_parser::extensions::X509Extension<'a>]) -> Option<&'a [u8]> {
+    extensions.iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+        _ => None,
+    })
 }
 
 /// Roots of one bundle as webpki trust anchors, and the CRLs in force.
