@@ -84,7 +84,7 @@ fn start_pebble(dir: &Path) -> (Killed, SocketAddr) {
 async fn start_lanyard(dir: &Path) -> SocketAddr {
     let toml = format!(
         "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[acme]\ninsecure_always_valid_challenges = true\n\
-         [acme.rate_limits]\nrequests_per_ip = {{ burst = 100000000, period = \"1s\" }}\n",
+         [acme.rate_limits]\nrequests_per_ip = {{ burst = 100000000, period = \"1s\" }}\nnew_accounts_per_ip = {{ burst = 100000000, period = \"1s\" }}\n",
         dir.join("lanyard").display()
     );
     let cfg: issuer_api::config::Config = toml::from_str(&toml).expect("config");

@@ -452,7 +452,7 @@ fn main() {
         &config,
         format!(
             "data_dir = \"{}\"\n[policy]\ntrust_domain = \"{TRUST_DOMAIN}\"\nrenewal_retry_window = \"1h\"\n[policy.workload]\ndefault = \"1h\"\nmax = \"24h\"\n\
-             [acme.rate_limits]\nrequests_per_ip = {{ burst = 100000000, period = \"1s\" }}\n",
+             [acme.rate_limits]\nrequests_per_ip = {{ burst = 100000000, period = \"1s\" }}\nnew_accounts_per_ip = {{ burst = 100000000, period = \"1s\" }}\n",
             data.display()
         ),
     )

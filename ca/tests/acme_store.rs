@@ -134,3 +134,108 @@ async fn failing_acme_changes_undo_only_themselves_and_races_have_one_winner() {
         store.close().await;
     }
 }
+
+fn order(id: &str, account: &str, status: &str, expires_at: i64) -> (AcmeOrder, AcmeAuthz, AcmeChallenge) {
+    let o = AcmeOrder {
+        id: id.to_owned(),
+        account_id: account.to_owned(),
+        status: status.to_owned(),
+        identifiers: r#"[{"type":"dns","value":"a.example.test"}]"#.into(),
+        expires_at,
+        error: None,
+        cert_serial: None,
+        created_at: 1_000,
+        replaces: None,
+    };
+    let a = AcmeAuthz {
+        id: format!("authz-{id}"),
+        order_id: id.to_owned(),
+        account_id: account.to_owned(),
+        id_type: "dns".into(),
+        id_value: "a.example.test".into(),
+        wildcard: false,
+        status: "pending".into(),
+        expires_at,
+    };
+    let c = AcmeChallenge {
+        id: format!("chall-{id}"),
+        authz_id: a.id.clone(),
+        kind: "http-01".into(),
+        token: format!("token-{id}"),
+        status: "pending".into(),
+        validated_at: None,
+        error: None,
+    };
+    (o, a, c)
+}
+
+/// Retention (issue 13): expired orders with their authorizations and challenges, and everything
+/// of an account deactivated before the cutoff, are deleted in batches; live orders, the
+/// deactivated account's row (so its key stays refused) and everything else stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_what_is_past_retention_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let store = ca::Store::open(&url).await.expect("open store");
+        for id in ["keep", "gone"] {
+            store.acme_create_account(&account(id, None)).await.expect("account");
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // More expired orders than one purge batch, one live order, and a live order of an
+        // account that is then deactivated.
+        let expired = usize::try_from(ca::store::acme::PURGE_BATCH).expect("batch") + 20;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..expired {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let (o, a, c) =
+                    order(&format!("old-{i}"), "keep", if i % 2 == 0 { "pending" } else { "invalid" }, 1_000);
+                store.acme_create_order(&o, &[a], &[c]).await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("task").expect("expired order");
+        }
+        for (id, account) in [("live", "keep"), ("of-gone", "gone")] {
+            let (o, a, c) = order(id, account, "pending", now + 86_400);
+            store.acme_create_order(&o, &[a], &[c]).await.expect("live order");
+        }
+        assert!(
+            store
+                .acme_update_account("gone", &["mailto:gone@example.test".into()], "deactivated")
+                .await
+                .expect("deactivate")
+        );
+
+        // Before the deactivation is past retention, only the expired orders go.
+        let first = store.acme_purge(now - 3_600).await.expect("purge");
+        let n = expired as u64;
+        assert_eq!(
+            first,
+            ca::store::acme::AcmePurged { orders: n, authorizations: n, challenges: n, accounts: 0 },
+            "{url}"
+        );
+        assert!(store.acme_order("old-0").await.expect("read").is_none());
+        assert!(store.acme_challenge("chall-old-1").await.expect("read").is_none());
+        assert!(store.acme_order("of-gone").await.expect("read").is_some(), "deactivated too recently");
+
+        // Once it is: the deactivated account's orders and contacts go, its row stays.
+        let second = store.acme_purge(now + 60).await.expect("purge");
+        assert_eq!(
+            second,
+            ca::store::acme::AcmePurged { orders: 1, authorizations: 1, challenges: 1, accounts: 1 },
+            "{url}"
+        );
+        assert!(store.acme_order("of-gone").await.expect("read").is_none());
+        let gone = store.acme_account("gone").await.expect("read").expect("the account row stays");
+        assert_eq!((gone.status.as_str(), gone.contact.len()), ("deactivated", 0));
+        assert!(store.acme_account_by_thumbprint("thumb-gone").await.expect("read").is_some(), "key stays refused");
+
+        // The live order of a valid account is untouched, and a purge with nothing to do is a no-op.
+        let (live, authzs) = store.acme_order_with_authzs("live").await.expect("read").expect("live order");
+        assert_eq!((live.status.as_str(), authzs.len()), ("pending", 1));
+        assert!(store.acme_challenge("chall-live").await.expect("read").is_some());
+        assert_eq!(store.acme_purge(now + 60).await.expect("purge"), ca::store::acme::AcmePurged::default());
+        store.close().await;
+    }
+}

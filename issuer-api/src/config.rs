@@ -91,6 +91,7 @@ impl Config {
         self.policy.validate().context("invalid [policy]")?;
         self.rotation.validate().context("invalid [rotation]")?;
         self.listener.validate().context("invalid [listener]")?;
+        self.acme.rate_limits.validate().map_err(anyhow::Error::msg).context("invalid [acme.rate_limits]")?;
         if self.server_names.is_empty() {
             bail!("server_names must name at least one DNS name or IP address for the server certificate");
         }

@@ -95,5 +95,6 @@ pub async fn run_server(
         acme::spawn_cleanup(acme.clone());
         app = app.merge(acme::router(acme));
     }
+    let app = app.layer(axum::middleware::from_fn(routes::limit_uri));
     server::serve_tls(listener, identity, app, cfg.listener, shutdown).await
 }

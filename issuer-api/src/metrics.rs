@@ -27,6 +27,14 @@ pub struct Counters {
     pub last_rotation_ms: AtomicI64,
     /// Agents waiting on `GET /workload/v1/notices` right now.
     pub notice_waiters: AtomicI64,
+    /// Per ACME rate limit: (name, client keys tracked, requests refused), as of the last sweep.
+    pub rate_limits: Mutex<Vec<(&'static str, usize, u64)>>,
+    /// ACME rows purged after their retention: (kind, rows), since start.
+    pub acme_purged: Mutex<BTreeMap<&'static str, u64>>,
+    /// Outbound ACME validations running now.
+    pub validations_in_flight: AtomicI64,
+    /// Challenge POSTs refused because every validation slot was busy.
+    pub validations_refused: AtomicU64,
 }
 
 /// The process's counters.
@@ -168,6 +176,8 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     family(&mut out, "lanyard_notice_waiters", "gauge", "Agents waiting for a push notice on this replica.");
     let _ = writeln!(out, "lanyard_notice_waiters {}", COUNTERS.notice_waiters.load(Ordering::Relaxed));
 
+    acme_metrics(&mut out);
+
     let stats = authority.stats();
     family(&mut out, "lanyard_issuance_total", "counter", "Issuance requests by result.");
     for (result, v) in [("issued", &stats.issued), ("refused", &stats.refused), ("failed", &stats.failed)] {
@@ -195,6 +205,38 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     }
     listener_metrics(&mut out);
     Ok(out)
+}
+
+fn acme_metrics(out: &mut String) {
+    family(out, "lanyard_acme_rate_limited_total", "counter", "ACME requests refused by each rate limit.");
+    let limits = COUNTERS.rate_limits.lock().map(|l| l.clone()).unwrap_or_default();
+    for (name, _, refused) in &limits {
+        let _ = writeln!(out, "lanyard_acme_rate_limited_total{{limit=\"{name}\"}} {refused}");
+    }
+    family(out, "lanyard_acme_rate_limit_keys", "gauge", "Client keys each ACME rate limit tracks (bounded).");
+    for (name, tracked, _) in &limits {
+        let _ = writeln!(out, "lanyard_acme_rate_limit_keys{{limit=\"{name}\"}} {tracked}");
+    }
+    family(out, "lanyard_acme_purged_rows_total", "counter", "ACME rows deleted after their retention period.");
+    if let Ok(m) = COUNTERS.acme_purged.lock() {
+        for (kind, n) in m.iter() {
+            let _ = writeln!(out, "lanyard_acme_purged_rows_total{{kind=\"{kind}\"}} {n}");
+        }
+    }
+    family(out, "lanyard_acme_validations_in_flight", "gauge", "Outbound challenge validations running now.");
+    let _ =
+        writeln!(out, "lanyard_acme_validations_in_flight {}", COUNTERS.validations_in_flight.load(Ordering::Relaxed));
+    family(
+        out,
+        "lanyard_acme_validations_refused_total",
+        "counter",
+        "Challenge POSTs answered rateLimited because every validation slot was busy.",
+    );
+    let _ = writeln!(
+        out,
+        "lanyard_acme_validations_refused_total {}",
+        COUNTERS.validations_refused.load(Ordering::Relaxed)
+    );
 }
 
 /// Counters of the HTTPS listener.

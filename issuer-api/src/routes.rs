@@ -101,6 +101,25 @@ async fn not_found() -> Problem {
     Problem::not_found()
 }
 
+/// The longest request target (path and query) served. Every URL of this server is far shorter;
+/// a longer one is refused before routing, with a problem document rather than a dropped
+/// connection, so a client sees why.
+pub const MAX_URI_BYTES: usize = 4096;
+
+/// Answers 414 (RFC 9110 section 15.5.15) for request targets over [`MAX_URI_BYTES`].
+pub async fn limit_uri(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uriTooLong",
+            format!("the request target is {len} bytes; at most {MAX_URI_BYTES} are served"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// The router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()

@@ -288,6 +288,15 @@ async fn negative_suite_gets_the_right_errors_and_changes_nothing() {
     let r = c.post("/new-order", Some(&huge)).await;
     assert_eq!((r.status, problem(&r).as_str()), (400, "malformed"));
     assert_eq!(order_count(c.post(&orders_path, None).await), 0, "no refused request created an order");
+    // An oversized request target (a 5,000-character path) gets a 414 problem document, not a
+    // dropped connection, on ACME and other paths alike.
+    for prefix in ["/acme/order/", "/"] {
+        let long = format!("{prefix}{}", "a".repeat(5_000));
+        let r = tests::https_request(c.addr, "localhost", "GET", &long, None, Some(&ca.root_pem)).await.expect("long");
+        assert_eq!(r.status, 414, "{prefix}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert_eq!(r.json()["type"], "urn:lanyard:problem:uriTooLong", "{}", String::from_utf8_lossy(&r.body));
+    }
 
     // Replayed JWS: the first creates an order, the replay is refused and creates nothing.
     let body = c.sign(c.header(&c.url("/new-order"), &c.nonce().await), Some(&new_order));
@@ -683,4 +692,104 @@ async fn lego_obtains_a_wildcard_with_dns01() {
     assert_eq!(r["status"], "invalid");
     assert_eq!(r["error"]["type"], "urn:ietf:params:acme:error:unauthorized", "{r}");
     drop(cts);
+}
+
+/// An http-01 responder that answers every request only after `delay`, with the key
+/// authorization `token.thumbprint` of whatever token is asked for.
+async fn slow_http01(port: u16, thumbprint: String, delay: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind http-01 port");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let thumbprint = thumbprint.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let token = req.split_whitespace().nth(1).unwrap_or("/").rsplit('/').next().unwrap_or("").to_owned();
+                tokio::time::sleep(delay).await;
+                let body = format!("{token}.{thumbprint}");
+                let resp =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    })
+}
+
+/// RFC 7638 thumbprint of a P-256 JWK.
+fn thumbprint(jwk: &serde_json::Value) -> String {
+    let canonical = format!(
+        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+        jwk["x"].as_str().expect("x"),
+        jwk["y"].as_str().expect("y")
+    );
+    B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+}
+
+/// ACME state limits (issue 13): new accounts per client address, and a cap on outbound
+/// validations running at once. Refused requests change nothing and say when to come back.
+#[tokio::test]
+async fn new_accounts_per_address_and_concurrent_validations_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = start_with(
+        dir.path(),
+        "[acme.rate_limits]\nnew_accounts_per_ip = { burst = 2, period = \"1h\" }",
+        "max_concurrent = 1\nslot_wait = \"300ms\"",
+    );
+    let mut first = RawClient::new(ca.proc.addr, &ca.root_pem);
+    assert_eq!(first.register().await.status, 201);
+    let mut second = RawClient::new(ca.proc.addr, &ca.root_pem);
+    assert_eq!(second.register().await.status, 201);
+    // A third key from the same address: refused, with Retry-After, and no account created.
+    let third = RawClient::new(ca.proc.addr, &ca.root_pem);
+    let hdr =
+        json!({"alg": "ES256", "jwk": third.jwk(), "nonce": third.nonce().await, "url": third.url("/new-account")});
+    let r = third.send("/new-account", third.sign(hdr, Some(&json!({"termsOfServiceAgreed": true})))).await;
+    assert_eq!((r.status, problem(&r).as_str()), (429, "rateLimited"), "{}", String::from_utf8_lossy(&r.body));
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert!((1700..=1801).contains(&retry), "one account per 30 min: {retry}");
+    let store = ca::Store::open(&ca.db_url).await.expect("store");
+    let thumb = thumbprint(&third.jwk());
+    assert!(store.acme_account_by_thumbprint(&thumb).await.expect("read").is_none(), "nothing recorded");
+    // Looking up an existing account costs nothing from that budget.
+    assert_eq!(first.register().await.status, 200);
+
+    // One validation slot: while one http-01 validation waits on a slow responder, a second
+    // challenge POST is answered rateLimited and its challenge stays pending; posted again once
+    // the slot is free, it validates.
+    let _responder = slow_http01(ca.http_port, thumbprint(&first.jwk()), std::time::Duration::from_secs(2)).await;
+    let order = json!({"identifiers": [{"type": "dns", "value": "web.example.test"}, {"type": "dns", "value": "api.example.test"}]});
+    let o = first.post("/new-order", Some(&order)).await;
+    assert_eq!(o.status, 201, "{}", String::from_utf8_lossy(&o.body));
+    let mut challenges = Vec::new();
+    for authz in o.json()["authorizations"].as_array().expect("authzs") {
+        let a = first.post(&first.path_of(authz.as_str().expect("url")), None).await.json();
+        let ch = a["challenges"]
+            .as_array()
+            .expect("challenges")
+            .iter()
+            .find(|c| c["type"] == "http-01")
+            .expect("http-01")
+            .clone();
+        challenges.push(first.path_of(ch["url"].as_str().expect("url")));
+    }
+    let started = std::time::Instant::now();
+    let empty = json!({});
+    let (a, b) = tokio::join!(first.post(&challenges[0], Some(&empty)), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        first.post(&challenges[1], Some(&empty)).await
+    });
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["status"], "valid", "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!((b.status, problem(&b).as_str()), (429, "rateLimited"), "{}", String::from_utf8_lossy(&b.body));
+    assert!(b.header("retry-after").is_some());
+    let pending = first.post(&challenges[1], None).await;
+    assert_eq!(pending.json()["status"], "pending", "a refused POST leaves the challenge as it was");
+    let again = first.post(&challenges[1], Some(&json!({}))).await;
+    assert_eq!(again.json()["status"], "valid", "{}", String::from_utf8_lossy(&again.body));
+    println!(
+        "validation slots: second challenge refused while the first validated, both valid after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -133,7 +133,11 @@ fn check_contacts(contact: &[String]) -> Result<(), AcmeProblem> {
 }
 
 /// POST /acme/new-account (section 7.3).
-pub(crate) async fn new_account(State(acme): State<Arc<Acme>>, Signed(auth): JwkSigned) -> AcmeResult {
+pub(crate) async fn new_account(
+    State(acme): State<Arc<Acme>>,
+    peer: Option<axum::Extension<crate::server::PeerAddr>>,
+    Signed(auth): JwkSigned,
+) -> AcmeResult {
     let req: AccountRequest = payload(&auth)?;
     let thumbprint = auth.jwk.thumbprint();
     if let Some(existing) = acme.store.acme_account_by_thumbprint(&thumbprint).await.map_err(AcmeProblem::from)? {
@@ -162,6 +166,12 @@ pub(crate) async fn new_account(State(acme): State<Arc<Acme>>, Signed(auth): Jwk
     }
     let contact = req.contact.unwrap_or_default();
     check_contacts(&contact)?;
+    // Counted only for accounts about to be created: looking up an existing one is free.
+    if let Some(axum::Extension(peer)) = peer
+        && let Err(wait) = acme.limits.check_new_account(peer.0.ip())
+    {
+        return Ok(super::ratelimit::limited(wait, "too many new accounts from this address"));
+    }
     let account = AcmeAccount {
         id: new_id(),
         thumbprint,
@@ -511,6 +521,20 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
     if az.expires_at < now() {
         return Err(AcmeProblem::malformed("the authorization has expired"));
     }
+    // Outbound validations are bounded; attestation (enrollment) and the test mode connect nowhere.
+    let _slot = if az.id_type != crate::enroll::SPIFFE_IDENTIFIER && !acme.cfg.insecure_always_valid_challenges {
+        match acme.validation_slots.acquire().await {
+            Some(slot) => Some(slot),
+            None => {
+                return Ok(super::ratelimit::limited(
+                    std::time::Duration::from_secs(1),
+                    "every validation slot is busy; the challenge is still pending, post it again",
+                ));
+            }
+        }
+    } else {
+        None
+    };
     let key_authorization = format!("{}.{}", ch.token, auth.jwk.thumbprint());
     let result = if az.id_type == crate::enroll::SPIFFE_IDENTIFIER {
         // Attestation is never skipped, not even in the insecure load-test mode: it decides who a

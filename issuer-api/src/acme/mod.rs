@@ -52,6 +52,11 @@ pub struct AcmeConfig {
     pub require_eab: bool,
     /// Token-bucket rate limits.
     pub rate_limits: ratelimit::RateLimitConfig,
+    /// How long expired orders, their authorizations and challenges, orders whose certificate
+    /// expired, and the orders and contacts of deactivated accounts are kept before they are
+    /// deleted. Certificate records are never deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
     /// TEST ONLY: treat every challenge as passed without connecting anywhere. Logged loudly at
     /// start; never enable it on a CA anyone trusts.
     pub insecure_always_valid_challenges: bool,
@@ -67,6 +72,7 @@ impl Default for AcmeConfig {
             validation: ValidationConfig::default(),
             require_eab: false,
             rate_limits: ratelimit::RateLimitConfig::default(),
+            retention: Duration::from_secs(30 * 24 * 3600),
             insecure_always_valid_challenges: false,
         }
     }
@@ -81,6 +87,8 @@ pub struct Acme {
     pub(crate) base: String,
     pub(crate) cfg: AcmeConfig,
     pub(crate) limits: ratelimit::Limiter,
+    /// Outbound validations running at once.
+    pub(crate) validation_slots: validation::Slots,
     pub(crate) enroll: Arc<crate::enroll::Enrollment>,
 }
 
@@ -110,7 +118,8 @@ impl Acme {
                  validation. For load tests only."
             );
         }
-        let limits = ratelimit::Limiter::new(cfg.rate_limits.clone());
+        let limits = ratelimit::Limiter::new(&cfg.rate_limits).map_err(ca::CaError::Config)?;
+        let validation_slots = validation::Slots::new(&cfg.validation);
         Ok(Arc::new(Acme {
             authority,
             store,
@@ -118,6 +127,7 @@ impl Acme {
             base: base.trim_end_matches('/').to_owned(),
             cfg,
             limits,
+            validation_slots,
             enroll,
         }))
     }
@@ -245,8 +255,12 @@ async fn limit_ip(State(acme): State<Arc<Acme>>, req: Request, next: Next) -> Re
 async fn common_headers(State(acme): State<Arc<Acme>>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&acme.nonces.issue()) {
-        h.insert("replay-nonce", v);
+    match acme.nonces.issue().map(|n| HeaderValue::from_str(&n)) {
+        Ok(Ok(v)) => {
+            h.insert("replay-nonce", v);
+        }
+        Ok(Err(_)) => tracing::error!("a fresh nonce is not a valid header value"),
+        Err(e) => tracing::error!(error = %e, "no nonce for this response"),
     }
     if let Ok(v) = HeaderValue::from_str(&format!("<{}>;rel=\"index\"", acme.url("/directory"))) {
         h.append(header::LINK, v);
@@ -279,17 +293,66 @@ pub fn router(acme: Arc<Acme>) -> Router {
         .with_state(acme)
 }
 
-/// Periodic cleanup of used nonces and expired orders.
+/// Background upkeep of the ACME state: every five minutes, used nonces past their lifetime are
+/// deleted, stale orders expired, and what is past the retention period purged
+/// ([`ca::Store::acme_purge`]); every [`ratelimit::SWEEP_INTERVAL`], refilled rate-limit buckets
+/// are forgotten so the limiters' maps stay bounded.
 pub fn spawn_cleanup(acme: Arc<Acme>) {
+    let sweeper = acme.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        let mut tick = tokio::time::interval(ratelimit::SWEEP_INTERVAL);
         loop {
             tick.tick().await;
-            match acme.store.acme_cleanup(time::OffsetDateTime::now_utc().unix_timestamp()).await {
+            let stats = sweeper.limits.sweep();
+            if let Ok(mut m) = crate::metrics::COUNTERS.rate_limits.lock() {
+                *m = stats.iter().map(|s| (s.name, s.tracked, s.limited)).collect();
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        let mut failures = 0u32;
+        loop {
+            tick.tick().await;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            match acme.store.acme_cleanup(now).await {
                 Ok((n, o)) if n + o > 0 => tracing::info!(nonces = n, orders = o, "ACME cleanup"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "ACME cleanup failed"),
             }
+            let cutoff = now.saturating_sub(i64::try_from(acme.cfg.retention.as_secs()).unwrap_or(i64::MAX));
+            match acme.store.acme_purge(cutoff).await {
+                Ok(p) => {
+                    failures = 0;
+                    record_purge(&p);
+                    if p != ca::store::acme::AcmePurged::default() {
+                        tracing::info!(
+                            orders = p.orders,
+                            authorizations = p.authorizations,
+                            challenges = p.challenges,
+                            accounts = p.accounts,
+                            "ACME rows past retention purged"
+                        );
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "ACME purge failed; retrying at the next run");
+                }
+            }
         }
     });
+}
+
+fn record_purge(p: &ca::store::acme::AcmePurged) {
+    if let Ok(mut m) = crate::metrics::COUNTERS.acme_purged.lock() {
+        for (kind, n) in [
+            ("orders", p.orders),
+            ("authorizations", p.authorizations),
+            ("challenges", p.challenges),
+            ("accounts", p.accounts),
+        ] {
+            *m.entry(kind).or_default() += n;
+        }
+    }
 }

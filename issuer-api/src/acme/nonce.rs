@@ -12,6 +12,15 @@ use ca::{CaError, Store};
 /// How long a nonce is accepted.
 pub const NONCE_LIFETIME_SECS: i64 = 3600;
 
+/// How long a used nonce's row outlives the nonce. Replicas judge expiry and delete rows by their
+/// own clocks: without a margin, a replica whose clock runs ahead would delete a row that a replica
+/// with a slower clock still needs to refuse a replay. With this margin, replicas whose clocks
+/// differ by up to five minutes in all never open a replay window.
+pub const NONCE_ROW_MARGIN_SECS: i64 = 300;
+
+/// How far in the future a nonce's timestamp may lie (the issuing replica's clock ahead of ours).
+const FUTURE_TOLERANCE_SECS: i64 = 60;
+
 /// Issues and redeems nonces.
 #[derive(Debug)]
 pub struct Nonces {
@@ -35,14 +44,15 @@ impl Nonces {
         Ok(Nonces { key: hmac::Key::new(hmac::HMAC_SHA256, &secret), rng, store })
     }
 
-    /// A fresh nonce.
-    pub fn issue(&self) -> String {
+    /// A fresh nonce, or an error if the system RNG failed (then no nonce is better than a
+    /// guessable one).
+    pub fn issue(&self) -> Result<String, CaError> {
         let mut raw = [0u8; 56];
         raw[..8].copy_from_slice(&now().to_be_bytes());
-        let _ = self.rng.fill(&mut raw[8..24]);
+        self.rng.fill(&mut raw[8..24]).map_err(|_| CaError::Key("system RNG failed".into()))?;
         let tag = hmac::sign(&self.key, &raw[..24]);
         raw[24..].copy_from_slice(tag.as_ref());
-        B64.encode(raw)
+        Ok(B64.encode(raw))
     }
 
     /// Redeems a nonce: true only for an authentic, unexpired nonce never redeemed before.
@@ -59,9 +69,51 @@ impl Nonces {
         ts.copy_from_slice(&raw[..8]);
         let issued = i64::from_be_bytes(ts);
         let t = now();
-        if issued > t + 60 || t - issued > NONCE_LIFETIME_SECS {
+        if issued > t + FUTURE_TOLERANCE_SECS || t - issued > NONCE_LIFETIME_SECS {
             return Ok(false);
         }
-        self.store.acme_use_nonce(nonce, issued + NONCE_LIFETIME_SECS).await
+        self.store.acme_use_nonce(nonce, issued + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn nonces() -> (tempfile::TempDir, Nonces, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("n.db").display());
+        let store = Store::open(&url).await.expect("store");
+        let n = Nonces::new(store.clone()).await.expect("nonces");
+        (dir, n, store)
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_clock_runs_ahead_does_not_reopen_a_replay() {
+        let (_dir, n, store) = nonces().await;
+        let nonce = n.issue().expect("nonce");
+        assert!(n.redeem(&nonce).await.expect("redeem"), "first use");
+        // A replica whose clock is four minutes ahead runs the cleanup just after the nonce's
+        // lifetime ended by its clock; on ours the nonce is still acceptable.
+        let ahead = now() + NONCE_LIFETIME_SECS + 240;
+        let (deleted, _) = store.acme_cleanup(ahead).await.expect("cleanup");
+        assert_eq!(deleted, 0, "the row outlives the nonce by the margin");
+        assert!(!n.redeem(&nonce).await.expect("redeem"), "the replay must still be refused");
+        // Past lifetime plus margin (by that replica's clock) the row goes.
+        let (deleted, _) =
+            store.acme_cleanup(now() + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS + 5).await.expect("cleanup");
+        assert_eq!(deleted, 1);
+    }
+
+    #[tokio::test]
+    async fn forged_and_malformed_nonces_are_refused() {
+        let (_dir, n, _store) = nonces().await;
+        let good = n.issue().expect("nonce");
+        let mut raw = B64.decode(&good).expect("b64");
+        raw[10] ^= 1;
+        assert!(!n.redeem(&B64.encode(&raw)).await.expect("redeem"), "tampered");
+        assert!(!n.redeem("not base64!").await.expect("redeem"));
+        assert!(!n.redeem(&B64.encode([0u8; 10])).await.expect("redeem"), "short");
+        assert!(n.redeem(&good).await.expect("redeem"));
     }
 }

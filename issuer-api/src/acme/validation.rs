@@ -35,6 +35,13 @@ pub struct ValidationConfig {
     /// DNS server (`ip:port`) queried for dns-01 TXT records. dns-01, and with it wildcard
     /// names, is offered only when this is set.
     pub dns_resolver: Option<SocketAddr>,
+    /// Outbound validations (http-01, tls-alpn-01, dns-01) that may run at once on this replica,
+    /// so a burst of challenge POSTs cannot turn the CA into a connection cannon.
+    pub max_concurrent: usize,
+    /// How long a challenge POST waits for a free validation slot before it is answered
+    /// `rateLimited` with `Retry-After`; the challenge stays pending and may be posted again.
+    #[serde(with = "humantime_serde")]
+    pub slot_wait: Duration,
 }
 
 impl Default for ValidationConfig {
@@ -46,6 +53,46 @@ impl Default for ValidationConfig {
             allowed_networks: DEFAULT_ALLOWED_NETWORKS.iter().filter_map(|n| n.parse().ok()).collect(),
             timeout: Duration::from_secs(10),
             dns_resolver: None,
+            max_concurrent: 64,
+            slot_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The bounded set of outbound validations that may run at once.
+#[derive(Debug)]
+pub struct Slots {
+    sem: std::sync::Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+}
+
+/// A running validation's slot; released (and the gauge lowered) when dropped.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        crate::metrics::COUNTERS.validations_in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Slots {
+    /// Slots as configured (at least one).
+    pub fn new(cfg: &ValidationConfig) -> Self {
+        Slots { sem: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1))), wait: cfg.slot_wait }
+    }
+
+    /// A slot, waiting up to the configured time; `None` when none came free.
+    pub async fn acquire(&self) -> Option<Slot> {
+        match tokio::time::timeout(self.wait, self.sem.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                crate::metrics::COUNTERS.validations_in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(Slot(permit))
+            }
+            _ => {
+                crate::metrics::COUNTERS.validations_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
         }
     }
 }

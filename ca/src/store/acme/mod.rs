@@ -195,7 +195,30 @@ const ACCOUNT_BY_THUMBPRINT: &str = concat!("SELECT ", account_cols!(), " FROM a
 const INSERT_ACCOUNT: &str = "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, eab_kid, created_at, \
      allowed_suffixes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (thumbprint) DO NOTHING";
 const CLAIM_EAB_KEY: &str = "UPDATE acme_eab_keys SET account_id = $1 WHERE kid = $2 AND account_id IS NULL";
-const UPDATE_ACCOUNT: &str = "UPDATE acme_accounts SET contact = $1, status = $2 WHERE id = $3 AND status = 'valid'";
+/// Orders the purge takes, per transaction.
+pub const PURGE_BATCH: i64 = 500;
+/// Orders past retention (see [`Store::acme_purge`]), oldest first.
+const PURGE_VICTIMS: &str = "SELECT o.id FROM acme_orders o WHERE \
+    (o.status <> 'valid' AND o.expires_at < $1) \
+    OR (o.status = 'valid' AND EXISTS (SELECT 1 FROM certificates c WHERE c.serial = o.cert_serial AND c.not_after < $1)) \
+    OR EXISTS (SELECT 1 FROM acme_accounts a WHERE a.id = o.account_id AND a.status = 'deactivated' AND a.deactivated_at < $1) \
+    ORDER BY o.expires_at LIMIT $2";
+
+/// What [`Store::acme_purge`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AcmePurged {
+    /// Orders deleted.
+    pub orders: u64,
+    /// Authorizations deleted.
+    pub authorizations: u64,
+    /// Challenges deleted.
+    pub challenges: u64,
+    /// Deactivated accounts whose contacts were erased.
+    pub accounts: u64,
+}
+
+const UPDATE_ACCOUNT: &str = "UPDATE acme_accounts SET contact = $1, status = $2, deactivated_at = CASE WHEN $2 = \
+    'deactivated' THEN $3 ELSE deactivated_at END WHERE id = $4 AND status = 'valid'";
 const INSERT_ORDER: &str = "INSERT INTO acme_orders (id, account_id, status, identifiers, expires_at, error, \
      cert_serial, created_at, replaces) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7)";
 const INSERT_AUTHZ: &str = "INSERT INTO acme_authorizations (id, order_id, account_id, id_type, id_value, wildcard, \
@@ -348,13 +371,15 @@ impl Store {
     /// Updates contacts and status of a valid account; false if it is no longer valid.
     pub async fn acme_update_account(&self, id: &str, contact: &[String], status: &str) -> Result<bool, CaError> {
         let contact = serde_json::to_string(contact).map_err(|e| CaError::Store(e.to_string()))?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let row = (contact.clone(), status.to_owned(), id.to_owned());
-        if let Some(w) = self.sqlite_write(move |c| sqlite::exec(c, UPDATE_ACCOUNT, (&row.0, &row.1, &row.2))) {
+        if let Some(w) = self.sqlite_write(move |c| sqlite::exec(c, UPDATE_ACCOUNT, (&row.0, &row.1, now, &row.2))) {
             return Ok(w.await? == 1);
         }
         let r = sqlx::query(UPDATE_ACCOUNT)
             .bind(contact)
             .bind(status)
+            .bind(now)
             .bind(id)
             .execute(&self.pool)
             .await
@@ -731,5 +756,62 @@ impl Store {
             .await
             .map_err(db_err)?;
         Ok((n, o))
+    }
+
+    /// Deletes, in batches of [`PURGE_BATCH`] orders with one transaction each, what ACME no longer
+    /// needs once `cutoff` (now minus the retention period) has passed: orders that expired
+    /// without a certificate, orders whose certificate expired, every order of an account
+    /// deactivated before it, and the authorizations and challenges of all of those. Deactivated
+    /// accounts also lose their contact addresses; their rows (and keys' thumbprints) stay, so the
+    /// keys stay refused. Issued certificates and their records are never touched.
+    pub async fn acme_purge(&self, cutoff: i64) -> Result<AcmePurged, CaError> {
+        let mut purged = AcmePurged::default();
+        loop {
+            let ids: Vec<String> = sqlx::query_scalar(PURGE_VICTIMS)
+                .bind(cutoff)
+                .bind(PURGE_BATCH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+            if ids.is_empty() {
+                break;
+            }
+            let list = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            let statements = [
+                format!(
+                    "DELETE FROM acme_challenges WHERE authz_id IN \
+                     (SELECT id FROM acme_authorizations WHERE order_id IN ({list}))"
+                ),
+                format!("DELETE FROM acme_authorizations WHERE order_id IN ({list})"),
+                format!("DELETE FROM acme_orders WHERE id IN ({list})"),
+            ];
+            let mut counts = [0u64; 3];
+            for (sql, count) in statements.iter().zip(counts.iter_mut()) {
+                // Only `$n` placeholders are formatted in; every value is bound.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in &ids {
+                    q = q.bind(id);
+                }
+                *count = q.execute(&mut *tx).await.map_err(db_err)?.rows_affected();
+            }
+            tx.commit().await.map_err(db_err)?;
+            purged.challenges += counts[0];
+            purged.authorizations += counts[1];
+            purged.orders += counts[2];
+            if ids.len() < PURGE_BATCH as usize {
+                break;
+            }
+        }
+        purged.accounts = sqlx::query(
+            "UPDATE acme_accounts SET contact = '[]' \
+             WHERE status = 'deactivated' AND deactivated_at < $1 AND contact <> '[]'",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        Ok(purged)
     }
 }
