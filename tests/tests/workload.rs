@@ -450,3 +450,64 @@ async fn refusals_are_clear_and_issue_nothing() {
     }
     assert_eq!(ca.issued_count().await.expect("count"), count, "refused renewals issue nothing");
 }
+
+/// Two concurrent POSTs of one join-token challenge (issue 13): the challenge moves pending ->
+/// processing by compare-and-set, so exactly one request redeems the token; the other answers
+/// with the challenge as it is instead of redeeming again (which used to fail and could turn the
+/// challenge, authorization and order invalid). The enrollment then finalizes with that one token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_challenge_posts_validate_once_and_keep_the_enrollment() {
+    use base64::Engine;
+    let ca = WorkloadCa::start().expect("CA");
+    let root = std::fs::read_to_string(ca.dir.path().join("data/root.pem")).expect("root");
+    let id = format!("spiffe://{TD}/race");
+    for round in 0..5 {
+        let token = ca.token(&id, &[]).expect("token");
+        let mut c = tests::acme::RawClient::new(ca.addr, &root);
+        c.register().await;
+        let r =
+            c.post("/new-order", Some(&serde_json::json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let order = r.json();
+        let authz = c.post(&c.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
+        let ch = authz["challenges"]
+            .as_array()
+            .expect("challenges")
+            .iter()
+            .find(|c| c["type"] == "join-token-01")
+            .expect("join-token-01")
+            .clone();
+        let ch_path = c.path_of(ch["url"].as_str().expect("url"));
+        let payload = serde_json::json!({"token": token});
+        let (a, b) = tokio::join!(c.post(&ch_path, Some(&payload)), c.post(&ch_path, Some(&payload)));
+        let statuses = [a.json()["status"].clone(), b.json()["status"].clone()];
+        assert_eq!((a.status, b.status), (200, 200), "round {round}: {statuses:?}");
+        assert!(statuses.iter().any(|s| s == "valid"), "round {round}: one POST validated: {statuses:?}");
+        assert!(
+            statuses.iter().all(|s| s == "valid" || s == "processing"),
+            "round {round}: the other saw the same validation, not a second (failed) one: {statuses:?}"
+        );
+        let now_ch = c.post(&ch_path, None).await.json();
+        assert_eq!(now_ch["status"], "valid", "round {round}");
+        let (_, csr) = enroll::new_key_and_csr(&id).expect("csr");
+        let csr = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(csr);
+        let fin = c
+            .post(&c.path_of(order["finalize"].as_str().expect("finalize")), Some(&serde_json::json!({"csr": csr})))
+            .await;
+        assert_eq!(fin.status, 200, "round {round}: finalize: {}", String::from_utf8_lossy(&fin.body));
+        assert_eq!(fin.json()["status"], "valid");
+        // The token was redeemed once: a fresh order cannot use it again.
+        let again =
+            c.post("/new-order", Some(&serde_json::json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
+        let authz = c.post(&c.path_of(again.json()["authorizations"][0].as_str().expect("authz")), None).await.json();
+        let ch = authz["challenges"]
+            .as_array()
+            .expect("challenges")
+            .iter()
+            .find(|c| c["type"] == "join-token-01")
+            .expect("challenge")
+            .clone();
+        let reuse = c.post(&c.path_of(ch["url"].as_str().expect("url")), Some(&payload)).await.json();
+        assert_eq!(reuse["status"], "invalid", "round {round}: a redeemed token stays redeemed");
+    }
+}

@@ -535,6 +535,13 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
     } else {
         None
     };
+    // Exactly one of concurrent POSTs validates; the others answer with the challenge as it is
+    // now (processing, with Retry-After, or already final).
+    if !acme.store.acme_claim_challenge(&ch.id).await.map_err(AcmeProblem::from)? {
+        let (now_ch, _) =
+            acme.store.acme_challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+        return Ok(polled(respond(&now_ch), &now_ch.status));
+    }
     let key_authorization = format!("{}.{}", ch.token, auth.jwk.thumbprint());
     let result = if az.id_type == crate::enroll::SPIFFE_IDENTIFIER {
         // Attestation is never skipped, not even in the insecure load-test mode: it decides who a
@@ -565,10 +572,20 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
         }
         tracing::info!(identifier = %az.id_value, challenge = %ch.kind, kind = e.kind, detail = %e.detail, "ACME validation failed");
     }
-    acme.store
-        .acme_finish_challenge(&ch.id, &az.id, &az.order_id, result.is_ok(), error.as_deref(), now())
-        .await
-        .map_err(AcmeProblem::from)?;
+    if let Err(e) =
+        acme.store.acme_finish_challenge(&ch.id, &az.id, &az.order_id, result.is_ok(), error.as_deref(), now()).await
+    {
+        // Not recorded: hand the challenge back so the client can post it again.
+        match acme.store.acme_release_challenge(&ch.id).await {
+            Ok(_) => {}
+            Err(release) => tracing::error!(
+                challenge = %ch.id,
+                error = %release,
+                "a challenge whose result could not be recorded stays processing until its authorization expires"
+            ),
+        }
+        return Err(AcmeProblem::from(e));
+    }
     let done = AcmeChallenge {
         status: if result.is_ok() { "valid".into() } else { "invalid".into() },
         validated_at: result.is_ok().then(now),

@@ -234,7 +234,11 @@ const CHALLENGES_OF_AUTHZ: &str = "SELECT id, authz_id, type, token, status, val
      FROM acme_challenges WHERE authz_id = $1 ORDER BY type";
 const CHALLENGE_BY_ID: &str =
     "SELECT id, authz_id, type, token, status, validated_at, error FROM acme_challenges WHERE id = $1";
-const FINISH_CHALLENGE: &str = "UPDATE acme_challenges SET status = $1, validated_at = $2, error = $3 WHERE id = $4";
+// A final state is never overwritten: only a pending or processing challenge is finished.
+const FINISH_CHALLENGE: &str = "UPDATE acme_challenges SET status = $1, validated_at = $2, error = $3 WHERE id = $4 \
+    AND status IN ('pending', 'processing')";
+const CLAIM_CHALLENGE: &str = "UPDATE acme_challenges SET status = 'processing' WHERE id = $1 AND status = 'pending'";
+const RELEASE_CHALLENGE: &str = "UPDATE acme_challenges SET status = 'pending' WHERE id = $1 AND status = 'processing'";
 const FINISH_AUTHZ: &str = "UPDATE acme_authorizations SET status = $1 WHERE id = $2 AND status = 'pending'";
 const ORDER_READY: &str = "UPDATE acme_orders SET status = 'ready' WHERE id = $1 AND status = 'pending' AND NOT EXISTS \
      (SELECT 1 FROM acme_authorizations a WHERE a.order_id = $1 AND a.status <> 'valid')";
@@ -553,6 +557,28 @@ impl Store {
         let (authz, _) =
             self.acme_authz(&ch.authz_id).await?.ok_or_else(|| CaError::Store("orphan challenge".into()))?;
         Ok(Some((ch, authz)))
+    }
+
+    /// Moves a challenge from `pending` to `processing` (compare-and-set, RFC 8555 section 7.1.6):
+    /// of concurrent POSTs of one challenge exactly one gets true and validates; the others see the
+    /// challenge as it is. This is what keeps a second POST from redeeming a join token again.
+    pub async fn acme_claim_challenge(&self, id: &str) -> Result<bool, CaError> {
+        self.acme_challenge_cas(CLAIM_CHALLENGE, id).await
+    }
+
+    /// Moves a challenge back from `processing` to `pending`, when its validation could not be
+    /// recorded, so the client may post it again; false if it was not processing.
+    pub async fn acme_release_challenge(&self, id: &str) -> Result<bool, CaError> {
+        self.acme_challenge_cas(RELEASE_CHALLENGE, id).await
+    }
+
+    async fn acme_challenge_cas(&self, sql: &'static str, id: &str) -> Result<bool, CaError> {
+        let key = id.to_owned();
+        if let Some(w) = self.sqlite_write(move |c| sqlite::exec(c, sql, [&key])) {
+            return Ok(w.await? == 1);
+        }
+        let r = sqlx::query(sql).bind(id).execute(&self.pool).await.map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Records a validation result in one transaction: the challenge, its authorization and, when
