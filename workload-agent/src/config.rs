@@ -101,6 +101,9 @@ pub struct Renewal {
     /// Long-poll the CA's push channel (`/workload/v1/notices`), so an emergency rotation reaches
     /// the agent at once instead of at the next renewalInfo check.
     pub notices: bool,
+    /// After the CA answers the push channel with 404, ask again after about this long (±20 %).
+    #[serde(with = "humantime_serde")]
+    pub notices_unsupported_retry: Duration,
 }
 
 impl Default for Renewal {
@@ -113,6 +116,7 @@ impl Default for Renewal {
             request_timeout: Duration::from_secs(10),
             max_refresh: Duration::from_secs(300),
             notices: true,
+            notices_unsupported_retry: Duration::from_secs(300),
         }
     }
 }

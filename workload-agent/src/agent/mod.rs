@@ -247,7 +247,11 @@ impl Agent {
         let mut cur = self.plan(svid);
 
         // 3. Keep it fresh: on schedule, on the CA's renewalInfo, or at once on a push notice.
-        let mut notices = notices::Notices::start(self.client.clone(), self.cfg.renewal.notices);
+        let mut notices = notices::Notices::start(
+            self.client.clone(),
+            self.cfg.renewal.notices,
+            self.cfg.renewal.notices_unsupported_retry,
+        );
         let mut failures: u32 = 0;
         let mut retry_at: Option<i64> = None;
         let mut next_refresh = tokio::time::Instant::now();
