@@ -511,3 +511,140 @@ async fn concurrent_challenge_posts_validate_once_and_keep_the_enrollment() {
         assert_eq!(reuse["status"], "invalid", "round {round}: a redeemed token stays redeemed");
     }
 }
+
+/// A TLS-terminating proxy in front of the CA that forwards every request, but answers the first
+/// finalize with 503 after forwarding it: the CA issued, the answer was lost. Returns its port and
+/// the root its certificate chains to, and counts finalize and new-order POSTs.
+async fn lossy_proxy(
+    listener: tokio::net::TcpListener,
+    ca_addr: std::net::SocketAddr,
+    ca_root: rustls::pki_types::CertificateDer<'static>,
+    counts: Arc<Mutex<(u32, u32)>>,
+) -> rustls::pki_types::CertificateDer<'static> {
+    use ca::rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use http_body_util::BodyExt;
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let proxy_root = ca_params.self_signed(&ca_key).expect("proxy root");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let upstream = http::tls_config(&[ca_root], None).expect("upstream tls");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream, counts) = (acceptor.clone(), upstream.clone(), counts.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (upstream, counts) = (upstream.clone(), counts.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                        let ct = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                        let url = format!("https://localhost:{}{path}", ca_addr.port());
+                        let r = http::request(
+                            upstream,
+                            parts.method.clone(),
+                            &url,
+                            ct.as_deref(),
+                            body,
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .expect("forward");
+                        let lose = {
+                            let mut c = counts.lock().expect("counts");
+                            if path.ends_with("/new-order") {
+                                c.1 += 1;
+                            }
+                            if path.ends_with("/finalize") {
+                                c.0 += 1;
+                                c.0 == 1
+                            } else {
+                                false
+                            }
+                        };
+                        let mut resp = hyper::Response::builder();
+                        if lose {
+                            resp = resp.status(503).header("content-type", "application/problem+json");
+                            let body = br#"{"type":"about:blank","detail":"lost on the way"}"#.to_vec();
+                            return Ok::<_, std::convert::Infallible>(
+                                resp.body(http_body_util::Full::new(hyper::body::Bytes::from(body))).expect("response"),
+                            );
+                        }
+                        resp = resp.status(r.status);
+                        for (k, v) in r.headers.iter() {
+                            if !matches!(k.as_str(), "content-length" | "transfer-encoding" | "connection") {
+                                resp = resp.header(k, v);
+                            }
+                        }
+                        Ok(resp.body(http_body_util::Full::new(r.body)).expect("response"))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    proxy_root.der().clone()
+}
+
+/// Enrollment resumes its order after the attestation (issue 13): the first finalize's answer is
+/// lost (503 after the CA issued), and the agent's enrollment re-reads the same order and downloads
+/// the certificate instead of starting over with its already redeemed join token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_resumes_its_order_after_a_lost_finalize_answer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy_port = listener.local_addr().expect("addr").port();
+    let ca =
+        WorkloadCa::start_with("", &format!("[acme]\npublic_url = \"https://localhost:{proxy_port}\"\n")).expect("CA");
+    let root_pem = std::fs::read(ca.dir.path().join("data/root.pem")).expect("root");
+    let ca_root = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(&root_pem).expect("root pem").into_owned()
+    };
+    let counts = Arc::new(Mutex::new((0u32, 0u32)));
+    let proxy_root = lossy_proxy(listener, ca.addr, ca_root, counts.clone()).await;
+    let id = format!("spiffe://{TD}/resumed");
+    let token = ca.token(&id, &[]).expect("token");
+    let (_, csr) = enroll::new_key_and_csr(&id).expect("csr");
+    let tls = http::tls_config(&[proxy_root], None).expect("tls");
+    let issued_before = ca.issued_count().await.expect("count");
+    let started = std::time::Instant::now();
+    let pem = enroll::enroll(
+        tls,
+        &format!("https://localhost:{proxy_port}"),
+        &id,
+        &Proof::JoinToken(token),
+        &csr,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("enrollment resumes and succeeds");
+    let pem = String::from_utf8(pem).expect("pem");
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+    let (finalizes, orders) = *counts.lock().expect("counts");
+    assert_eq!(orders, 1, "one order: the enrollment never started over");
+    assert_eq!(finalizes, 1, "the lost finalize had issued; the resumed order was valid, so no second finalize");
+    assert_eq!(ca.issued_count().await.expect("count") - issued_before, 1, "one certificate issued");
+    println!(
+        "enrollment resume: finalize answer lost once, certificate after {:.2} s with {orders} order and {finalizes} finalize",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -178,32 +178,79 @@ pub async fn enroll(
     }
 
     let finalize = order["finalize"].as_str().ok_or_else(|| t(anyhow!("order without finalize")))?.to_owned();
-    let fin = s.post(&finalize, Some(&json!({ "csr": B64.encode(csr_der) }))).await.map_err(t)?;
-    check(&fin, "finalize")?;
-    let mut fin = json_of(&fin).map_err(t)?;
-    for _ in 0..10 {
-        if fin["status"] == "valid" {
-            break;
-        }
-        if fin["status"] == "invalid" {
-            return Err(EnrollError::Refused(format!("the order became invalid: {}", fin["error"])));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = s.post(&order_url, None).await.map_err(t)?;
-        check(&r, "order")?;
-        fin = json_of(&r).map_err(t)?;
-    }
-    let cert_url = fin["certificate"].as_str().ok_or_else(|| t(anyhow!("the order is not valid yet")))?.to_owned();
-    let cert = s.post(&cert_url, None).await.map_err(t)?;
-    check(&cert, "certificate download")?;
-    if cert.body.is_empty() {
-        bail_transient("empty certificate")?;
-    }
-    Ok(cert.body.to_vec())
+    finish(&mut s, &order_url, &finalize, csr_der).await
 }
 
-fn bail_transient(msg: &str) -> Result<(), EnrollError> {
-    Err(EnrollError::Transient(anyhow!("{msg}")))
+/// How long an enrollment whose attestation succeeded keeps resuming its order through transport
+/// or server trouble. The proof is spent by then (a join token is single use), so starting over
+/// with a new order would only be refused; the order itself lives far longer (a day by default).
+pub const RESUME_FOR: Duration = Duration::from_secs(600);
+
+/// Finalizes the order and downloads the certificate, resuming the same order after a transient
+/// failure at any step: it re-reads the order and continues from what the CA says it is (ready:
+/// finalize again; processing: wait; valid: download; invalid: refused). A finalize whose answer
+/// was lost thus ends in a download, not in a second order.
+async fn finish(s: &mut Session, order_url: &str, finalize: &str, csr_der: &[u8]) -> Result<Vec<u8>, EnrollError> {
+    let t = EnrollError::Transient;
+    let started = tokio::time::Instant::now();
+    let mut failures: u32 = 0;
+    // Right after the last authorization became valid the order is ready (same transaction).
+    let mut order = json!({ "status": "ready" });
+    loop {
+        let step: Result<Option<Vec<u8>>, EnrollError> = async {
+            match order["status"].as_str().unwrap_or_default() {
+                "ready" => {
+                    let fin = s.post(finalize, Some(&json!({ "csr": B64.encode(csr_der) }))).await.map_err(t)?;
+                    check(&fin, "finalize")?;
+                    order = json_of(&fin).map_err(t)?;
+                    Ok(None)
+                }
+                "valid" => {
+                    let url =
+                        order["certificate"].as_str().ok_or_else(|| t(anyhow!("valid order without certificate")))?;
+                    let cert = s.post(url, None).await.map_err(t)?;
+                    check(&cert, "certificate download")?;
+                    if cert.body.is_empty() {
+                        return Err(t(anyhow!("empty certificate")));
+                    }
+                    Ok(Some(cert.body.to_vec()))
+                }
+                "invalid" => Err(EnrollError::Refused(format!("the order became invalid: {}", order["error"]))),
+                other => {
+                    if other == "processing" {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    let r = s.post(order_url, None).await.map_err(t)?;
+                    check(&r, "order")?;
+                    order = json_of(&r).map_err(t)?;
+                    Ok(None)
+                }
+            }
+        }
+        .await;
+        match step {
+            Ok(Some(cert)) => return Ok(cert),
+            Ok(None) => {
+                if started.elapsed() > RESUME_FOR {
+                    return Err(t(anyhow!("the order is still {} after {RESUME_FOR:?}", order["status"])));
+                }
+            }
+            Err(EnrollError::Transient(e)) if started.elapsed() < RESUME_FOR => {
+                let wait = Duration::from_millis(500u64 << failures.min(6));
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    order = order_url,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "enrollment interrupted after attestation; resuming the same order"
+                );
+                failures += 1;
+                tokio::time::sleep(wait).await;
+                // Whatever happened, the CA's view of the order decides the next step.
+                order = json!({ "status": "unknown" });
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A new P-256 key and a CSR for `spiffe_id` signed with it: (PKCS#8 DER, CSR DER).
