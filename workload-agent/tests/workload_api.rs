@@ -95,6 +95,14 @@ struct Agent {
 
 impl Agent {
     async fn start(svid: Option<Svid>, bundle: Option<TrustBundle>) -> Agent {
+        Agent::start_with_limits(svid, bundle, workload_api::SocketLimits::default()).await
+    }
+
+    async fn start_with_limits(
+        svid: Option<Svid>,
+        bundle: Option<TrustBundle>,
+        limits: workload_api::SocketLimits,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         // A directory that does not exist yet: the server creates it.
         let socket = dir.path().join("agent").join("api.sock");
@@ -104,7 +112,7 @@ impl Agent {
         let server = tokio::spawn({
             let socket = socket.clone();
             async move {
-                workload_api::serve(&socket, svids_rx, bundles_rx, async {
+                workload_api::serve_with_limits(&socket, DEFAULT_SOCKET_MODE, limits, svids_rx, bundles_rx, async {
                     let _ = shutdown_rx.await;
                 })
                 .await
@@ -443,4 +451,68 @@ async fn socket_path_handling() {
     let _ = shutdown.send(());
     within("the server to stop", server).await.unwrap().unwrap();
     assert!(!socket.exists());
+}
+
+/// Hostile load on the socket (issue 13): connections over the cap are closed at once and
+/// counted, idle ones and ones that stall inside the HTTP/2 preface are closed at the preface
+/// deadline, and a real client (the `spiffe` crate) fetches its SVID within seconds meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_bounded_and_real_clients_get_through() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use workload_api::limits::STATS;
+    let pki = Pki::new("lanyard");
+    let svid = pki.svid();
+    let limits = workload_api::SocketLimits { max_connections: 64, preface_timeout: Duration::from_secs(2) };
+    let agent = Agent::start_with_limits(Some(svid.clone()), Some(pki.bundle(1)), limits).await;
+    let refused_before = STATS.refused.load(Ordering::Relaxed);
+    let timeouts_before = STATS.preface_timeouts.load(Ordering::Relaxed);
+
+    let flood_started = std::time::Instant::now();
+    // Ten slow clients (half a preface, then nothing), then 100 idle ones.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::UnixStream::connect(&agent.socket).await.unwrap();
+        s.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..12]).await.unwrap();
+        slow.push(s);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::UnixStream::connect(&agent.socket).await.unwrap());
+    }
+    // Over the cap of 64: 46 of the 110 are closed on accept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while STATS.refused.load(Ordering::Relaxed) - refused_before < 46 {
+        assert!(std::time::Instant::now() < deadline, "over-the-cap connections were not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every flooding connection ends: closed by the server, at once or at the preface deadline.
+    let mut closed = 0;
+    for mut s in idle.into_iter().chain(slow) {
+        // The server's SETTINGS may come first; then the end of the stream.
+        let mut sink = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await {
+            Ok(_) => closed += 1,
+            Err(_) => panic!("a flooding connection is still open after the preface deadline"),
+        }
+    }
+    let closed_after = flood_started.elapsed();
+    assert_eq!(closed, 110);
+    let timeouts = STATS.preface_timeouts.load(Ordering::Relaxed) - timeouts_before;
+    assert_eq!(timeouts, 64, "the connections inside the cap were closed at the preface deadline");
+
+    // A real client now gets through at once.
+    let fetch_started = std::time::Instant::now();
+    let fetched = within("fetch_x509_svid after the flood", async { agent.client().await.fetch_x509_svid().await })
+        .await
+        .unwrap();
+    assert_svid_matches(&fetched, &svid);
+    println!(
+        "workload API flood: 110 connections (100 idle, 10 slow), 46 refused at the cap, 64 closed at the preface \
+         deadline, all closed after {:.2} s; SVID fetched {:.3} s after",
+        closed_after.as_secs_f64(),
+        fetch_started.elapsed().as_secs_f64()
+    );
+    agent.stop().await;
 }

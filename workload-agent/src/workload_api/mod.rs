@@ -27,6 +27,7 @@
 //! ([`DEFAULT_SOCKET_MODE`]) and its directory decide who the workload is.
 
 mod authority;
+pub mod limits;
 mod service;
 
 use std::future::Future;
@@ -37,12 +38,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::credentials::{Svid, TrustBundle};
 
 pub use authority::AuthorityFilter;
+pub use limits::SocketLimits;
 pub use service::{SECURITY_HEADER, SecurityHeader, WorkloadApi, WorkloadApiService};
 
 /// Code generated from `proto/workload.proto` (which has no `package`, so the gRPC service is
@@ -119,6 +119,22 @@ pub async fn serve_with_mode(
     bundles: watch::Receiver<Option<Arc<TrustBundle>>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_with_limits(socket, mode, SocketLimits::default(), svids, bundles, shutdown).await
+}
+
+/// [`serve_with_mode`] with explicit connection limits.
+///
+/// # Errors
+///
+/// Fails if the socket cannot be prepared or bound, or the gRPC server fails.
+pub async fn serve_with_limits(
+    socket: &Path,
+    mode: u32,
+    limits: SocketLimits,
+    svids: watch::Receiver<Option<Arc<Svid>>>,
+    bundles: watch::Receiver<Option<Arc<TrustBundle>>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (listener, _socket_guard) = bind(socket, mode).await?;
     let api = WorkloadApi::new(svids, bundles);
     let streams = api.clone();
@@ -128,11 +144,11 @@ pub async fn serve_with_mode(
     };
     tracing::info!(socket = %socket.display(), mode = format_args!("{mode:o}"), "serving the SPIFFE Workload API");
     tonic::transport::Server::builder()
+        // Pings find clients that vanished without closing; idle live ones count against the cap.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(api.into_service())
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFilter::new)),
-            signal,
-        )
+        .serve_with_incoming_shutdown(limits::incoming(listener, limits), signal)
         .await
         .with_context(|| format!("serving the SPIFFE Workload API on {}", socket.display()))
 }
