@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 
@@ -118,15 +118,16 @@ struct Keyed<K: Hash + Eq + Clone> {
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn new(name: &'static str, quota: Quota, max_keys: usize) -> Self {
-        Keyed {
+    fn new(name: &'static str, shape: &Bucket, max_keys: usize) -> Result<Self, String> {
+        let quota = shape.quota(name)?;
+        Ok(Keyed {
             name,
             keys: RateLimiter::keyed(quota),
             overflow: RateLimiter::direct(quota),
             max_keys,
             full: AtomicBool::new(false),
             limited: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Takes a token, or says how long until one is available.
@@ -144,11 +145,10 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
             }
             f
         };
-        let clock = DefaultClock::default();
         let r = if full {
-            self.overflow.check().map_err(|n| n.wait_time_from(clock.now()))
+            self.overflow.check().map_err(|n| n.wait_time_from(self.overflow.clock().now()))
         } else {
-            self.keys.check_key(key).map_err(|n| n.wait_time_from(clock.now()))
+            self.keys.check_key(key).map_err(|n| n.wait_time_from(self.keys.clock().now()))
         };
         if r.is_err() {
             self.limited.fetch_add(1, Ordering::Relaxed);
@@ -156,15 +156,15 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         r
     }
 
-    /// Forgets refilled buckets; returns how many keys remain.
-    fn sweep(&self) -> usize {
+    /// Forgets refilled buckets; says what remains.
+    fn sweep(&self) -> LimitStats {
         self.keys.retain_recent();
         self.keys.shrink_to_fit();
-        let n = self.keys.len();
-        if n < self.max_keys {
+        let tracked = self.keys.len();
+        if tracked < self.max_keys {
             self.full.store(false, Ordering::Relaxed);
         }
-        n
+        LimitStats { name: self.name, tracked, limited: self.limited.load(Ordering::Relaxed) }
     }
 }
 
@@ -188,14 +188,14 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// Limits with the given shapes. Call [`RateLimitConfig::validate`] first.
+    /// Limits with the given shapes; an error names the first invalid one.
     pub fn new(cfg: &RateLimitConfig) -> Result<Self, String> {
         cfg.validate()?;
         let max = cfg.max_tracked_clients;
         Ok(Limiter {
-            orders: Keyed::new("new_orders_per_account", cfg.new_orders_per_account.quota("")?, max),
-            accounts: Keyed::new("new_accounts_per_ip", cfg.new_accounts_per_ip.quota("")?, max),
-            ips: Keyed::new("requests_per_ip", cfg.requests_per_ip.quota("")?, max),
+            orders: Keyed::new("new_orders_per_account", &cfg.new_orders_per_account, max)?,
+            accounts: Keyed::new("new_accounts_per_ip", &cfg.new_accounts_per_ip, max)?,
+            ips: Keyed::new("requests_per_ip", &cfg.requests_per_ip, max)?,
         })
     }
 
@@ -216,23 +216,7 @@ impl Limiter {
 
     /// Forgets refilled buckets of every limit.
     pub fn sweep(&self) -> [LimitStats; 3] {
-        [
-            LimitStats {
-                name: self.orders.name,
-                tracked: self.orders.sweep(),
-                limited: self.orders.limited.load(Ordering::Relaxed),
-            },
-            LimitStats {
-                name: self.accounts.name,
-                tracked: self.accounts.sweep(),
-                limited: self.accounts.limited.load(Ordering::Relaxed),
-            },
-            LimitStats {
-                name: self.ips.name,
-                tracked: self.ips.sweep(),
-                limited: self.ips.limited.load(Ordering::Relaxed),
-            },
-        ]
+        [self.orders.sweep(), self.accounts.sweep(), self.ips.sweep()]
     }
 }
 
