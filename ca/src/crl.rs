@@ -222,6 +222,9 @@ impl Authority {
         let journal = self.store().issuers().await?;
         // Roots: the CRL signed where the root key is (an emergency rotation, the rotation loop).
         if journal.iter().any(|r| r.id == issuer_id && r.kind == IssuerKind::Root && r.state != IssuerState::Expired) {
+            // A staged emergency revocation that is due is served even before a rotation loop
+            // has published it.
+            self.store().publish_due_crls(now.unix_timestamp()).await?;
             let latest = self.store().latest_crl(issuer_id).await?;
             return Ok(latest.filter(|l| l.next_update > now).map(|l| to_crl(issuer_id, l).crl));
         }
@@ -312,6 +315,7 @@ impl Authority {
     pub async fn current_crls(&self) -> Result<Vec<Crl>, CaError> {
         let now = now_seconds();
         let journal = self.store().issuers().await?;
+        self.store().publish_due_crls(now.unix_timestamp()).await?;
         let mut out = Vec::new();
         for r in &journal {
             if r.kind == IssuerKind::Root && r.state != IssuerState::Expired {

@@ -567,18 +567,42 @@ pub struct EmergencyReport {
     pub affected: i64,
     /// Renewal window handed out (Unix seconds).
     pub window: (i64, i64),
+    /// When relying parties that check revocation (our agents' verifiers, `openssl -crl_check_all`)
+    /// start refusing everything under the suspect intermediate (Unix seconds).
+    pub enforce_at: i64,
 }
 
+/// When an emergency rotation's revocation of the suspect intermediate reaches relying parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// The root CRL listing it is published at once. Peers that fetch it refuse every leaf under
+    /// the suspect intermediate at once, honest ones too until their holders have renewed.
+    Now,
+    /// Fleet-gated (the default): the root CRL is signed now but published `settle` after the
+    /// renewal window ends, or `settle` after the last affected workload renewed if that comes
+    /// first, so honest workloads are all on the new intermediate before any peer refuses the
+    /// old one. `settle` covers installing the renewed certificate and handshakes in flight.
+    AfterRenewal {
+        /// Margin after the last renewal (or the window's end).
+        settle: Duration,
+    },
+}
+
+/// Default settle margin of [`Enforcement::AfterRenewal`].
+pub const EMERGENCY_SETTLE: Duration = Duration::from_secs(3);
+
 /// `lanyard-ca rotate intermediate --emergency`: a new intermediate becomes active at once, the
-/// suspect one is revoked (it signs nothing more and is recorded as compromised), and every
+/// suspect one is retired (it signs nothing more) and recorded as compromised, and every
 /// unexpired certificate it signed gets a renewalInfo window starting after `delay` (time for
 /// every replica to load the new issuer) and spread over `spread`, so the fleet re-issues with
-/// jitter instead of all at once.
+/// jitter instead of all at once. The root CRL revoking the suspect intermediate is signed here
+/// (where the root key is) and published as `enforcement` says.
 pub async fn emergency_rotate(
     store: &Store,
     keys: &RotationKeys,
     delay: Duration,
     spread: Duration,
+    enforcement: Enforcement,
 ) -> Result<EmergencyReport, CaError> {
     let rotation = rotation_id();
     let journal = store.issuers().await?;
@@ -587,6 +611,10 @@ pub async fn emergency_rotate(
         .find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active)
         .ok_or(CaError::NoActiveIssuer)?
         .clone();
+    // Check the root key before changing anything: without it the revocation could not be signed.
+    if let Some(root) = &suspect.parent_id {
+        load_root_key(keys, root)?;
+    }
     // A successor prepared earlier was made by the same (possibly compromised) process; make a
     // fresh one, and drop the old candidate so it can never be activated.
     if let Some(p) = journal.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Prepared) {
@@ -615,46 +643,103 @@ pub async fn emergency_rotate(
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let start = now + delay.as_secs() as i64;
     let end = start + spread.as_secs().max(1) as i64;
-    let affected = store.begin_emergency(&rotation, &suspect.id, start, end, now).await?;
+    let enforce = match enforcement {
+        Enforcement::Now => None,
+        Enforcement::AfterRenewal { settle } => {
+            let settle = settle.as_secs().max(1) as i64;
+            Some((end.saturating_add(settle), settle))
+        }
+    };
+    let enforce_at = enforce.map(|e| e.0);
+    let affected = store.begin_emergency(&rotation, &suspect.id, (start, end), enforce, now).await?;
     store
         .append_audit(AuditEvent::now(
             "operator",
             "issuer.revoke",
             &suspect.id,
             Outcome::Success,
-            format!("rotation {rotation}: emergency; {affected} certificates asked to renew in [{start}, {end}]"),
+            format!(
+                "rotation {rotation}: emergency; {affected} certificates asked to renew in [{start}, {end}]; \
+                 revocation enforced from {}",
+                enforce_at.unwrap_or(now)
+            ),
         ))
         .await?;
     if let Some(root) = &suspect.parent_id {
-        sign_root_crl(store, keys, root, true).await?;
+        let mode = match enforce_at {
+            None => RootCrl::Now,
+            Some(at) => RootCrl::Stage { publish_at: at, rotation: &rotation },
+        };
+        sign_root_crl_as(store, keys, root, mode).await?;
     }
-    warn!(rotation, revoked = %suspect.id, active = %fresh.id, affected, "emergency intermediate rotation");
-    Ok(EmergencyReport { rotation, active: fresh.id, revoked: suspect.id, affected, window: (start, end) })
+    warn!(rotation, revoked = %suspect.id, active = %fresh.id, affected, enforce_at = enforce_at.unwrap_or(now), "emergency intermediate rotation");
+    Ok(EmergencyReport {
+        rotation,
+        active: fresh.id,
+        revoked: suspect.id,
+        affected,
+        window: (start, end),
+        enforce_at: enforce_at.unwrap_or(now),
+    })
 }
 
 /// How long a root CRL is valid; re-signed by the rotation loop (which holds the root key) after
 /// half of it, and at every emergency.
 pub const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Signs (or re-signs) the CRL of root `root_id` listing the intermediates under it that an
-/// emergency rotation revoked (reason keyCompromise), and stores it as that root's latest CRL.
-/// Relying parties that check the whole chain (`openssl verify -crl_check_all`) then reject
-/// everything under a revoked intermediate. Returns the CRL number, or None when nothing is to be
-/// listed and no root CRL exists yet.
+/// How [`sign_root_crl_as`] signs.
+#[derive(Debug, Clone, Copy)]
+enum RootCrl<'a> {
+    /// The periodic re-sign: only when the list changed or half the validity passed, listing the
+    /// emergencies already enforced; nothing while a staged CRL waits (it is the next one).
+    Refresh,
+    /// At once, listing every emergency of the root (a pending one is enforced early too).
+    Now,
+    /// Signed now, listing every emergency of the root, published at `publish_at`.
+    Stage { publish_at: i64, rotation: &'a str },
+}
+
+/// Re-signs the CRL of root `root_id` if its list changed or half its validity passed, listing
+/// the intermediates under it whose emergency revocation is in force (reason keyCompromise), and
+/// stores it as that root's latest CRL (`force`: sign even if nothing changed, listing pending
+/// emergencies too). Relying parties that check the whole chain (`openssl verify
+/// -crl_check_all`, our agents) then reject everything under a revoked intermediate. Returns the
+/// CRL number, or None when nothing is to be listed and no root CRL exists yet.
 pub async fn sign_root_crl(
     store: &Store,
     keys: &RotationKeys,
     root_id: &str,
     force: bool,
 ) -> Result<Option<i64>, CaError> {
+    sign_root_crl_as(store, keys, root_id, if force { RootCrl::Now } else { RootCrl::Refresh }).await
+}
+
+async fn sign_root_crl_as(
+    store: &Store,
+    keys: &RotationKeys,
+    root_id: &str,
+    mode: RootCrl<'_>,
+) -> Result<Option<i64>, CaError> {
     let journal = store.issuers().await?;
     let root = journal
         .iter()
         .find(|r| r.id == root_id && r.kind == IssuerKind::Root && r.state != IssuerState::Expired)
         .ok_or_else(|| CaError::Config(format!("no trusted root {root_id}")))?;
+    let staged = store.staged_crl_number(root_id).await?;
+    let latest = store.latest_crl(root_id).await?;
+    if matches!(mode, RootCrl::Refresh)
+        && let Some(n) = staged
+    {
+        // A staged CRL carries the next number; re-signing now would make it stale.
+        return Ok(latest.map(|l| l.number).or(Some(n)));
+    }
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
     let emergencies = store.emergencies().await?;
     let mut entries = Vec::new();
     for e in &emergencies {
+        if matches!(mode, RootCrl::Refresh) && !e.enforced(now.unix_timestamp()) {
+            continue;
+        }
         let Some(int) = journal.iter().find(|r| r.id == e.issuer_id && r.parent_id.as_deref() == Some(root_id)) else {
             continue;
         };
@@ -669,13 +754,11 @@ pub async fn sign_root_crl(
         });
     }
     entries.sort_by(|a, b| a.serial.cmp(&b.serial));
-    let latest = store.latest_crl(root_id).await?;
     if entries.is_empty() && latest.is_none() {
         return Ok(None);
     }
     let digest = crate::crl::entries_digest(&entries);
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
-    if !force
+    if matches!(mode, RootCrl::Refresh)
         && let Some(l) = &latest
         && l.digest == digest
         && now < l.this_update + ROOT_CRL_VALIDITY / 2
@@ -683,22 +766,29 @@ pub async fn sign_root_crl(
         return Ok(Some(l.number));
     }
     let signer = crate::issuers::ActiveIssuer::new(root.clone(), load_root_key(keys, root_id)?)?;
-    let number = latest.as_ref().map_or(1, |l| l.number.saturating_add(1));
+    let number = latest.as_ref().map(|l| l.number).max(staged).map_or(1, |n| n.saturating_add(1));
     let next_update = now + ROOT_CRL_VALIDITY;
     let der = crate::crl::build_crl(&signer, u64::try_from(number).unwrap_or(0), now, next_update, &entries)?;
     let stored = crate::store::crl::StoredCrl { number, digest, this_update: now, next_update, der };
-    if !store.replace_crl(root_id, latest.map(|l| l.number), &stored).await? {
-        return Err(CaError::Store(format!("the CRL of root {root_id} changed concurrently")));
-    }
-    store
-        .append_audit(AuditEvent::now(
-            "ca",
-            "crl.sign",
-            root_id,
-            Outcome::Success,
-            format!("root CRL number {number}, {} revoked intermediates", entries.len()),
-        ))
-        .await?;
-    info!(root = root_id, number, revoked = entries.len(), "root CRL signed");
+    let what = match mode {
+        RootCrl::Stage { publish_at, rotation } => {
+            store.stage_crl(root_id, &stored, publish_at, rotation).await?;
+            format!("root CRL number {number}, {} revoked intermediates, staged until {publish_at}", entries.len())
+        }
+        RootCrl::Refresh | RootCrl::Now => {
+            if !store.replace_crl(root_id, latest.map(|l| l.number), &stored).await? {
+                return Err(CaError::Store(format!("the CRL of root {root_id} changed concurrently")));
+            }
+            format!("root CRL number {number}, {} revoked intermediates", entries.len())
+        }
+    };
+    store.append_audit(AuditEvent::now("ca", "crl.sign", root_id, Outcome::Success, what)).await?;
+    info!(
+        root = root_id,
+        number,
+        revoked = entries.len(),
+        staged = matches!(mode, RootCrl::Stage { .. }),
+        "root CRL signed"
+    );
     Ok(Some(number))
 }

@@ -83,6 +83,15 @@ enum Command {
         /// How long the fleet gets to renew after an emergency rotation (jittered across it).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
         window: std::time::Duration,
+        /// `--emergency`: publish the revocation of the suspect intermediate at once. By default it
+        /// is published once every affected workload has renewed, or when --window ends (plus
+        /// --settle), so that no peer refuses an honest workload that has not renewed yet.
+        #[arg(long)]
+        revoke_now: bool,
+        /// `--emergency`: margin between the last renewal (or the end of --window) and publishing
+        /// the revocation, for renewed certificates to be installed and handshakes in flight.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+        settle: std::time::Duration,
     },
     /// Revoke a certificate by serial (hex): renewals with it are refused from now on.
     Revoke {
@@ -205,7 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rotate { what: RotateWhat::Intermediate, import_root: Some(_), .. } => {
             anyhow::bail!("--import-root applies to `rotate root`")
         }
-        Command::Rotate { what: RotateWhat::Intermediate, emergency: true, window, .. } => {
+        Command::Rotate { what: RotateWhat::Intermediate, emergency: true, window, revoke_now, settle, .. } => {
             let (pass, _) = ops::passphrase(&cfg)?
                 .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("rotation needs the CA passphrase")?;
@@ -213,11 +222,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
             // Running replicas load the new issuer within a second; renewals start after two.
             let delay = issuer_api::rotation::REFRESH * 2;
-            let r = ca::rotation::emergency_rotate(&store, &keys, delay, window).await?;
+            let enforcement = if revoke_now {
+                ca::rotation::Enforcement::Now
+            } else {
+                ca::rotation::Enforcement::AfterRenewal { settle }
+            };
+            let r = ca::rotation::emergency_rotate(&store, &keys, delay, window, enforcement).await?;
             println!(
                 "emergency rotation {}: {} is active; {} is revoked; {} certificates asked to renew between {} and {}",
                 r.rotation, r.active, r.revoked, r.affected, r.window.0, r.window.1
             );
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            if r.enforce_at <= now {
+                println!("revocation published: peers refuse {} at their next revocation refresh", r.revoked);
+            } else {
+                println!(
+                    "revocation of {} published at {} ({} s from now), or {} s after the last affected workload renewed",
+                    r.revoked,
+                    r.enforce_at,
+                    r.enforce_at - now,
+                    settle.as_secs().max(1)
+                );
+            }
             Ok(())
         }
         Command::Rotate { what: RotateWhat::Root, emergency, import_root, import_root_key, .. } => {

@@ -139,6 +139,17 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
 
     family(
         &mut out,
+        "lanyard_emergency_revocation_pending_seconds",
+        "gauge",
+        "Seconds until relying parties are told of an emergency rotation's revocation (0: in force).",
+    );
+    for e in &emergencies {
+        let pending = e.enforce_at.map_or(0, |t| (t - now).max(0));
+        let _ = writeln!(out, "lanyard_emergency_revocation_pending_seconds{{rotation=\"{}\"}} {pending}", e.id);
+    }
+
+    family(
+        &mut out,
         "lanyard_rotations_total",
         "counter",
         "Completed rotations by kind, from the journal (the same on every replica).",

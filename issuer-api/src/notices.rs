@@ -83,7 +83,15 @@ mod tests {
     use super::*;
 
     fn emergency(id: &str, issuer: &str) -> Emergency {
-        Emergency { id: id.into(), issuer_id: issuer.into(), started_at: 0, affected: 1, completed_at: None }
+        Emergency {
+            id: id.into(),
+            issuer_id: issuer.into(),
+            started_at: 0,
+            affected: 1,
+            completed_at: None,
+            enforce_at: None,
+            settle_secs: None,
+        }
     }
 
     #[test]

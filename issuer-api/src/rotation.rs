@@ -114,23 +114,46 @@ fn step_name(s: &Step) -> &'static str {
     }
 }
 
-/// Posts new emergency rotations on `notices`, and marks them complete once every affected
-/// certificate was renewed (or expired), which fixes their measured duration.
+/// Posts new emergency rotations on `notices`, marks them complete once every affected
+/// certificate was renewed (or expired), which fixes their measured duration, and publishes the
+/// root CRLs that enforce them when their time has come: at the planned time, or `settle_secs`
+/// after the fleet has renewed if that is earlier (fleet-gated enforcement, `ca::rotation`).
+/// Every replica runs this; the store makes each publication happen once.
 async fn track_emergencies(store: &ca::Store, now: i64, notices: &crate::notices::NoticeBoard) {
     let Ok(list) = store.emergencies().await else { return };
     if notices.observe(&list) {
         let waiters = crate::metrics::COUNTERS.notice_waiters.load(Ordering::Relaxed);
         info!(waiters, "emergency rotation seen: waking the agents waiting for notices");
     }
-    for e in list.iter().filter(|e| e.completed_at.is_none()) {
+    for e in list.iter().filter(|e| e.completed_at.is_none() || !e.enforced(now)) {
         match store.emergency_outstanding(&e.issuer_id, now).await {
             Ok(0) => {
-                if store.complete_emergency(&e.id, now).await.is_ok() {
+                if e.completed_at.is_none() && store.complete_emergency(&e.id, now).await.is_ok() {
                     info!(rotation = %e.id, affected = e.affected, took_s = now - e.started_at, "emergency rotation complete: every affected workload renewed");
+                }
+                if let Some(settle) = e.settle_secs
+                    && !e.enforced(now)
+                {
+                    let at = e.completed_at.unwrap_or(now).saturating_add(settle);
+                    match store.expedite_enforcement(&e.id, at).await {
+                        Ok(true) => {
+                            info!(rotation = %e.id, enforce_at = at, "the fleet has renewed: revocation brought forward")
+                        }
+                        Ok(false) => {}
+                        Err(err) => warn!(rotation = %e.id, error = %err, "cannot bring the revocation forward"),
+                    }
                 }
             }
             Ok(n) => tracing::debug!(rotation = %e.id, outstanding = n, "emergency rotation in progress"),
             Err(err) => warn!(error = %err, "cannot measure an emergency rotation"),
         }
+    }
+    match store.publish_due_crls(now).await {
+        Ok(published) => {
+            for p in published {
+                warn!(root = %p.issuer_id, number = p.number, rotation = %p.rotation, "emergency revocation published: the suspect intermediate is refused from now on");
+            }
+        }
+        Err(err) => warn!(error = %err, "cannot publish a staged root CRL; will retry"),
     }
 }

@@ -1,9 +1,12 @@
 //! Emergency intermediate rotation with 1,000 simulated workloads: every one re-issues under the
-//! new intermediate, spread over the renewal window instead of all at once, and the CA measures
-//! how long the fleet took.
+//! new intermediate, spread over the renewal window instead of all at once, the CA measures how
+//! long the fleet took, and the root CRL revoking the old intermediate is published only once the
+//! whole fleet has renewed (fleet-gated enforcement), within the settle margin of the last renewal.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use x509_parser::prelude::FromDer;
 
 use ca::{IssuerKind, IssuerState};
 use tests::workload::{TD, WorkloadCa, authority_key_id};
@@ -108,6 +111,35 @@ async fn emergency_rotation_reissues_a_thousand_workloads_with_jitter() {
 
     // Let the fleet settle into its polling, then the emergency.
     tokio::time::sleep(Duration::from_secs(6)).await;
+    // Watch the root CRL in the database the servers serve it from: when does it first list an
+    // intermediate?
+    let root_id = ca
+        .journal()
+        .await
+        .expect("journal")
+        .iter()
+        .find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Active)
+        .expect("root")
+        .id
+        .clone();
+    let first_listed: Arc<Mutex<Option<i64>>> = Arc::default();
+    let watcher = {
+        let (store, first_listed) = (store.clone(), first_listed.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Some(crl) = store.latest_crl(&root_id).await.expect("root CRL") {
+                    let (_, parsed) =
+                        x509_parser::revocation_list::CertificateRevocationList::from_der(&crl.der).expect("CRL");
+                    if parsed.iter_revoked_certificates().count() > 0 {
+                        *first_listed.lock().expect("lock") = Some(now_ms());
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
     let t0 = now_ms();
     eprintln!("emergency command at {}", t0 / 1000);
     let out = ca.cli(&["rotate", "intermediate", "--emergency", "--window", "20s"]).expect("emergency rotation");
@@ -139,6 +171,19 @@ async fn emergency_rotation_reissues_a_thousand_workloads_with_jitter() {
         per_second
     );
     assert!(last - first >= 10_000, "renewals spread over at least 10 s of the 20 s window");
+
+    // Fleet-gated revocation: not published before the last renewal, and within the settle margin
+    // (3 s) plus a loop tick after it; the planned time (window end + settle) is the latest.
+    tokio::time::timeout(Duration::from_secs(30), watcher).await.expect("revocation published").expect("watcher");
+    let listed = first_listed.lock().expect("lock").expect("listed");
+    println!(
+        "emergency rotation: revocation published {:.1} s after the command, {:.1} s after the last renewal",
+        (listed - t0) as f64 / 1000.0,
+        (listed - last) as f64 / 1000.0
+    );
+    assert!(listed >= last, "the revocation was published before the fleet had renewed");
+    assert!(listed - last <= 3_000 + 3_500, "published {} ms after the last renewal", listed - last);
+    assert!(listed - t0 <= (2 + 20 + 3 + 2) * 1000, "published later than planned (window end + settle)");
     assert!(peak <= WORKLOADS / 5, "no second carries more than a fifth of the fleet (peak {peak})");
 
     // The CA measured it too.

@@ -1,10 +1,12 @@
 //! Revocation enforced by the agent's rustls seam, end to end: the real `lanyard-ca`, real agents
 //! learning CRLs at the bundle refresh hint, real mTLS handshakes.
 //!
-//! - an emergency intermediate rotation while two seam-based services talk: a peer presenting a
-//!   still-unexpired leaf of the revoked intermediate is refused (as client and as server) within
-//!   the refresh hint, and the honest pair, once renewed onto the new intermediate, fails no
-//!   handshake; the agent's `crl_file` then makes `openssl verify -crl_check_all` refuse it too;
+//! - an emergency intermediate rotation while two seam-based services talk: the revocation is
+//!   fleet-gated (published once the renewal window and the settle margin have passed), so the
+//!   honest pair renews onto the new intermediate first and fails no handshake at all, while a
+//!   peer presenting a still-unexpired leaf of the revoked intermediate is refused (as client and
+//!   as server) within the refresh hint of the publication; the agent's `crl_file` then makes
+//!   `openssl verify -crl_check_all` refuse it too;
 //! - a leaf revoked with `lanyard-ca revoke`: refused within the refresh hint, `openssl verify`
 //!   refuses it with the agent's `crl_file`, and with the CA down the last known CRLs stay in
 //!   force while the revocation state's age and the failure counter grow.
@@ -297,25 +299,16 @@ async fn emergency_rotation_revokes_the_intermediate_for_seam_peers() {
     let command_took = t0.elapsed();
     let new = active_intermediate(&ca.journal().await.expect("journal"));
     assert_ne!(new.id, old.id, "{out}");
+    // Fleet-gated: the revocation is published after the window (1 s, starting 2 s from now) and
+    // the settle margin (3 s), because the stolen leaves are recorded and never renewed.
+    let publish_in = out
+        .lines()
+        .find_map(|l| l.split_once(" s from now").and_then(|(a, _)| a.rsplit('(').next()?.parse::<u64>().ok()))
+        .unwrap_or_else(|| panic!("no publication time in: {out}"));
+    assert!((5..=7).contains(&publish_in), "{out}");
 
-    // The stolen leaves are refused, as client by A's server and as server by B's client.
-    let bound = HINT * 3 + Duration::from_secs(5);
-    let (as_client_s, why_client) = time_to_refuse(bound, || ping(as_client.clone(), server_a)).await;
-    let (as_server_s, why_server) = time_to_refuse(bound, || ping(client_b.clone(), evil_server)).await;
-    let as_server_s = as_server_s + as_client_s;
-    println!(
-        "emergency: command took {:.2} s; stolen leaf refused as client after {:.2} s, as server after {:.2} s \
-         (refresh hint {} s)",
-        command_took.as_secs_f64(),
-        as_client_s.as_secs_f64(),
-        as_server_s.as_secs_f64(),
-        HINT.as_secs()
-    );
-    assert!(why_server.contains("revoked") || why_server.contains("Revoked"), "{why_server}");
-    eprintln!("as client: {why_client}");
-
-    // The honest pair renews onto the new intermediate (push notice, or its own SVID showing up
-    // as revoked), then keeps talking.
+    // The honest pair renews onto the new intermediate (push notice) before anyone refuses the
+    // old one.
     let deadline = Instant::now() + Duration::from_secs(30);
     let on_new = |agent: &Agent| {
         agent.seam().svid_updates().borrow().as_ref().is_some_and(|s| authority_key_id(s.chain[0].as_ref()) == new.ski)
@@ -325,23 +318,48 @@ async fn emergency_rotation_revokes_the_intermediate_for_seam_peers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let renewed = Instant::now();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // The stolen leaves are refused, as client by A's server and as server by B's client, within
+    // the refresh hint (plus a loop tick) of the publication.
+    let bound = Duration::from_secs(publish_in) + HINT * 3 + Duration::from_secs(5);
+    let (as_client_s, why_client) = time_to_refuse(bound, || ping(as_client.clone(), server_a)).await;
+    let refused_client = Instant::now();
+    let (_, why_server) = time_to_refuse(bound, || ping(client_b.clone(), evil_server)).await;
+    let refused_server = Instant::now();
+    let since = |t: Instant| (t - t0).as_secs_f64();
+    println!(
+        "emergency: command took {:.2} s; revocation published {publish_in} s after it (window 1 s + settle 3 s); \
+         honest pair renewed after {:.2} s; stolen leaf refused as client after {:.2} s, as server after {:.2} s \
+         (refresh hint {} s)",
+        command_took.as_secs_f64(),
+        since(renewed),
+        since(refused_client),
+        since(refused_server),
+        HINT.as_secs()
+    );
+    assert!(why_server.contains("revoked") || why_server.contains("Revoked"), "{why_server}");
+    eprintln!("as client: {why_client} (first refused {as_client_s:?} into the wait)");
+    assert!(
+        refused_client - t0 <= Duration::from_secs(publish_in + 1) + HINT * 2 + Duration::from_secs(2),
+        "refused later than the refresh hint after publication"
+    );
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     let results = honest.await.expect("loop");
-    let (transition, after): (Vec<_>, Vec<_>) = results.iter().partition(|(t, _)| *t < renewed);
-    let failed_after: Vec<_> = after.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
-    let failed_transition = transition.iter().filter(|(t, r)| *t >= t0 && r.is_err()).count();
+    let failed: Vec<_> = results.iter().filter(|(t, r)| *t >= t0 && r.is_err()).collect();
+    let (transition, after): (Vec<_>, Vec<_>) =
+        results.iter().filter(|(t, _)| *t >= t0).partition(|(t, _)| *t < refused_client);
     println!(
-        "emergency: honest pair renewed onto the new intermediate {:.2} s after the command; handshakes after \
-         that: {} ok, {} failed; before: {} ok, {} failed during the transition",
-        (renewed - t0).as_secs_f64(),
-        after.len() - failed_after.len(),
-        failed_after.len(),
-        transition.iter().filter(|(_, r)| r.is_ok()).count(),
-        failed_transition
+        "emergency: honest handshakes from the command until the stolen leaf was refused: {} ({} failed); \
+         after that: {} ({} failed)",
+        transition.len(),
+        transition.iter().filter(|(_, r)| r.is_err()).count(),
+        after.len(),
+        after.iter().filter(|(_, r)| r.is_err()).count()
     );
-    assert!(failed_after.is_empty(), "honest handshakes failed after renewal: {failed_after:?}");
-    assert!(after.len() >= 50, "too few honest handshakes measured: {}", after.len());
+    assert!(failed.is_empty(), "honest handshakes failed during the emergency: {failed:?}");
+    assert!(transition.len() >= 50 && after.len() >= 50, "too few honest handshakes measured");
 
     // A's crl_file now has the root's CRL (the old intermediate, keyCompromise) and both
     // intermediates' CRLs: openssl, checking every level, refuses the stolen leaf and accepts the

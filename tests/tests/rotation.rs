@@ -510,7 +510,7 @@ async fn emergency_revokes_the_intermediate_in_the_root_crl() {
         }
     };
     let before = enroll("before").await;
-    let out = ca.cli(&["rotate", "intermediate", "--emergency", "--window", "5s"]).expect("emergency");
+    let out = ca.cli(&["rotate", "intermediate", "--emergency", "--window", "5s", "--revoke-now"]).expect("emergency");
     assert!(out.contains("is revoked"), "{out}");
     let j = ca.journal().await.expect("journal");
     let root = j.iter().find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Active).expect("root");

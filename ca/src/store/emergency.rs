@@ -19,18 +19,32 @@ pub struct Emergency {
     pub affected: i64,
     /// When the last of them was renewed (or had expired), if that happened yet.
     pub completed_at: Option<i64>,
+    /// When the intermediate's revocation takes effect for relying parties (the root CRL listing
+    /// it is published); None for one revoked at once.
+    pub enforce_at: Option<i64>,
+    /// Seconds after the last affected renewal at which the revocation may take effect, earlier
+    /// than `enforce_at` (fleet-gated enforcement).
+    pub settle_secs: Option<i64>,
+}
+
+impl Emergency {
+    /// Whether relying parties are told of the revocation by `now`.
+    pub fn enforced(&self, now: i64) -> bool {
+        self.enforce_at.is_none_or(|t| t <= now)
+    }
 }
 
 impl Store {
     /// Asks every holder of an unexpired, unrevoked certificate signed by `issuer_id` to renew
-    /// within [`start`, `end`] (RFC 9773 renewalInfo) and records the emergency. Returns how many
-    /// certificates are affected.
+    /// within [`start`, `end`] (RFC 9773 renewalInfo) and records the emergency, whose revocation
+    /// takes effect at `enforce` = (time, settle seconds after the last renewal if earlier); None:
+    /// at once. Returns how many certificates are affected.
     pub async fn begin_emergency(
         &self,
         id: &str,
         issuer_id: &str,
-        start: i64,
-        end: i64,
+        (start, end): (i64, i64),
+        enforce: Option<(i64, i64)>,
         now: i64,
     ) -> Result<i64, CaError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
@@ -46,14 +60,19 @@ impl Store {
         .await
         .map_err(db_err)?;
         let affected = i64::try_from(r.rows_affected()).unwrap_or(i64::MAX);
-        sqlx::query("INSERT INTO emergencies (id, issuer_id, started_at, affected) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(issuer_id)
-            .bind(now)
-            .bind(affected)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO emergencies (id, issuer_id, started_at, affected, enforce_at, settle_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(issuer_id)
+        .bind(now)
+        .bind(affected)
+        .bind(enforce.map(|e| e.0))
+        .bind(enforce.map(|e| e.1))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(affected)
     }
@@ -91,7 +110,8 @@ impl Store {
     /// Every emergency rotation, newest first.
     pub async fn emergencies(&self) -> Result<Vec<Emergency>, CaError> {
         let rows = sqlx::query(
-            "SELECT id, issuer_id, started_at, affected, completed_at FROM emergencies ORDER BY started_at DESC",
+            "SELECT id, issuer_id, started_at, affected, completed_at, enforce_at, settle_secs FROM emergencies \
+             ORDER BY started_at DESC",
         )
         .fetch_all(&self.pool)
         .await
@@ -104,6 +124,8 @@ impl Store {
                     started_at: r.try_get("started_at").map_err(db_err)?,
                     affected: r.try_get("affected").map_err(db_err)?,
                     completed_at: r.try_get("completed_at").map_err(db_err)?,
+                    enforce_at: r.try_get("enforce_at").map_err(db_err)?,
+                    settle_secs: r.try_get("settle_secs").map_err(db_err)?,
                 })
             })
             .collect()
