@@ -95,11 +95,12 @@ impl Metrics {
             "lanyard_agent_workload_api_connections_total",
             "counter",
             "Workload API socket connections by outcome: served, refused at the connection cap, closed \
-             for sending no HTTP/2 preface in time; and failed accepts (each followed by a pause).",
+             for sending no HTTP/2 preface in time, evicted (no preface yet) to make room for a newcomer; and failed accepts (each followed by a pause).",
             &[
                 ("{outcome=\"accepted\"}".into(), api.accepted.load(Ordering::Relaxed).to_string()),
                 ("{outcome=\"refused\"}".into(), api.refused.load(Ordering::Relaxed).to_string()),
                 ("{outcome=\"preface_timeout\"}".into(), api.preface_timeouts.load(Ordering::Relaxed).to_string()),
+                ("{outcome=\"evicted\"}".into(), api.evicted.load(Ordering::Relaxed).to_string()),
                 ("{outcome=\"accept_error\"}".into(), api.accept_errors.load(Ordering::Relaxed).to_string()),
             ],
         );
