@@ -115,6 +115,19 @@ impl RawClient {
         r
     }
 
+    /// Path of the `kind` challenge of the authorization at the absolute URL `authz_url`.
+    pub async fn challenge_path(&self, authz_url: &str, kind: &str) -> String {
+        let authz = self.post(&self.path_of(authz_url), None).await.json();
+        let ch = authz["challenges"]
+            .as_array()
+            .expect("challenges")
+            .iter()
+            .find(|c| c["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} challenge in {authz}"))
+            .clone();
+        self.path_of(ch["url"].as_str().expect("challenge url"))
+    }
+
     /// Path part of an absolute URL of this server.
     pub fn path_of(&self, url: &str) -> String {
         url.strip_prefix(&format!("{}/acme", self.base)).expect("our URL").to_owned()
@@ -141,15 +154,8 @@ impl RawClient {
         let r = self.post("/new-order", Some(&json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
         assert_eq!(r.status, 201, "newOrder: {}", String::from_utf8_lossy(&r.body));
         let order = r.json();
-        let authz = self.post(&self.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
-        let ch = authz["challenges"]
-            .as_array()
-            .expect("challenges")
-            .iter()
-            .find(|c| c["type"] == "join-token-01")
-            .expect("join-token-01 challenge")
-            .clone();
-        let r = self.post(&self.path_of(ch["url"].as_str().expect("url")), Some(&json!({"token": token}))).await;
+        let ch = self.challenge_path(order["authorizations"][0].as_str().expect("authz"), "join-token-01").await;
+        let r = self.post(&ch, Some(&json!({"token": token}))).await;
         assert_eq!(r.json()["status"], "valid", "challenge: {}", String::from_utf8_lossy(&r.body));
         let (_, csr) = workload_agent::agent::enroll::new_key_and_csr(id).expect("csr");
         let r = self

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod process;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};

@@ -409,15 +409,8 @@ async fn validation_failures_report_type_and_detail() {
     // allowed networks: rejected without connecting.
     for (name, kind) in [("web.example.test", "connection"), ("far.example.test", "rejectedIdentifier")] {
         let order = c.post("/new-order", Some(&json!({"identifiers": [{"type": "dns", "value": name}]}))).await.json();
-        let authz = c.post(&c.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
-        let http = authz["challenges"]
-            .as_array()
-            .expect("challenges")
-            .iter()
-            .find(|ch| ch["type"] == "http-01")
-            .expect("http-01")
-            .clone();
-        let r = c.post(&c.path_of(http["url"].as_str().expect("url")), Some(&json!({}))).await.json();
+        let http = c.challenge_path(order["authorizations"][0].as_str().expect("authz"), "http-01").await;
+        let r = c.post(&http, Some(&json!({}))).await.json();
         assert_eq!(r["status"], "invalid", "{r}");
         assert_eq!(r["error"]["type"], format!("urn:ietf:params:acme:error:{kind}"), "{r}");
         assert!(!r["error"]["detail"].as_str().unwrap_or_default().is_empty());
@@ -764,15 +757,7 @@ async fn new_accounts_per_address_and_concurrent_validations_are_bounded() {
     assert_eq!(o.status, 201, "{}", String::from_utf8_lossy(&o.body));
     let mut challenges = Vec::new();
     for authz in o.json()["authorizations"].as_array().expect("authzs") {
-        let a = first.post(&first.path_of(authz.as_str().expect("url")), None).await.json();
-        let ch = a["challenges"]
-            .as_array()
-            .expect("challenges")
-            .iter()
-            .find(|c| c["type"] == "http-01")
-            .expect("http-01")
-            .clone();
-        challenges.push(first.path_of(ch["url"].as_str().expect("url")));
+        challenges.push(first.challenge_path(authz.as_str().expect("url"), "http-01").await);
     }
     let started = std::time::Instant::now();
     let empty = json!({});

@@ -3,74 +3,19 @@
 //! refused and counted, legitimate requests and mTLS renewal still get through, and running out of
 //! file descriptors neither spins the CPU nor floods the log.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
+use tests::process::{Killed, Log, cpu_time, metric};
 use tests::workload::{TD, WorkloadCa};
 use tests::{bin, https_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
-    // Fields after the parenthesized command name: state is the 1st, utime the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').expect("stat format").1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(100);
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
-/// Everything a child writes on stderr, collected by a thread (so the pipe never fills and
-/// blocks the server, and its volume can be measured).
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Log {
-    fn collect(child: &mut Child) -> Log {
-        let log = Log::default();
-        let mut stderr = child.stderr.take().expect("stderr piped");
-        let sink = log.0.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().expect("log").extend_from_slice(&buf[..n]);
-            }
-        });
-        log
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().expect("log").len()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
-    }
-}
-
-/// The value of a metric line (`name{labels}`) in a Prometheus page.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from metrics:\n{page}"))
-}
 
 /// A TLS client trusting `root_pem`.
 fn tls_connector(root_pem: &str) -> tokio_rustls::TlsConnector {
@@ -383,16 +328,6 @@ fn start_with_fd_limit(config: &std::path::Path, nofile: u32) -> (Child, SocketA
     let _ = child.kill();
     let _ = child.wait();
     panic!("lanyard-ca exited before listening: {banner}");
-}
-
-/// Kills the child on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn scrape(banner: &str) -> String {

@@ -469,15 +469,7 @@ async fn concurrent_challenge_posts_validate_once_and_keep_the_enrollment() {
             c.post("/new-order", Some(&serde_json::json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         let order = r.json();
-        let authz = c.post(&c.path_of(order["authorizations"][0].as_str().expect("authz")), None).await.json();
-        let ch = authz["challenges"]
-            .as_array()
-            .expect("challenges")
-            .iter()
-            .find(|c| c["type"] == "join-token-01")
-            .expect("join-token-01")
-            .clone();
-        let ch_path = c.path_of(ch["url"].as_str().expect("url"));
+        let ch_path = c.challenge_path(order["authorizations"][0].as_str().expect("authz"), "join-token-01").await;
         let payload = serde_json::json!({"token": token});
         let (a, b) = tokio::join!(c.post(&ch_path, Some(&payload)), c.post(&ch_path, Some(&payload)));
         let statuses = [a.json()["status"].clone(), b.json()["status"].clone()];
@@ -499,15 +491,8 @@ async fn concurrent_challenge_posts_validate_once_and_keep_the_enrollment() {
         // The token was redeemed once: a fresh order cannot use it again.
         let again =
             c.post("/new-order", Some(&serde_json::json!({"identifiers": [{"type": "spiffe", "value": id}]}))).await;
-        let authz = c.post(&c.path_of(again.json()["authorizations"][0].as_str().expect("authz")), None).await.json();
-        let ch = authz["challenges"]
-            .as_array()
-            .expect("challenges")
-            .iter()
-            .find(|c| c["type"] == "join-token-01")
-            .expect("challenge")
-            .clone();
-        let reuse = c.post(&c.path_of(ch["url"].as_str().expect("url")), Some(&payload)).await.json();
+        let ch = c.challenge_path(again.json()["authorizations"][0].as_str().expect("authz"), "join-token-01").await;
+        let reuse = c.post(&ch, Some(&payload)).await.json();
         assert_eq!(reuse["status"], "invalid", "round {round}: a redeemed token stays redeemed");
     }
 }
