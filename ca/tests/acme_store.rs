@@ -110,7 +110,9 @@ async fn failing_acme_changes_undo_only_themselves_and_races_have_one_winner() {
         store.acme_create_order(&order, &[clash], &[]).await.expect_err("duplicate order id");
         assert!(store.acme_authz("authz-2").await.expect("read").is_none(), "{url}");
 
-        store.acme_finish_challenge("chall-1", "authz-1", "order-1", true, None, 1_700_000_100).await.expect("valid");
+        assert!(
+            store.acme_finish_challenge("chall-1", "authz-1", "order-1", Ok(None), 1_700_000_100).await.expect("valid")
+        );
         let (o, authzs) = store.acme_order_with_authzs("order-1").await.expect("read").expect("order");
         assert_eq!(o.status, "ready", "the order is ready with its last authorization");
         assert_eq!(authzs.len(), 1);
@@ -237,5 +239,69 @@ async fn purge_deletes_what_is_past_retention_and_nothing_else() {
         assert!(store.acme_challenge("chall-live").await.expect("read").is_some());
         assert_eq!(store.acme_purge(now + 60).await.expect("purge"), ca::store::acme::AcmePurged::default());
         store.close().await;
+    }
+}
+
+/// Join tokens (issue 13): a valid attestation's token is spent in the transaction that records
+/// the valid authorization. Two orders racing on one token: exactly one becomes ready, the other
+/// is recorded invalid with the "already used" error, and the token names the winner. A result
+/// that is never recorded spends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_is_spent_with_the_valid_authorization_once() {
+    use ca::store::acme::TokenSpend;
+    use ca::store::workload::{JoinToken, JoinTokenError, join_token_digest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let store = Arc::new(ca::Store::open(&url).await.expect("open store"));
+        store.acme_create_account(&account("agent", None)).await.expect("account");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let id = ca::SpiffeId::parse("spiffe://example.org/web").expect("id");
+        let digest = join_token_digest("lanyard-jt-secret");
+        let token = JoinToken { spiffe_id: id.clone(), is_prefix: false, expires_at: now + 600 };
+        store.create_join_token(&digest, &token, now).await.expect("token");
+        for i in 0..8 {
+            let (o, a, c) = order(&format!("o{i}"), "agent", "pending", now + 600);
+            store.acme_create_order(&o, &[a], &[c]).await.expect("order");
+        }
+        // Checking does not spend: the token still admits a check after many.
+        for _ in 0..3 {
+            assert_eq!(store.check_join_token(&digest, &id, now).await.expect("check"), Ok(()), "{url}");
+        }
+        let spend = TokenSpend {
+            digest: digest.clone(),
+            spiffe_id: id.to_string(),
+            error_if_used: r#"{"type":"urn:ietf:params:acme:error:unauthorized"}"#.into(),
+        };
+        // A result for a challenge that is not being validated is not recorded and spends nothing.
+        store.acme_finish_challenge("chall-none", "authz-o0", "o0", Ok(Some(&spend)), now).await.expect_err("unknown");
+        assert_eq!(store.check_join_token(&digest, &id, now).await.expect("check"), Ok(()), "{url}");
+        let (o0, _) = store.acme_order_with_authzs("o0").await.expect("read").expect("order");
+        assert_eq!(o0.status, "pending", "nothing of the failed result was kept ({url})");
+
+        let mut racers = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let (store, spend) = (store.clone(), spend.clone());
+            racers.spawn(async move {
+                let (o, a, c) = (format!("o{i}"), format!("authz-o{i}"), format!("chall-o{i}"));
+                let valid = store.acme_finish_challenge(&c, &a, &o, Ok(Some(&spend)), now).await.expect("finish");
+                (o, valid)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(r) = racers.join_next().await {
+            let (o, valid) = r.expect("task");
+            let (order, _) = store.acme_order_with_authzs(&o).await.expect("read").expect("order");
+            if valid {
+                assert_eq!(order.status, "ready", "{url}");
+                winners.push(o);
+            } else {
+                assert_eq!(order.status, "invalid", "{url}");
+                let (ch, _) = store.acme_challenge(&format!("chall-{o}")).await.expect("read").expect("challenge");
+                assert_eq!(ch.status, "invalid");
+                assert_eq!(ch.error.as_deref(), Some(spend.error_if_used.as_str()), "{url}");
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one order spends the token: {winners:?} ({url})");
+        assert_eq!(store.check_join_token(&digest, &id, now).await.expect("check"), Err(JoinTokenError::Used));
     }
 }

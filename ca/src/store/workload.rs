@@ -1,12 +1,20 @@
 //! Workload enrollment state: one-time join tokens and the trust bundle's sequence number.
 //!
 //! A join token is a bearer secret, so only its SHA-256 digest is stored; redeeming one is a single
-//! conditional UPDATE, so two replicas racing on the same token cannot both win.
+//! conditional UPDATE ([`SPEND_JOIN_TOKEN`]), so two replicas racing on the same token cannot both
+//! win. ACME enrollment checks the token first and spends it in the transaction that records the
+//! valid authorization (`Store::acme_finish_challenge`), so a result that cannot be recorded leaves
+//! the token unspent for the agent's retry.
 
 use sqlx::Row;
 
 use super::{Store, db_err};
 use crate::{CaError, SpiffeId};
+
+/// Spends a join token (binds: now, the SPIFFE ID it was used for, its digest): one row when it
+/// was still unused and unexpired, none when another redemption got there first.
+pub(crate) const SPEND_JOIN_TOKEN: &str =
+    "UPDATE join_tokens SET used_at = $1, used_for = $2 WHERE digest = $3 AND used_at IS NULL AND expires_at > $1";
 
 /// Digest under which a join token is stored and looked up.
 pub fn join_token_digest(token: &str) -> String {
@@ -77,9 +85,34 @@ impl Store {
         Ok(())
     }
 
-    /// Redeems a join token for `id`: it must exist, be unexpired, unused and admit `id`. The
-    /// outer error is the store's; the inner one is the refusal to show the workload.
+    /// Redeems a join token for `id`: [`Store::check_join_token`], then spends it. The outer error
+    /// is the store's; the inner one is the refusal to show the workload.
     pub async fn redeem_join_token(
+        &self,
+        digest: &str,
+        id: &SpiffeId,
+        now: i64,
+    ) -> Result<Result<(), JoinTokenError>, CaError> {
+        if let Err(refused) = self.check_join_token(digest, id, now).await? {
+            return Ok(Err(refused));
+        }
+        let done = sqlx::query(SPEND_JOIN_TOKEN)
+            .bind(now)
+            .bind(id.to_string())
+            .bind(digest)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        // Lost a race with another redemption of the same token.
+        if done.rows_affected() != 1 {
+            return Ok(Err(JoinTokenError::Used));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Checks, without spending it, that a join token exists, is unexpired and unused, and admits
+    /// `id`. The outer error is the store's; the inner one is the refusal to show the workload.
+    pub async fn check_join_token(
         &self,
         digest: &str,
         id: &SpiffeId,
@@ -109,19 +142,6 @@ impl Store {
         if !token.admits(id) {
             let bound = if token.is_prefix { format!("{bound}/*") } else { bound };
             return Ok(Err(JoinTokenError::WrongIdentity { bound, requested: id.to_string() }));
-        }
-        let done = sqlx::query(
-            "UPDATE join_tokens SET used_at = $1, used_for = $2 WHERE digest = $3 AND used_at IS NULL AND expires_at > $1",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .bind(digest)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        // Lost a race with another redemption of the same token.
-        if done.rows_affected() != 1 {
-            return Ok(Err(JoinTokenError::Used));
         }
         Ok(Ok(()))
     }

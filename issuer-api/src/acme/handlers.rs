@@ -543,10 +543,18 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
         return Ok(polled(respond(&now_ch), &now_ch.status));
     }
     let key_authorization = format!("{}.{}", ch.token, auth.jwk.thumbprint());
+    // A join token is spent together with the valid result (below), never before.
+    let mut spend = None;
     let result = if az.id_type == crate::enroll::SPIFFE_IDENTIFIER {
         // Attestation is never skipped, not even in the insecure load-test mode: it decides who a
         // workload is, not whether a name resolves.
-        acme.enroll.attest(&ch.kind, &az.id_value, &auth.jws.payload, now()).await
+        acme.enroll.attest(&ch.kind, &az.id_value, &auth.jws.payload, now()).await.map(|digest| {
+            spend = digest.map(|digest| ca::store::acme::TokenSpend {
+                digest,
+                spiffe_id: az.id_value.clone(),
+                error_if_used: challenge_error("unauthorized", ca::store::workload::JoinTokenError::Used.to_string()),
+            });
+        })
     } else if acme.cfg.insecure_always_valid_challenges {
         Ok(())
     } else {
@@ -561,38 +569,56 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
             }),
         }
     };
-    let error = result.as_ref().err().map(|e| {
-        let mut p = AcmeProblem::new(StatusCode::FORBIDDEN, e.kind, e.detail.clone());
-        p.subproblems = vec![];
-        p.to_json()
-    });
+    let error = result.as_ref().err().map(|e| challenge_error(e.kind, e.detail.clone()));
     if let Err(e) = &result {
         if az.id_type == crate::enroll::SPIFFE_IDENTIFIER {
             crate::metrics::auth_failure("attestation");
         }
         tracing::info!(identifier = %az.id_value, challenge = %ch.kind, kind = e.kind, detail = %e.detail, "ACME validation failed");
     }
-    if let Err(e) =
-        acme.store.acme_finish_challenge(&ch.id, &az.id, &az.order_id, result.is_ok(), error.as_deref(), now()).await
-    {
-        // Not recorded: hand the challenge back so the client can post it again.
-        match acme.store.acme_release_challenge(&ch.id).await {
-            Ok(_) => {}
-            Err(release) => tracing::error!(
-                challenge = %ch.id,
-                error = %release,
-                "a challenge whose result could not be recorded stays processing until its authorization expires"
-            ),
+    let outcome = match (&result, &error) {
+        (Ok(()), _) => Ok(spend.as_ref()),
+        (Err(_), e) => Err(e.as_deref().unwrap_or_default()),
+    };
+    let valid = match acme.store.acme_finish_challenge(&ch.id, &az.id, &az.order_id, outcome, now()).await {
+        Ok(valid) => valid,
+        Err(e) => {
+            // Not recorded (and no token spent): hand the challenge back so the client can post
+            // it again.
+            match acme.store.acme_release_challenge(&ch.id).await {
+                Ok(_) => {}
+                Err(release) => tracing::error!(
+                    challenge = %ch.id,
+                    error = %release,
+                    "a challenge whose result could not be recorded stays processing until its authorization expires"
+                ),
+            }
+            return Err(AcmeProblem::from(e));
         }
-        return Err(AcmeProblem::from(e));
-    }
+    };
+    let error = match (valid, result.is_ok()) {
+        (true, _) => None,
+        // Valid, but another enrollment spent the join token first.
+        (false, true) => {
+            crate::metrics::auth_failure("attestation");
+            spend.map(|s| s.error_if_used)
+        }
+        (false, false) => error,
+    };
     let done = AcmeChallenge {
-        status: if result.is_ok() { "valid".into() } else { "invalid".into() },
-        validated_at: result.is_ok().then(now),
+        status: if valid { "valid".into() } else { "invalid".into() },
+        validated_at: valid.then(now),
         error,
         ..ch
     };
     Ok(respond(&done))
+}
+
+/// The problem document (RFC 8555 section 8) a failed challenge carries, as JSON.
+fn challenge_error(kind: &'static str, detail: String) -> String {
+    let mut p = AcmeProblem::new(StatusCode::FORBIDDEN, kind, detail);
+    p.subproblems = vec![];
+    p.to_json()
 }
 
 /// True when `jwk` is the public key in the DER SubjectPublicKeyInfo `spki`.

@@ -98,20 +98,30 @@ impl Enrollment {
         if self.jwt.is_empty() { &[JOIN_TOKEN_CHALLENGE] } else { &[JOIN_TOKEN_CHALLENGE, JWT_CHALLENGE] }
     }
 
-    /// Checks an attestation for `id`. A join token is consumed only when it admits `id`.
-    pub async fn attest(&self, kind: &str, id: &str, payload: &[u8], now: i64) -> Result<(), ValidationError> {
+    /// Checks an attestation for `id`. A join token is checked here but not spent: the returned
+    /// digest is spent by the caller in the transaction that records the valid result
+    /// (`Store::acme_finish_challenge`), so a result that cannot be recorded leaves it unspent.
+    pub async fn attest(
+        &self,
+        kind: &str,
+        id: &str,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<Option<String>, ValidationError> {
         let id = SpiffeId::parse(id).map_err(|e| fail("rejectedIdentifier", e.to_string()))?;
         let p: AttestationPayload = serde_json::from_slice(payload)
             .map_err(|e| fail("malformed", format!("the attestation payload is not valid: {e}")))?;
         match kind {
             JOIN_TOKEN_CHALLENGE => {
                 let token = p.token.ok_or_else(|| fail("malformed", "join-token-01 needs {\"token\": ...}"))?;
+                let digest = join_token_digest(&token);
                 let r = self
                     .store
-                    .redeem_join_token(&join_token_digest(&token), &id, now)
+                    .check_join_token(&digest, &id, now)
                     .await
                     .map_err(|e| fail("serverInternal", e.to_string()))?;
-                r.map_err(|e| fail("unauthorized", e.to_string()))
+                r.map_err(|e| fail("unauthorized", e.to_string()))?;
+                Ok(Some(digest))
             }
             JWT_CHALLENGE => {
                 let token = p.jwt.ok_or_else(|| fail("malformed", "jwt-01 needs {\"jwt\": ...}"))?;
@@ -119,7 +129,7 @@ impl Enrollment {
                 if got != id {
                     return Err(fail("unauthorized", format!("the JWT maps to {got}, not {id}")));
                 }
-                Ok(())
+                Ok(None)
             }
             other => Err(fail("malformed", format!("unknown challenge {other}"))),
         }

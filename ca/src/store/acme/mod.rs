@@ -6,6 +6,7 @@
 
 mod sqlite;
 
+use crate::store::workload::SPEND_JOIN_TOKEN;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -584,51 +585,75 @@ impl Store {
     /// Records a validation result in one transaction: the challenge, its authorization and, when
     /// this was the order's last pending authorization, the order (`ready`, or `invalid` on failure)
     /// change together, so a client never sees valid authorizations under a pending order.
+    ///
+    /// With `spend`, a valid result also spends that join token in the same transaction; if
+    /// another enrollment spent it first, the result is recorded as invalid with the spend's error
+    /// instead. Either way the token is spent exactly when a valid authorization is recorded, so a
+    /// result that cannot be recorded leaves it for the agent's retry. A challenge that is not
+    /// pending or processing (already final) gets nothing recorded: an error, and no token spent.
+    /// Returns whether the result recorded is valid.
     pub async fn acme_finish_challenge(
         &self,
         challenge_id: &str,
         authz_id: &str,
         order_id: &str,
-        valid: bool,
-        error: Option<&str>,
+        result: Result<Option<&TokenSpend>, &str>,
         now: i64,
-    ) -> Result<(), CaError> {
-        let (ch_status, az_status) = if valid { ("valid", "valid") } else { ("invalid", "invalid") };
-        let ids = (challenge_id.to_owned(), authz_id.to_owned(), order_id.to_owned(), error.map(str::to_owned));
+    ) -> Result<bool, CaError> {
+        let (valid, error, spend) = match result {
+            Ok(spend) => (true, None, spend.cloned()),
+            Err(error) => (false, Some(error.to_owned()), None),
+        };
+        let ids = (challenge_id.to_owned(), authz_id.to_owned(), order_id.to_owned(), error.clone(), spend.clone());
         if let Some(w) = self.sqlite_write(move |c| {
-            let (ch, az, o, error) = &ids;
-            sqlite::exec(c, FINISH_CHALLENGE, (ch_status, valid.then_some(now), error, ch))?;
-            sqlite::exec(c, FINISH_AUTHZ, (az_status, az))?;
-            if valid {
-                sqlite::exec(c, ORDER_READY, [o])?;
-            } else {
-                sqlite::exec(c, ORDER_INVALID, (error, o))?;
+            let (ch, az, o, error, spend) = &ids;
+            let (mut valid, mut error) = (valid, error.clone());
+            if valid
+                && let Some(s) = spend
+                && sqlite::exec(c, SPEND_JOIN_TOKEN, (now, &s.spiffe_id, &s.digest))? != 1
+            {
+                (valid, error) = (false, Some(s.error_if_used.clone()));
             }
-            Ok(1)
+            finish_sqlite(c, (ch, az, o), valid, error.as_deref(), now)?;
+            Ok(u64::from(valid))
         }) {
-            return w.await.map(|_| ());
+            return Ok(w.await? == 1);
         }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query(FINISH_CHALLENGE)
+        let (mut valid, mut error) = (valid, error);
+        if valid && let Some(s) = &spend {
+            let spent = sqlx::query(SPEND_JOIN_TOKEN)
+                .bind(now)
+                .bind(&s.spiffe_id)
+                .bind(&s.digest)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if spent.rows_affected() != 1 {
+                (valid, error) = (false, Some(s.error_if_used.clone()));
+            }
+        }
+        let (ch_status, az_status) = if valid { ("valid", "valid") } else { ("invalid", "invalid") };
+        let finished = sqlx::query(FINISH_CHALLENGE)
             .bind(ch_status)
             .bind(if valid { Some(now) } else { None })
-            .bind(error.map(str::to_owned))
+            .bind(error.clone())
             .bind(challenge_id)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        if finished.rows_affected() != 1 {
+            // Dropping the transaction rolls the token's spending back.
+            return Err(not_in_progress(challenge_id));
+        }
         sqlx::query(FINISH_AUTHZ).bind(az_status).bind(authz_id).execute(&mut *tx).await.map_err(db_err)?;
         if valid {
             sqlx::query(ORDER_READY).bind(order_id).execute(&mut *tx).await.map_err(db_err)?;
         } else {
-            sqlx::query(ORDER_INVALID)
-                .bind(error.map(str::to_owned))
-                .bind(order_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(ORDER_INVALID).bind(error).bind(order_id).execute(&mut *tx).await.map_err(db_err)?;
         }
-        tx.commit().await.map_err(db_err)
+        tx.commit().await.map_err(db_err)?;
+        Ok(valid)
     }
 
     /// Moves an order from one status to another (compare-and-set); false if it was not in `from`.
@@ -840,4 +865,36 @@ impl Store {
         .rows_affected();
         Ok(purged)
     }
+}
+
+/// A challenge that is no longer pending or processing gets no result (and spends no token).
+fn not_in_progress(id: &str) -> CaError {
+    CaError::Store(format!("challenge {id} is not being validated; its result was not recorded"))
+}
+
+/// The SQLite half of [`Store::acme_finish_challenge`] once the outcome is known.
+fn finish_sqlite(
+    c: &rusqlite::Connection,
+    (ch, az, o): (&String, &String, &String),
+    valid: bool,
+    error: Option<&str>,
+    now: i64,
+) -> Result<u64, CaError> {
+    let (ch_status, az_status) = if valid { ("valid", "valid") } else { ("invalid", "invalid") };
+    if sqlite::exec(c, FINISH_CHALLENGE, (ch_status, valid.then_some(now), error, ch))? != 1 {
+        return Err(not_in_progress(ch));
+    }
+    sqlite::exec(c, FINISH_AUTHZ, (az_status, az))?;
+    if valid { sqlite::exec(c, ORDER_READY, [o]) } else { sqlite::exec(c, ORDER_INVALID, (error, o)) }
+}
+
+/// A join token that a valid attestation spends when its result is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpend {
+    /// The token's digest ([`crate::store::workload::join_token_digest`]).
+    pub digest: String,
+    /// The SPIFFE ID it is spent for.
+    pub spiffe_id: String,
+    /// The challenge error (problem document JSON) recorded if another enrollment spent it first.
+    pub error_if_used: String,
 }
