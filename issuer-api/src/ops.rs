@@ -186,6 +186,25 @@ pub async fn status(store: &Store, rotation: &ca::rotation::RotationPolicy) -> a
     for line in ca::rotation::describe(&plan, &journal) {
         writeln!(out, "  {line}")?;
     }
+    let emergencies = store.emergencies().await?;
+    if !emergencies.is_empty() {
+        writeln!(out, "\nemergency rotations:")?;
+    }
+    let now_s = now.unix_timestamp();
+    for e in &emergencies {
+        let outstanding = store.emergency_outstanding(&e.issuer_id, now_s).await?;
+        let revocation = match e.enforce_at {
+            Some(t) if t > now_s => {
+                format!("revocation pending: published in {} s or when the fleet has renewed", t - now_s)
+            }
+            _ => "revocation in force".to_owned(),
+        };
+        writeln!(
+            out,
+            "  {}: {} revoked; {} certificates affected, {outstanding} not renewed yet; {revocation}",
+            e.id, e.issuer_id, e.affected
+        )?;
+    }
     Ok(out)
 }
 

@@ -306,6 +306,8 @@ async fn emergency_rotation_revokes_the_intermediate_for_seam_peers() {
         .find_map(|l| l.split_once(" s from now").and_then(|(a, _)| a.rsplit('(').next()?.parse::<u64>().ok()))
         .unwrap_or_else(|| panic!("no publication time in: {out}"));
     assert!((5..=7).contains(&publish_in), "{out}");
+    let status = ca.cli(&["status"]).expect("status");
+    assert!(status.contains("revocation pending: published in"), "{status}");
 
     // The honest pair renews onto the new intermediate (push notice) before anyone refuses the
     // old one.
@@ -344,6 +346,8 @@ async fn emergency_rotation_revokes_the_intermediate_for_seam_peers() {
         "refused later than the refresh hint after publication"
     );
 
+    let status = ca.cli(&["status"]).expect("status");
+    assert!(status.contains(&format!("{} revoked", old.id)) && status.contains("revocation in force"), "{status}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     let results = honest.await.expect("loop");
