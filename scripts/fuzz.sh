@@ -14,8 +14,8 @@
 #
 # Environment:
 #   FUZZ_CORPUS  corpus directory, one subdirectory per target (default fuzz/corpus, not in git).
-#                An empty one is seeded with the checks' hand-written seeds and the regression
-#                inputs (LANYARD_FUZZ_SEEDS, which builds the fuzz_regressions tests).
+#                An empty one is seeded with the check's hand-written seeds (the target writes
+#                them when LANYARD_FUZZ_SEEDS is set) and the regression inputs.
 #   FUZZ_ARGS    extra libFuzzer arguments (e.g. "-jobs=2" or "-dict=...").
 #   FUZZ_NICE    niceness of builds and runs (default 19: the machine stays usable).
 set -euo pipefail
@@ -59,19 +59,6 @@ crate_of() {
     esac
 }
 
-# Seed empty corpora from the checks' seeds (one test build per crate that needs it).
-need=()
-for t in "${targets[@]}"; do
-    if [ -z "$(ls -A "$corpus_root/$t" 2>/dev/null)" ]; then
-        c="$(crate_of "$t")"
-        [[ " ${need[*]:-} " == *" $c "* ]] || need+=("$c")
-    fi
-done
-for c in "${need[@]}"; do
-    echo "fuzz.sh: writing seeds of $c's targets to $corpus_root"
-    LANYARD_FUZZ_SEEDS="$corpus_root" "${nice_[@]}" cargo test -q -p "$c" --test fuzz_regressions >/dev/null
-done
-
 echo "fuzz.sh: building the fuzz targets"
 (cd fuzz && "${nice_[@]}" cargo fuzz build -s none)
 bin_dir="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"
@@ -82,10 +69,17 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus_root/$t" "fuzz/artifacts/$t"
     log="fuzz/artifacts/$t/last-run.log"
     touch "$log.start" # artifacts newer than this are this run's
+    seed=()
+    if [ -z "$(ls -A "$corpus_root/$t")" ]; then
+        # An empty corpus starts from the check's seeds (written by the target itself) and the
+        # regression inputs.
+        seed=(env "LANYARD_FUZZ_SEEDS=$corpus_root/$t")
+        cp fuzz/regressions/"$t"/* "$corpus_root/$t/" 2>/dev/null || true
+    fi
     echo "fuzz.sh: $t (${limit[*]}, corpus $corpus_root/$t)"
     set +e
     # shellcheck disable=SC2086
-    "${nice_[@]}" "$bin_dir/$t" "$corpus_root/$t" "${limit[@]}" -max_len="$(max_len "$t")" \
+    "${seed[@]}" "${nice_[@]}" "$bin_dir/$t" "$corpus_root/$t" "${limit[@]}" -max_len="$(max_len "$t")" \
         -print_final_stats=1 -timeout=30 -rss_limit_mb=2048 -artifact_prefix="fuzz/artifacts/$t/" \
         ${FUZZ_ARGS:-} >"$log" 2>&1
     rc=$?

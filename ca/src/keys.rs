@@ -168,6 +168,11 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme, what: &str) -> Result
     match &pbes2.kdf {
         Kdf::Scrypt(p) => {
             let (n, r, par) = (p.cost_parameter, u64::from(p.block_size), u64::from(p.parallelization));
+            // RFC 7914: N a power of two above 1, r and p positive. pkcs5 itself computes log2(N)
+            // with a subtraction that panics for N = 0 (found by the pem_der fuzz target).
+            if n < 2 || !n.is_power_of_two() || r == 0 || par == 0 {
+                return refuse(format!("invalid scrypt parameters N={n} r={r} p={par}"));
+            }
             let memory = n.checked_mul(r).and_then(|x| x.checked_mul(128));
             let work = n.checked_mul(r).and_then(|x| x.checked_mul(par));
             if memory.is_none_or(|m| m > MAX_SCRYPT_MEMORY) || work.is_none_or(|w| w > MAX_SCRYPT_WORK) {
@@ -178,6 +183,9 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme, what: &str) -> Result
             }
         }
         Kdf::Pbkdf2(p) => {
+            if p.iteration_count == 0 {
+                return refuse("invalid PBKDF2 iteration count 0".into());
+            }
             if p.iteration_count > MAX_PBKDF2_ITERATIONS {
                 return refuse(format!(
                     "PBKDF2 with {} iterations exceeds the accepted {MAX_PBKDF2_ITERATIONS}",
@@ -185,6 +193,7 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme, what: &str) -> Result
                 ));
             }
         }
+        _ => return refuse("unsupported PBES2 key derivation function (only scrypt and PBKDF2)".into()),
     }
     Ok(())
 }
@@ -322,6 +331,7 @@ mod tests {
             (include_bytes!("../../fuzz/regressions/pem_der/scrypt-p-65535.pem.bin"), "scrypt parameters"),
             (include_bytes!("../../fuzz/regressions/pem_der/pbkdf2-1e8-iterations.pem.bin"), "PBKDF2"),
             (include_bytes!("../../fuzz/regressions/pem_der/pbes1-des.pem.bin"), "PBES1"),
+            (include_bytes!("../../fuzz/regressions/pem_der/crash-scrypt-cost-zero-panics-in-pkcs5.bin"), "invalid scrypt"),
         ] {
             let started = std::time::Instant::now();
             let err = parse_key_pem(regression(input), &pass("correct horse battery"), "root key").expect_err("refused");

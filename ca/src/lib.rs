@@ -38,7 +38,8 @@ pub use fsutil::write_atomic;
 pub use issuance::{Authority, IssuanceStep, IssueRequest, IssuedCertificate, StepHook};
 pub use issuers::{ActiveIssuer, IssuerKind, IssuerRecord, IssuerState};
 pub use keys::{
-    KeyAlgorithm, PASSPHRASE_ENV, Passphrase, decrypt_key_pem, encrypt_key_pem, generate_key, parse_key_pem,
+    KeyAlgorithm, MAX_PBKDF2_ITERATIONS, MAX_SCRYPT_MEMORY, MAX_SCRYPT_WORK, PASSPHRASE_ENV, Passphrase,
+    decrypt_key_pem, encrypt_key_pem, generate_key, parse_key_pem,
 };
 pub use names::{AuthorizedNames, Name, SpiffeId, check_dns_name};
 pub use policy::{

@@ -19,8 +19,9 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
-fn signer() -> Ed25519KeyPair {
-    Ed25519KeyPair::from_seed_unchecked(&[11u8; 32]).expect("fixed Ed25519 seed")
+fn signer() -> &'static Ed25519KeyPair {
+    static KEY: std::sync::OnceLock<Ed25519KeyPair> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Ed25519KeyPair::from_seed_unchecked(&[11u8; 32]).expect("fixed Ed25519 seed"))
 }
 
 /// A CSR whose CertificationRequestInfo is `info`, signed (Ed25519) by the fixed key.

@@ -12,8 +12,9 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 const NEW_ACCOUNT_URL: &str = "https://ca.example/acme/new-account";
 const EAB_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-fn signer() -> Ed25519KeyPair {
-    Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).expect("fixed Ed25519 seed")
+fn signer() -> &'static Ed25519KeyPair {
+    static KEY: std::sync::OnceLock<Ed25519KeyPair> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).expect("fixed Ed25519 seed"))
 }
 
 fn jwk_of(kp: &Ed25519KeyPair) -> Jwk {
@@ -50,7 +51,7 @@ fn check_body(body: &[u8]) {
             assert!(k.validate().is_ok(), "a key that verified a signature must validate");
         }
     }
-    let _ = jws.verify(&jwk_of(&signer()));
+    let _ = jws.verify(&jwk_of(signer()));
 }
 
 /// The fuzzer's bytes are the protected header (a JSON object, `alg`/`jwk`/`kid` forced) and the
@@ -69,8 +70,8 @@ fn check_signed(data: &[u8]) {
     header.entry("url").or_insert_with(|| NEW_ACCOUNT_URL.into());
     let protected = B64.encode(serde_json::to_vec(&header).expect("header json"));
     let payload64 = B64.encode(payload);
-    let sig = kp.sign(format!("{protected}.{payload64}").as_bytes());
-    let body = serde_json::json!({"protected": protected, "payload": payload64, "signature": B64.encode(sig)});
+    let sig = kp.sign(format!("{protected}.{payload64}").as_bytes()).as_ref().to_vec();
+    let body = serde_json::json!({"protected": protected, "payload": payload64, "signature": B64.encode(&sig)});
     let body = serde_json::to_vec(&body).expect("body json");
     let jws = match ParsedJws::parse(&body) {
         Ok(j) => j,
@@ -83,7 +84,7 @@ fn check_signed(data: &[u8]) {
     jws.verify(k).expect("a correctly signed JWS verifies");
     // Any change of the signature must fail.
     let mut v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    let mut sig = kp.sign(format!("{protected}.{payload64}").as_bytes()).as_ref().to_vec();
+    let mut sig = sig;
     sig[0] ^= 1;
     v["signature"] = B64.encode(&sig).into();
     let tampered = ParsedJws::parse(&serde_json::to_vec(&v).expect("json")).expect("still parses");
@@ -92,7 +93,7 @@ fn check_signed(data: &[u8]) {
 
 fn check_eab(data: &[u8]) {
     let Ok(eab) = serde_json::from_slice::<FlattenedJws>(data) else { return };
-    let account = jwk_of(&signer());
+    let account = jwk_of(signer());
     let lookup = |kid: &str| (kid == "kid-1").then(|| EAB_KEY.to_vec());
     if let Ok(kid) = verify_eab(&eab, &account, NEW_ACCOUNT_URL, lookup) {
         assert_eq!(kid, "kid-1");

@@ -15,11 +15,17 @@ const ISS: &str = "https://kubernetes.default.svc";
 const AUD: &str = "lanyard";
 const NOW: i64 = 1_700_000_000;
 
-fn signer() -> Ed25519KeyPair {
-    Ed25519KeyPair::from_seed_unchecked(&[5u8; 32]).expect("fixed Ed25519 seed")
+fn signer() -> &'static Ed25519KeyPair {
+    static KEY: std::sync::OnceLock<Ed25519KeyPair> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Ed25519KeyPair::from_seed_unchecked(&[5u8; 32]).expect("fixed Ed25519 seed"))
 }
 
-fn jwks() -> Vec<u8> {
+fn jwks() -> &'static [u8] {
+    static JWKS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    JWKS.get_or_init(make_jwks)
+}
+
+fn make_jwks() -> Vec<u8> {
     let x = B64.encode(signer().public_key().as_ref());
     serde_json::to_vec(&serde_json::json!({"keys": [
         {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "use": "sig", "alg": "EdDSA"},
@@ -29,7 +35,12 @@ fn jwks() -> Vec<u8> {
     .expect("jwks json")
 }
 
-fn attestors() -> JwtAttestors {
+fn attestors() -> &'static JwtAttestors {
+    static A: std::sync::OnceLock<JwtAttestors> = std::sync::OnceLock::new();
+    A.get_or_init(make_attestors)
+}
+
+fn make_attestors() -> JwtAttestors {
     let cfg = JwtAttestorConfig {
         issuer: ISS.into(),
         audience: AUD.into(),
@@ -80,7 +91,7 @@ pub fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let a = attestors();
     match mode % 3 {
-        0 => expect_result(a.attest_with_jwks(&String::from_utf8_lossy(rest), &jwks(), NOW), None),
+        0 => expect_result(a.attest_with_jwks(&String::from_utf8_lossy(rest), jwks(), NOW), None),
         1 => {
             let (header, claims) = match rest.iter().position(|b| *b == 0xff) {
                 Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -91,7 +102,7 @@ pub fn check(data: &[u8]) {
             // Only a header that names our key and EdDSA can verify; then the claims decide.
             let ours = serde_json::from_slice::<serde_json::Value>(header)
                 .is_ok_and(|h| h["alg"] == "EdDSA" && h["kid"] == "k1" && h.get("crit").is_none());
-            let r = a.attest_with_jwks(&token, &jwks(), NOW);
+            let r = a.attest_with_jwks(&token, jwks(), NOW);
             if r.is_ok() {
                 assert!(ours, "only EdDSA with kid k1 can verify");
             }
@@ -123,7 +134,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         m(0, b"eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0."),
         m(1, &[&header[..], &[0xff], claims.to_string().as_bytes()].concat()),
         m(1, &[&br#"{"alg":"EdDSA","kid":"k1"}"#[..], &[0xff], br#"{"iss":"https://kubernetes.default.svc","aud":"lanyard","exp":1700000600,"sub":"..","kubernetes.io":{"namespace":"a/b"}}"#].concat()),
-        m(2, &jwks()),
+        m(2, jwks()),
         m(2, br#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB","kid":"k1"}]}"#),
     ]
 }

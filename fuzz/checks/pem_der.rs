@@ -54,7 +54,7 @@ pub fn cheap_encrypted(key: &ca::rcgen::KeyPair, scrypt: bool) -> String {
         let p = pkcs8::pkcs5::scrypt::Params::new(2, 1, 1).expect("scrypt params");
         pbes2::Parameters::generate_scrypt_aes256cbc(p, &[1u8; 16], [2u8; 16]).expect("pbes2")
     } else {
-        pbes2::Parameters::pbkdf2_sha256_aes256cbc(2, &[1u8; 16], [2u8; 16]).expect("pbes2")
+        pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(2, &[1u8; 16], [2u8; 16]).expect("pbes2")
     };
     let doc = info.encrypt_with_params(params, PASS).expect("encrypt");
     doc.to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF).expect("pem").to_string()

@@ -155,6 +155,8 @@ impl AgentConfig {
         if !self.spiffe_id.starts_with("spiffe://") {
             bail!("spiffe_id must be a spiffe:// URI (got {:?})", self.spiffe_id);
         }
+        // The seam's own parser, so that what passes here is what the agent accepts at start.
+        crate::tls::CredentialSeam::new(&self.spiffe_id).map_err(|e| anyhow::anyhow!("spiffe_id: {e}"))?;
         let a = &self.attestation;
         let n =
             [a.join_token.is_some(), a.join_token_file.is_some(), a.jwt_file.is_some()].iter().filter(|x| **x).count();

@@ -495,7 +495,9 @@ pub fn check_payload(
     dns01: bool,
     account_key: &Jwk,
 ) -> Result<(), AcmeProblem> {
-    let parse = |p: &[u8]| serde_json::from_slice(p).map_err(|e| AcmeProblem::malformed(format!("bad payload: {e}")));
+    fn parse<T: serde::de::DeserializeOwned>(p: &[u8]) -> Result<T, AcmeProblem> {
+        serde_json::from_slice(p).map_err(|e| AcmeProblem::malformed(format!("bad payload: {e}")))
+    }
     match kind {
         PayloadKind::Account => {
             let req: AccountRequest = parse(payload)?;
