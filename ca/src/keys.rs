@@ -163,7 +163,10 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme, what: &str) -> Result
     use pkcs8::pkcs5::pbes2::Kdf;
     let refuse = |detail: String| Err(CaError::Key(format!("{what}: {detail}")));
     let Some(pbes2) = scheme.pbes2() else {
-        return refuse("PBES1 encryption is not accepted; re-encrypt the key with PBES2 (openssl pkcs8 -topk8 -v2 aes-256-cbc)".into());
+        return refuse(
+            "PBES1 encryption is not accepted; re-encrypt the key with PBES2 (openssl pkcs8 -topk8 -v2 aes-256-cbc)"
+                .into(),
+        );
     };
     match &pbes2.kdf {
         Kdf::Scrypt(p) => {
@@ -224,7 +227,9 @@ pub fn parse_key_pem(pem: &str, pass: &Passphrase, what: &str) -> Result<KeyPair
     }
     let block = key.ok_or_else(|| CaError::Key(format!("{what}: no PEM private key found")))?;
     let pkcs8 = match block.label.as_str() {
-        "EC PRIVATE KEY" => Zeroizing::new(sec1_to_pkcs8(&block.contents).map_err(|e| CaError::Key(format!("{what}: {e}")))?),
+        "EC PRIVATE KEY" => {
+            Zeroizing::new(sec1_to_pkcs8(&block.contents).map_err(|e| CaError::Key(format!("{what}: {e}")))?)
+        }
         _ => Zeroizing::new(block.contents),
     };
     KeyPair::try_from(pkcs8.as_slice()).map_err(|e| CaError::Key(format!("{what}: {e}")))
@@ -331,10 +336,14 @@ mod tests {
             (include_bytes!("../../fuzz/regressions/pem_der/scrypt-p-65535.pem.bin"), "scrypt parameters"),
             (include_bytes!("../../fuzz/regressions/pem_der/pbkdf2-1e8-iterations.pem.bin"), "PBKDF2"),
             (include_bytes!("../../fuzz/regressions/pem_der/pbes1-des.pem.bin"), "PBES1"),
-            (include_bytes!("../../fuzz/regressions/pem_der/crash-scrypt-cost-zero-panics-in-pkcs5.bin"), "invalid scrypt"),
+            (
+                include_bytes!("../../fuzz/regressions/pem_der/crash-scrypt-cost-zero-panics-in-pkcs5.bin"),
+                "invalid scrypt",
+            ),
         ] {
             let started = std::time::Instant::now();
-            let err = parse_key_pem(regression(input), &pass("correct horse battery"), "root key").expect_err("refused");
+            let err =
+                parse_key_pem(regression(input), &pass("correct horse battery"), "root key").expect_err("refused");
             assert!(matches!(&err, CaError::Key(m) if m.contains(needle) && m.starts_with("root key")), "{err}");
             assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused before deriving: {err}");
         }

@@ -71,8 +71,10 @@ notices_unsupported_retry = "5m"
     vec![
         full.as_bytes().to_vec(),
         minimal.as_bytes().to_vec(),
-        format!("{minimal}[reload]\ncommand = [\"systemctl\", \"reload\", \"web\"]\n[attestation]\njwt_file = \"/t\"\n")
-            .into_bytes(),
+        format!(
+            "{minimal}[reload]\ncommand = [\"systemctl\", \"reload\", \"web\"]\n[attestation]\njwt_file = \"/t\"\n"
+        )
+        .into_bytes(),
         format!("{minimal}[renewal]\nmax_refresh = \"18446744073709551615s\"\n").into_bytes(),
         format!("{minimal}[renewal]\nnotices_unsupported_retry = \"500000000y\"\nrequest_timeout = \"500000000y\"\n")
             .into_bytes(),

@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 use hyper::StatusCode;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::CertificateDer;
+use workload_agent::TrustBundle;
 use workload_agent::agent::ca_client::{self, NoticeError};
 use workload_agent::agent::http::HttpResponse;
 use workload_agent::agent::{cert, schedule};
 use workload_agent::tls::CredentialSeam;
-use workload_agent::TrustBundle;
 
 const TRUST_DOMAIN: &str = "example.org";
 const STATUSES: [u16; 8] = [200, 200, 200, 200, 204, 404, 403, 500];
@@ -50,7 +50,11 @@ fn root() -> &'static Root {
 }
 
 fn bundle() -> TrustBundle {
-    TrustBundle { trust_domain: TRUST_DOMAIN.into(), roots: vec![CertificateDer::from(root().der.clone())], sequence: 1 }
+    TrustBundle {
+        trust_domain: TRUST_DOMAIN.into(),
+        roots: vec![CertificateDer::from(root().der.clone())],
+        sequence: 1,
+    }
 }
 
 fn response(status: u16, body: &[u8]) -> HttpResponse {

@@ -47,7 +47,8 @@ pub fn check(data: &[u8]) {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&input);
         let lines: Vec<&str> =
             b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
-        let pem = format!("-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n", lines.join("\n"));
+        let pem =
+            format!("-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n", lines.join("\n"));
         if pem.len() <= 64 * 1024 {
             let again = ca::parse_and_verify_csr(pem.as_bytes()).expect("the PEM form of an accepted DER CSR");
             assert_eq!(again.key_fingerprint, csr.key_fingerprint);
@@ -76,8 +77,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     }
     let key = RcKey::generate_for(&ca::rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut p = CertificateParams::default();
-    p.subject_alt_names =
-        vec![SanType::URI("spiffe://example.org/ns/a/sa/b".try_into().expect("uri"))];
+    p.subject_alt_names = vec![SanType::URI("spiffe://example.org/ns/a/sa/b".try_into().expect("uri"))];
     out.push([vec![0], p.serialize_request(&key).expect("csr").der().to_vec()].concat());
     // The info of a request for the fixed key, for the harness-signed mode.
     let fixed = signer();

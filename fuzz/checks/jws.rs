@@ -32,13 +32,12 @@ pub fn check(data: &[u8]) {
 }
 
 fn check_key(k: &Jwk) {
-    let valid = k.validate();
+    let _ = k.validate();
     assert_eq!(k.thumbprint().len(), 43, "a SHA-256 thumbprint is 43 base64url characters");
     let json = serde_json::to_string(k).expect("a JWK serializes");
     let back: Jwk = serde_json::from_str(&json).expect("a serialized JWK parses");
     assert_eq!(&back, k, "JWK round trip");
     assert_eq!(back.thumbprint(), k.thumbprint());
-    let _ = valid;
 }
 
 fn check_body(body: &[u8]) {
@@ -116,24 +115,37 @@ pub fn seeds() -> Vec<Vec<u8>> {
         serde_json::json!({"alg": "EdDSA", "jwk": key, "nonce": "n1", "url": NEW_ACCOUNT_URL}),
         br#"{"termsOfServiceAgreed":true,"contact":["mailto:ops@example.org"]}"#,
     );
-    let get = sign(serde_json::json!({"alg": "EdDSA", "kid": "https://ca/acme/account/1", "nonce": "n", "url": "u"}), b"");
+    let get =
+        sign(serde_json::json!({"alg": "EdDSA", "kid": "https://ca/acme/account/1", "nonce": "n", "url": "u"}), b"");
     let es256 = br#"{"protected":"eyJhbGciOiJFUzI1NiIsImp3ayI6eyJrdHkiOiJFQyIsImNydiI6IlAtMjU2IiwieCI6ImY4M09KM0QyeEY0b1Jxdk9KdlpKa0JEX0F0R0FCLXRudFlmblVCNlBqRVkiLCJ5IjoieDNKZ0cwbnhoQ2xfUWdPQ1ZhN0dBdjR4SGx1ZzJ1YnZQcmJLbE9FQmJFRSJ9LCJub25jZSI6Im4iLCJ1cmwiOiJ1In0","payload":"","signature":"AAAA"}"#.to_vec();
     let rsa = serde_json::to_vec(&serde_json::json!({
         "protected": B64.encode(serde_json::json!({"alg": "RS256", "jwk": {"kty": "RSA", "n": B64.encode([0xc5u8; 256]), "e": "AQAB"}, "url": "u"}).to_string()),
         "payload": "", "signature": B64.encode([1u8; 256])})).expect("json");
-    let eab_protected = B64.encode(serde_json::json!({"alg": "HS256", "kid": "kid-1", "url": NEW_ACCOUNT_URL}).to_string());
+    let eab_protected =
+        B64.encode(serde_json::json!({"alg": "HS256", "kid": "kid-1", "url": NEW_ACCOUNT_URL}).to_string());
     let eab_payload = B64.encode(serde_json::to_vec(&key).expect("json"));
     let tag = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, EAB_KEY),
         format!("{eab_protected}.{eab_payload}").as_bytes(),
     );
-    let eab = serde_json::to_vec(&serde_json::json!({"protected": eab_protected, "payload": eab_payload, "signature": B64.encode(tag.as_ref())})).expect("json");
+    let eab = serde_json::to_vec(
+        &serde_json::json!({"protected": eab_protected, "payload": eab_payload, "signature": B64.encode(tag.as_ref())}),
+    )
+    .expect("json");
     vec![
         with_mode(0, new_account),
         with_mode(0, get),
         with_mode(0, es256),
         with_mode(0, rsa),
-        with_mode(1, [br#"{"nonce":"abc","url":"https://ca.example/acme/new-order"}"#.to_vec(), vec![0xff], br#"{"identifiers":[{"type":"dns","value":"a.example"}]}"#.to_vec()].concat()),
+        with_mode(
+            1,
+            [
+                br#"{"nonce":"abc","url":"https://ca.example/acme/new-order"}"#.to_vec(),
+                vec![0xff],
+                br#"{"identifiers":[{"type":"dns","value":"a.example"}]}"#.to_vec(),
+            ]
+            .concat(),
+        ),
         with_mode(2, eab),
     ]
 }

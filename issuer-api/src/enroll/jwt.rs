@@ -223,7 +223,9 @@ impl JwtAttestors {
             Some(_) => return Err(AttestError::unauthorized("the token's iss claim is not a string")),
             None => return Err(AttestError::unauthorized("the token has no iss claim, so no attestor can check it")),
         };
-        self.by_issuer.get(iss).ok_or_else(|| AttestError::unauthorized(format!("no attestor for issuer {}", shown(iss))))
+        self.by_issuer
+            .get(iss)
+            .ok_or_else(|| AttestError::unauthorized(format!("no attestor for issuer {}", shown(iss))))
     }
 
     /// [`JwtAttestors::attest`] with `jwks` as the issuer's key set (what a load would have read)

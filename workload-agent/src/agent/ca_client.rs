@@ -156,7 +156,9 @@ impl CaClient {
 
     /// The CA's suggested renewal window for a certificate (RFC 9773), Unix seconds.
     pub async fn renewal_info(&self, bundle: &TrustBundle, ari_id: &str) -> anyhow::Result<(i64, i64)> {
-        parse_renewal_info(&self.get(http::tls_config(&bundle.roots, None)?, &format!("/acme/renewal-info/{ari_id}")).await?)
+        parse_renewal_info(
+            &self.get(http::tls_config(&bundle.roots, None)?, &format!("/acme/renewal-info/{ari_id}")).await?,
+        )
     }
 }
 
