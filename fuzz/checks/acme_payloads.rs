@@ -32,7 +32,7 @@ fn account_key() -> Jwk {
 }
 
 /// Byte 0: payload kind (low bits) and whether dns-01 is offered (bit 7); the rest is the payload.
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Some((&sel, payload)) = data.split_first() else { return };
     let kind = KINDS[usize::from(sel & 0x7f) % KINDS.len()];
     let dns01 = sel & 0x80 != 0;
@@ -46,7 +46,7 @@ pub fn check(data: &[u8]) {
 }
 
 /// Realistic payloads of each kind.
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     let csr = {
         let key = ca::rcgen::KeyPair::generate_for(&ca::rcgen::PKCS_ED25519).expect("key");
         let params = ca::rcgen::CertificateParams::new(vec!["a.example.org".to_owned()]).expect("params");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use workload_agent::agent::schedule;
 use workload_agent::config::AgentConfig;
 
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(cfg) = AgentConfig::from_toml_str(text) else { return };
     if cfg.validate().is_err() {
@@ -40,7 +40,7 @@ pub fn check(data: &[u8]) {
     workload_agent::Agent::new(cfg).expect("a validated configuration builds an agent");
 }
 
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     let full = r#"ca_url = "https://ca.internal:8443"
 root_fingerprint = "3f:a1:0b:4c:9d:2e:11:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab"
 spiffe_id = "spiffe://lanyard.internal/web"

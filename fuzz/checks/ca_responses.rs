@@ -73,7 +73,7 @@ fn check_window(start: i64, end: i64) {
 }
 
 /// Byte 0: which answer (low 3 bits) and its HTTP status (next 3 bits); the rest is the body.
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Some((&sel, body)) = data.split_first() else { return };
     let resp = response(STATUSES[usize::from(sel >> 3) & 7], body);
     let _ = resp.error_detail();
@@ -132,7 +132,7 @@ pub fn check(data: &[u8]) {
 }
 
 /// A CRL of the fixed root (PEM), listing `serials`.
-pub fn root_crl_pem(serials: &[u8]) -> String {
+pub(crate) fn root_crl_pem(serials: &[u8]) -> String {
     let r = root();
     let issuer = rcgen::Issuer::from_params(&r.params, &r.key);
     let now = time::macros::datetime!(2026-01-01 0:00 UTC);
@@ -158,7 +158,7 @@ pub fn root_crl_pem(serials: &[u8]) -> String {
 }
 
 /// A leaf for `spiffe://example.org/web` issued by the fixed root, PEM.
-pub fn leaf_pem() -> String {
+pub(crate) fn leaf_pem() -> String {
     let r = root();
     let issuer = rcgen::Issuer::from_params(&r.params, &r.key);
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
@@ -168,7 +168,7 @@ pub fn leaf_pem() -> String {
     p.signed_by(&key, &issuer).expect("leaf").pem()
 }
 
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&root().der);
     let bundle = serde_json::json!({

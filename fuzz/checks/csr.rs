@@ -35,7 +35,7 @@ fn signed_csr(info: &[u8]) -> Vec<u8> {
 
 /// Byte 0 picks the mode: the rest is a CSR (DER or PEM), or a CertificationRequestInfo the
 /// harness signs with its fixed key (so the fuzzer gets past the signature).
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let input = if mode % 2 == 0 { rest.to_vec() } else { signed_csr(rest) };
     let Ok(csr) = ca::parse_and_verify_csr(&input) else { return };
@@ -64,7 +64,7 @@ pub fn check(data: &[u8]) {
 
 /// Realistic requests from rcgen: each key type, DNS/IP/SPIFFE names, PEM and DER, and the
 /// harness-signed form.
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     use ca::rcgen::{CertificateParams, DnType, KeyPair as RcKey, SanType};
     let mut out = Vec::new();
     for alg in [&ca::rcgen::PKCS_ECDSA_P256_SHA256, &ca::rcgen::PKCS_ECDSA_P384_SHA384, &ca::rcgen::PKCS_ED25519] {

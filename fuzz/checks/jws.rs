@@ -22,7 +22,7 @@ fn jwk_of(kp: &Ed25519KeyPair) -> Jwk {
 }
 
 /// Byte 0 picks the mode: a raw body, a header/payload the harness signs correctly, or an EAB.
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     match mode % 3 {
         0 => check_body(rest),
@@ -100,7 +100,7 @@ fn check_eab(data: &[u8]) {
 }
 
 /// Realistic inputs: signed newAccount / POST-as-GET bodies, the harness modes, an EAB.
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     let kp = signer();
     let key = jwk_of(&kp);
     let sign = |header: serde_json::Value, payload: &[u8]| {

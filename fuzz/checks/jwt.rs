@@ -87,7 +87,7 @@ fn expect_result(r: Result<ca::SpiffeId, AttestError>, claims: Option<&serde_jso
 
 /// Byte 0 picks the mode: a raw token; a header and claims (split at 0xff) the harness signs; or
 /// a JWKS against a valid token.
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let a = attestors();
     match mode % 3 {
@@ -123,7 +123,7 @@ fn valid_claims() -> serde_json::Value {
     })
 }
 
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     let claims = valid_claims();
     let header = br#"{"alg":"EdDSA","kid":"k1","typ":"JWT"}"#;
     let token = sign(header, claims.to_string().as_bytes());

@@ -16,7 +16,7 @@ fn parts(data: &[u8]) -> Vec<String> {
 
 /// Byte 0 picks the mode: a key file for `parse_key_pem` or `decrypt_key_pem`, or the PEM texts
 /// of an import (root cert, root key, intermediate cert, intermediate key, separated by 0xff).
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     match mode % 3 {
         0 => {
@@ -46,7 +46,7 @@ pub fn check(data: &[u8]) {
 }
 
 /// An `ENCRYPTED PRIVATE KEY` with cheap KDF settings (so that mutations of it run fast).
-pub fn cheap_encrypted(key: &ca::rcgen::KeyPair, scrypt: bool) -> String {
+pub(crate) fn cheap_encrypted(key: &ca::rcgen::KeyPair, scrypt: bool) -> String {
     use pkcs8::pkcs5::pbes2;
     let der = key.serialize_der();
     let info = pkcs8::PrivateKeyInfoRef::try_from(der.as_slice()).expect("pkcs8");
@@ -62,7 +62,7 @@ pub fn cheap_encrypted(key: &ca::rcgen::KeyPair, scrypt: bool) -> String {
 
 /// A SEC1 `EC PRIVATE KEY` PEM of a P-256 key, with the `EC PARAMETERS` block, as
 /// `openssl ecparam -name prime256v1 -genkey` writes it (a throwaway key made for this check).
-pub fn sec1_pem() -> String {
+pub(crate) fn sec1_pem() -> String {
     "-----BEGIN EC PARAMETERS-----\n\
 BggqhkjOPQMBBw==\n\
 -----END EC PARAMETERS-----\n\
@@ -74,7 +74,7 @@ V+N8NGIMTrtN+oqEKJj95/lkJxWKPiuyCQ==\n\
         .into()
 }
 
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     use ca::rcgen::{CertificateParams, KeyPair};
     let mut out = Vec::new();
     let m = |mode: u8, s: &str| [&[mode][..], s.as_bytes()].concat();

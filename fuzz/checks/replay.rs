@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub fn replay(target: &str, check: fn(&[u8]), seeds: Vec<Vec<u8>>) {
+pub(crate) fn replay(target: &str, check: fn(&[u8]), seeds: Vec<Vec<u8>>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions").join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("regression inputs {}: {e}", dir.display()))

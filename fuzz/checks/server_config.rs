@@ -16,7 +16,7 @@ fn fits(name: &str, d: Duration) {
     assert!(i64::try_from(d.as_secs()).is_ok_and(|s| s.checked_add(now.unix_timestamp()).is_some()), "{name}");
 }
 
-pub fn check(data: &[u8]) {
+pub(crate) fn check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(cfg) = Config::from_toml_str(text) else { return };
     if cfg.validate().is_err() {
@@ -68,7 +68,7 @@ pub fn check(data: &[u8]) {
 }
 
 /// The README's configuration examples, the defaults and a few hand-written ones.
-pub fn seeds() -> Vec<Vec<u8>> {
+pub(crate) fn seeds() -> Vec<Vec<u8>> {
     let readme = include_str!("../../README.md");
     let mut out: Vec<Vec<u8>> = readme
         .split("```toml\n")
