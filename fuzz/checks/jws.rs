@@ -62,7 +62,7 @@ fn check_signed(data: &[u8]) {
     };
     let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).unwrap_or_default();
     let kp = signer();
-    let key = jwk_of(&kp);
+    let key = jwk_of(kp);
     header.insert("alg".into(), "EdDSA".into());
     header.insert("jwk".into(), serde_json::to_value(&key).expect("jwk json"));
     header.remove("kid");
@@ -102,7 +102,7 @@ fn check_eab(data: &[u8]) {
 /// Realistic inputs: signed newAccount / POST-as-GET bodies, the harness modes, an EAB.
 pub(crate) fn seeds() -> Vec<Vec<u8>> {
     let kp = signer();
-    let key = jwk_of(&kp);
+    let key = jwk_of(kp);
     let sign = |header: serde_json::Value, payload: &[u8]| {
         let protected = B64.encode(header.to_string());
         let payload = B64.encode(payload);
