@@ -30,6 +30,21 @@ pub struct InitOptions {
     pub organization: String,
 }
 
+impl InitOptions {
+    /// Checks the lifetimes: positive, the intermediate's not above the root's, and both within
+    /// [`crate::MAX_CONFIG_DURATION`] so that `now + lifetime` cannot overflow.
+    pub fn validate(&self) -> Result<(), CaError> {
+        crate::check_duration("root_lifetime", self.root_lifetime)?;
+        crate::check_duration("intermediate_lifetime", self.intermediate_lifetime)?;
+        if self.intermediate_lifetime.is_zero() || self.intermediate_lifetime > self.root_lifetime {
+            return Err(CaError::Config(
+                "intermediate_lifetime must be positive and may not exceed root_lifetime".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
@@ -298,6 +313,7 @@ pub(crate) fn cross_certify(
 
 /// Creates a new root and intermediate.
 pub fn create_ca(opts: &InitOptions, pass: &Passphrase) -> Result<CaMaterial, CaError> {
+    opts.validate()?;
     let now = OffsetDateTime::now_utc();
     let root_key = generate_key(opts.key_algorithm)?;
     let root_der = new_root(opts, &root_key, now)?;

@@ -38,10 +38,14 @@ pub use fsutil::write_atomic;
 pub use issuance::{Authority, IssuanceStep, IssueRequest, IssuedCertificate, StepHook};
 pub use issuers::{ActiveIssuer, IssuerKind, IssuerRecord, IssuerState};
 pub use keys::{
-    KeyAlgorithm, PASSPHRASE_ENV, Passphrase, decrypt_key_pem, encrypt_key_pem, generate_key, parse_key_pem,
+    KeyAlgorithm, MAX_PBKDF2_ITERATIONS, MAX_SCRYPT_MEMORY, MAX_SCRYPT_WORK, PASSPHRASE_ENV, Passphrase,
+    decrypt_key_pem, encrypt_key_pem, generate_key, parse_key_pem,
 };
 pub use names::{AuthorizedNames, Name, SpiffeId, check_dns_name};
-pub use policy::{DEFAULT_RENEWAL_RETRY_WINDOW, DnsPolicy, LifetimePolicy, Policy, normalize_suffix, suffix_matches};
+pub use policy::{
+    DEFAULT_RENEWAL_RETRY_WINDOW, DnsPolicy, LifetimePolicy, MAX_CONFIG_DURATION, Policy, check_duration,
+    normalize_suffix, suffix_matches,
+};
 pub use profile::Profile;
 pub use serial::Serial;
 pub use store::Store;

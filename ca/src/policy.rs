@@ -149,6 +149,22 @@ fn suffix_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     raw.iter().map(|s| normalize_suffix(s).map_err(serde::de::Error::custom)).collect()
 }
 
+/// Longest duration a configuration may give (100 years). Validity periods are computed as
+/// `now + duration`, which overflows (and panics) far before `Duration::MAX`; no certificate,
+/// timeout or interval needs more.
+pub const MAX_CONFIG_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Refuses a configured duration above [`MAX_CONFIG_DURATION`].
+pub fn check_duration(name: &str, value: Duration) -> Result<(), CaError> {
+    if value > MAX_CONFIG_DURATION {
+        return Err(CaError::Config(format!(
+            "{name} is {}s, more than the longest accepted duration (100 years)",
+            value.as_secs()
+        )));
+    }
+    Ok(())
+}
+
 impl Policy {
     /// Checks the configuration itself; a bad policy must stop the server at start, not at issuance.
     pub fn validate(&self) -> Result<(), CaError> {
@@ -159,7 +175,9 @@ impl Policy {
                     "{name}: the default lifetime must be positive and not above the maximum"
                 )));
             }
+            check_duration(&format!("{name}.max"), lp.max)?;
         }
+        check_duration("min_issuer_remaining", self.min_issuer_remaining)?;
         for s in self.dns.allow_suffixes.iter().chain(&self.dns.deny_suffixes) {
             normalize_suffix(s)?;
         }

@@ -79,11 +79,16 @@ impl Config {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
+                Config::from_toml_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
             }
             None => Config::default(),
         };
         Ok(cfg)
+    }
+
+    /// Parses the text of a config file (what [`Config::load`] does after reading it).
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
     }
 
     /// Checks the settings that can be checked without touching anything.
@@ -97,6 +102,32 @@ impl Config {
         }
         if self.init.intermediate_lifetime > self.init.root_lifetime {
             bail!("[init] intermediate_lifetime may not exceed root_lifetime");
+        }
+        self.init.validate().context("invalid [init]")?;
+        // Each of these ends up in `now + d` (timestamps, tokio instants) somewhere; a value near
+        // `Duration::MAX` passed every other check and then panicked there.
+        let rl = &self.acme.rate_limits;
+        let w = &self.workload;
+        let mut durations = vec![
+            ("rotation.check_interval", self.rotation.check_interval),
+            ("rotation.root_overlap", self.rotation.root_overlap),
+            ("acme.order_lifetime", self.acme.order_lifetime),
+            ("acme.retention", self.acme.retention),
+            ("acme.validation.timeout", self.acme.validation.timeout),
+            ("acme.validation.slot_wait", self.acme.validation.slot_wait),
+            ("acme.rate_limits.new_orders_per_account.period", rl.new_orders_per_account.period),
+            ("acme.rate_limits.new_accounts_per_ip.period", rl.new_accounts_per_ip.period),
+            ("acme.rate_limits.requests_per_ip.period", rl.requests_per_ip.period),
+            ("workload.bundle_refresh_hint", w.bundle_refresh_hint),
+            ("workload.join_token_ttl", w.join_token_ttl),
+            ("workload.join_token_max_ttl", w.join_token_max_ttl),
+        ];
+        for j in &w.jwt {
+            durations.push(("workload.jwt.max_token_lifetime", j.max_token_lifetime));
+            durations.push(("workload.jwt.jwks_refresh", j.jwks_refresh));
+        }
+        for (name, d) in durations {
+            ca::check_duration(name, d)?;
         }
         Ok(())
     }

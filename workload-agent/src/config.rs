@@ -7,6 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+/// Longest accepted `[renewal]` interval (`retry_max`, `max_refresh`, `notices_unsupported_retry`).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest accepted `[renewal] request_timeout`.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -127,10 +132,15 @@ impl AgentConfig {
         match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))
+                AgentConfig::from_toml_str(&text).with_context(|| format!("invalid config file {}", p.display()))
             }
             None => Ok(AgentConfig::default()),
         }
+    }
+
+    /// Parses the text of a config file (what [`AgentConfig::load`] does after reading it).
+    pub fn from_toml_str(text: &str) -> anyhow::Result<AgentConfig> {
+        Ok(toml::from_str(text)?)
     }
 
     /// Checks everything that can be checked before running.
@@ -145,6 +155,8 @@ impl AgentConfig {
         if !self.spiffe_id.starts_with("spiffe://") {
             bail!("spiffe_id must be a spiffe:// URI (got {:?})", self.spiffe_id);
         }
+        // The seam's own parser, so that what passes here is what the agent accepts at start.
+        crate::tls::CredentialSeam::new(&self.spiffe_id).map_err(|e| anyhow::anyhow!("spiffe_id: {e}"))?;
         let a = &self.attestation;
         let n =
             [a.join_token.is_some(), a.join_token_file.is_some(), a.jwt_file.is_some()].iter().filter(|x| **x).count();
@@ -160,6 +172,25 @@ impl AgentConfig {
         }
         if r.retry_initial.is_zero() || r.retry_max < r.retry_initial {
             bail!("[renewal] retry_initial must be > 0 and <= retry_max");
+        }
+        // These end up in `Instant::now() + d`, `wait + request_timeout` and `d.mul_f64(1.2)`,
+        // which panic near `Duration::MAX`; no sensible setting comes close to the bounds.
+        for (name, value, max) in [
+            ("retry_max", r.retry_max, MAX_INTERVAL),
+            ("request_timeout", r.request_timeout, MAX_REQUEST_TIMEOUT),
+            ("max_refresh", r.max_refresh, MAX_INTERVAL),
+            ("notices_unsupported_retry", r.notices_unsupported_retry, MAX_INTERVAL),
+        ] {
+            if value > max {
+                bail!(
+                    "[renewal] {name} may be at most {} (got {})",
+                    humantime::format_duration(max),
+                    humantime::format_duration(value)
+                );
+            }
+        }
+        if r.request_timeout.is_zero() {
+            bail!("[renewal] request_timeout must be > 0");
         }
         if self.reload.signal.is_some() && self.reload.pid.is_none() && self.reload.pid_file.is_none() {
             bail!("[reload] signal needs pid or pid_file");

@@ -297,18 +297,27 @@ fn account_allows(acct: &AcmeAccount, name: &Name) -> Result<(), String> {
 }
 
 fn check_identifier_ca(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name, bool), (String, String)> {
+    check_identifier_policy(acme.authority.policy(), acme.cfg.validation.dns_resolver.is_some(), id)
+}
+
+/// [`check_identifier_ca`] against `policy`; `dns01`: whether dns-01 (so wildcards) is offered.
+fn check_identifier_policy(
+    policy: &ca::Policy,
+    dns01: bool,
+    id: &Identifier,
+) -> Result<(Identifier, Name, bool), (String, String)> {
     match id.kind.as_str() {
         "dns" => {
             let wildcard = id.value.starts_with("*.");
             let name = ca::check_dns_name(&id.value).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
-            if wildcard && acme.cfg.validation.dns_resolver.is_none() {
+            if wildcard && !dns01 {
                 return Err((
                     "rejectedIdentifier".into(),
                     "wildcard names need dns-01, which this CA does not offer".into(),
                 ));
             }
             let n = Name::Dns(name.clone());
-            acme.authority.policy().check_name(&n).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
+            policy.check_name(&n).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
             Ok((Identifier { kind: "dns".into(), value: name }, n, wildcard))
         }
         "ip" => {
@@ -317,12 +326,12 @@ fn check_identifier_ca(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name
                 .parse()
                 .map_err(|_| ("malformed".to_owned(), format!("{:?} is not an IP address", id.value)))?;
             let n = Name::Ip(ip);
-            acme.authority.policy().check_name(&n).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
+            policy.check_name(&n).map_err(|e| ("rejectedIdentifier".to_owned(), e.to_string()))?;
             Ok((Identifier { kind: "ip".into(), value: ip.to_string() }, n, false))
         }
         crate::enroll::SPIFFE_IDENTIFIER => {
             let id = ca::SpiffeId::parse(&id.value).map_err(|e| ("malformed".to_owned(), e.to_string()))?;
-            let td = &acme.authority.policy().trust_domain;
+            let td = &policy.trust_domain;
             if id.trust_domain() != td {
                 return Err(("rejectedIdentifier".into(), format!("{id} is outside the trust domain {td}")));
             }
@@ -352,48 +361,11 @@ pub(crate) async fn new_order(State(acme): State<Arc<Acme>>, Signed(auth): Kid) 
     if let Some(cert_id) = &req.replaces {
         check_replaces(&acme, acct, cert_id).await?;
     }
-    if req.not_before.is_some() || req.not_after.is_some() {
-        return Err(AcmeProblem::malformed("notBefore and notAfter are not supported; the profile decides validity"));
-    }
-    if req.identifiers.is_empty() || req.identifiers.len() > 100 {
-        return Err(AcmeProblem::malformed("an order needs 1 to 100 identifiers"));
-    }
-    let mut ids = BTreeSet::new();
-    let mut sub = Vec::new();
-    for id in &req.identifiers {
-        match check_identifier(&acme, acct, id) {
-            Ok((norm, _, wildcard)) => {
-                ids.insert((norm, wildcard));
-            }
-            Err((kind, detail)) => sub.push(Subproblem {
-                kind: format!("urn:ietf:params:acme:error:{kind}"),
-                detail,
-                identifier: id.clone(),
-            }),
-        }
-    }
-    if !sub.is_empty() {
-        let kind = if sub.iter().all(|s| s.kind.ends_with("unsupportedIdentifier")) {
-            "unsupportedIdentifier"
-        } else {
-            "rejectedIdentifier"
-        };
-        let mut p =
-            AcmeProblem::new(StatusCode::BAD_REQUEST, kind, "some identifiers cannot be ordered; see subproblems");
-        p.subproblems = sub;
-        return Err(p);
-    }
+    let ids = check_new_order(&req, |id| check_identifier(&acme, acct, id))?;
     let t = now();
     let expires = t + acme.cfg.order_lifetime.as_secs() as i64;
     let order_id = new_id();
     let identifiers: Vec<Identifier> = ids.iter().map(|(i, _)| i.clone()).collect();
-    if is_enrollment(&identifiers) && identifiers.len() != 1 {
-        return Err(AcmeProblem::new(
-            StatusCode::BAD_REQUEST,
-            "rejectedIdentifier",
-            "a spiffe identifier is ordered alone: one workload identity per order",
-        ));
-    }
     let mut authzs = Vec::new();
     let mut challenges = Vec::new();
     let dns01 = acme.cfg.validation.dns_resolver.is_some();
@@ -443,6 +415,114 @@ pub(crate) async fn new_order(State(acme): State<Arc<Acme>>, Signed(auth): Kid) 
     acme.store.acme_create_order(&order, &authzs, &challenges).await.map_err(AcmeProblem::from)?;
     let body = order_json(&acme, &order, &authzs)?;
     Ok(with_header(json(StatusCode::CREATED, &body), header::LOCATION, &acme.url(&format!("/order/{order_id}"))))
+}
+
+/// The checks of a newOrder payload that need no store: no notBefore/notAfter, 1 to 100
+/// identifiers each accepted by `check` (else subproblems), and a spiffe identifier alone.
+/// Returns the normalised identifiers with their wildcard flags.
+fn check_new_order(
+    req: &NewOrder,
+    check: impl Fn(&Identifier) -> Result<(Identifier, Name, bool), (String, String)>,
+) -> Result<BTreeSet<(Identifier, bool)>, AcmeProblem> {
+    if req.not_before.is_some() || req.not_after.is_some() {
+        return Err(AcmeProblem::malformed("notBefore and notAfter are not supported; the profile decides validity"));
+    }
+    if req.identifiers.is_empty() || req.identifiers.len() > 100 {
+        return Err(AcmeProblem::malformed("an order needs 1 to 100 identifiers"));
+    }
+    let mut ids = BTreeSet::new();
+    let mut sub = Vec::new();
+    for id in &req.identifiers {
+        match check(id) {
+            Ok((norm, _, wildcard)) => {
+                ids.insert((norm, wildcard));
+            }
+            Err((kind, detail)) => sub.push(Subproblem {
+                kind: format!("urn:ietf:params:acme:error:{kind}"),
+                detail,
+                identifier: id.clone(),
+            }),
+        }
+    }
+    if !sub.is_empty() {
+        let kind = if sub.iter().all(|s| s.kind.ends_with("unsupportedIdentifier")) {
+            "unsupportedIdentifier"
+        } else {
+            "rejectedIdentifier"
+        };
+        let mut p =
+            AcmeProblem::new(StatusCode::BAD_REQUEST, kind, "some identifiers cannot be ordered; see subproblems");
+        p.subproblems = sub;
+        return Err(p);
+    }
+    let identifiers: Vec<Identifier> = ids.iter().map(|(i, _)| i.clone()).collect();
+    if is_enrollment(&identifiers) && identifiers.len() != 1 {
+        return Err(AcmeProblem::new(
+            StatusCode::BAD_REQUEST,
+            "rejectedIdentifier",
+            "a spiffe identifier is ordered alone: one workload identity per order",
+        ));
+    }
+    Ok(ids)
+}
+
+/// Which ACME request payload [`check_payload`] reads.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// newAccount / account update.
+    Account,
+    /// newOrder.
+    NewOrder,
+    /// finalize.
+    Finalize,
+    /// revokeCert.
+    Revoke,
+    /// keyChange (its inner payload).
+    KeyChange,
+    /// The JSON object a challenge POST carries (join-token-01 / jwt-01 attestation payload).
+    Challenge,
+}
+
+/// Deserializes `payload` as the handlers do and runs every check on it that needs no store or
+/// network, with the handlers' own functions, against `policy` (`dns01`: whether dns-01 is
+/// offered) and `account_key` (the JWS signer). For fuzzing.
+#[doc(hidden)]
+pub fn check_payload(
+    kind: PayloadKind,
+    payload: &[u8],
+    policy: &ca::Policy,
+    dns01: bool,
+    account_key: &Jwk,
+) -> Result<(), AcmeProblem> {
+    fn parse<T: serde::de::DeserializeOwned>(p: &[u8]) -> Result<T, AcmeProblem> {
+        serde_json::from_slice(p).map_err(|e| AcmeProblem::malformed(format!("bad payload: {e}")))
+    }
+    match kind {
+        PayloadKind::Account => {
+            let req: AccountRequest = parse(payload)?;
+            check_contacts(&req.contact.unwrap_or_default())
+        }
+        PayloadKind::NewOrder => {
+            let req: NewOrder = parse(payload)?;
+            if let Some(r) = &req.replaces {
+                parse_cert_id(r).ok_or_else(|| AcmeProblem::malformed("replaces is not a certID"))?;
+            }
+            check_new_order(&req, |id| check_identifier_policy(policy, dns01, id)).map(|_| ())
+        }
+        PayloadKind::Finalize => finalize_csr(&parse(payload)?, account_key).map(|_| ()),
+        PayloadKind::Revoke => revoke_request(&parse(payload)?).map(|_| ()),
+        PayloadKind::KeyChange => {
+            let req: KeyChange = serde_json::from_slice(payload)
+                .map_err(|e| AcmeProblem::malformed(format!("bad keyChange payload: {e}")))?;
+            let _ = req.old_key.thumbprint();
+            Ok(())
+        }
+        PayloadKind::Challenge => {
+            let _: crate::enroll::AttestationPayload = parse(payload)?;
+            Ok(())
+        }
+    }
 }
 
 fn order_json(acme: &Acme, o: &AcmeOrder, authzs: &[AcmeAuthz]) -> Result<Order, AcmeProblem> {
@@ -621,6 +701,26 @@ fn challenge_error(kind: &'static str, detail: String) -> String {
     p.to_json()
 }
 
+/// The finalize payload's CSR: decoded, parsed, its signature verified, and its key not the
+/// account key. Returns the DER and the verified request.
+fn finalize_csr(req: &Finalize, account_key: &Jwk) -> Result<(Vec<u8>, ca::VerifiedCsr), AcmeProblem> {
+    let csr = B64
+        .decode(req.csr.trim_end_matches('='))
+        .map_err(|_| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", "csr is not base64url"))?;
+    let verified = ca::parse_and_verify_csr(&csr).map_err(AcmeProblem::from_finalize)?;
+    let (_, spki) =
+        <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<_>>::from_der(&verified.spki_der)
+            .map_err(|_| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", "unreadable public key"))?;
+    if jwk_is_spki(account_key, &spki) {
+        return Err(AcmeProblem::new(
+            StatusCode::BAD_REQUEST,
+            "badCSR",
+            "the certificate key must differ from the account key",
+        ));
+    }
+    Ok((csr, verified))
+}
+
 /// True when `jwk` is the public key in the DER SubjectPublicKeyInfo `spki`.
 fn jwk_is_spki(jwk: &Jwk, spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> bool {
     let key = spki.subject_public_key.data.as_ref();
@@ -658,20 +758,7 @@ pub(crate) async fn finalize(State(acme): State<Arc<Acme>>, Path(id): Path<Strin
     if o.expires_at < now() {
         return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "orderNotReady", "the order has expired"));
     }
-    let csr = B64
-        .decode(req.csr.trim_end_matches('='))
-        .map_err(|_| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", "csr is not base64url"))?;
-    let verified = ca::parse_and_verify_csr(&csr).map_err(AcmeProblem::from_finalize)?;
-    let (_, spki) =
-        <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<_>>::from_der(&verified.spki_der)
-            .map_err(|_| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", "unreadable public key"))?;
-    if jwk_is_spki(&auth.jwk, &spki) {
-        return Err(AcmeProblem::new(
-            StatusCode::BAD_REQUEST,
-            "badCSR",
-            "the certificate key must differ from the account key",
-        ));
-    }
+    let (csr, verified) = finalize_csr(&req, &auth.jwk)?;
     let names: Vec<Name> = authzs
         .iter()
         .map(|a| match a.id_type.as_str() {
@@ -794,17 +881,7 @@ async fn download(acme: &Acme, serial: &str, n: usize, auth: &Authenticated) -> 
 /// POST /acme/revoke-cert (section 7.6): by the ordering account (kid) or the certificate key (jwk).
 pub(crate) async fn revoke_cert(State(acme): State<Arc<Acme>>, Signed(auth): EitherKey) -> AcmeResult {
     let req: Revoke = payload(&auth)?;
-    let reason = req.reason.unwrap_or(0);
-    if ![0, 1, 3, 4, 5, 9].contains(&reason) {
-        return Err(AcmeProblem::new(
-            StatusCode::BAD_REQUEST,
-            "badRevocationReason",
-            format!("reason {reason} is not accepted (0, 1, 3, 4, 5, 9)"),
-        ));
-    }
-    let der = B64
-        .decode(req.certificate.trim_end_matches('='))
-        .map_err(|_| AcmeProblem::malformed("certificate is not base64url"))?;
+    let (reason, der) = revoke_request(&req)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|_| AcmeProblem::malformed("certificate is not DER X.509"))?;
     let serial = hex::encode(cert.raw_serial());
@@ -835,6 +912,23 @@ pub(crate) async fn revoke_cert(State(acme): State<Arc<Acme>>, Signed(auth): Eit
     }
     tracing::info!(%serial, reason, successors = done.successors.len(), "certificate revoked");
     Ok(StatusCode::OK.into_response())
+}
+
+/// The revokeCert payload's reason (checked) and certificate (decoded, and checked to be X.509).
+fn revoke_request(req: &Revoke) -> Result<(i32, Vec<u8>), AcmeProblem> {
+    let reason = req.reason.unwrap_or(0);
+    if ![0, 1, 3, 4, 5, 9].contains(&reason) {
+        return Err(AcmeProblem::new(
+            StatusCode::BAD_REQUEST,
+            "badRevocationReason",
+            format!("reason {reason} is not accepted (0, 1, 3, 4, 5, 9)"),
+        ));
+    }
+    let der = B64
+        .decode(req.certificate.trim_end_matches('='))
+        .map_err(|_| AcmeProblem::malformed("certificate is not base64url"))?;
+    x509_parser::parse_x509_certificate(&der).map_err(|_| AcmeProblem::malformed("certificate is not DER X.509"))?;
+    Ok((reason, der))
 }
 
 fn pem_to_der(pem: &str) -> Option<Vec<u8>> {

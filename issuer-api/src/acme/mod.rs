@@ -13,6 +13,9 @@ pub mod ratelimit;
 pub mod validation;
 pub mod wire;
 
+#[doc(hidden)]
+pub use handlers::{PayloadKind, check_payload};
+
 use std::sync::Arc;
 use std::time::Duration;
 

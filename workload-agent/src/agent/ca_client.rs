@@ -74,30 +74,7 @@ impl CaClient {
     }
 
     fn parse_bundle(&self, resp: &HttpResponse) -> anyhow::Result<FetchedBundle> {
-        if resp.status != StatusCode::OK {
-            bail!("trust bundle: HTTP {}: {}", resp.status, resp.error_detail());
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&resp.body).context("trust bundle is not JSON")?;
-        let mut roots = Vec::new();
-        for key in doc["keys"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            if key["use"] != "x509-svid" {
-                continue;
-            }
-            let Some(x5c) = key["x5c"].as_array().and_then(|a| a.first()).and_then(|v| v.as_str()) else {
-                bail!("trust bundle: an x509-svid key without x5c");
-            };
-            let der = base64::engine::general_purpose::STANDARD.decode(x5c).context("trust bundle: bad x5c")?;
-            roots.push(CertificateDer::from(der));
-        }
-        if roots.is_empty() {
-            bail!("trust bundle has no X.509 roots");
-        }
-        let sequence = doc["spiffe_sequence"].as_u64().unwrap_or(0);
-        let refresh_hint = doc["spiffe_refresh_hint"].as_u64().map(Duration::from_secs);
-        Ok(FetchedBundle {
-            bundle: TrustBundle { trust_domain: self.trust_domain.clone(), roots, sequence },
-            refresh_hint,
-        })
+        parse_bundle(&self.trust_domain, resp)
     }
 
     async fn get(&self, tls: Arc<rustls::ClientConfig>, path: &str) -> anyhow::Result<HttpResponse> {
@@ -131,14 +108,7 @@ impl CaClient {
         &self,
         roots: &[CertificateDer<'static>],
     ) -> anyhow::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
-        use rustls::pki_types::pem::PemObject;
-        let resp = self.get(http::tls_config(roots, None)?, "/crls.pem").await?;
-        if resp.status != StatusCode::OK {
-            bail!("CRLs: HTTP {}: {}", resp.status, resp.error_detail());
-        }
-        rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&resp.body)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow!("CRLs: bad PEM: {e:?}"))
+        parse_crls(&self.get(http::tls_config(roots, None)?, "/crls.pem").await?)
     }
 
     /// Renews `current` over mTLS with a CSR for a new key; returns the new chain.
@@ -181,32 +151,81 @@ impl CaClient {
         let resp = http::request(tls, Method::GET, &url, None, Vec::new(), wait + self.timeout)
             .await
             .map_err(NoticeError::Failed)?;
-        match resp.status {
-            StatusCode::NO_CONTENT => Ok(None),
-            StatusCode::NOT_FOUND => Err(NoticeError::NotSupported),
-            StatusCode::OK => {
-                let v: serde_json::Value = serde_json::from_slice(&resp.body)
-                    .map_err(|e| NoticeError::Failed(anyhow!("notice is not JSON: {e}")))?;
-                let w = &v["renew"];
-                Ok(Some((
-                    rfc3339(&w["start"]).map_err(NoticeError::Failed)?,
-                    rfc3339(&w["end"]).map_err(NoticeError::Failed)?,
-                )))
-            }
-            s => Err(NoticeError::Failed(anyhow!("notices: HTTP {s}: {}", resp.error_detail()))),
-        }
+        parse_notice(&resp)
     }
 
     /// The CA's suggested renewal window for a certificate (RFC 9773), Unix seconds.
     pub async fn renewal_info(&self, bundle: &TrustBundle, ari_id: &str) -> anyhow::Result<(i64, i64)> {
-        let resp = self.get(http::tls_config(&bundle.roots, None)?, &format!("/acme/renewal-info/{ari_id}")).await?;
-        if resp.status != StatusCode::OK {
-            bail!("renewalInfo: HTTP {}: {}", resp.status, resp.error_detail());
-        }
-        let v: serde_json::Value = serde_json::from_slice(&resp.body).context("renewalInfo is not JSON")?;
-        let w = &v["suggestedWindow"];
-        Ok((rfc3339(&w["start"]).context("renewalInfo")?, rfc3339(&w["end"]).context("renewalInfo")?))
+        parse_renewal_info(
+            &self.get(http::tls_config(&bundle.roots, None)?, &format!("/acme/renewal-info/{ari_id}")).await?,
+        )
     }
+}
+
+/// Reads a `GET /bundle.spiffe` answer (SPIFFE bundle, JWKS form) as the bundle of `trust_domain`.
+pub fn parse_bundle(trust_domain: &str, resp: &HttpResponse) -> anyhow::Result<FetchedBundle> {
+    if resp.status != StatusCode::OK {
+        bail!("trust bundle: HTTP {}: {}", resp.status, resp.error_detail());
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&resp.body).context("trust bundle is not JSON")?;
+    let mut roots = Vec::new();
+    for key in doc["keys"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        if key["use"] != "x509-svid" {
+            continue;
+        }
+        let Some(x5c) = key["x5c"].as_array().and_then(|a| a.first()).and_then(|v| v.as_str()) else {
+            bail!("trust bundle: an x509-svid key without x5c");
+        };
+        let der = base64::engine::general_purpose::STANDARD.decode(x5c).context("trust bundle: bad x5c")?;
+        roots.push(CertificateDer::from(der));
+    }
+    if roots.is_empty() {
+        bail!("trust bundle has no X.509 roots");
+    }
+    let sequence = doc["spiffe_sequence"].as_u64().unwrap_or(0);
+    let refresh_hint = doc["spiffe_refresh_hint"].as_u64().map(Duration::from_secs);
+    Ok(FetchedBundle { bundle: TrustBundle { trust_domain: trust_domain.to_owned(), roots, sequence }, refresh_hint })
+}
+
+/// Reads a `GET /crls.pem` answer: every `X509 CRL` block, or an error for any bad block.
+pub fn parse_crls(
+    resp: &HttpResponse,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    if resp.status != StatusCode::OK {
+        bail!("CRLs: HTTP {}: {}", resp.status, resp.error_detail());
+    }
+    rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&resp.body)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("CRLs: bad PEM: {e:?}"))
+}
+
+/// Reads a `GET /workload/v1/notices` answer: the renewal window (Unix seconds), none (204), or why not.
+pub fn parse_notice(resp: &HttpResponse) -> Result<Option<(i64, i64)>, NoticeError> {
+    match resp.status {
+        StatusCode::NO_CONTENT => Ok(None),
+        StatusCode::NOT_FOUND => Err(NoticeError::NotSupported),
+        StatusCode::OK => {
+            let v: serde_json::Value = serde_json::from_slice(&resp.body)
+                .map_err(|e| NoticeError::Failed(anyhow!("notice is not JSON: {e}")))?;
+            let w = &v["renew"];
+            Ok(Some((
+                rfc3339(&w["start"]).map_err(NoticeError::Failed)?,
+                rfc3339(&w["end"]).map_err(NoticeError::Failed)?,
+            )))
+        }
+        s => Err(NoticeError::Failed(anyhow!("notices: HTTP {s}: {}", resp.error_detail()))),
+    }
+}
+
+/// Reads a renewalInfo answer (RFC 9773): the suggested window, Unix seconds.
+pub fn parse_renewal_info(resp: &HttpResponse) -> anyhow::Result<(i64, i64)> {
+    if resp.status != StatusCode::OK {
+        bail!("renewalInfo: HTTP {}: {}", resp.status, resp.error_detail());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).context("renewalInfo is not JSON")?;
+    let w = &v["suggestedWindow"];
+    Ok((rfc3339(&w["start"]).context("renewalInfo")?, rfc3339(&w["end"]).context("renewalInfo")?))
 }
 
 /// An RFC 3339 time in a JSON document, as Unix seconds.
