@@ -68,12 +68,12 @@ pub fn router(authority: Arc<Authority>) -> Router {
 /// of its validity has passed even if nobody asks, so a fresh CRL always exists and every
 /// revoked entry appears on one issued after its certificate expired. Does nothing otherwise:
 /// CRLs are then still made on request.
-pub fn spawn_refresh(authority: Arc<Authority>) {
+pub fn spawn_refresh(tasks: &crate::supervise::Tasks, authority: Arc<Authority>) {
     if authority.policy().crl_url.is_none() {
         return;
     }
     let every = (authority.policy().crl_validity / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
-    tokio::spawn(async move {
+    tasks.spawn("crl_refresh", async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -56,11 +56,15 @@ async fn issue(authority: &Authority, names: &[String]) -> anyhow::Result<(Arc<C
 
 impl ServerIdentity {
     /// Issues the first certificate and starts the renewal task.
-    pub async fn start(authority: Arc<Authority>, names: Vec<String>) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        tasks: &crate::supervise::Tasks,
+        authority: Arc<Authority>,
+        names: Vec<String>,
+    ) -> anyhow::Result<Arc<Self>> {
         let (ck, not_after) = issue(&authority, &names).await?;
         let me = Arc::new(ServerIdentity { current: RwLock::new(ck) });
         let weak = Arc::downgrade(&me);
-        tokio::spawn(async move {
+        tasks.spawn("server_certificate", async move {
             let mut not_after = not_after;
             // The issuer and the chain it hands out: both change in a root rotation (cross
             // certificates come and go), and the server's chain must follow so that clients
@@ -79,7 +83,8 @@ impl ServerIdentity {
                     tokio::time::sleep(Duration::from_secs(1).min(due - tokio::time::Instant::now())).await;
                 }
                 signed_by = active_id(&authority);
-                let Some(me) = weak.upgrade() else { return };
+                // The server is gone (it shut down): nothing left to renew for.
+                let Some(me) = weak.upgrade() else { return Ok(()) };
                 match issue(&authority, &names).await {
                     Ok((ck, na)) => {
                         if let Ok(mut c) = me.current.write() {

@@ -16,6 +16,7 @@ pub mod problem;
 pub mod rotation;
 pub mod routes;
 pub mod server;
+pub mod supervise;
 
 use std::sync::Arc;
 
@@ -63,8 +64,10 @@ pub async fn run_server(
         init: cfg.init.clone(),
     });
     let notices = notices::NoticeBoard::new();
-    rotation::spawn(authority.clone(), cfg.rotation.clone(), keys, pass, notices.clone());
-    let identity = identity::ServerIdentity::start(authority.clone(), cfg.server_names.clone())
+    // Every background task is supervised: one that ends turns /health red.
+    let tasks = supervise::Tasks::default();
+    rotation::spawn(&tasks, authority.clone(), cfg.rotation.clone(), keys, pass, notices.clone());
+    let identity = identity::ServerIdentity::start(&tasks, authority.clone(), cfg.server_names.clone())
         .await
         .context("issuing the server's own TLS certificate")?;
     let listener =
@@ -77,14 +80,18 @@ pub async fn run_server(
         let ml = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
         println!("lanyard-ca: metrics on http://{}/metrics", ml.local_addr()?);
         let limits = cfg.listener.with_max_connections(listener::METRICS_MAX_CONNECTIONS);
-        tokio::spawn(metrics::serve(ml, authority.clone(), limits));
+        let (authority, tasks_seen) = (authority.clone(), tasks.clone());
+        tasks.spawn("metrics", async move {
+            metrics::serve(ml, authority, tasks_seen, limits).await;
+            Err(anyhow::anyhow!("the metrics listener stopped"))
+        });
     }
     on_listen(addr);
-    let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone() }));
+    let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone(), tasks: tasks.clone() }));
     let workload = enroll::routes::WorkloadState::new(authority.clone(), cfg.workload.bundle_refresh_hint, notices);
     app = app.merge(enroll::routes::router(Arc::new(workload)));
     app = app.merge(crl_routes::router(authority.clone()));
-    crl_routes::spawn_refresh(authority.clone());
+    crl_routes::spawn_refresh(&tasks, authority.clone());
     let enrollment =
         Arc::new(enroll::Enrollment::new(&cfg.workload, &cfg.policy.trust_domain, authority.store().clone())?);
     enrollment.warm_up().await;
@@ -92,9 +99,11 @@ pub async fn run_server(
         let base = cfg.acme.public_url.clone().unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
         let acme = acme::Acme::new(authority, cfg.acme.clone(), base, enrollment).await?;
         info!(directory = %acme.url("/directory"), "ACME enabled");
-        acme::spawn_cleanup(acme.clone());
+        acme::spawn_cleanup(&tasks, acme.clone());
         app = app.merge(acme::router(acme));
     }
     let app = app.layer(axum::middleware::from_fn(routes::limit_uri));
-    server::serve_tls(listener, identity, app, cfg.listener, shutdown).await
+    let served = server::serve_tls(listener, identity, app, cfg.listener, shutdown).await;
+    tasks.shutting_down();
+    served
 }

@@ -250,6 +250,19 @@ fn acme_metrics(out: &mut String) {
     );
 }
 
+/// `lanyard_task_up`: whether each supervised background task still runs.
+fn task_metrics(out: &mut String, tasks: &crate::supervise::Tasks) {
+    family(
+        out,
+        "lanyard_task_up",
+        "gauge",
+        "1 while a supervised background task runs, 0 once it ended (see /health).",
+    );
+    for (name, up) in tasks.snapshot() {
+        out.push_str(&format!("lanyard_task_up{{task=\"{name}\"}} {}\n", u8::from(up)));
+    }
+}
+
 /// Counters of the HTTPS listener.
 pub static HTTPS_LISTENER: ListenerStats = ListenerStats::new();
 /// Counters of this metrics listener.
@@ -305,7 +318,12 @@ fn listener_metrics(out: &mut String) {
 
 /// Serves `/metrics` on `listener` (plain HTTP/1.1) until the task is dropped, with the timeouts of
 /// `limits` and its connection limit (see [`crate::listener`]).
-pub async fn serve(listener: tokio::net::TcpListener, authority: Arc<Authority>, limits: ListenerConfig) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    authority: Arc<Authority>,
+    tasks: crate::supervise::Tasks,
+    limits: ListenerConfig,
+) {
     use http_body_util::Full;
     use hyper::body::Bytes;
     let stats = &METRICS_LISTENER;
@@ -315,14 +333,19 @@ pub async fn serve(listener: tokio::net::TcpListener, authority: Arc<Authority>,
         // No handshake to evict on plain HTTP: the header deadline bounds a silent scraper.
         let listener::Accepted { tcp, slot, .. } = incoming.accept().await;
         let authority = authority.clone();
+        let tasks = tasks.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let svc = hyper::service::service_fn(move |_req| {
                 let authority = authority.clone();
+                let tasks = tasks.clone();
                 async move {
                     let (status, body) = match render(&authority).await {
-                        Ok(b) => (200, b),
+                        Ok(mut b) => {
+                            task_metrics(&mut b, &tasks);
+                            (200, b)
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics unavailable");
                             (503, "metrics unavailable\n".to_owned())

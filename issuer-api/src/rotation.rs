@@ -21,6 +21,7 @@ const LEASE: &str = "rotation";
 /// then only follows rotations made elsewhere (`lanyard-ca rotate intermediate`). A new emergency
 /// is posted on `notices`, which wakes the agents long-polling this replica.
 pub fn spawn(
+    tasks: &crate::supervise::Tasks,
     authority: Arc<Authority>,
     policy: RotationPolicy,
     keys: Option<RotationKeys>,
@@ -28,7 +29,7 @@ pub fn spawn(
     notices: crate::notices::NoticeBoard,
 ) {
     let holder = ca::rotation::rotation_id();
-    tokio::spawn(async move {
+    tasks.spawn("rotation", async move {
         // The journal is read every second (a cheap query), so a rotation made by another replica
         // or by `lanyard-ca rotate` (an emergency above all) stops the old issuer within a second;
         // rotation steps themselves are considered every `check_interval`.

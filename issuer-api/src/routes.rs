@@ -16,6 +16,8 @@ use crate::problem::Problem;
 pub struct AppState {
     /// The CA core.
     pub authority: Arc<Authority>,
+    /// The background tasks, whose death `/health` reports.
+    pub tasks: crate::supervise::Tasks,
 }
 
 /// PEM chains are served as `application/pem-certificate-chain` (RFC 8555 section 9.1).
@@ -29,10 +31,25 @@ async fn bundle(state: &AppState) -> Result<TrustBundle, Problem> {
     Ok(TrustBundle::from_journal(&state.authority.store().issuers().await.map_err(Problem::from)?))
 }
 
+/// The 503 `/health` answers while a background task is dead, naming each and why it ended.
+fn dead_tasks(tasks: &crate::supervise::Tasks) -> Option<Problem> {
+    let dead = tasks.dead();
+    if dead.is_empty() {
+        return None;
+    }
+    let detail = dead.iter().map(|(name, why)| format!("task {name} ended: {why}")).collect::<Vec<_>>().join("; ");
+    Some(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "taskDied", detail))
+}
+
 async fn health(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
     let active = state.authority.active_issuer().map_err(Problem::from)?;
     // A health check that does not reach the store would report "ok" while issuance fails.
     state.authority.store().ping().await.map_err(Problem::from)?;
+    // A replica whose rotation loop or CRL refresh died still answers requests; it must not look
+    // healthy while it no longer keeps its issuer and CRLs current.
+    if let Some(p) = dead_tasks(&state.tasks) {
+        return Err(p);
+    }
     Ok(axum::Json(serde_json::json!({
         "status": "ok",
         "active_issuer": active.record.id,
@@ -130,4 +147,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/root-fingerprint", get(fingerprint))
         .fallback(not_found)
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_is_unavailable_while_a_background_task_is_dead() {
+        let tasks = crate::supervise::Tasks::default();
+        tasks.spawn("metrics", std::future::pending());
+        assert!(dead_tasks(&tasks).is_none(), "every task runs");
+        tasks.spawn("rotation", async { Err(anyhow::anyhow!("the lease table is gone")) });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let p = loop {
+            if let Some(p) = dead_tasks(&tasks) {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "the dead task was never reported");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        assert_eq!(p.status, 503);
+        assert_eq!(p.kind, "urn:lanyard:problem:taskDied");
+        assert_eq!(p.detail, "task rotation ended: the lease table is gone");
+    }
 }

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod config;
 pub mod credentials;
+pub mod supervise;
 pub mod tls;
 pub mod workload_api;
 

@@ -86,30 +86,40 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
+    // Background tasks are supervised: one that ends turns /health red and is logged.
+    let tasks = agent.metrics().tasks.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = cfg.metrics_listen {
-        let listener = workload_agent::agent::metrics::bind(addr).await?;
-        println!("lanyard-agent: metrics on http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(workload_agent::agent::metrics::serve(listener, agent.metrics()));
-    }
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let listener = workload_agent::agent::metrics::bind(addr).await?;
+            println!("lanyard-agent: metrics on http://{}/metrics", listener.local_addr()?);
+            let m = agent.metrics();
+            Some(tasks.spawn("metrics", async move {
+                workload_agent::agent::metrics::serve(listener, m).await;
+                Err(anyhow::anyhow!("the metrics listener stopped"))
+            }))
+        }
+        None => None,
+    };
     let api = cfg.workload_api_socket.clone().map(|socket| {
         let seam = agent.seam().clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        tasks.spawn("workload_api", async move {
             let done = async move {
-                let _ = stop.wait_for(|s| *s).await;
+                // An error means the sender is gone, which also means: stop.
+                stop.wait_for(|s| *s).await.map(|_| ()).unwrap_or(());
             };
-            if let Err(e) =
-                workload_agent::workload_api::serve(&socket, seam.svid_updates(), seam.bundle_updates(), done).await
-            {
-                tracing::error!(error = %format!("{e:#}"), "the Workload API stopped");
-            }
+            workload_agent::workload_api::serve(&socket, seam.svid_updates(), seam.bundle_updates(), done).await
         })
     });
     let result = agent.run(shutdown).await;
-    let _ = stop_tx.send(true);
+    tasks.shutting_down();
+    stop_tx.send_replace(true);
     if let Some(api) = api {
-        let _ = api.await;
+        api.join().await;
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
     }
     result
 }

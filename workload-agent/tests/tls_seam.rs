@@ -541,3 +541,124 @@ async fn crls_refuse_revoked_leaves_and_everything_under_a_revoked_intermediate(
     assert!(connect_and_ping(&honest, addr).await.is_err());
     assert!(a.svid_revoked());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files: one more subscriber of the seam
+
+fn outputs(dir: &std::path::Path) -> workload_agent::config::Output {
+    workload_agent::config::Output {
+        key_file: Some(dir.join("key.pem")),
+        cert_file: Some(dir.join("cert.pem")),
+        bundle_file: Some(dir.join("bundle.pem")),
+        crl_file: Some(dir.join("crls.pem")),
+    }
+}
+
+/// Waits until `path` holds what `check` wants (the writer runs as a task of its own).
+async fn file_until(path: &std::path::Path, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && check(&text)
+        {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} never got the expected content", path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn pem_of(der: &[u8], label: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+#[tokio::test]
+async fn files_follow_every_publish_of_the_seam_and_nothing_it_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = outputs(dir.path());
+    let pki = Pki::new("files");
+    let seam = CredentialSeam::new(SVC_A).unwrap();
+    let metrics = Arc::new(workload_agent::agent::metrics::Metrics::default());
+    let writer = tokio::spawn(workload_agent::agent::files::follow_seam(
+        seam.clone(),
+        out.clone(),
+        Default::default(),
+        metrics.clone(),
+    ));
+
+    // A first SVID: key (0600), chain and bundle appear.
+    let first = pki.svid(SVC_A);
+    seam.publish(first.clone(), pki.bundle(1)).unwrap();
+    let leaf = pem_of(first.chain[0].as_ref(), "CERTIFICATE");
+    file_until(out.cert_file.as_ref().unwrap(), |t| t.starts_with(&leaf)).await;
+    let key = std::fs::read_to_string(out.key_file.as_ref().unwrap()).unwrap();
+    assert_eq!(key, pem_of(first.key.secret_der(), "PRIVATE KEY"), "the key that goes with the chain");
+    let mode = std::fs::metadata(out.key_file.as_ref().unwrap()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let root = pem_of(pki.root.der.as_ref(), "CERTIFICATE");
+    assert_eq!(std::fs::read_to_string(out.bundle_file.as_ref().unwrap()).unwrap(), root);
+
+    // A renewal: new key and chain.
+    let second = pki.svid(SVC_A);
+    seam.publish(second.clone(), pki.bundle(1)).unwrap();
+    let leaf2 = pem_of(second.chain[0].as_ref(), "CERTIFICATE");
+    file_until(out.cert_file.as_ref().unwrap(), |t| t.starts_with(&leaf2)).await;
+    assert_eq!(
+        std::fs::read_to_string(out.key_file.as_ref().unwrap()).unwrap(),
+        pem_of(second.key.secret_der(), "PRIVATE KEY")
+    );
+
+    // A root rotation: the bundle file gets both roots.
+    let next = Pki::new("files-next");
+    seam.publish_bundle(bundle_of(&[&pki, &next], 2)).unwrap();
+    let both = format!("{root}{}", pem_of(next.root.der.as_ref(), "CERTIFICATE"));
+    file_until(out.bundle_file.as_ref().unwrap(), |t| t == both).await;
+
+    // New CRLs: the CRL file.
+    let list = crl(&pki.intermediate, &[vec![0x42]]);
+    assert!(seam.publish_crls(vec![list.clone()]).unwrap());
+    file_until(out.crl_file.as_ref().unwrap(), |t| t == pem_of(list.as_ref(), "X509 CRL")).await;
+
+    // What the seam refuses (another workload's SVID) never reaches the disk.
+    assert!(seam.publish(pki.svid(SVC_B), bundle_of(&[&pki, &next], 2)).is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(std::fs::read_to_string(out.cert_file.as_ref().unwrap()).unwrap().starts_with(&leaf2));
+    assert_eq!(metrics.file_write_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    writer.abort();
+}
+
+#[tokio::test]
+async fn a_failed_file_write_is_counted_and_retried_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    // The output directory cannot be created: a regular file sits where it should be.
+    let blocked = dir.path().join("out");
+    std::fs::write(&blocked, b"in the way").unwrap();
+    let out = outputs(&blocked);
+    let pki = Pki::new("retry");
+    let seam = CredentialSeam::new(SVC_A).unwrap();
+    let metrics = Arc::new(workload_agent::agent::metrics::Metrics::default());
+    let writer = tokio::spawn(workload_agent::agent::files::follow_seam(
+        seam.clone(),
+        out.clone(),
+        Default::default(),
+        metrics.clone(),
+    ));
+    let svid = pki.svid(SVC_A);
+    seam.publish(svid.clone(), pki.bundle(1)).unwrap();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while metrics.file_write_failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the failed write was not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(metrics.render().contains("lanyard_agent_file_write_failures_total "), "exported");
+    // The obstacle goes away: the retry (after about a second) writes the files.
+    std::fs::remove_file(&blocked).unwrap();
+    let leaf = pem_of(svid.chain[0].as_ref(), "CERTIFICATE");
+    file_until(out.cert_file.as_ref().unwrap(), |t| t.starts_with(&leaf)).await;
+    assert!(out.key_file.as_ref().unwrap().exists());
+    writer.abort();
+}

@@ -300,9 +300,9 @@ pub fn router(acme: Arc<Acme>) -> Router {
 /// deleted, stale orders expired, and what is past the retention period purged
 /// ([`ca::Store::acme_purge`]); every [`ratelimit::SWEEP_INTERVAL`], refilled rate-limit buckets
 /// are forgotten so the limiters' maps stay bounded.
-pub fn spawn_cleanup(acme: Arc<Acme>) {
+pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
     let sweeper = acme.clone();
-    tokio::spawn(async move {
+    tasks.spawn("acme_rate_limit_sweep", async move {
         let mut tick = tokio::time::interval(ratelimit::SWEEP_INTERVAL);
         loop {
             tick.tick().await;
@@ -312,7 +312,7 @@ pub fn spawn_cleanup(acme: Arc<Acme>) {
             }
         }
     });
-    tokio::spawn(async move {
+    tasks.spawn("acme_cleanup", async move {
         let mut tick = tokio::time::interval(Duration::from_secs(300));
         let mut failures = 0u32;
         loop {

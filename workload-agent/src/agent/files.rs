@@ -3,6 +3,11 @@
 //! Every file is replaced atomically (temporary file in the same directory, fsync, rename, fsync of
 //! the directory), so a service reloading at any moment reads either the old or the new file,
 //! never half of one. Key files are created 0600 from the start, never widened afterwards.
+//!
+//! Files are one more consumer of the seam ([`follow_seam`]), like the Workload API: whatever the
+//! seam accepted (a new SVID, a new bundle, new CRLs) is written, and nothing the seam refused
+//! ever reaches the disk. A failed write is counted and retried with backoff until it succeeds;
+//! the in-process and Workload API consumers already have the new credentials meanwhile.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,9 +17,17 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
+use tracing::warn;
 
+use crate::agent::metrics::Metrics;
 use crate::config::{Output, Reload};
 use crate::credentials::{Svid, TrustBundle};
+use crate::tls::CredentialSeam;
+
+/// First pause after a failed write; doubled per further failure up to [`RETRY_MAX`].
+const RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// Longest pause between two attempts at a failing write.
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Writes `data` to `path` atomically with `mode`.
 ///
@@ -91,6 +104,93 @@ pub fn write_outputs(out: &Output, svid: &Svid, bundle: &TrustBundle) -> anyhow:
         write_atomic(p, chain_pem(svid).as_bytes(), 0o644)?;
     }
     Ok(())
+}
+
+/// What the files must show next: the credentials the seam published last.
+#[derive(Default)]
+struct Pending {
+    /// The SVID and bundle files (key, chain, bundle) are behind the seam.
+    credentials: bool,
+    /// The CRL file is behind the seam.
+    crls: bool,
+}
+
+/// Writes the configured files whenever the seam publishes, and reloads the service after the
+/// credential files changed. Runs until the seam is dropped (never, in the agent).
+///
+/// Changes arriving together (a renewal publishes bundle and SVID at once) are coalesced into one
+/// write and one reload. A failed write (disk full, a directory gone) is logged, counted in
+/// `lanyard_agent_file_write_failures_total` and retried after 1 s, 2 s ... up to 60 s; a newer
+/// publication replaces what was pending, so the files never go back to older credentials.
+pub async fn follow_seam(seam: CredentialSeam, output: Output, reload_with: Reload, metrics: std::sync::Arc<Metrics>) {
+    let mut svids = seam.svid_updates();
+    let mut bundles = seam.bundle_updates();
+    let mut crls = seam.crl_updates();
+    let mut pending =
+        Pending { credentials: svids.borrow().is_some(), crls: output.crl_file.is_some() && !crls.borrow().is_empty() };
+    let mut failures: u32 = 0;
+    loop {
+        if !pending.credentials && !pending.crls {
+            tokio::select! {
+                r = svids.changed() => if r.is_err() { return } else { pending.credentials = true },
+                r = bundles.changed() => if r.is_err() { return } else { pending.credentials = true },
+                r = crls.changed() => if r.is_err() { return } else { pending.crls = output.crl_file.is_some() },
+            }
+            // Let a publication in progress finish (bundle first, then SVID) before writing.
+            tokio::task::yield_now().await;
+        }
+        if svids.has_changed().unwrap_or(false) || bundles.has_changed().unwrap_or(false) {
+            pending.credentials = true;
+        }
+        if crls.has_changed().unwrap_or(false) {
+            pending.crls = output.crl_file.is_some();
+        }
+        let svid = svids.borrow_and_update().clone();
+        let bundle = bundles.borrow_and_update().clone();
+        let current_crls = crls.borrow_and_update().clone();
+        let mut result = Ok(());
+        if pending.credentials {
+            match (&svid, &bundle) {
+                (Some(svid), Some(bundle)) => match write_outputs(&output, svid, bundle) {
+                    Ok(()) => {
+                        pending.credentials = false;
+                        if let Err(e) = reload(&reload_with).await {
+                            warn!(error = %format!("{e:#}"), "reloading the service failed");
+                        }
+                    }
+                    Err(e) => result = Err(e),
+                },
+                // A bundle before the first SVID: nothing to pair it with yet.
+                _ => pending.credentials = false,
+            }
+        }
+        if pending.crls && result.is_ok() {
+            if let Some(p) = &output.crl_file {
+                match write_atomic(p, crls_pem(&current_crls).as_bytes(), 0o644) {
+                    Ok(()) => pending.crls = false,
+                    Err(e) => result = Err(e),
+                }
+            } else {
+                pending.crls = false;
+            }
+        }
+        match result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                metrics.file_write_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let wait = RETRY_INITIAL.saturating_mul(1 << failures.min(6)).min(RETRY_MAX);
+                failures = failures.saturating_add(1);
+                warn!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "writing credential files failed");
+                // A newer publication ends the wait early: it is what must be written now.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    r = svids.changed() => if r.is_err() { return } else { pending.credentials = true },
+                    r = bundles.changed() => if r.is_err() { return } else { pending.credentials = true },
+                    r = crls.changed() => if r.is_err() { return } else { pending.crls = output.crl_file.is_some() },
+                }
+            }
+        }
+    }
 }
 
 fn zeroize_string(s: &mut String) {

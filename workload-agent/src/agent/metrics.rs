@@ -43,6 +43,10 @@ pub struct Metrics {
     pub revocation_next_updates: Mutex<Vec<i64>>,
     /// Metrics connections closed at accept because every slot was taken.
     pub metrics_connections_refused: AtomicU64,
+    /// Failed attempts to write the credential files (each retried with backoff).
+    pub file_write_failures: AtomicU64,
+    /// The supervised background tasks and whether each still runs (`/health`).
+    pub tasks: crate::supervise::Tasks,
 }
 
 impl Metrics {
@@ -141,12 +145,41 @@ impl Metrics {
             &[(String::new(), self.stale_crls(now).to_string())],
         );
         metric(
+            "lanyard_agent_file_write_failures_total",
+            "counter",
+            "Failed attempts to write the credential files; each is retried with backoff until it succeeds.",
+            &[(String::new(), self.file_write_failures.load(Ordering::Relaxed).to_string())],
+        );
+        metric(
+            "lanyard_agent_task_up",
+            "gauge",
+            "1 while a supervised background task runs, 0 once it ended (see /health).",
+            &self
+                .tasks
+                .snapshot()
+                .into_iter()
+                .map(|(name, up)| (format!("{{task=\"{name}\"}}"), u8::from(up).to_string()))
+                .collect::<Vec<_>>(),
+        );
+        metric(
             "lanyard_agent_metrics_connections_refused_total",
             "counter",
             "Metrics connections closed at accept because the connection limit was reached.",
             &[(String::new(), self.metrics_connections_refused.load(Ordering::Relaxed).to_string())],
         );
         out
+    }
+
+    /// `GET /health`: 200 while every supervised task runs, 503 naming each task that died. The
+    /// certificate's own state is in the metrics (expiry, renewals); this answers "is the agent
+    /// still doing its job", which a dead Workload API or file writer silently stops.
+    pub fn health(&self) -> (hyper::StatusCode, &'static str, String) {
+        let dead = self.tasks.dead();
+        if dead.is_empty() {
+            return (hyper::StatusCode::OK, "text/plain", "ok\n".to_owned());
+        }
+        let body = dead.iter().map(|d| format!("task {} ended: {}\n", d.name, d.why)).collect();
+        (hyper::StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
     }
 
     /// Records the nextUpdate of every CRL now in force.
@@ -175,7 +208,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// Time a scraper has to send its request head (also the keep-alive idle limit).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `GET /metrics` (any path, in fact) until the task is dropped.
+/// Serves `GET /health` ([`Metrics::health`]) and `GET /metrics` (any other path) until the task is
+/// dropped.
 ///
 /// Bounded like `lanyard-ca`'s listeners (a smaller copy of `issuer_api::listener`, which the
 /// agent does not depend on): at most [`MAX_CONNECTIONS`] at once, the rest closed at accept and
@@ -213,11 +247,15 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
         let m = metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |_req| {
-                let body = m.render();
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (status, kind, body) = match req.uri().path() {
+                    "/health" => m.health(),
+                    _ => (hyper::StatusCode::OK, "text/plain; version=0.0.4", m.render()),
+                };
                 async move {
                     hyper::Response::builder()
-                        .header("content-type", "text/plain; version=0.0.4")
+                        .status(status)
+                        .header("content-type", kind)
                         .body(Full::new(Bytes::from(body)))
                 }
             });
@@ -273,6 +311,46 @@ mod tests {
         .await
         .expect("a scrape gets through");
         assert!(page.contains("lanyard_agent_metrics_connections_refused_total "), "{page}");
+        server.abort();
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut page = String::new();
+        s.read_to_string(&mut page).await.expect("read");
+        page
+    }
+
+    #[tokio::test]
+    async fn health_turns_red_when_a_background_task_ends() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        let server = tokio::spawn(serve(listener, metrics.clone()));
+        let (fail, failed) = tokio::sync::oneshot::channel::<()>();
+        let _api = metrics.tasks.spawn("workload_api", async move {
+            failed.await.ok();
+            Err(anyhow::anyhow!("the socket was removed"))
+        });
+        let healthy = get(addr, "/health").await;
+        assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+        assert!(get(addr, "/metrics").await.contains("lanyard_agent_task_up{task=\"workload_api\"} 1"));
+
+        fail.send(()).expect("task waiting");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let red = loop {
+            let page = get(addr, "/health").await;
+            if page.starts_with("HTTP/1.1 503") {
+                break page;
+            }
+            assert!(Instant::now() < deadline, "/health stayed green: {page}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(red.contains("task workload_api ended: the socket was removed"), "{red}");
+        assert!(get(addr, "/metrics").await.contains("lanyard_agent_task_up{task=\"workload_api\"} 0"));
         server.abort();
     }
 }

@@ -1,5 +1,6 @@
 //! The agent core: bootstrap trust, obtain an identity, keep it renewed, and hand every new
-//! credential to the one seam ([`crate::tls::CredentialSeam`]) and to the files.
+//! credential to the one seam ([`crate::tls::CredentialSeam`]); files, the Workload API and rustls
+//! configs all follow the seam.
 //!
 //! Failure policy: a failed renewal never discards the current certificate; the agent retries with
 //! capped exponential backoff plus jitter, never waiting so long that the certificate could lapse
@@ -14,6 +15,8 @@ pub mod metrics;
 pub mod notices;
 pub mod schedule;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -125,18 +128,6 @@ impl Agent {
         }
     }
 
-    /// Writes files and reloads the service; failures are logged, never fatal: the in-process and
-    /// Workload API consumers already have the new credentials.
-    async fn deliver(&self, svid: &Svid, bundle: &TrustBundle) {
-        if let Err(e) = files::write_outputs(&self.cfg.output, svid, bundle) {
-            warn!(error = %format!("{e:#}"), "writing credential files failed");
-            return;
-        }
-        if let Err(e) = files::reload(&self.cfg.reload).await {
-            warn!(error = %format!("{e:#}"), "reloading the service failed");
-        }
-    }
-
     /// Reads a previous identity from the output files, if it is still usable: restarts must not
     /// burn a one-time join token.
     fn load_from_files(&self) -> Option<Svid> {
@@ -194,44 +185,88 @@ impl Agent {
 
     /// Runs until `shutdown` resolves. Returns an error only for conditions retrying cannot fix
     /// (for example an attestation the CA refuses when there is no certificate to fall back on).
-    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    ///
+    /// Three phases: [`Agent::bootstrap`] trust from the pinned root, [`Agent::obtain`] a first
+    /// identity, [`Agent::keep_fresh`] until shutdown. Files follow the seam meanwhile, as a
+    /// supervised task of their own ([`files::follow_seam`]).
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
-        // 1. Trust, from the pinned fingerprint.
+        let o = &self.cfg.output;
+        let writes_files =
+            o.key_file.is_some() || o.cert_file.is_some() || o.bundle_file.is_some() || o.crl_file.is_some();
+        let files = writes_files.then(|| {
+            let (seam, output, reload, metrics) =
+                (self.seam.clone(), self.cfg.output.clone(), self.cfg.reload.clone(), self.metrics.clone());
+            self.metrics.tasks.spawn("files", async move {
+                files::follow_seam(seam, output, reload, metrics).await;
+                Err(anyhow!("the credential seam closed"))
+            })
+        });
+        let result = self.drive(&mut shutdown).await;
+        if let Some(files) = files {
+            // Let the writer take what was published last before it is stopped.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            files.stop().await;
+        }
+        result
+    }
+
+    async fn drive<F: Future<Output = ()>>(&self, shutdown: &mut Pin<&mut F>) -> anyhow::Result<()> {
+        let Some((mut bundle, hint)) = self.bootstrap(shutdown).await else { return Ok(()) };
+        let Some(svid) = self.obtain(&mut bundle, shutdown).await? else { return Ok(()) };
+        self.keep_fresh(svid, bundle, hint, shutdown).await
+    }
+
+    /// Phase 1: the trust bundle, from the CA whose root matches the pinned fingerprint; retried
+    /// with backoff until it works or shutdown (`None`).
+    async fn bootstrap<F: Future<Output = ()>>(
+        &self,
+        shutdown: &mut Pin<&mut F>,
+    ) -> Option<(TrustBundle, Option<Duration>)> {
         let mut attempt = 0;
-        let (mut bundle, mut hint) = loop {
+        let (bundle, hint) = loop {
             match self.client.bootstrap().await {
                 Ok(b) => break (b.bundle, b.refresh_hint),
                 Err(e) => {
                     let wait = self.backoff(attempt, Duration::from_secs(3600));
                     warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "trust bootstrap failed");
                     attempt += 1;
-                    tokio::select! { () = tokio::time::sleep(wait) => {}, () = &mut shutdown => return Ok(()) }
+                    tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return None }
                 }
             }
         };
         self.metrics.bundle_sequence.store(bundle.sequence, Ordering::Relaxed);
         info!(sequence = bundle.sequence, roots = bundle.roots.len(), "trust bootstrapped from the pinned root");
+        Some((bundle, hint))
+    }
 
-        // 2. An identity: from disk if still good, else by enrollment.
+    /// Phase 2: an identity, from disk if still good, else by enrollment, published through the
+    /// seam (`None`: shutdown came first).
+    async fn obtain<F: Future<Output = ()>>(
+        &self,
+        bundle: &mut TrustBundle,
+        shutdown: &mut Pin<&mut F>,
+    ) -> anyhow::Result<Option<Svid>> {
         let mut from_disk = self.load_from_files();
         let mut attempt = 0;
-        let svid = loop {
+        loop {
             if let Some(s) = from_disk.take() {
-                match self.publish(s.clone(), &mut bundle).await {
+                match self.publish(s.clone(), bundle).await {
                     Ok(()) => {
                         info!("reusing the certificate on disk");
-                        break s;
+                        return Ok(Some(s));
                     }
                     Err(e) => warn!(error = %format!("{e:#}"), "the certificate on disk is not usable; enrolling"),
                 }
             }
-            let r = self.enroll(&bundle).await;
-            match r {
-                Ok(s) => match self.publish(s.clone(), &mut bundle).await {
+            match self.enroll(bundle).await {
+                Ok(s) => match self.publish(s.clone(), bundle).await {
                     Ok(()) => {
                         self.metrics.renewals_ok.fetch_add(1, Ordering::Relaxed);
                         self.metrics.last_success.store(now(), Ordering::Relaxed);
-                        break s;
+                        return Ok(Some(s));
                     }
                     Err(e) => warn!(error = %format!("{e:#}"), "the CA's certificate did not validate"),
                 },
@@ -241,12 +276,20 @@ impl Agent {
             self.metrics.renewals_failed.fetch_add(1, Ordering::Relaxed);
             let wait = self.backoff(attempt, Duration::from_secs(3600));
             attempt += 1;
-            tokio::select! { () = tokio::time::sleep(wait) => {}, () = &mut shutdown => return Ok(()) }
-        };
-        self.deliver(&svid, &bundle).await;
-        let mut cur = self.plan(svid);
+            tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return Ok(None) }
+        }
+    }
 
-        // 3. Keep it fresh: on schedule, on the CA's renewalInfo, or at once on a push notice.
+    /// Phase 3: keep the identity fresh until shutdown: on schedule, on the CA's renewalInfo, or
+    /// at once on a push notice; refresh the bundle and CRLs on the CA's hint.
+    async fn keep_fresh<F: Future<Output = ()>>(
+        &self,
+        svid: Svid,
+        mut bundle: TrustBundle,
+        mut hint: Option<Duration>,
+        shutdown: &mut Pin<&mut F>,
+    ) -> anyhow::Result<()> {
+        let mut cur = self.plan(svid);
         let mut notices = notices::Notices::start(
             self.client.clone(),
             self.cfg.renewal.notices,
@@ -273,7 +316,7 @@ impl Agent {
                     }
                     continue;
                 }
-                () = &mut shutdown => return Ok(()),
+                () = shutdown.as_mut() => return Ok(()),
             }
             match self.renew_once(&cur.svid, &bundle).await {
                 Ok(s) => match self.publish(s.clone(), &mut bundle).await {
@@ -282,7 +325,6 @@ impl Agent {
                         retry_at = None;
                         self.metrics.renewals_ok.fetch_add(1, Ordering::Relaxed);
                         self.metrics.last_success.store(now(), Ordering::Relaxed);
-                        self.deliver(&s, &bundle).await;
                         cur = self.plan(s);
                         continue;
                     }
@@ -298,7 +340,7 @@ impl Agent {
             failures = failures.saturating_add(1);
             retry_at = Some(now() + wait.as_secs() as i64);
             if wait < Duration::from_secs(1) {
-                tokio::select! { () = tokio::time::sleep(wait) => {}, () = &mut shutdown => return Ok(()) }
+                tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return Ok(()) }
                 retry_at = Some(now());
             }
             warn!(retry_in_ms = wait.as_millis() as u64, expires_in_s = left.as_secs(), "will retry");
@@ -321,12 +363,6 @@ impl Agent {
                 m.set_crl_next_updates(crls.iter().filter_map(|c| cert::crl_next_update(c.as_ref())).collect());
                 if changed {
                     info!(crls = crls.len(), "new revocation lists in force");
-                }
-                if let Some(p) = &self.cfg.output.crl_file
-                    && (changed || !p.exists())
-                    && let Err(e) = files::write_atomic(p, files::crls_pem(&crls).as_bytes(), 0o644)
-                {
-                    warn!(error = %format!("{e:#}"), "writing the CRL file failed");
                 }
             }
             Err(e) => {
@@ -356,7 +392,6 @@ impl Agent {
                             );
                             *bundle = fresh.bundle;
                             self.metrics.bundle_sequence.store(bundle.sequence, Ordering::Relaxed);
-                            self.deliver(&cur.svid, bundle).await;
                         }
                         Err(e) => warn!(error = %e, "refusing the CA's new trust bundle"),
                     }
