@@ -71,9 +71,7 @@ fn request<'a>(order_id: &'a str, acct: &'a AcmeAccount, name: &str) -> Finalize
 /// Certificates recorded (issued) for `acct`.
 async fn issued_for(store: &Store, acct: &str) -> Vec<ca::store::CertificateRecord> {
     let all = store.certificates(1000).await.expect("list");
-    all.into_iter()
-        .filter(|r| r.requester == format!("acme:{acct}") && r.status == CertificateStatus::Issued)
-        .collect()
+    all.into_iter().filter(|r| r.requester == format!("acme:{acct}") && r.status == CertificateStatus::Issued).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use ca::rcgen::{CertificateParams, KeyPair};
 use ca::ra::OrderStatus;
+use ca::rcgen::{CertificateParams, KeyPair};
 use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeOrder};
 use ca::store::{CertificateIntent, CertificateStatus};
 use ca::{AuditEvent, InitOptions, Outcome, Passphrase, Store};

@@ -144,7 +144,9 @@ impl Registration {
                     .await;
                 match invalid {
                     Ok(true) => {}
-                    Ok(false) => tracing::info!(order = %order.id, "the order left ready before it could be invalidated"),
+                    Ok(false) => {
+                        tracing::info!(order = %order.id, "the order left ready before it could be invalidated")
+                    }
                     Err(store_err) => tracing::warn!(
                         order = %order.id, error = %e, store_error = %store_err,
                         "issuance for an order failed and the order could not be marked invalid; it stays ready"

@@ -180,11 +180,10 @@ mod tests {
             authz("ip", "192.0.2.1", false),
         ])
         .expect("names");
-        assert_eq!(names.iter().map(ToString::to_string).collect::<Vec<_>>(), [
-            "dns:a.example.test",
-            "dns:*.example.test",
-            "ip:192.0.2.1"
-        ]);
+        assert_eq!(
+            names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["dns:a.example.test", "dns:*.example.test", "ip:192.0.2.1"]
+        );
         assert!(matches!(authorized_names(&[authz("ip", "not-an-ip", false)]), Err(CaError::Store(_))));
     }
 

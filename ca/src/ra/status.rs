@@ -140,9 +140,7 @@ impl OrderStatus {
         use OrderStatus::*;
         matches!(
             (self, to),
-            (Pending, Ready | Invalid)
-                | (Ready, Processing | Valid | Invalid)
-                | (Processing, Valid | Invalid | Ready)
+            (Pending, Ready | Invalid) | (Ready, Processing | Valid | Invalid) | (Processing, Valid | Invalid | Ready)
         )
     }
 

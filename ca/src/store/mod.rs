@@ -25,8 +25,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 pub use records::{CertificateIntent, CertificateRecord, CertificateStatus};
-pub(crate) use writer::RenewalRecord;
 pub(crate) use writer::OrderRecord;
+pub(crate) use writer::RenewalRecord;
 use writer::{Job, Write};
 
 use crate::CaError;

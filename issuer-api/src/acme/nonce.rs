@@ -103,8 +103,10 @@ mod tests {
         assert_eq!(deleted, 0, "the row outlives the nonce by the margin");
         assert!(!n.redeem(&nonce).await.expect("redeem"), "the replay must still be refused");
         // Past lifetime plus margin (by that replica's clock) the row goes.
-        let (deleted, _) =
-            store.acme_cleanup(now() + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS + 5, EXPIRED).await.expect("cleanup");
+        let (deleted, _) = store
+            .acme_cleanup(now() + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS + 5, EXPIRED)
+            .await
+            .expect("cleanup");
         assert_eq!(deleted, 1);
     }
 

@@ -818,10 +818,10 @@ impl Store {
         let o = sqlx::query(sqlx::AssertSqlSafe(expire))
             .bind(expired_problem)
             .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
         sqlx::query("UPDATE acme_authorizations SET status = 'expired' WHERE expires_at < $1 AND status = 'pending'")
             .bind(now)
             .execute(&self.pool)

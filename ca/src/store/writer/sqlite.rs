@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{
-    Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, SqliteWrite, Statements, audit_id, closed, deliver, linger,
-    only_answer, pow2_chunks, split_at_close,
+    Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, SqliteWrite, Statements, audit_id, closed,
+    deliver, linger, only_answer, pow2_chunks, split_at_close,
 };
 use crate::CaError;
 use crate::store::{Backend, native, unix};
