@@ -196,7 +196,7 @@ async fn assert_consistent(store: &Store, order_id: &str, account_id: &str, step
         }
         OrderStatus::Valid => {
             let serial = o.cert_serial.clone().expect("a valid order points at its certificate");
-            assert_eq!(recorded.iter().map(|r| r.serial.clone()).collect::<Vec<_>>(), [serial.clone()], "{step}");
+            assert_eq!(recorded.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(), [serial.as_str()], "{step}");
             let rec = store.certificate(&serial).await.expect("read").expect("the certificate exists");
             assert!(out_matches(&rec.cert_pem, &serial), "{step}");
         }
