@@ -115,6 +115,14 @@ pub enum CaError {
         /// Why a repeated renewal is refused (successor, when, the retry window).
         detail: String,
     },
+    /// An ACME order left `ready` while it was being finalized (another finalize won, or it was
+    /// invalidated or expired): the certificate signed for it was not recorded and is never
+    /// returned.
+    #[error("order {order} is no longer ready; it was finalized or invalidated concurrently")]
+    OrderNotReady {
+        /// The order.
+        order: String,
+    },
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {
@@ -138,7 +146,9 @@ impl CaError {
             | UnsupportedKey(_)
             | BadName { .. }
             | BadIdentity(_) => ErrorKind::BadRequest,
-            NameNotAllowed { .. } | LifetimeTooLong { .. } | Superseded { .. } => ErrorKind::Rejected,
+            NameNotAllowed { .. } | LifetimeTooLong { .. } | Superseded { .. } | OrderNotReady { .. } => {
+                ErrorKind::Rejected
+            }
             NoActiveIssuer | IssuerExpiring { .. } | StoreUnavailable(_) => ErrorKind::Unavailable,
             WrongPassphrase(_) | MissingPassphrase { .. } | InvalidCertificate(_) | Config(_) => ErrorKind::Config,
             Store(_) | Key(_) | Signing(_) | Io { .. } => ErrorKind::Internal,

@@ -26,8 +26,12 @@ pub enum IssuanceStep {
     IntentRecorded,
     /// The certificate is signed but not yet recorded.
     Signed,
-    /// The certificate is recorded; it is about to be returned.
+    /// The certificate is recorded (for an ACME order, together with the order's move to
+    /// `valid`); it is about to be returned.
     Recorded,
+    /// ACME finalize only: the order is valid and points at its certificate, and the registration
+    /// authority is about to answer ([`crate::ra::Registration::finalize`]).
+    Finalized,
 }
 
 /// Observer called after each issuance step.
@@ -86,6 +90,19 @@ pub(crate) struct Renewal<'a> {
     pub(crate) replaces: Option<&'a str>,
     /// The retry is recorded only if the predecessor's first renewal is later than this (Unix s).
     pub(crate) window_start: i64,
+}
+
+/// What step 3 of issuance records besides the certificate, in the same transaction.
+#[derive(Debug, Clone, Copy)]
+enum RecordWith<'a> {
+    /// Nothing: a plain issuance.
+    Nothing,
+    /// A renewal's lineage ([`Renewal`]).
+    Renewal(Renewal<'a>),
+    /// The ACME order this certificate finalizes: it moves from `ready` to `valid` and points at
+    /// the certificate, or, when it is no longer `ready`, nothing is recorded
+    /// ([`crate::store::OrderRecord`]).
+    Order(&'a str),
 }
 
 /// A request that passed every check, ready to be recorded and signed.
@@ -216,7 +233,7 @@ impl Authority {
         self.active.read().map_err(|_| CaError::NoActiveIssuer)?.clone().ok_or(CaError::NoActiveIssuer)
     }
 
-    fn step(&self, s: IssuanceStep) {
+    pub(crate) fn step(&self, s: IssuanceStep) {
         if let Some(h) = &self.hook {
             h(s);
         }
@@ -235,8 +252,43 @@ impl Authority {
         req: IssueRequest<'_>,
         renewal: Option<Renewal<'_>>,
     ) -> Result<IssuedCertificate, CaError> {
+        let work = async {
+            let p = self.prepare(&req, renewal.map(|r| r.old_key))?;
+            let with = renewal.map_or(RecordWith::Nothing, RecordWith::Renewal);
+            self.sign_and_record(p, req.profile, req.requester, with).await
+        };
+        self.observed(req.requester, req.profile, work).await
+    }
+
+    /// Issues for an ACME order whose names the registration authority has already checked
+    /// against the CSR (`names`, from [`Policy::names_for`]): the CSR is not parsed or checked
+    /// again, and the certificate's record commits together with the order's move from `ready`
+    /// to `valid` ([`RecordWith::Order`]). [`CaError::OrderNotReady`] when the order left
+    /// `ready` meanwhile: then nothing but the intent was recorded.
+    pub(crate) async fn issue_for_order(
+        &self,
+        csr: crate::csr::VerifiedCsr,
+        names: Vec<Name>,
+        profile: Profile,
+        requester: &str,
+        order_id: &str,
+    ) -> Result<IssuedCertificate, CaError> {
+        let work = async {
+            let p = self.plan(csr, names, profile, None)?;
+            self.sign_and_record(p, profile, requester, RecordWith::Order(order_id)).await
+        };
+        self.observed(requester, profile, work).await
+    }
+
+    /// Runs an issuance, counting it and auditing its failure.
+    async fn observed(
+        &self,
+        requester: &str,
+        profile: Profile,
+        work: impl Future<Output = Result<IssuedCertificate, CaError>>,
+    ) -> Result<IssuedCertificate, CaError> {
         let started = std::time::Instant::now();
-        match self.issue_inner(&req, renewal).await {
+        match work.await {
             Ok(c) => {
                 self.stats.observe(started.elapsed());
                 self.stats.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -249,8 +301,7 @@ impl Authority {
                 };
                 let counter = if outcome == Outcome::Refused { &self.stats.refused } else { &self.stats.failed };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let ev =
-                    AuditEvent::now(req.requester, "certificate.issue", req.profile.as_str(), outcome, e.to_string());
+                let ev = AuditEvent::now(requester, "certificate.issue", profile.as_str(), outcome, e.to_string());
                 if let Err(audit_err) = self.store.append_audit(ev).await {
                     warn!(error = %audit_err, "could not audit a failed issuance");
                 }
@@ -276,13 +327,25 @@ impl Authority {
             return Err(CaError::BadIdentity("a renewal must use a new key".into()));
         }
         let names = self.policy.names_for(&csr, req.profile, req.authorized)?;
+        self.plan(csr, names, req.profile, req.lifetime)
+    }
+
+    /// The rest of [`Authority::prepare`] once the CSR is verified and its names decided: pick the
+    /// issuer, the validity and the serial, build the certificate parameters.
+    fn plan(
+        &self,
+        csr: crate::csr::VerifiedCsr,
+        names: Vec<Name>,
+        profile: Profile,
+        lifetime: Option<Duration>,
+    ) -> Result<Prepared, CaError> {
         let issuer = self.active_issuer()?;
         let now = OffsetDateTime::now_utc();
-        let (not_before, not_after) = self.policy.validity(req.profile, req.lifetime, now, issuer.record.not_after)?;
+        let (not_before, not_after) = self.policy.validity(profile, lifetime, now, issuer.record.not_after)?;
         let serial = Serial::random(&self.rng)?;
         let common_name = csr.common_name.as_deref();
         let spec = LeafSpec {
-            profile: req.profile,
+            profile,
             key: csr.key,
             names: &names,
             common_name,
@@ -298,22 +361,28 @@ impl Authority {
         Ok(Prepared { csr, names, issuer, serial, params, spki, subject })
     }
 
-    async fn issue_inner(
+    /// Steps 1 to 3 of issuance for a prepared request; `with` rides on the record of step 3.
+    async fn sign_and_record(
         &self,
-        req: &IssueRequest<'_>,
-        renewal: Option<Renewal<'_>>,
+        prepared: Prepared,
+        profile: Profile,
+        requester: &str,
+        with: RecordWith<'_>,
     ) -> Result<IssuedCertificate, CaError> {
-        let Prepared { csr, names, issuer, serial, params, spki, subject } =
-            self.prepare(req, renewal.map(|r| r.old_key))?;
+        let Prepared { csr, names, issuer, serial, params, spki, subject } = prepared;
         let (not_before, not_after) = (params.not_before, params.not_after);
+        let renewal = match with {
+            RecordWith::Renewal(r) => Some(r),
+            RecordWith::Nothing | RecordWith::Order(_) => None,
+        };
 
         // 1. Reserve the serial and record the intent.
         self.store
             .record_intent(CertificateIntent {
                 serial: serial.to_hex(),
                 issuer_id: issuer.record.id.clone(),
-                profile: req.profile.as_str().to_owned(),
-                requester: req.requester.to_owned(),
+                profile: profile.as_str().to_owned(),
+                requester: requester.to_owned(),
                 subject,
                 sans: names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
                 key_fingerprint: csr.key_fingerprint.clone(),
@@ -330,13 +399,24 @@ impl Authority {
         self.step(IssuanceStep::Signed);
 
         // 3. Record the certificate (the record is the issuance's audit event, see `record_issued`);
-        // a renewal's record commits together with its predecessor's superseded mark.
-        match renewal {
-            None => self.store.record_issued(&serial.to_hex(), der_to_pem(&der)).await?,
-            Some(r) => {
+        // a renewal's record commits together with its predecessor's superseded mark, an ACME
+        // order's with the order's move to `valid`.
+        match with {
+            RecordWith::Nothing => self.store.record_issued(&serial.to_hex(), der_to_pem(&der)).await?,
+            RecordWith::Order(order_id) => {
+                self.store
+                    .record_order_issued(crate::store::OrderRecord {
+                        serial: serial.to_hex(),
+                        cert_pem: der_to_pem(&der),
+                        issued_at: OffsetDateTime::now_utc().unix_timestamp(),
+                        order_id: order_id.to_owned(),
+                    })
+                    .await?
+            }
+            RecordWith::Renewal(r) => {
                 let audit = r.replaces.map(|prev| {
                     AuditEvent::now(
-                        req.requester,
+                        requester,
                         "certificate.revoke",
                         prev,
                         Outcome::Success,

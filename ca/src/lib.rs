@@ -6,7 +6,9 @@
 //!
 //! The one narrow way into issuance is [`Authority::issue`]. It runs in the order of a crash-safe CA
 //! (reserve the serial and record the intent, sign, record the certificate) so that no certificate is
-//! ever returned without a durable record and no serial is ever used twice.
+//! ever returned without a durable record and no serial is ever used twice. An ACME order gets its
+//! certificate through the registration authority ([`ra::Registration::finalize`]), which runs the
+//! same steps and records the certificate together with the order's new status.
 #![forbid(unsafe_code)]
 
 mod audit;
@@ -22,6 +24,7 @@ mod keys;
 mod names;
 mod policy;
 mod profile;
+pub mod ra;
 mod renewal;
 pub mod rotation;
 mod serial;

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use ca::CaError;
+use ca::ra::OrderStatus;
 use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, EabKey};
 use common::databases;
 
@@ -124,8 +125,9 @@ async fn failing_acme_changes_undo_only_themselves_and_races_have_one_winner() {
         let mut racers = tokio::task::JoinSet::new();
         for _ in 0..16 {
             let store = store.clone();
-            racers
-                .spawn(async move { store.acme_transition_order("order-1", "ready", "processing", None, None).await });
+            racers.spawn(async move {
+                store.acme_transition_order("order-1", OrderStatus::Ready, OrderStatus::Processing, None, None).await
+            });
         }
         let mut winners = 0;
         while let Some(r) = racers.join_next().await {
@@ -133,6 +135,13 @@ async fn failing_acme_changes_undo_only_themselves_and_races_have_one_winner() {
         }
         assert_eq!(winners, 1, "{url}");
         assert_eq!(store.acme_order("order-1").await.expect("read").expect("order").status, "processing");
+        // A transition the order state machine forbids changes nothing.
+        let illegal = store.acme_transition_order("order-1", OrderStatus::Processing, OrderStatus::Pending, None, None);
+        assert!(matches!(illegal.await, Err(CaError::Store(_))), "{url}");
+        assert_eq!(store.acme_order("order-1").await.expect("read").expect("order").status, "processing");
+        // An older version's crash left it processing: the RA's startup releases it to ready.
+        assert_eq!(store.acme_release_processing_orders().await.expect("release"), 1, "{url}");
+        assert_eq!(store.acme_order("order-1").await.expect("read").expect("order").status, "ready");
         store.close().await;
     }
 }

@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 pub use records::{CertificateIntent, CertificateRecord, CertificateStatus};
+pub(crate) use writer::OrderRecord;
 pub(crate) use writer::RenewalRecord;
 use writer::{Job, Write};
 
@@ -246,6 +247,13 @@ impl Store {
     /// renewal looked at it (nothing is recorded then, so the certificate is never returned).
     pub(crate) async fn record_renewed(&self, record: writer::RenewalRecord) -> Result<(), CaError> {
         self.submit(Write::Renewed(record)).await
+    }
+
+    /// Step 3 of an ACME finalize: the certificate's record together with its order's move from
+    /// `ready` to `valid`, in one group-committed transaction; [`CaError::OrderNotReady`] when the
+    /// order is no longer ready (nothing is recorded then, so the certificate is never returned).
+    pub(crate) async fn record_order_issued(&self, record: OrderRecord) -> Result<(), CaError> {
+        self.submit(Write::OrderIssued(record)).await
     }
 
     /// Appends an audit event (group-committed).

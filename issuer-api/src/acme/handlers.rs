@@ -9,8 +9,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ca::Name;
+use ca::ra::{FinalizeError, FinalizeRequest};
 use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder};
-use ca::{AuthorizedNames, IssueRequest, Name, Profile};
 use ring::rand::SecureRandom;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -280,20 +281,8 @@ fn check_identifier(
     id: &Identifier,
 ) -> Result<(Identifier, Name, bool), (String, String)> {
     let (norm, name, wildcard) = check_identifier_ca(acme, id)?;
-    account_allows(acct, &name).map_err(|d| ("rejectedIdentifier".to_owned(), d))?;
+    ca::ra::account_allows(acct, &name).map_err(|d| ("rejectedIdentifier".to_owned(), d))?;
     Ok((norm, name, wildcard))
-}
-
-/// The account's own name policy (from its EAB key): least privilege on top of the CA policy.
-fn account_allows(acct: &AcmeAccount, name: &Name) -> Result<(), String> {
-    if acct.allowed_suffixes.is_empty() {
-        return Ok(());
-    }
-    let ok = match name {
-        Name::Dns(d) => acct.allowed_suffixes.iter().any(|s| ca::suffix_matches(d, s)),
-        _ => false,
-    };
-    if ok { Ok(()) } else { Err(format!("{name} is outside what this account may order")) }
 }
 
 fn check_identifier_ca(acme: &Acme, id: &Identifier) -> Result<(Identifier, Name, bool), (String, String)> {
@@ -701,9 +690,9 @@ fn challenge_error(kind: &'static str, detail: String) -> String {
     p.to_json()
 }
 
-/// The finalize payload's CSR: decoded, parsed, its signature verified, and its key not the
-/// account key. Returns the DER and the verified request.
-fn finalize_csr(req: &Finalize, account_key: &Jwk) -> Result<(Vec<u8>, ca::VerifiedCsr), AcmeProblem> {
+/// The finalize payload's CSR: decoded, parsed, its signature verified (the one time it is, see
+/// [`ca::ra::FinalizeRequest::csr`]), and its key not the account key.
+fn finalize_csr(req: &Finalize, account_key: &Jwk) -> Result<ca::VerifiedCsr, AcmeProblem> {
     let csr = B64
         .decode(req.csr.trim_end_matches('='))
         .map_err(|_| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", "csr is not base64url"))?;
@@ -718,7 +707,7 @@ fn finalize_csr(req: &Finalize, account_key: &Jwk) -> Result<(Vec<u8>, ca::Verif
             "the certificate key must differ from the account key",
         ));
     }
-    Ok((csr, verified))
+    Ok(verified)
 }
 
 /// True when `jwk` is the public key in the DER SubjectPublicKeyInfo `spki`.
@@ -743,79 +732,34 @@ fn jwk_is_spki(jwk: &Jwk, spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) ->
     }
 }
 
-/// POST /acme/order/{id}/finalize (section 7.4): issues synchronously and answers `valid`.
+/// POST /acme/order/{id}/finalize (section 7.4): issues synchronously and answers `valid`. The
+/// registration authority does the rest in one call ([`ca::ra::Registration::finalize`]): the
+/// certificate's record and the order's move to `valid` commit together.
 pub(crate) async fn finalize(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
-    let (o, authzs) = load_order(&acme, &auth, &id).await?;
     let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("kid required"))?;
     let req: Finalize = payload(&auth)?;
-    if o.status != "ready" {
-        return Err(AcmeProblem::new(
-            StatusCode::FORBIDDEN,
-            "orderNotReady",
-            format!("the order is {}, not ready", o.status),
-        ));
-    }
-    if o.expires_at < now() {
-        return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "orderNotReady", "the order has expired"));
-    }
-    let (csr, verified) = finalize_csr(&req, &auth.jwk)?;
-    let names: Vec<Name> = authzs
-        .iter()
-        .map(|a| match a.id_type.as_str() {
-            "ip" => {
-                a.id_value.parse().map(Name::Ip).map_err(|_| AcmeProblem::internal("stored IP identifier unparseable"))
-            }
-            crate::enroll::SPIFFE_IDENTIFIER => ca::SpiffeId::parse(&a.id_value)
-                .map(Name::Spiffe)
-                .map_err(|_| AcmeProblem::internal("stored SPIFFE identifier unparseable")),
-            _ if a.wildcard => Ok(Name::Dns(format!("*.{}", a.id_value))),
-            _ => Ok(Name::Dns(a.id_value.clone())),
-        })
-        .collect::<Result<_, _>>()?;
-    for n in &names {
-        account_allows(acct, n).map_err(|d| AcmeProblem::new(StatusCode::FORBIDDEN, "rejectedIdentifier", d))?;
-    }
-    let profile =
-        if names.iter().any(|n| matches!(n, Name::Spiffe(_))) { Profile::Workload } else { Profile::TlsServer };
-    let authorized = AuthorizedNames { names, exact: true };
-    // Check the CSR against the order before the order leaves `ready`: a bad CSR changes nothing.
-    // RFC 8555 section 7.4: a CSR that does not name exactly the order's identifiers is a badCSR.
-    acme.authority
-        .policy()
-        .names_for(&verified, profile, Some(&authorized))
-        .map_err(|e| AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", e.to_string()))?;
-    if !acme.store.acme_transition_order(&o.id, "ready", "processing", None, None).await.map_err(AcmeProblem::from)? {
-        return Err(AcmeProblem::new(StatusCode::FORBIDDEN, "orderNotReady", "the order is being finalized already"));
-    }
-    let requester = format!("acme:{}", acct.id);
-    let issued = acme
-        .authority
-        .issue(IssueRequest {
-            csr: &csr,
-            profile,
-            requester: &requester,
-            lifetime: None,
-            authorized: Some(&authorized),
-        })
-        .await;
-    let issued = match issued {
-        Ok(c) => c,
-        Err(e) => {
-            let p = AcmeProblem::from_finalize(e);
-            // Unavailable: back to ready so the client can retry; anything else ends the order.
-            let (to, err) = if p.status == 503 { ("ready", None) } else { ("invalid", Some(p.to_json())) };
-            let _ = acme.store.acme_transition_order(&o.id, "processing", to, None, err.as_deref()).await;
-            return Err(p);
-        }
-    };
-    let serial = issued.serial.to_hex();
-    acme.store
-        .acme_transition_order(&o.id, "processing", "valid", Some(&serial), None)
+    let csr = finalize_csr(&req, &auth.jwk)?;
+    let render = |e: &ca::CaError| AcmeProblem::for_finalize(e).to_json();
+    let done = acme
+        .ra
+        .finalize(FinalizeRequest { order_id: &id, account: acct, csr, render_problem: &render })
         .await
-        .map_err(AcmeProblem::from)?;
-    let done = AcmeOrder { status: "valid".into(), cert_serial: Some(serial), ..o };
-    let r = json(StatusCode::OK, &order_json(&acme, &done, &authzs)?);
-    Ok(with_header(r, header::LOCATION, &acme.url(&format!("/order/{}", done.id))))
+        .map_err(finalize_problem)?;
+    let r = json(StatusCode::OK, &order_json(&acme, &done.order, &done.authzs)?);
+    Ok(with_header(r, header::LOCATION, &acme.url(&format!("/order/{}", done.order.id))))
+}
+
+/// The problem document (RFC 8555 section 7.4) for a finalize that did not issue.
+fn finalize_problem(e: FinalizeError) -> AcmeProblem {
+    match e {
+        FinalizeError::NotFound => AcmeProblem::not_found(),
+        FinalizeError::NotReady(detail) => AcmeProblem::new(StatusCode::FORBIDDEN, "orderNotReady", detail),
+        // A CSR that does not name exactly the order's identifiers is a badCSR.
+        FinalizeError::BadCsr(e) => AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", e.to_string()),
+        FinalizeError::NotAllowed(detail) => AcmeProblem::new(StatusCode::FORBIDDEN, "rejectedIdentifier", detail),
+        FinalizeError::Unavailable(e) | FinalizeError::Failed(e) => AcmeProblem::from_finalize(e),
+        FinalizeError::Store(e) => AcmeProblem::from(e),
+    }
 }
 
 /// POST /acme/cert/{serial} (section 7.4.2): the chain as `application/pem-certificate-chain`.

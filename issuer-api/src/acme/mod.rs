@@ -85,6 +85,8 @@ impl Default for AcmeConfig {
 #[derive(Debug)]
 pub struct Acme {
     pub(crate) authority: Arc<Authority>,
+    /// The registration authority: ACME state changes that must agree with issuance.
+    pub(crate) ra: ca::ra::Registration,
     pub(crate) store: Store,
     pub(crate) nonces: Nonces,
     pub(crate) base: String,
@@ -123,8 +125,10 @@ impl Acme {
         }
         let limits = ratelimit::Limiter::new(&cfg.rate_limits).map_err(ca::CaError::Config)?;
         let validation_slots = validation::Slots::new(&cfg.validation);
+        let ra = ca::ra::Registration::open(authority.clone()).await?;
         Ok(Arc::new(Acme {
             authority,
+            ra,
             store,
             nonces,
             base: base.trim_end_matches('/').to_owned(),
@@ -318,7 +322,7 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
         loop {
             tick.tick().await;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            match acme.store.acme_cleanup(now).await {
+            match acme.store.acme_cleanup(now, &AcmeProblem::order_expired().to_json()).await {
                 Ok((n, o)) if n + o > 0 => tracing::info!(nonces = n, orders = o, "ACME cleanup"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "ACME cleanup failed"),

@@ -80,6 +80,9 @@ impl Nonces {
 mod tests {
     use super::*;
 
+    /// What expired orders get as their error; these tests are about nonces.
+    const EXPIRED: &str = r#"{"detail":"order expired"}"#;
+
     async fn nonces() -> (tempfile::TempDir, Nonces, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("n.db").display());
@@ -96,12 +99,14 @@ mod tests {
         // A replica whose clock is four minutes ahead runs the cleanup just after the nonce's
         // lifetime ended by its clock; on ours the nonce is still acceptable.
         let ahead = now() + NONCE_LIFETIME_SECS + 240;
-        let (deleted, _) = store.acme_cleanup(ahead).await.expect("cleanup");
+        let (deleted, _) = store.acme_cleanup(ahead, EXPIRED).await.expect("cleanup");
         assert_eq!(deleted, 0, "the row outlives the nonce by the margin");
         assert!(!n.redeem(&nonce).await.expect("redeem"), "the replay must still be refused");
         // Past lifetime plus margin (by that replica's clock) the row goes.
-        let (deleted, _) =
-            store.acme_cleanup(now() + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS + 5).await.expect("cleanup");
+        let (deleted, _) = store
+            .acme_cleanup(now() + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS + 5, EXPIRED)
+            .await
+            .expect("cleanup");
         assert_eq!(deleted, 1);
     }
 

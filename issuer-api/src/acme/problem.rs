@@ -69,16 +69,26 @@ impl AcmeProblem {
 
     /// Maps CA errors raised while finalizing (the CSR is the client's input).
     pub fn from_finalize(e: CaError) -> Self {
+        Self::for_finalize(&e)
+    }
+
+    /// [`AcmeProblem::from_finalize`] of an error the caller keeps: the registration authority
+    /// stores this rendering on an order its failure made invalid.
+    pub fn for_finalize(e: &CaError) -> Self {
         match e.kind() {
             ErrorKind::BadRequest => Self::new(StatusCode::BAD_REQUEST, "badCSR", e.to_string()),
             ErrorKind::Rejected => Self::new(StatusCode::FORBIDDEN, "rejectedIdentifier", e.to_string()),
-            _ => Self::from(e),
+            _ => Self::for_ca(e),
         }
     }
-}
 
-impl From<CaError> for AcmeProblem {
-    fn from(e: CaError) -> Self {
+    /// The problem of an order the cleanup expired (stored as its error).
+    pub fn order_expired() -> Self {
+        Self::malformed("order expired")
+    }
+
+    /// `From<CaError>`, by reference.
+    fn for_ca(e: &CaError) -> Self {
         match e.kind() {
             ErrorKind::BadRequest => Self::malformed(e.to_string()),
             ErrorKind::Rejected => Self::new(StatusCode::FORBIDDEN, "rejectedIdentifier", e.to_string()),
@@ -88,6 +98,12 @@ impl From<CaError> for AcmeProblem {
             }
             _ => Self::internal(e),
         }
+    }
+}
+
+impl From<CaError> for AcmeProblem {
+    fn from(e: CaError) -> Self {
+        Self::for_ca(&e)
     }
 }
 

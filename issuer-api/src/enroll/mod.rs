@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::acme::validation::ValidationError;
 
 /// ACME identifier type for SPIFFE IDs.
-pub const SPIFFE_IDENTIFIER: &str = "spiffe";
+pub const SPIFFE_IDENTIFIER: &str = ca::ra::SPIFFE_IDENTIFIER;
 /// Challenge answered with a join token.
 pub const JOIN_TOKEN_CHALLENGE: &str = "join-token-01";
 /// Challenge answered with a JWT.

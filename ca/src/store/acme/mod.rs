@@ -12,6 +12,7 @@ use sqlx::any::AnyRow;
 
 use super::{Store, db_err};
 use crate::CaError;
+use crate::ra::OrderStatus;
 
 /// An ACME account (RFC 8555 section 7.1.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +246,9 @@ const ORDER_READY: &str = "UPDATE acme_orders SET status = 'ready' WHERE id = $1
      (SELECT 1 FROM acme_authorizations a WHERE a.order_id = $1 AND a.status <> 'valid')";
 const ORDER_INVALID: &str =
     "UPDATE acme_orders SET status = 'invalid', error = $1 WHERE id = $2 AND status = 'pending'";
+/// `processing -> ready` ([`OrderStatus::can_become`] allows it for this recovery only).
+const RELEASE_PROCESSING_ORDERS: &str =
+    "UPDATE acme_orders SET status = 'ready' WHERE status = 'processing' AND cert_serial IS NULL";
 const TRANSITION_ORDER: &str = "UPDATE acme_orders SET status = $1, cert_serial = COALESCE($2, cert_serial), \
      error = COALESCE($3, error) WHERE id = $4 AND status = $5";
 
@@ -657,14 +661,20 @@ impl Store {
     }
 
     /// Moves an order from one status to another (compare-and-set); false if it was not in `from`.
+    /// A transition the order state machine does not allow ([`OrderStatus::can_become`]) is an
+    /// error and changes nothing.
     pub async fn acme_transition_order(
         &self,
         id: &str,
-        from: &str,
-        to: &str,
+        from: OrderStatus,
+        to: OrderStatus,
         cert_serial: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, CaError> {
+        if !from.can_become(to) {
+            return Err(CaError::Store(format!("order {id}: {from} -> {to} is not a legal transition")));
+        }
+        let (from, to) = (from.as_str(), to.as_str());
         let row =
             (to.to_owned(), cert_serial.map(str::to_owned), error.map(str::to_owned), id.to_owned(), from.to_owned());
         if let Some(w) = self.sqlite_write(move |c| {
@@ -683,6 +693,13 @@ impl Store {
             .await
             .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Moves every order an older version left in `processing` without a certificate back to
+    /// `ready` (see [`crate::ra::Registration::open`]); returns how many.
+    pub async fn acme_release_processing_orders(&self) -> Result<u64, CaError> {
+        let r = sqlx::query(RELEASE_PROCESSING_ORDERS).execute(&self.pool).await.map_err(db_err)?;
+        Ok(r.rows_affected())
     }
 
     /// Replaces an account's key (RFC 8555 section 7.3.5) if it still has `old_thumbprint`.
@@ -783,24 +800,28 @@ impl Store {
         Ok(r.is_some())
     }
 
-    /// Deletes used nonces that have expired anyway, and expires stale orders and authorizations.
-    pub async fn acme_cleanup(&self, now: i64) -> Result<(u64, u64), CaError> {
+    /// Deletes used nonces that have expired anyway, and expires stale orders (storing
+    /// `expired_problem`, a problem document the edge rendered, as their error) and authorizations.
+    pub async fn acme_cleanup(&self, now: i64, expired_problem: &str) -> Result<(u64, u64), CaError> {
         let n = sqlx::query("DELETE FROM acme_used_nonces WHERE expires_at < $1")
             .bind(now)
             .execute(&self.pool)
             .await
             .map_err(db_err)?
             .rows_affected();
-        let o = sqlx::query(
-            "UPDATE acme_orders SET status = 'invalid', error = $1 \
-             WHERE expires_at < $2 AND status IN ('pending', 'ready', 'processing')",
-        )
-        .bind(r#"{"type":"urn:ietf:params:acme:error:malformed","detail":"order expired"}"#)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+        // Every status an order can still leave expires (`OrderStatus::live`), to `invalid`.
+        let live = OrderStatus::live().map(|st| format!("'{st}'")).collect::<Vec<_>>().join(", ");
+        // Only the fixed status spellings are formatted in; the values are bound.
+        let expire = format!(
+            "UPDATE acme_orders SET status = 'invalid', error = $1 WHERE expires_at < $2 AND status IN ({live})"
+        );
+        let o = sqlx::query(sqlx::AssertSqlSafe(expire))
+            .bind(expired_problem)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
         sqlx::query("UPDATE acme_authorizations SET status = 'expired' WHERE expires_at < $1 AND status = 'pending'")
             .bind(now)
             .execute(&self.pool)

@@ -48,6 +48,9 @@ pub(super) enum Write {
     /// Step 3 of a renewal: the successor's record and the predecessor's superseded mark, which
     /// commit together or not at all ([`RenewalRecord`]).
     Renewed(RenewalRecord),
+    /// Step 3 of an ACME finalize: the certificate's record and its order's move from `ready` to
+    /// `valid`, which commit together or not at all ([`OrderRecord`]).
+    OrderIssued(OrderRecord),
     /// Marks an ACME nonce used; affects 0 rows when it already was (a replay).
     Nonce {
         nonce: String,
@@ -96,6 +99,37 @@ impl RenewalRecord {
                 ),
             },
         }
+    }
+}
+
+/// The record of a certificate issued for an ACME order. Besides inserting the record like
+/// [`Write::Issued`], it moves the order to `valid` with `cert_serial` set, guarded by the order
+/// still being `ready`: so a crash leaves either a ready order and no certificate record, or a
+/// valid order with its certificate, and of two finalizes of one order racing (in one batch, on
+/// two replicas) only one is recorded. A failed guard refuses this job alone
+/// ([`CaError::OrderNotReady`]); its neighbours commit.
+#[derive(Debug)]
+pub(crate) struct OrderRecord {
+    pub(crate) serial: String,
+    pub(crate) cert_pem: String,
+    pub(crate) issued_at: i64,
+    pub(crate) order_id: String,
+}
+
+/// The guarded move of [`OrderRecord`]. The literal statuses are [`OrderStatus::Ready`] and
+/// [`OrderStatus::Valid`], a transition [`OrderStatus::can_become`] allows (checked in the tests).
+///
+/// [`OrderStatus::Ready`]: crate::ra::OrderStatus::Ready
+/// [`OrderStatus::Valid`]: crate::ra::OrderStatus::Valid
+/// [`OrderStatus::can_become`]: crate::ra::OrderStatus::can_become
+pub(super) const ORDER_VALID: &str =
+    "UPDATE acme_orders SET status = 'valid', cert_serial = $1 WHERE id = $2 AND status = 'ready'";
+
+impl OrderRecord {
+    /// The refusal when the guard fails: the order was finalized, invalidated or expired since
+    /// the finalize looked at it.
+    fn lost(&self) -> CaError {
+        CaError::OrderNotReady { order: self.order_id.clone() }
     }
 }
 
@@ -251,6 +285,8 @@ struct Sorted<'a> {
     audits: Vec<&'a AuditEvent>,
     /// (index of the job, renewal): their records join `issued` once their guards held.
     renewals: Vec<(usize, &'a RenewalRecord)>,
+    /// (index of the job, order record): their records join `issued` once their guards held.
+    orders: Vec<(usize, &'a OrderRecord)>,
     /// (index of the job, nonce, expiry).
     nonces: Vec<(usize, &'a str, i64)>,
     /// (index of the job, write).
@@ -266,6 +302,7 @@ impl<'a> Sorted<'a> {
                 Write::Issued { serial, cert_pem, issued_at } => s.issued.push((serial, cert_pem, *issued_at)),
                 Write::Audit(ev) => s.audits.push(ev),
                 Write::Renewed(r) => s.renewals.push((k, r)),
+                Write::OrderIssued(o) => s.orders.push((k, o)),
                 Write::Nonce { nonce, expires_at } => s.nonces.push((k, nonce, *expires_at)),
                 Write::Sqlite(w) => s.sqlite.push((k, w)),
                 Write::Close => {}
@@ -315,6 +352,22 @@ async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut St
             rows.audits.extend(r.audit.as_ref());
         } else {
             affected[k] = Err(r.lost());
+        }
+    }
+    for (k, o) in std::mem::take(&mut rows.orders) {
+        // Read committed: a concurrent finalize holding the row is waited for, then the guard is
+        // re-checked on the committed row.
+        let n = sqlx::query(ORDER_VALID)
+            .bind(&o.serial)
+            .bind(&o.order_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 1 {
+            rows.issued.push((&o.serial, &o.cert_pem, o.issued_at));
+        } else {
+            affected[k] = Err(o.lost());
         }
     }
     // One multi-row statement per kind and chunk: statement overhead, not row count, dominates.

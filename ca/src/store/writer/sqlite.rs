@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::{
-    Answers, Job, Kind, MAX_BATCH, RenewalRecord, Sorted, SqliteWrite, Statements, audit_id, closed, deliver, linger,
-    only_answer, pow2_chunks, split_at_close,
+    Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, SqliteWrite, Statements, audit_id, closed,
+    deliver, linger, only_answer, pow2_chunks, split_at_close,
 };
 use crate::CaError;
 use crate::store::{Backend, native, unix};
@@ -81,6 +81,19 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
             rows.audits.extend(r.audit.as_ref());
         } else {
             affected[k] = Err(r.lost());
+        }
+    }
+    for (k, o) in std::mem::take(&mut rows.orders) {
+        // The batch holds SQLite's write lock: the guard sees every finalize committed before,
+        // and one earlier in this batch.
+        let n = tx
+            .prepare_cached(ORDER_VALID)
+            .and_then(|mut s| s.execute((&o.serial, &o.order_id)))
+            .map_err(native::sqlite_err)?;
+        if n == 1 {
+            rows.issued.push((&o.serial, &o.cert_pem, o.issued_at));
+        } else {
+            affected[k] = Err(o.lost());
         }
     }
     for (k, nonce, expires_at) in rows.nonces {
