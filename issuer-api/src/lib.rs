@@ -8,6 +8,7 @@ pub mod config;
 pub mod crl_routes;
 pub mod enroll;
 pub mod identity;
+pub mod jose;
 pub mod listener;
 pub mod metrics;
 pub mod notices;

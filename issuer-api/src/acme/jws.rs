@@ -1,14 +1,21 @@
-//! JSON Web Signature as ACME uses it (RFC 8555 section 6.2, RFC 7515 flattened JSON
-//! serialization, RFC 7518 algorithms, RFC 7638 thumbprints).
+//! JSON Web Signature as ACME uses it (RFC 8555 section 6.2): the flattened serialization with
+//! a protected header that carries `url`, `nonce` and exactly one of `jwk` and `kid`, and
+//! external account binding (section 7.3.4). The JOSE mechanics (decoding, the JWK model, key
+//! policy, thumbprints, signature verification) are [`crate::jose`]'s, shared with JWT
+//! attestation.
 //!
-//! Only asymmetric algorithms authenticate requests: ES256, ES384, RS256 and EdDSA (Ed25519).
-//! `none` and MAC algorithms are refused, except HS256 inside external account binding, which has
-//! its own entry point ([`verify_eab`]).
+//! Only asymmetric algorithms authenticate requests: ES256, ES384, RS256 and EdDSA (Ed25519),
+//! the ones RFC 8555 section 6.2 requires or common clients use. `none` and MAC algorithms are
+//! refused, except HS256 inside external account binding, which has its own entry point
+//! ([`verify_eab`]).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ring::signature::{self, UnparsedPublicKey};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use crate::jose::{self, Algorithm, FormatError, KeyError, VerifyError, base64url};
+pub use crate::jose::{FlattenedJws, Jwk};
+
+/// The algorithms an ACME request may be signed with.
+pub const ACME_ALGORITHMS: [Algorithm; 4] = [Algorithm::ES256, Algorithm::ES384, Algorithm::RS256, Algorithm::EdDSA];
 
 /// Why a JWS was refused. Each maps to an ACME error type at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,48 +38,38 @@ pub enum JwsError {
     KeyReference(String),
 }
 
-/// A flattened JWS as it arrives (RFC 7515 section 7.2.2).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FlattenedJws {
-    /// base64url of the protected header JSON.
-    pub protected: String,
-    /// base64url of the payload ("" for POST-as-GET).
-    pub payload: String,
-    /// base64url of the signature.
-    pub signature: String,
+impl From<FormatError> for JwsError {
+    fn from(e: FormatError) -> Self {
+        JwsError::Malformed(e.to_string())
+    }
 }
 
-/// A JSON Web Key holding a public key (RFC 7517), the kinds ACME accounts may use.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "kty")]
-pub enum Jwk {
-    /// Elliptic curve key (RFC 7518 section 6.2).
-    #[serde(rename = "EC")]
-    Ec {
-        /// `P-256` or `P-384`.
-        crv: String,
-        /// base64url x coordinate.
-        x: String,
-        /// base64url y coordinate.
-        y: String,
-    },
-    /// RSA key (RFC 7518 section 6.3).
-    #[serde(rename = "RSA")]
-    Rsa {
-        /// base64url modulus.
-        n: String,
-        /// base64url exponent.
-        e: String,
-    },
-    /// Octet key pair (RFC 8037), Ed25519 only.
-    #[serde(rename = "OKP")]
-    Okp {
-        /// `Ed25519`.
-        crv: String,
-        /// base64url public key.
-        x: String,
-    },
+impl From<base64url::Base64Error> for JwsError {
+    fn from(e: base64url::Base64Error) -> Self {
+        JwsError::Malformed(e.to_string())
+    }
+}
+
+/// A key member that is not base64url is a malformed request; anything else wrong with the key
+/// is `badPublicKey` (RFC 8555 section 6.7).
+impl From<KeyError> for JwsError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Encoding(e) => e.into(),
+            other => JwsError::BadKey(other.to_string()),
+        }
+    }
+}
+
+impl From<VerifyError> for JwsError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Algorithm(alg) => JwsError::BadAlgorithm(alg),
+            VerifyError::KeyMismatch(_) => JwsError::BadKey(e.to_string()),
+            VerifyError::Key(k) => k.into(),
+            _ => JwsError::BadSignature,
+        }
+    }
 }
 
 /// The protected header fields ACME uses (RFC 8555 section 6.2).
@@ -104,25 +101,11 @@ pub struct ParsedJws {
     signature: Vec<u8>,
 }
 
-fn b64(field: &str, s: &str) -> Result<Vec<u8>, JwsError> {
-    B64.decode(s).map_err(|_| JwsError::Malformed(format!("{field} is not base64url without padding")))
-}
-
 impl ParsedJws {
     /// Parses a flattened JWS body.
     pub fn parse(body: &[u8]) -> Result<Self, JwsError> {
-        let jws: FlattenedJws =
-            serde_json::from_slice(body).map_err(|e| JwsError::Malformed(format!("not a flattened JWS: {e}")))?;
-        let header_json = b64("protected", &jws.protected)?;
-        let header: ProtectedHeader = serde_json::from_slice(&header_json)
-            .map_err(|e| JwsError::Malformed(format!("bad protected header: {e}")))?;
-        let payload = b64("payload", &jws.payload)?;
-        let signature = b64("signature", &jws.signature)?;
-        let mut signing_input = Vec::with_capacity(jws.protected.len() + 1 + jws.payload.len());
-        signing_input.extend_from_slice(jws.protected.as_bytes());
-        signing_input.push(b'.');
-        signing_input.extend_from_slice(jws.payload.as_bytes());
-        Ok(ParsedJws { header, payload, signing_input, signature })
+        let d = FlattenedJws::from_slice(body)?.decode::<ProtectedHeader>()?;
+        Ok(ParsedJws { header: d.header, payload: d.payload, signing_input: d.signing_input, signature: d.signature })
     }
 
     /// Checks the RFC 8555 section 6.2 key-reference rule: exactly one of `jwk` and `kid`, and the
@@ -144,116 +127,18 @@ impl ParsedJws {
         }
     }
 
-    /// Verifies the signature with `key`, which must suit `alg`.
+    /// Verifies the signature with `key`, which must suit `alg` (one of [`ACME_ALGORITHMS`]).
     pub fn verify(&self, key: &Jwk) -> Result<(), JwsError> {
-        verify_signature(&self.header.alg, key, &self.signing_input, &self.signature)
-    }
-}
-
-fn verify_signature(alg: &str, key: &Jwk, input: &[u8], sig: &[u8]) -> Result<(), JwsError> {
-    match (alg, key) {
-        ("ES256", Jwk::Ec { crv, x, y }) if crv == "P-256" => {
-            let point = ec_point(x, y, 32)?;
-            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                .verify(input, sig)
-                .map_err(|_| JwsError::BadSignature)
-        }
-        ("ES384", Jwk::Ec { crv, x, y }) if crv == "P-384" => {
-            let point = ec_point(x, y, 48)?;
-            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
-                .verify(input, sig)
-                .map_err(|_| JwsError::BadSignature)
-        }
-        ("RS256", Jwk::Rsa { n, e }) => {
-            let n = b64("n", n)?;
-            let e = b64("e", e)?;
-            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-            if bits < 2048 {
-                return Err(JwsError::BadKey(format!("RSA modulus of {bits} bits; at least 2048 required")));
-            }
-            signature::RsaPublicKeyComponents { n: &n, e: &e }
-                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, input, sig)
-                .map_err(|_| JwsError::BadSignature)
-        }
-        ("EdDSA", Jwk::Okp { crv, x }) if crv == "Ed25519" => {
-            let x = b64("x", x)?;
-            if x.len() != 32 {
-                return Err(JwsError::BadKey("Ed25519 key is not 32 bytes".into()));
-            }
-            UnparsedPublicKey::new(&signature::ED25519, x).verify(input, sig).map_err(|_| JwsError::BadSignature)
-        }
-        ("ES256" | "ES384" | "RS256" | "EdDSA", _) => {
-            Err(JwsError::BadKey(format!("the key does not match the algorithm {alg}")))
-        }
-        (other, _) => Err(JwsError::BadAlgorithm(other.to_owned())),
-    }
-}
-
-/// Uncompressed SEC1 point from JWK coordinates (each exactly `len` bytes, RFC 7518 section 6.2.1.2).
-fn ec_point(x: &str, y: &str, len: usize) -> Result<Vec<u8>, JwsError> {
-    let x = b64("x", x)?;
-    let y = b64("y", y)?;
-    if x.len() != len || y.len() != len {
-        return Err(JwsError::BadKey(format!("EC coordinates must be {len} bytes")));
-    }
-    let mut p = Vec::with_capacity(1 + 2 * len);
-    p.push(4);
-    p.extend_from_slice(&x);
-    p.extend_from_slice(&y);
-    Ok(p)
-}
-
-impl Jwk {
-    /// RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order, base64url.
-    /// Used for key authorizations and as the account's key identity.
-    pub fn thumbprint(&self) -> String {
-        // serde_json escapes nothing in these base64url / curve values, so format! is canonical.
-        let canonical = match self {
-            Jwk::Ec { crv, x, y } => format!(r#"{{"crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}"#),
-            Jwk::Rsa { n, e } => format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
-            Jwk::Okp { crv, x } => format!(r#"{{"crv":"{crv}","kty":"OKP","x":"{x}"}}"#),
-        };
-        B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
-    }
-
-    /// Checks that the key is well formed and of an accepted kind and size, without a signature.
-    pub fn validate(&self) -> Result<(), JwsError> {
-        match self {
-            Jwk::Ec { crv, x, y } => {
-                let len = match crv.as_str() {
-                    "P-256" => 32,
-                    "P-384" => 48,
-                    other => return Err(JwsError::BadKey(format!("unsupported curve {other}"))),
-                };
-                let point = ec_point(x, y, len)?;
-                // An invalid point fails here rather than later in every verification.
-                let alg: &'static dyn signature::VerificationAlgorithm =
-                    if len == 32 { &signature::ECDSA_P256_SHA256_FIXED } else { &signature::ECDSA_P384_SHA384_FIXED };
-                match UnparsedPublicKey::new(alg, &point).verify(b"", &[0u8; 1]) {
-                    Err(_) => Ok(()),
-                    Ok(()) => Err(JwsError::BadKey("impossible signature accepted".into())),
-                }
-            }
-            Jwk::Rsa { n, .. } => {
-                let bits = b64("n", n)?.iter().skip_while(|b| **b == 0).count() * 8;
-                if bits < 2048 {
-                    return Err(JwsError::BadKey(format!("RSA modulus of {bits} bits; at least 2048 required")));
-                }
-                Ok(())
-            }
-            Jwk::Okp { crv, x } => {
-                if crv != "Ed25519" || b64("x", x)?.len() != 32 {
-                    return Err(JwsError::BadKey("only 32-byte Ed25519 OKP keys are accepted".into()));
-                }
-                Ok(())
-            }
-        }
+        Ok(jose::jws::verify(&self.header.alg, &ACME_ALGORITHMS, key, &self.signing_input, &self.signature)?)
     }
 }
 
 /// Verifies an external account binding (RFC 8555 section 7.3.4): an HS256 JWS whose `kid` is the
 /// EAB key id, whose `url` is the newAccount URL and whose payload is the account's JWK. The MAC
 /// comparison is constant-time (ring's `hmac::verify`). Returns the EAB key id.
+///
+/// The MAC key comes from `lookup_key` (our EAB key store), never from the JWS, which is why this
+/// is the one place HMAC is verified and it is not part of [`crate::jose`].
 pub fn verify_eab(
     eab: &FlattenedJws,
     account_key: &Jwk,
@@ -268,8 +153,10 @@ pub fn verify_eab(
         #[serde(default)]
         nonce: Option<String>,
     }
-    let header: EabHeader = serde_json::from_slice(&b64("protected", &eab.protected)?)
-        .map_err(|e| JwsError::Malformed(format!("bad EAB protected header: {e}")))?;
+    let header: EabHeader = eab.header().map_err(|e| match e {
+        FormatError::Header(e) => JwsError::Malformed(format!("bad EAB protected header: {e}")),
+        other => other.into(),
+    })?;
     if header.alg != "HS256" {
         return Err(JwsError::BadAlgorithm(header.alg));
     }
@@ -279,17 +166,16 @@ pub fn verify_eab(
     if header.url != new_account_url {
         return Err(JwsError::Malformed("the EAB JWS url is not the newAccount URL".into()));
     }
-    let payload: Jwk = serde_json::from_slice(&b64("payload", &eab.payload)?)
+    let payload: Jwk = serde_json::from_slice(&eab.payload_bytes()?)
         .map_err(|_| JwsError::Malformed("the EAB payload is not a JWK".into()))?;
     if &payload != account_key {
         return Err(JwsError::Malformed("the EAB payload is not the account key".into()));
     }
     let key = lookup_key(&header.kid).ok_or(JwsError::BadSignature)?;
-    let input = format!("{}.{}", eab.protected, eab.payload);
     ring::hmac::verify(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
-        input.as_bytes(),
-        &b64("signature", &eab.signature)?,
+        &eab.signing_input(),
+        &eab.signature_bytes()?,
     )
     .map_err(|_| JwsError::BadSignature)?;
     Ok(header.kid)
@@ -297,9 +183,12 @@ pub fn verify_eab(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use ring::rand::SystemRandom;
-    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+
+    use super::*;
 
     fn p256() -> (EcdsaKeyPair, Jwk) {
         let rng = SystemRandom::new();
@@ -397,7 +286,7 @@ mod tests {
         .expect("json");
         ParsedJws::parse(&body).expect("parse").verify(&jwk).expect("RS256 verifies");
         let short = Jwk::Rsa { n: B64.encode([0xffu8; 128]), e: "AQAB".into() };
-        assert!(matches!(short.validate(), Err(JwsError::BadKey(_))));
+        assert!(matches!(short.validate().map_err(JwsError::from), Err(JwsError::BadKey(_))));
     }
 
     #[test]
@@ -421,16 +310,6 @@ mod tests {
         )
         .expect("parse");
         assert!(jws.require_jwk().is_err() && jws.require_kid().is_err());
-    }
-
-    #[test]
-    fn thumbprint_matches_rfc7638_example() {
-        // The RSA key of RFC 7638 section 3.1 and its published thumbprint.
-        let jwk = Jwk::Rsa {
-            n: "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw".into(),
-            e: "AQAB".into(),
-        };
-        assert_eq!(jwk.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
     }
 
     #[test]

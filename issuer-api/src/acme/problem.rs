@@ -117,6 +117,13 @@ impl From<JwsError> for AcmeProblem {
     }
 }
 
+/// A key refused by the key policy when it is admitted (newAccount, keyChange).
+impl From<crate::jose::KeyError> for AcmeProblem {
+    fn from(e: crate::jose::KeyError) -> Self {
+        JwsError::from(e).into()
+    }
+}
+
 impl IntoResponse for AcmeProblem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
