@@ -16,8 +16,8 @@
 //!   latest CRL is stored in the database (`crl_state`), so the number only increases across
 //!   restarts and replicas, and every replica serves the same CRL for a given number.
 //! - **Which issuers**: prepared, active and retired intermediates that have not expired. Expired
-//!   intermediates have no CRL: everything they signed has expired too. Root CRLs are out of
-//!   scope: the root key is normally offline.
+//!   intermediates have no CRL: everything they signed has expired too. Root CRLs are signed
+//!   only where the root key is ([`root`]); this module serves the latest stored one.
 //!
 //! The active intermediate's key is in memory already; a retired (or prepared) one's is decrypted
 //! from the journal with the passphrase handed over by [`Authority::set_passphrase`] and kept in
@@ -36,6 +36,8 @@ use crate::issuers::{ActiveIssuer, IssuerKind, IssuerRecord, IssuerState};
 use crate::keys::{Passphrase, decrypt_key_pem};
 use crate::store::crl::{RevokedCertificate, StoredCrl};
 use crate::{Authority, CaError, PASSPHRASE_ENV};
+
+pub(crate) mod root;
 
 /// A signed CRL.
 #[derive(Clone, PartialEq, Eq)]
