@@ -262,17 +262,15 @@ impl Authority {
             let next_update = now + validity;
             let der = build_crl(&signer, u64::try_from(number).unwrap_or(0), now, next_update, &entries)?;
             let stored = StoredCrl { number, digest, this_update: now, next_update, der };
-            if self.store().replace_crl(issuer_id, latest.map(|s| s.number), &stored).await? {
+            let ev = AuditEvent::now(
+                "ca",
+                "crl.sign",
+                issuer_id,
+                Outcome::Success,
+                format!("CRL number {number}, {} revoked certificates", entries.len()),
+            );
+            if self.store().replace_crl(issuer_id, latest.map(|s| s.number), &stored, &ev).await? {
                 info!(issuer = issuer_id, number, revoked = entries.len(), "CRL signed");
-                self.store()
-                    .append_audit(AuditEvent::now(
-                        "ca",
-                        "crl.sign",
-                        issuer_id,
-                        Outcome::Success,
-                        format!("CRL number {number}, {} revoked certificates", entries.len()),
-                    ))
-                    .await?;
                 return Ok(Some(self.remember_crl(to_crl(issuer_id, stored))?));
             }
             // Another replica stored a CRL meanwhile: look again.

@@ -98,19 +98,23 @@ pub(crate) async fn sign_root_crl_as(
     let next_update = now + ROOT_CRL_VALIDITY;
     let der = crate::crl::build_crl(&signer, u64::try_from(number).unwrap_or(0), now, next_update, &entries)?;
     let stored = crate::store::crl::StoredCrl { number, digest, this_update: now, next_update, der };
-    let what = match mode {
+    // The CRL and its `crl.sign` event commit together.
+    let event = |what: String| AuditEvent::now("ca", "crl.sign", root_id, Outcome::Success, what);
+    match mode {
         RootCrl::Stage { publish_at, rotation } => {
-            store.stage_crl(root_id, &stored, publish_at, rotation).await?;
-            format!("root CRL number {number}, {} revoked intermediates, staged until {publish_at}", entries.len())
+            let ev = event(format!(
+                "root CRL number {number}, {} revoked intermediates, staged until {publish_at}",
+                entries.len()
+            ));
+            store.stage_crl(root_id, &stored, publish_at, rotation, &ev).await?;
         }
         RootCrl::Refresh | RootCrl::Now => {
-            if !store.replace_crl(root_id, latest.map(|l| l.number), &stored).await? {
+            let ev = event(format!("root CRL number {number}, {} revoked intermediates", entries.len()));
+            if !store.replace_crl(root_id, latest.map(|l| l.number), &stored, &ev).await? {
                 return Err(CaError::Store(format!("the CRL of root {root_id} changed concurrently")));
             }
-            format!("root CRL number {number}, {} revoked intermediates", entries.len())
         }
-    };
-    store.append_audit(AuditEvent::now("ca", "crl.sign", root_id, Outcome::Success, what)).await?;
+    }
     info!(
         root = root_id,
         number,

@@ -108,9 +108,9 @@ pub async fn emergency_rotate(
         }
     };
     let enforce_at = enforce.map(|e| e.0);
-    let affected = store.begin_emergency(&rotation, &suspect.id, (start, end), enforce, now).await?;
-    store
-        .append_audit(AuditEvent::now(
+    // The renewal windows, the emergency record and its `issuer.revoke` event commit together.
+    let event = |affected: i64| {
+        AuditEvent::now(
             "operator",
             "issuer.revoke",
             &suspect.id,
@@ -120,8 +120,9 @@ pub async fn emergency_rotate(
                  revocation enforced from {}",
                 enforce_at.unwrap_or(now)
             ),
-        ))
-        .await?;
+        )
+    };
+    let affected = store.begin_emergency(&rotation, &suspect.id, (start, end), enforce, now, event).await?;
     if let Some(root) = &suspect.parent_id {
         let mode = match enforce_at {
             None => RootCrl::Now,
