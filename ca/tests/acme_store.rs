@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ca::CaError;
 use ca::ra::OrderStatus;
 use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, EabKey};
-use common::databases;
+use common::{databases, event};
 
 fn account(id: &str, eab: Option<&str>) -> AcmeAccount {
     AcmeAccount {
@@ -30,14 +30,14 @@ async fn failing_acme_changes_undo_only_themselves_and_races_have_one_winner() {
     for url in databases(dir.path()).await {
         let store = ca::Store::open(&url).await.expect("open store");
         let key = EabKey { kid: "kid-1".into(), hmac_key: "a2V5".into(), allowed_suffixes: vec![], account_id: None };
-        store.acme_create_eab_key(&key, 1_700_000_000).await.expect("eab key");
+        store.acme_create_eab_key(&key, 1_700_000_000, &event("eab.create")).await.expect("eab key");
 
         // Eight accounts race for one EAB key while eight others need none, all at once.
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..16 {
             let store = store.clone();
             let a = account(&format!("acct{i}"), (i % 2 == 0).then_some("kid-1"));
-            tasks.spawn(async move { (a.clone(), store.acme_create_account(&a).await) });
+            tasks.spawn(async move { (a.clone(), store.acme_create_account(&a, &event("account.create")).await) });
         }
         let (mut bound, mut refused, mut plain) = (0, 0, 0);
         while let Some(joined) = tasks.join_next().await {
@@ -66,7 +66,8 @@ async fn failing_acme_changes_undo_only_themselves_and_races_have_one_winner() {
         assert!(claimed.account_id.is_some());
 
         // The same key again: the existing account, not a second one.
-        let (again, created) = store.acme_create_account(&account("acct1", None)).await.expect("existing");
+        let (again, created) =
+            store.acme_create_account(&account("acct1", None), &event("account.create")).await.expect("existing");
         assert!(!created);
         assert_eq!(again.id, "acct1");
 
@@ -189,7 +190,7 @@ async fn purge_deletes_what_is_past_retention_and_nothing_else() {
     for url in databases(dir.path()).await {
         let store = ca::Store::open(&url).await.expect("open store");
         for id in ["keep", "gone"] {
-            store.acme_create_account(&account(id, None)).await.expect("account");
+            store.acme_create_account(&account(id, None), &event("account.create")).await.expect("account");
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         // More expired orders than one purge batch, one live order, and a live order of an
@@ -213,7 +214,12 @@ async fn purge_deletes_what_is_past_retention_and_nothing_else() {
         }
         assert!(
             store
-                .acme_update_account("gone", &["mailto:gone@example.test".into()], "deactivated")
+                .acme_update_account(
+                    "gone",
+                    &["mailto:gone@example.test".into()],
+                    "deactivated",
+                    &event("account.deactivate")
+                )
                 .await
                 .expect("deactivate")
         );
@@ -262,12 +268,12 @@ async fn a_join_token_is_spent_with_the_valid_authorization_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
         let store = Arc::new(ca::Store::open(&url).await.expect("open store"));
-        store.acme_create_account(&account("agent", None)).await.expect("account");
+        store.acme_create_account(&account("agent", None), &event("account.create")).await.expect("account");
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let id = ca::SpiffeId::parse("spiffe://example.org/web").expect("id");
         let digest = join_token_digest("lanyard-jt-secret");
         let token = JoinToken { spiffe_id: id.clone(), is_prefix: false, expires_at: now + 600 };
-        store.create_join_token(&digest, &token, now).await.expect("token");
+        store.create_join_token(&digest, &token, now, &event("join_token.create")).await.expect("token");
         for i in 0..8 {
             let (o, a, c) = order(&format!("o{i}"), "agent", "pending", now + 600);
             store.acme_create_order(&o, &[a], &[c]).await.expect("order");
@@ -280,6 +286,7 @@ async fn a_join_token_is_spent_with_the_valid_authorization_once() {
             digest: digest.clone(),
             spiffe_id: id.to_string(),
             error_if_used: r#"{"type":"urn:ietf:params:acme:error:unauthorized"}"#.into(),
+            audit: event("join_token.spend"),
         };
         // A result for a challenge that is not being validated is not recorded and spends nothing.
         store.acme_finish_challenge("chall-none", "authz-o0", "o0", Ok(Some(&spend)), now).await.expect_err("unknown");

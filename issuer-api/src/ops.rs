@@ -261,26 +261,16 @@ pub async fn create_eab_key(store: &Store, allowed_suffixes: Vec<String>) -> any
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let suffixes: Vec<String> =
         allowed_suffixes.iter().map(|s| s.trim_start_matches('.').to_ascii_lowercase()).collect();
-    store
-        .acme_create_eab_key(
-            &ca::store::acme::EabKey {
-                kid: kid.clone(),
-                hmac_key: key.clone(),
-                allowed_suffixes: suffixes.clone(),
-                account_id: None,
-            },
-            now,
-        )
-        .await?;
-    store
-        .append_audit(AuditEvent::now(
-            "operator",
-            "eab.create",
-            &kid,
-            Outcome::Success,
-            format!("allowed_suffixes={suffixes:?}"),
-        ))
-        .await?;
+    let audit =
+        AuditEvent::now("operator", "eab.create", &kid, Outcome::Success, format!("allowed_suffixes={suffixes:?}"));
+    let eab = ca::store::acme::EabKey {
+        kid: kid.clone(),
+        hmac_key: key.clone(),
+        allowed_suffixes: suffixes,
+        account_id: None,
+    };
+    // The key and its audit event commit together.
+    store.acme_create_eab_key(&eab, now, &audit).await?;
     Ok((kid, key))
 }
 

@@ -8,8 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use super::writer::insert_audit;
 use super::{Store, db_err, from_unix, unix};
-use crate::CaError;
+use crate::{AuditEvent, CaError};
 
 /// A revoked certificate, as a CRL lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,10 +103,18 @@ impl Store {
     }
 
     /// Records `crl` as the latest CRL of `issuer_id` if the latest one is still number
-    /// `replaces` (None: there was none). False when another process got there first; the caller
-    /// then reads the winner with [`Store::latest_crl`].
-    pub async fn replace_crl(&self, issuer_id: &str, replaces: Option<i64>, crl: &StoredCrl) -> Result<bool, CaError> {
+    /// `replaces` (None: there was none), with its `audit` event in the same transaction. False
+    /// (and nothing recorded) when another process got there first; the caller then reads the
+    /// winner with [`Store::latest_crl`].
+    pub async fn replace_crl(
+        &self,
+        issuer_id: &str,
+        replaces: Option<i64>,
+        crl: &StoredCrl,
+        audit: &AuditEvent,
+    ) -> Result<bool, CaError> {
         let der = STANDARD.encode(&crl.der);
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let r = match replaces {
             None => sqlx::query(
                 "INSERT INTO crl_state (issuer_id, number, digest, this_update, next_update, der) \
@@ -117,7 +126,7 @@ impl Store {
             .bind(unix(crl.this_update))
             .bind(unix(crl.next_update))
             .bind(der)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?,
             Some(previous) => sqlx::query(
@@ -131,11 +140,16 @@ impl Store {
             .bind(der)
             .bind(issuer_id)
             .bind(previous)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?,
         };
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 }
 
@@ -152,14 +166,17 @@ pub struct PublishedCrl {
 
 impl Store {
     /// Parks `crl`, signed now, as a future CRL of `issuer_id` that [`Store::publish_due_crls`]
-    /// makes the latest at `publish_at`; it enforces emergency `rotation`.
+    /// makes the latest at `publish_at`; it enforces emergency `rotation`. Its `audit` event (the
+    /// signing) commits with it.
     pub async fn stage_crl(
         &self,
         issuer_id: &str,
         crl: &StoredCrl,
         publish_at: i64,
         rotation: &str,
+        audit: &AuditEvent,
     ) -> Result<(), CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query(
             "INSERT INTO staged_crls (issuer_id, number, digest, this_update, next_update, der, publish_at, rotation) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -172,10 +189,11 @@ impl Store {
         .bind(STANDARD.encode(&crl.der))
         .bind(publish_at)
         .bind(rotation)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        Ok(())
+        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
     }
 
     /// The highest CRL number staged for `issuer_id` and not yet published, if any.
@@ -266,7 +284,7 @@ impl Store {
                     crate::Outcome::Success,
                     format!("root CRL number {number} published: emergency rotation {rotation} enforced"),
                 );
-                super::writer::insert_audit(self.backend, &mut tx, &ev).await.map_err(db_err)?;
+                insert_audit(self.backend, &mut tx, &ev).await.map_err(db_err)?;
             }
             sqlx::query("DELETE FROM staged_crls WHERE issuer_id = $1 AND number <= $2")
                 .bind(&issuer)

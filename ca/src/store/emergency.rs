@@ -3,8 +3,9 @@
 
 use sqlx::Row;
 
+use super::writer::insert_audit;
 use super::{Store, db_err};
-use crate::CaError;
+use crate::{AuditEvent, CaError};
 
 /// One emergency rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +39,8 @@ impl Store {
     /// Asks every holder of an unexpired, unrevoked certificate signed by `issuer_id` to renew
     /// within [`start`, `end`] (RFC 9773 renewalInfo) and records the emergency, whose revocation
     /// takes effect at `enforce` = (time, settle seconds after the last renewal if earlier); None:
-    /// at once. Returns how many certificates are affected.
+    /// at once. `audit` makes the event (given the number of affected certificates), which
+    /// commits with the rest. Returns how many certificates are affected.
     pub async fn begin_emergency(
         &self,
         id: &str,
@@ -46,6 +48,7 @@ impl Store {
         (start, end): (i64, i64),
         enforce: Option<(i64, i64)>,
         now: i64,
+        audit: impl FnOnce(i64) -> AuditEvent,
     ) -> Result<i64, CaError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let r = sqlx::query(
@@ -73,6 +76,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        insert_audit(self.backend, &mut tx, &audit(affected)).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(affected)
     }

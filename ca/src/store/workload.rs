@@ -8,8 +8,9 @@
 
 use sqlx::Row;
 
+use super::writer::insert_audit;
 use super::{Store, db_err};
-use crate::{CaError, SpiffeId};
+use crate::{AuditEvent, CaError, SpiffeId};
 
 /// Spends a join token (binds: now, the SPIFFE ID it was used for, its digest): one row when it
 /// was still unused and unexpired, none when another redemption got there first.
@@ -69,8 +70,15 @@ impl JoinToken {
 }
 
 impl Store {
-    /// Stores a new join token under its digest.
-    pub async fn create_join_token(&self, digest: &str, token: &JoinToken, now: i64) -> Result<(), CaError> {
+    /// Stores a new join token under its digest, with its `audit` event in the same transaction.
+    pub async fn create_join_token(
+        &self,
+        digest: &str,
+        token: &JoinToken,
+        now: i64,
+        audit: &AuditEvent,
+    ) -> Result<(), CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query(
             "INSERT INTO join_tokens (digest, spiffe_id, is_prefix, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -79,34 +87,40 @@ impl Store {
         .bind(i64::from(token.is_prefix))
         .bind(token.expires_at)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        Ok(())
+        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
     }
 
-    /// Redeems a join token for `id`: [`Store::check_join_token`], then spends it. The outer error
-    /// is the store's; the inner one is the refusal to show the workload.
+    /// Redeems a join token for `id`: [`Store::check_join_token`], then spends it with its `audit`
+    /// event in one transaction. The outer error is the store's; the inner one is the refusal to
+    /// show the workload.
     pub async fn redeem_join_token(
         &self,
         digest: &str,
         id: &SpiffeId,
         now: i64,
+        audit: &AuditEvent,
     ) -> Result<Result<(), JoinTokenError>, CaError> {
         if let Err(refused) = self.check_join_token(digest, id, now).await? {
             return Ok(Err(refused));
         }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let done = sqlx::query(SPEND_JOIN_TOKEN)
             .bind(now)
             .bind(id.to_string())
             .bind(digest)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
         // Lost a race with another redemption of the same token.
         if done.rows_affected() != 1 {
             return Ok(Err(JoinTokenError::Used));
         }
+        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(Ok(()))
     }
 

@@ -183,7 +183,17 @@ pub(crate) async fn new_account(
         created_at: now(),
         allowed_suffixes: eab.map(|k| k.allowed_suffixes).unwrap_or_default(),
     };
-    let (stored, created) = acme.store.acme_create_account(&account).await.map_err(|e| match e {
+    let audit = ca::AuditEvent::now(
+        format!("acme:{}", account.id),
+        "account.create",
+        &account.id,
+        ca::Outcome::Success,
+        match &account.eab_kid {
+            Some(kid) => format!("bound to EAB key {kid}"),
+            None => String::new(),
+        },
+    );
+    let (stored, created) = acme.store.acme_create_account(&account, &audit).await.map_err(|e| match e {
         ca::CaError::NameNotAllowed { .. } => {
             AcmeProblem::unauthorized("this external account binding key is already used")
         }
@@ -252,7 +262,15 @@ pub(crate) async fn account(State(acme): State<Arc<Acme>>, Path(id): Path<String
         Some("deactivated") => "deactivated",
         Some(other) => return Err(AcmeProblem::malformed(format!("an account cannot be set to {other:?}"))),
     };
-    if !acme.store.acme_update_account(&acct.id, &contact, status).await.map_err(AcmeProblem::from)? {
+    let action = if status == "deactivated" { "account.deactivate" } else { "account.update" };
+    let audit = ca::AuditEvent::now(
+        format!("acme:{}", acct.id),
+        action,
+        &acct.id,
+        ca::Outcome::Success,
+        format!("{} contacts", contact.len()),
+    );
+    if !acme.store.acme_update_account(&acct.id, &contact, status, &audit).await.map_err(AcmeProblem::from)? {
         return Err(AcmeProblem::unauthorized("the account is no longer valid"));
     }
     if status == "deactivated" {
@@ -622,6 +640,13 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
                 digest,
                 spiffe_id: az.id_value.clone(),
                 error_if_used: challenge_error("unauthorized", ca::store::workload::JoinTokenError::Used.to_string()),
+                audit: ca::AuditEvent::now(
+                    format!("acme:{}", az.account_id),
+                    "join_token.spend",
+                    &az.id_value,
+                    ca::Outcome::Success,
+                    format!("challenge {} of order {}", ch.id, az.order_id),
+                ),
             });
         })
     } else if acme.cfg.insecure_always_valid_challenges {
@@ -905,24 +930,16 @@ pub(crate) async fn key_change(State(acme): State<Arc<Acme>>, Signed(auth): Kid)
         return Err(AcmeProblem::unauthorized("oldKey is not the account's current key"));
     }
     let new_jwk = serde_json::to_string(&new_key).map_err(AcmeProblem::internal)?;
+    let audit =
+        ca::AuditEvent::now(format!("acme:{}", acct.id), "account.key-change", &acct.id, ca::Outcome::Success, "");
     match acme
         .store
-        .acme_change_key(&acct.id, &acct.thumbprint, &new_key.thumbprint(), &new_jwk)
+        .acme_change_key(&acct.id, &acct.thumbprint, &new_key.thumbprint(), &new_jwk, &audit)
         .await
         .map_err(AcmeProblem::from)?
     {
         Ok(true) => {
             tracing::info!(account = %acct.id, "ACME account key changed");
-            let _ = acme
-                .store
-                .append_audit(ca::AuditEvent::now(
-                    format!("acme:{}", acct.id),
-                    "account.key-change",
-                    &acct.id,
-                    ca::Outcome::Success,
-                    "",
-                ))
-                .await;
             Ok(json(StatusCode::OK, &account_json(&acme, acct)))
         }
         Ok(false) => Err(AcmeProblem::unauthorized("the account key changed concurrently")),

@@ -159,16 +159,15 @@ pub async fn create_join_token(
     let secret = format!("lanyard-jt-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let token = JoinToken { spiffe_id: id, is_prefix: prefix, expires_at: now + ttl.as_secs() as i64 };
-    store.create_join_token(&join_token_digest(&secret), &token, now).await?;
     let scope = if prefix { format!("{}/*", token.spiffe_id) } else { token.spiffe_id.to_string() };
-    store
-        .append_audit(ca::AuditEvent::now(
-            "operator",
-            "join_token.create",
-            scope,
-            ca::Outcome::Success,
-            format!("expires in {}s", ttl.as_secs()),
-        ))
-        .await?;
+    let audit = ca::AuditEvent::now(
+        "operator",
+        "join_token.create",
+        scope,
+        ca::Outcome::Success,
+        format!("expires in {}s", ttl.as_secs()),
+    );
+    // The token and its audit event commit together.
+    store.create_join_token(&join_token_digest(&secret), &token, now, &audit).await?;
     Ok((secret, token))
 }

@@ -10,9 +10,10 @@ use crate::store::workload::SPEND_JOIN_TOKEN;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::writer::{insert_audit, insert_audit_sqlite};
 use super::{Store, db_err};
-use crate::CaError;
 use crate::ra::OrderStatus;
+use crate::{AuditEvent, CaError};
 
 /// An ACME account (RFC 8555 section 7.1.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,14 +306,20 @@ impl Store {
         Ok(affected == 1)
     }
 
-    /// Creates an account, or returns the existing one for the same key (false = existed).
-    pub async fn acme_create_account(&self, a: &AcmeAccount) -> Result<(AcmeAccount, bool), CaError> {
+    /// Creates an account, or returns the existing one for the same key (false = existed). A new
+    /// account, its EAB key's binding and its `audit` event commit together; an existing one
+    /// changes nothing and records nothing.
+    pub async fn acme_create_account(
+        &self,
+        a: &AcmeAccount,
+        audit: &AuditEvent,
+    ) -> Result<(AcmeAccount, bool), CaError> {
         let contact = serde_json::to_string(&a.contact).map_err(|e| CaError::Store(e.to_string()))?;
         let suffixes = serde_json::to_string(&a.allowed_suffixes).map_err(|e| CaError::Store(e.to_string()))?;
-        let row = a.clone();
+        let row = (a.clone(), audit.clone());
         let (c, sfx) = (contact.clone(), suffixes.clone());
         if let Some(w) = self.sqlite_write(move |conn| {
-            let a = &row;
+            let (a, ev) = &row;
             let n = sqlite::exec(
                 conn,
                 INSERT_ACCOUNT,
@@ -320,6 +327,9 @@ impl Store {
             )?;
             if let (Some(kid), 1) = (&a.eab_kid, n) {
                 claim_eab_key(sqlite::exec(conn, CLAIM_EAB_KEY, (&a.id, kid))?, kid)?;
+            }
+            if n == 1 {
+                insert_audit_sqlite(conn, ev)?;
             }
             Ok(n)
         }) {
@@ -347,6 +357,9 @@ impl Store {
         if let (Some(kid), 1) = (&a.eab_kid, r.rows_affected()) {
             let claimed = sqlx::query(CLAIM_EAB_KEY).bind(&a.id).bind(kid).execute(&mut *tx).await.map_err(db_err)?;
             claim_eab_key(claimed.rows_affected(), kid)?;
+        }
+        if r.rows_affected() == 1 {
+            insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
         let existing = self
@@ -377,23 +390,42 @@ impl Store {
         row.as_ref().map(account_from).transpose()
     }
 
-    /// Updates contacts and status of a valid account; false if it is no longer valid.
-    pub async fn acme_update_account(&self, id: &str, contact: &[String], status: &str) -> Result<bool, CaError> {
+    /// Updates contacts and status of a valid account, with its `audit` event in the same
+    /// transaction; false (and nothing recorded) if it is no longer valid.
+    pub async fn acme_update_account(
+        &self,
+        id: &str,
+        contact: &[String],
+        status: &str,
+        audit: &AuditEvent,
+    ) -> Result<bool, CaError> {
         let contact = serde_json::to_string(contact).map_err(|e| CaError::Store(e.to_string()))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let row = (contact.clone(), status.to_owned(), id.to_owned());
-        if let Some(w) = self.sqlite_write(move |c| sqlite::exec(c, UPDATE_ACCOUNT, (&row.0, &row.1, now, &row.2))) {
+        let row = (contact.clone(), status.to_owned(), id.to_owned(), audit.clone());
+        if let Some(w) = self.sqlite_write(move |c| {
+            let n = sqlite::exec(c, UPDATE_ACCOUNT, (&row.0, &row.1, now, &row.2))?;
+            if n == 1 {
+                insert_audit_sqlite(c, &row.3)?;
+            }
+            Ok(n)
+        }) {
             return Ok(w.await? == 1);
         }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let r = sqlx::query(UPDATE_ACCOUNT)
             .bind(contact)
             .bind(status)
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 
     /// Creates an order with its authorizations and challenges, all or nothing.
@@ -590,9 +622,9 @@ impl Store {
     /// this was the order's last pending authorization, the order (`ready`, or `invalid` on failure)
     /// change together, so a client never sees valid authorizations under a pending order.
     ///
-    /// With `spend`, a valid result also spends that join token in the same transaction; if
-    /// another enrollment spent it first, the result is recorded as invalid with the spend's error
-    /// instead. Either way the token is spent exactly when a valid authorization is recorded, so a
+    /// With `spend`, a valid result also spends that join token, with its audit event, in the same
+    /// transaction; if another enrollment spent it first, the result is recorded as invalid with
+    /// the spend's error instead. Either way the token is spent exactly when a valid authorization is recorded, so a
     /// result that cannot be recorded leaves it for the agent's retry. A challenge that is not
     /// pending or processing (already final) gets nothing recorded: an error, and no token spent.
     /// Returns whether the result recorded is valid.
@@ -612,11 +644,12 @@ impl Store {
         if let Some(w) = self.sqlite_write(move |c| {
             let (ch, az, o, error, spend) = &ids;
             let (mut valid, mut error) = (valid, error.clone());
-            if valid
-                && let Some(s) = spend
-                && sqlite::exec(c, SPEND_JOIN_TOKEN, (now, &s.spiffe_id, &s.digest))? != 1
-            {
-                (valid, error) = (false, Some(s.error_if_used.clone()));
+            if valid && let Some(s) = spend {
+                if sqlite::exec(c, SPEND_JOIN_TOKEN, (now, &s.spiffe_id, &s.digest))? == 1 {
+                    insert_audit_sqlite(c, &s.audit)?;
+                } else {
+                    (valid, error) = (false, Some(s.error_if_used.clone()));
+                }
             }
             finish_sqlite(c, (ch, az, o), valid, error.as_deref(), now)?;
             Ok(u64::from(valid))
@@ -633,7 +666,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            if spent.rows_affected() != 1 {
+            if spent.rows_affected() == 1 {
+                insert_audit(self.backend, &mut tx, &s.audit).await.map_err(db_err)?;
+            } else {
                 (valid, error) = (false, Some(s.error_if_used.clone()));
             }
         }
@@ -702,7 +737,8 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Replaces an account's key (RFC 8555 section 7.3.5) if it still has `old_thumbprint`.
+    /// Replaces an account's key (RFC 8555 section 7.3.5) if it still has `old_thumbprint`, with
+    /// its `audit` event in the same transaction (nothing is recorded when no key changed).
     /// `Ok(Err(id))`: the new key already belongs to account `id`.
     pub async fn acme_change_key(
         &self,
@@ -710,21 +746,29 @@ impl Store {
         old_thumbprint: &str,
         new_thumbprint: &str,
         new_jwk: &str,
+        audit: &AuditEvent,
     ) -> Result<Result<bool, String>, CaError> {
         if let Some(other) = self.acme_account_by_thumbprint(new_thumbprint).await? {
             return Ok(Err(other.id));
         }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let r = sqlx::query("UPDATE acme_accounts SET thumbprint = $1, jwk = $2 WHERE id = $3 AND thumbprint = $4")
             .bind(new_thumbprint)
             .bind(new_jwk)
             .bind(id)
             .bind(old_thumbprint)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
         match r {
-            Ok(r) => Ok(Ok(r.rows_affected() == 1)),
+            Ok(r) if r.rows_affected() == 1 => {
+                insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(Ok(true))
+            }
+            Ok(_) => Ok(Ok(false)),
             // A concurrent registration took the key between the check and the update.
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                drop(tx);
                 let other = self.acme_account_by_thumbprint(new_thumbprint).await?.map(|a| a.id).unwrap_or_default();
                 Ok(Err(other))
             }
@@ -732,17 +776,19 @@ impl Store {
         }
     }
 
-    /// Creates an external account binding key.
-    pub async fn acme_create_eab_key(&self, key: &EabKey, now: i64) -> Result<(), CaError> {
+    /// Creates an external account binding key, with its `audit` event in the same transaction.
+    pub async fn acme_create_eab_key(&self, key: &EabKey, now: i64, audit: &AuditEvent) -> Result<(), CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query("INSERT INTO acme_eab_keys (kid, hmac_key, allowed_suffixes, account_id, created_at) VALUES ($1, $2, $3, NULL, $4)")
             .bind(&key.kid)
             .bind(&key.hmac_key)
             .bind(serde_json::to_string(&key.allowed_suffixes).map_err(|e| CaError::Store(e.to_string()))?)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        Ok(())
+        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
     }
 
     /// An external account binding key by id.
@@ -918,4 +964,6 @@ pub struct TokenSpend {
     pub spiffe_id: String,
     /// The challenge error (problem document JSON) recorded if another enrollment spent it first.
     pub error_if_used: String,
+    /// The `join_token.spend` event, recorded with the spending (and only then).
+    pub audit: AuditEvent,
 }

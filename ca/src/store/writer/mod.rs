@@ -514,6 +514,19 @@ pub(super) async fn insert_audit(
     insert_audits(backend, tx, &[ev]).await
 }
 
+/// Inserts an audit event on the SQLite writer's connection from inside a [`Write::Sqlite`] job,
+/// so the job's state change and its event share the job's savepoint: both commit, or neither.
+pub(super) fn insert_audit_sqlite(c: &rusqlite::Connection, ev: &AuditEvent) -> Result<(), CaError> {
+    c.prepare_cached(
+        "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute((audit_id(ev), unix(ev.at), &ev.actor, &ev.action, &ev.target, ev.outcome.as_str(), &ev.detail))
+    })
+    .map(|_| ())
+    .map_err(super::native::sqlite_err)
+}
+
 /// Inserts audit events through the `Any` pool.
 async fn insert_audits(
     backend: Backend,

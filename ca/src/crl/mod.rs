@@ -16,8 +16,8 @@
 //!   latest CRL is stored in the database (`crl_state`), so the number only increases across
 //!   restarts and replicas, and every replica serves the same CRL for a given number.
 //! - **Which issuers**: prepared, active and retired intermediates that have not expired. Expired
-//!   intermediates have no CRL: everything they signed has expired too. Root CRLs are out of
-//!   scope: the root key is normally offline.
+//!   intermediates have no CRL: everything they signed has expired too. Root CRLs are signed
+//!   only where the root key is ([`root`]); this module serves the latest stored one.
 //!
 //! The active intermediate's key is in memory already; a retired (or prepared) one's is decrypted
 //! from the journal with the passphrase handed over by [`Authority::set_passphrase`] and kept in
@@ -36,6 +36,8 @@ use crate::issuers::{ActiveIssuer, IssuerKind, IssuerRecord, IssuerState};
 use crate::keys::{Passphrase, decrypt_key_pem};
 use crate::store::crl::{RevokedCertificate, StoredCrl};
 use crate::{Authority, CaError, PASSPHRASE_ENV};
+
+pub(crate) mod root;
 
 /// A signed CRL.
 #[derive(Clone, PartialEq, Eq)]
@@ -260,17 +262,15 @@ impl Authority {
             let next_update = now + validity;
             let der = build_crl(&signer, u64::try_from(number).unwrap_or(0), now, next_update, &entries)?;
             let stored = StoredCrl { number, digest, this_update: now, next_update, der };
-            if self.store().replace_crl(issuer_id, latest.map(|s| s.number), &stored).await? {
+            let ev = AuditEvent::now(
+                "ca",
+                "crl.sign",
+                issuer_id,
+                Outcome::Success,
+                format!("CRL number {number}, {} revoked certificates", entries.len()),
+            );
+            if self.store().replace_crl(issuer_id, latest.map(|s| s.number), &stored, &ev).await? {
                 info!(issuer = issuer_id, number, revoked = entries.len(), "CRL signed");
-                self.store()
-                    .append_audit(AuditEvent::now(
-                        "ca",
-                        "crl.sign",
-                        issuer_id,
-                        Outcome::Success,
-                        format!("CRL number {number}, {} revoked certificates", entries.len()),
-                    ))
-                    .await?;
                 return Ok(Some(self.remember_crl(to_crl(issuer_id, stored))?));
             }
             // Another replica stored a CRL meanwhile: look again.
