@@ -14,6 +14,11 @@ use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeOrder};
 use ca::{CaError, IssuanceStep, Policy, Store};
 use common::{San, csr, databases, p256};
 
+/// The audit event that commits with an account's creation.
+fn created(a: &AcmeAccount) -> ca::AuditEvent {
+    ca::AuditEvent::now("test", "account.create", &a.id, ca::Outcome::Success, "")
+}
+
 fn account(id: &str) -> AcmeAccount {
     AcmeAccount {
         id: id.to_owned(),
@@ -82,8 +87,8 @@ async fn finalize_commits_the_certificate_with_the_order_and_refusals_change_not
         let ra = Registration::open(Arc::new(authority)).await.expect("ra");
         let store = ra.authority().store().clone();
         let (alice, bob) = (account("alice"), account("bob"));
-        store.acme_create_account(&alice).await.expect("alice");
-        store.acme_create_account(&bob).await.expect("bob");
+        store.acme_create_account(&alice, &created(&alice)).await.expect("alice");
+        store.acme_create_account(&bob, &created(&bob)).await.expect("bob");
         order(&store, "o1", "alice", "a.example.test", OrderStatus::Ready).await;
         order(&store, "pending", "alice", "p.example.test", OrderStatus::Pending).await;
 
@@ -131,7 +136,7 @@ async fn a_failed_issuance_makes_the_order_invalid_with_the_rendered_problem() {
         let ra = Registration::open(Arc::new(authority)).await.expect("ra");
         let store = ra.authority().store().clone();
         let alice = account("alice");
-        store.acme_create_account(&alice).await.expect("alice");
+        store.acme_create_account(&alice, &created(&alice)).await.expect("alice");
         order(&store, "o1", "alice", "a.example.test", OrderStatus::Ready).await;
         // Every new certificate row is refused by the database (not an availability error).
         break_intents(&url).await;
@@ -176,7 +181,7 @@ async fn concurrent_finalizes_of_one_order_record_exactly_one_certificate() {
         let ra = Registration::open(Arc::new(authority)).await.expect("ra");
         let store = ra.authority().store().clone();
         let alice = account("alice");
-        store.acme_create_account(&alice).await.expect("alice");
+        store.acme_create_account(&alice, &created(&alice)).await.expect("alice");
 
         // One process.
         order(&store, "o1", "alice", "a.example.test", OrderStatus::Ready).await;
@@ -189,7 +194,7 @@ async fn concurrent_finalizes_of_one_order_record_exactly_one_certificate() {
 
         // Two replicas, both past signing before either records.
         let bob = account("bob");
-        store.acme_create_account(&bob).await.expect("bob");
+        store.acme_create_account(&bob, &created(&bob)).await.expect("bob");
         order(&store, "o2", "bob", "b.example.test", OrderStatus::Ready).await;
         let both_signed = Arc::new(Barrier::new(2));
         let replica = |barrier: Arc<Barrier>| {

@@ -148,7 +148,10 @@ async fn ready_order(store: &Store, order_id: &str) -> String {
         created_at: 1_700_000_000,
         allowed_suffixes: vec![],
     };
-    store.acme_create_account(&account).await.expect("account");
+    store
+        .acme_create_account(&account, &AuditEvent::now("test", "account.create", &account_id, Outcome::Success, ""))
+        .await
+        .expect("account");
     let name = format!("{order_id}.example.test");
     let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     let order = AcmeOrder {
