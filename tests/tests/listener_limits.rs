@@ -325,8 +325,8 @@ fn start_with_fd_limit(config: &std::path::Path, nofile: u32) -> (Child, SocketA
             return (child, a.parse().expect("address"), banner);
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill().ok();
+    child.wait().ok();
     panic!("lanyard-ca exited before listening: {banner}");
 }
 

@@ -165,7 +165,9 @@ impl Store {
     /// Closes the writer (after committing what it was given), the reader and the pool; later
     /// calls fail with `StoreUnavailable`.
     pub async fn close(&self) {
-        let _ = self.submit(Write::Close).await;
+        if let Err(e) = self.submit(Write::Close).await {
+            tracing::debug!(error = %e, "the writer was closed already");
+        }
         if let Some(r) = &self.reader {
             r.close().await;
         }

@@ -39,7 +39,8 @@ fn now() -> i64 {
 /// A uniform random number in [0, 1).
 fn unit() -> f64 {
     let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    // A failed fill leaves zeros: no jitter, which is still a correct schedule.
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok();
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
