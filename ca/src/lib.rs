@@ -10,6 +10,7 @@
 //! certificate through the registration authority ([`ra::Registration::finalize`]), which runs the
 //! same steps and records the certificate together with the order's new status.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod audit;
 mod authority;
