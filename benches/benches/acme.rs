@@ -128,7 +128,7 @@ fn lego_wall_time(directory: &str, root: &Path, dir: &Path, runs: usize) -> Opti
         }
         total += t.elapsed();
     }
-    Some(total / runs as u32)
+    Some(total / u32::try_from(runs).ok()?)
 }
 
 /// CPU time (user + system) of another process, from `/proc/<pid>/stat`.

@@ -31,6 +31,7 @@ pub mod rotation;
 mod serial;
 pub mod stats;
 pub mod store;
+pub mod units;
 
 pub use audit::{AuditEvent, Outcome};
 pub use authority::{CaMaterial, ImportedCa, InitOptions, create_ca, import_ca};

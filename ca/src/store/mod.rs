@@ -266,7 +266,7 @@ impl Store {
     /// Marks intents older than `older_than` as abandoned: their process died before recording the
     /// certificate, so it was never returned. The serial stays reserved. Returns how many.
     pub async fn abandon_stale_intents(&self, older_than: Duration) -> Result<u64, CaError> {
-        let cutoff = unix(OffsetDateTime::now_utc()) - older_than.as_secs() as i64;
+        let cutoff = unix(OffsetDateTime::now_utc()).saturating_sub(crate::units::secs(older_than));
         let r = sqlx::query(
             "UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' AND created_at <= $1 \
              AND NOT EXISTS (SELECT 1 FROM issued_certificates i WHERE i.serial = certificates.serial)",

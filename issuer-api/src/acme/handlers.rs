@@ -373,7 +373,7 @@ pub(crate) async fn new_order(State(acme): State<Arc<Acme>>, Signed(auth): Kid) 
     }
     let ids = check_new_order(&req, |id| check_identifier(&acme, acct, id))?;
     let t = now();
-    let expires = t + acme.cfg.order_lifetime.as_secs() as i64;
+    let expires = t.saturating_add(ca::units::secs(acme.cfg.order_lifetime));
     let order_id = new_id();
     let identifiers: Vec<Identifier> = ids.iter().map(|(i, _)| i.clone()).collect();
     let mut authzs = Vec::new();

@@ -232,7 +232,7 @@ impl Agent {
                 Ok(b) => break (b.bundle, b.refresh_hint),
                 Err(e) => {
                     let wait = self.backoff(attempt, Duration::from_secs(3600));
-                    warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "trust bootstrap failed");
+                    warn!(error = %format!("{e:#}"), retry_in_ms = crate::agent::schedule::millis(wait), "trust bootstrap failed");
                     attempt += 1;
                     tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return None }
                 }
@@ -339,12 +339,12 @@ impl Agent {
             let left = Duration::from_secs(u64::try_from(cur.svid.not_after - now()).unwrap_or(0));
             let wait = self.backoff(failures, left);
             failures = failures.saturating_add(1);
-            retry_at = Some(now() + wait.as_secs() as i64);
+            retry_at = Some(now().saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX)));
             if wait < Duration::from_secs(1) {
                 tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return Ok(()) }
                 retry_at = Some(now());
             }
-            warn!(retry_in_ms = wait.as_millis() as u64, expires_in_s = left.as_secs(), "will retry");
+            warn!(retry_in_ms = crate::agent::schedule::millis(wait), expires_in_s = left.as_secs(), "will retry");
         }
     }
 
