@@ -41,8 +41,9 @@ fn pebble_tls(dir: &Path) -> PathBuf {
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // Best effort in Drop: the child may have exited already.
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
 
@@ -91,7 +92,7 @@ async fn start_lanyard(dir: &Path) -> SocketAddr {
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let r = issuer_api::run_server(cfg, std::future::pending(), move |a| {
-            let _ = tx.send(a);
+            tx.send(a).ok(); // the bench stops listening once it has what it needs
         })
         .await;
         if let Err(e) = r {
@@ -127,7 +128,7 @@ fn lego_wall_time(directory: &str, root: &Path, dir: &Path, runs: usize) -> Opti
         }
         total += t.elapsed();
     }
-    Some(total / runs as u32)
+    Some(total / u32::try_from(runs).ok()?)
 }
 
 /// CPU time (user + system) of another process, from `/proc/<pid>/stat`.

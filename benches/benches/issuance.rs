@@ -108,7 +108,7 @@ fn main() {
         });
         let r = report_cpu(&format!("durable issuance, {cores} cores, {concurrency} in flight"), n, t.elapsed(), cpu);
         let counts = rt.block_on(auth.store().certificate_counts()).expect("counts");
-        assert_eq!(counts.1 as usize, n, "every issued certificate is recorded");
+        assert_eq!(usize::try_from(counts.1).ok(), Some(n), "every issued certificate is recorded");
         println!("{:<44} {:>6.1} % of the all-cores ceiling", "", 100.0 * r / ceil_all);
         best = best.max(r);
     }

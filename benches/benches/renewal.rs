@@ -51,8 +51,9 @@ fn free_port() -> u16 {
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // Best effort in Drop: the child may have exited already.
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
 
@@ -107,7 +108,7 @@ fn start_lanyard(ca_bin: &Path, config: &Path, pass: &str, log: &Path) -> (Kille
     let mut lines = std::io::BufReader::new(stdout).lines();
     let addr = loop {
         let Some(Ok(line)) = lines.next() else {
-            let _ = child.kill();
+            child.kill().ok(); // it may have exited on its own
             panic!("lanyard-ca exited before listening: {}", std::fs::read_to_string(log).unwrap_or_default());
         };
         if let Some(a) = line.strip_prefix("lanyard-ca: listening on https://") {

@@ -78,6 +78,8 @@ impl Stats {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
+        // p is in [0, 100], so the rounded rank lies in [0, len - 1].
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let i = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
         self.latencies[i.min(self.latencies.len() - 1)]
     }

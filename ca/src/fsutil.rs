@@ -34,8 +34,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError>
         fs::rename(&tmp, path).map_err(CaError::io("rename into", path))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(CaError::io("fsync directory", dir))
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if result.is_err()
+        && let Err(e) = fs::remove_file(&tmp)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %tmp.display(), error = %e, "could not remove a temporary file");
     }
     result
 }

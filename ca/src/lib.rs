@@ -10,6 +10,7 @@
 //! certificate through the registration authority ([`ra::Registration::finalize`]), which runs the
 //! same steps and records the certificate together with the order's new status.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod audit;
 mod authority;
@@ -30,6 +31,7 @@ pub mod rotation;
 mod serial;
 pub mod stats;
 pub mod store;
+pub mod units;
 
 pub use audit::{AuditEvent, Outcome};
 pub use authority::{CaMaterial, ImportedCa, InitOptions, create_ca, import_ca};

@@ -328,8 +328,8 @@ impl Policy {
         if lifetime > lp.max {
             return Err(CaError::LifetimeTooLong {
                 profile: profile.as_str(),
-                requested_secs: lifetime.as_secs() as i64,
-                max_secs: lp.max.as_secs() as i64,
+                requested_secs: crate::units::secs(lifetime),
+                max_secs: crate::units::secs(lp.max),
             });
         }
         if lifetime.is_zero() {

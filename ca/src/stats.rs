@@ -27,7 +27,7 @@ impl IssuanceStats {
                 self.buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros.fetch_add(crate::units::micros(took), Ordering::Relaxed);
     }
 
     /// Cumulative bucket counts (Prometheus `le` semantics), in [`LATENCY_BUCKETS`] order.

@@ -36,7 +36,7 @@ pub(crate) fn check(data: &[u8]) {
     // times notices_unsupported_retry.
     assert!(Duration::from_secs(3600).checked_add(r.request_timeout).is_some());
     assert!(Duration::try_from_secs_f64(r.notices_unsupported_retry.as_secs_f64() * 1.2).is_ok());
-    let _ = r.notices_unsupported_retry.mul_f64(1.2);
+    let _outcome = r.notices_unsupported_retry.mul_f64(1.2); // only that it returns (no panic) matters
     workload_agent::Agent::new(cfg).expect("a validated configuration builds an agent");
 }
 

@@ -2,6 +2,7 @@
 //!
 //! This crate never touches a CA key or SQL: it asks the `ca` crate, which owns both.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod acme;
 pub mod config;

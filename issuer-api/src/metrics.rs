@@ -2,6 +2,9 @@
 //! (`metrics_listen`, loopback by default when set), so scraping never needs the CA's TLS and the
 //! numbers are not published on the public port.
 //!
+//! The exposition is written into a `String` with `writeln!`, which cannot fail; `.ok()` discards
+//! that always-`Ok` result.
+//!
 //! Counters that code paths bump live here as statics; gauges about the journal, the fleet and
 //! emergencies are read from the store at scrape time, so every replica reports the same truth.
 
@@ -55,7 +58,7 @@ pub fn rotation_step(step: &str, ok: bool) {
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}").ok();
 }
 
 /// Renders every metric.
@@ -67,14 +70,15 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
 
     family(&mut out, "lanyard_issuer_not_after_timestamp_seconds", "gauge", "Expiry of each issuer in the journal.");
     for r in &journal {
-        let _ = writeln!(
+        writeln!(
             out,
             "lanyard_issuer_not_after_timestamp_seconds{{id=\"{}\",kind=\"{}\",state=\"{}\"}} {}",
             r.id,
             r.kind,
             r.state,
             r.not_after.unix_timestamp()
-        );
+        )
+        .ok();
     }
     family(&mut out, "lanyard_issuers", "gauge", "Issuers by kind and state.");
     let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -82,7 +86,7 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
         *by_state.entry((r.kind.to_string(), r.state.to_string())).or_default() += 1;
     }
     for ((k, s), n) in &by_state {
-        let _ = writeln!(out, "lanyard_issuers{{kind=\"{k}\",state=\"{s}\"}} {n}");
+        writeln!(out, "lanyard_issuers{{kind=\"{k}\",state=\"{s}\"}} {n}").ok();
     }
     family(
         &mut out,
@@ -92,13 +96,13 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     );
     for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
         let n = store.valid_certificates_of(&r.id, now).await?;
-        let _ = writeln!(out, "lanyard_certificates_valid_under_retired_issuer{{issuer=\"{}\"}} {n}", r.id);
+        writeln!(out, "lanyard_certificates_valid_under_retired_issuer{{issuer=\"{}\"}} {n}", r.id).ok();
     }
 
     let bundle = TrustBundle::from_journal(&journal);
     let seq = store.bundle_sequence(&bundle.digest()).await?;
     family(&mut out, "lanyard_bundle_sequence", "gauge", "spiffe_sequence of the trust bundle.");
-    let _ = writeln!(out, "lanyard_bundle_sequence {seq}");
+    writeln!(out, "lanyard_bundle_sequence {seq}").ok();
 
     family(
         &mut out,
@@ -108,8 +112,7 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     );
     let emergencies = store.emergencies().await?;
     for e in &emergencies {
-        let _ =
-            writeln!(out, "lanyard_emergency_rotation_affected_certificates{{rotation=\"{}\"}} {}", e.id, e.affected);
+        writeln!(out, "lanyard_emergency_rotation_affected_certificates{{rotation=\"{}\"}} {}", e.id, e.affected).ok();
     }
     family(
         &mut out,
@@ -119,7 +122,7 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     );
     for e in &emergencies {
         let n = if e.completed_at.is_some() { 0 } else { store.emergency_outstanding(&e.issuer_id, now).await? };
-        let _ = writeln!(out, "lanyard_emergency_rotation_outstanding_certificates{{rotation=\"{}\"}} {n}", e.id);
+        writeln!(out, "lanyard_emergency_rotation_outstanding_certificates{{rotation=\"{}\"}} {n}", e.id).ok();
     }
     family(
         &mut out,
@@ -129,12 +132,8 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     );
     for e in &emergencies {
         let end = e.completed_at.unwrap_or(now);
-        let _ = writeln!(
-            out,
-            "lanyard_emergency_rotation_duration_seconds{{rotation=\"{}\"}} {}",
-            e.id,
-            end - e.started_at
-        );
+        writeln!(out, "lanyard_emergency_rotation_duration_seconds{{rotation=\"{}\"}} {}", e.id, end - e.started_at)
+            .ok();
     }
 
     family(
@@ -145,7 +144,7 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     );
     for e in &emergencies {
         let pending = e.enforce_at.map_or(0, |t| (t - now).max(0));
-        let _ = writeln!(out, "lanyard_emergency_revocation_pending_seconds{{rotation=\"{}\"}} {pending}", e.id);
+        writeln!(out, "lanyard_emergency_revocation_pending_seconds{{rotation=\"{}\"}} {pending}", e.id).ok();
     }
 
     family(
@@ -156,9 +155,9 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     );
     let ints = journal.iter().filter(|r| r.kind == ca::IssuerKind::Intermediate && r.state != IssuerState::Prepared);
     let roots = journal.iter().filter(|r| r.kind == ca::IssuerKind::Root && r.state != IssuerState::Prepared);
-    let _ = writeln!(out, "lanyard_rotations_total{{kind=\"intermediate\"}} {}", ints.count().saturating_sub(1));
-    let _ = writeln!(out, "lanyard_rotations_total{{kind=\"root\"}} {}", roots.count().saturating_sub(1));
-    let _ = writeln!(out, "lanyard_rotations_total{{kind=\"emergency\"}} {}", emergencies.len());
+    writeln!(out, "lanyard_rotations_total{{kind=\"intermediate\"}} {}", ints.count().saturating_sub(1)).ok();
+    writeln!(out, "lanyard_rotations_total{{kind=\"root\"}} {}", roots.count().saturating_sub(1)).ok();
+    writeln!(out, "lanyard_rotations_total{{kind=\"emergency\"}} {}", emergencies.len()).ok();
     family(
         &mut out,
         "lanyard_rotation_steps_total",
@@ -167,32 +166,33 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
     );
     if let Ok(m) = COUNTERS.rotation_steps.lock() {
         for ((step, result), n) in m.iter() {
-            let _ = writeln!(out, "lanyard_rotation_steps_total{{step=\"{step}\",result=\"{result}\"}} {n}");
+            writeln!(out, "lanyard_rotation_steps_total{{step=\"{step}\",result=\"{result}\"}} {n}").ok();
         }
     }
     family(&mut out, "lanyard_rotation_last_duration_seconds", "gauge", "Time the last rotation run took.");
-    let _ = writeln!(
+    writeln!(
         out,
         "lanyard_rotation_last_duration_seconds {}",
         COUNTERS.last_rotation_ms.load(Ordering::Relaxed) as f64 / 1000.0
-    );
+    )
+    .ok();
     family(
         &mut out,
         "lanyard_active_issuer_changes_total",
         "counter",
         "Active intermediate changes this process loaded.",
     );
-    let _ = writeln!(out, "lanyard_active_issuer_changes_total {}", COUNTERS.issuer_changes.load(Ordering::Relaxed));
+    writeln!(out, "lanyard_active_issuer_changes_total {}", COUNTERS.issuer_changes.load(Ordering::Relaxed)).ok();
 
     family(&mut out, "lanyard_notice_waiters", "gauge", "Agents waiting for a push notice on this replica.");
-    let _ = writeln!(out, "lanyard_notice_waiters {}", COUNTERS.notice_waiters.load(Ordering::Relaxed));
+    writeln!(out, "lanyard_notice_waiters {}", COUNTERS.notice_waiters.load(Ordering::Relaxed)).ok();
 
     acme_metrics(&mut out);
 
     let stats = authority.stats();
     family(&mut out, "lanyard_issuance_total", "counter", "Issuance requests by result.");
     for (result, v) in [("issued", &stats.issued), ("refused", &stats.refused), ("failed", &stats.failed)] {
-        let _ = writeln!(out, "lanyard_issuance_total{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed));
+        writeln!(out, "lanyard_issuance_total{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed)).ok();
     }
     family(
         &mut out,
@@ -201,17 +201,17 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
         "Durable issuance latency (record, sign, record).",
     );
     for (b, n) in ca::stats::LATENCY_BUCKETS.iter().zip(stats.buckets()) {
-        let _ = writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"{b}\"}} {n}");
+        writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"{b}\"}} {n}").ok();
     }
     let count = stats.issued.load(Ordering::Relaxed);
-    let _ = writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "lanyard_issuance_duration_seconds_sum {}", stats.sum_seconds());
-    let _ = writeln!(out, "lanyard_issuance_duration_seconds_count {count}");
+    writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"+Inf\"}} {count}").ok();
+    writeln!(out, "lanyard_issuance_duration_seconds_sum {}", stats.sum_seconds()).ok();
+    writeln!(out, "lanyard_issuance_duration_seconds_count {count}").ok();
 
     family(&mut out, "lanyard_authentication_failures_total", "counter", "Refused authentications by reason.");
     if let Ok(m) = COUNTERS.auth_failures.lock() {
         for (reason, n) in m.iter() {
-            let _ = writeln!(out, "lanyard_authentication_failures_total{{reason=\"{reason}\"}} {n}");
+            writeln!(out, "lanyard_authentication_failures_total{{reason=\"{reason}\"}} {n}").ok();
         }
     }
     listener_metrics(&mut out);
@@ -222,32 +222,28 @@ fn acme_metrics(out: &mut String) {
     family(out, "lanyard_acme_rate_limited_total", "counter", "ACME requests refused by each rate limit.");
     let limits = COUNTERS.rate_limits.lock().map(|l| l.clone()).unwrap_or_default();
     for (name, _, refused) in &limits {
-        let _ = writeln!(out, "lanyard_acme_rate_limited_total{{limit=\"{name}\"}} {refused}");
+        writeln!(out, "lanyard_acme_rate_limited_total{{limit=\"{name}\"}} {refused}").ok();
     }
     family(out, "lanyard_acme_rate_limit_keys", "gauge", "Client keys each ACME rate limit tracks (bounded).");
     for (name, tracked, _) in &limits {
-        let _ = writeln!(out, "lanyard_acme_rate_limit_keys{{limit=\"{name}\"}} {tracked}");
+        writeln!(out, "lanyard_acme_rate_limit_keys{{limit=\"{name}\"}} {tracked}").ok();
     }
     family(out, "lanyard_acme_purged_rows_total", "counter", "ACME rows deleted after their retention period.");
     if let Ok(m) = COUNTERS.acme_purged.lock() {
         for (kind, n) in m.iter() {
-            let _ = writeln!(out, "lanyard_acme_purged_rows_total{{kind=\"{kind}\"}} {n}");
+            writeln!(out, "lanyard_acme_purged_rows_total{{kind=\"{kind}\"}} {n}").ok();
         }
     }
     family(out, "lanyard_acme_validations_in_flight", "gauge", "Outbound challenge validations running now.");
-    let _ =
-        writeln!(out, "lanyard_acme_validations_in_flight {}", COUNTERS.validations_in_flight.load(Ordering::Relaxed));
+    writeln!(out, "lanyard_acme_validations_in_flight {}", COUNTERS.validations_in_flight.load(Ordering::Relaxed)).ok();
     family(
         out,
         "lanyard_acme_validations_refused_total",
         "counter",
         "Challenge POSTs answered rateLimited because every validation slot was busy.",
     );
-    let _ = writeln!(
-        out,
-        "lanyard_acme_validations_refused_total {}",
-        COUNTERS.validations_refused.load(Ordering::Relaxed)
-    );
+    writeln!(out, "lanyard_acme_validations_refused_total {}", COUNTERS.validations_refused.load(Ordering::Relaxed))
+        .ok();
 }
 
 /// `lanyard_task_up`: whether each supervised background task still runs.
@@ -311,7 +307,7 @@ fn listener_metrics(out: &mut String) {
     for (name, kind, help, value) in families {
         family(out, name, kind, help);
         for (listener, stats) in listeners {
-            let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {}", value(stats));
+            writeln!(out, "{name}{{listener=\"{listener}\"}} {}", value(stats)).ok();
         }
     }
 }
@@ -357,7 +353,9 @@ pub async fn serve(
                         .body(Full::new(Bytes::from(body)))
                 }
             });
-            let _ = listener::serve_http(tcp, Protocol::Http1, &limits, stats, svc).await;
+            if let Err(e) = listener::serve_http(tcp, Protocol::Http1, &limits, stats, svc).await {
+                tracing::debug!(error = %e, "a metrics connection ended with an error");
+            }
         });
     }
 }

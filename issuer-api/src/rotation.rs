@@ -47,7 +47,7 @@ pub fn spawn(
             }
             match (&keys, policy.enabled && step_due) {
                 (Some(keys), true) => {
-                    let lease_for = (policy.check_interval.as_secs() as i64 * 3).max(10);
+                    let lease_for = ca::units::secs(policy.check_interval).saturating_mul(3).max(10);
                     match store.acquire_lease(LEASE, &holder, now, now + lease_for).await {
                         Ok(true) => {
                             let rotation = ca::rotation::rotation_id();
@@ -57,7 +57,7 @@ pub fn spawn(
                                     for s in &steps {
                                         crate::metrics::rotation_step(step_name(s), true);
                                     }
-                                    let ms = started.elapsed().as_millis() as i64;
+                                    let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
                                     crate::metrics::COUNTERS.last_rotation_ms.store(ms, Ordering::Relaxed);
                                     info!(rotation, ?steps, took_ms = ms, "rotation steps taken");
                                 }

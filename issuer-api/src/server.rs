@@ -106,7 +106,9 @@ pub async fn serve_tls(
             () = &mut shutdown => { info!("shutting down"); return Ok(()); }
         };
         // Small ACME/JSON responses must not wait for Nagle's algorithm and delayed ACKs.
-        let _ = tcp.set_nodelay(true);
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         let limits = limits.clone();

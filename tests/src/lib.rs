@@ -40,8 +40,9 @@ pub struct CaProcess {
 
 impl Drop for CaProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Best effort in Drop: the child may have exited already.
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 }
 

@@ -83,8 +83,9 @@ pub struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // Best effort in Drop: the child may have exited already.
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
 

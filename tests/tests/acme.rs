@@ -156,7 +156,7 @@ async fn serve_webroot(port: u16, dir: PathBuf) -> tokio::task::JoinHandle<()> {
                     .concat(),
                     None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
                 };
-                let _ = s.write_all(&resp).await;
+                s.write_all(&resp).await.ok();
             });
         }
     })
@@ -615,8 +615,8 @@ async fn wildcards_covering_a_denied_suffix_are_refused_at_new_order() {
 struct Helper(std::process::Child);
 impl Drop for Helper {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
 
@@ -704,7 +704,7 @@ async fn slow_http01(port: u16, thumbprint: String, delay: std::time::Duration) 
                 let body = format!("{token}.{thumbprint}");
                 let resp =
                     format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                let _ = s.write_all(resp.as_bytes()).await;
+                s.write_all(resp.as_bytes()).await.ok();
             });
         }
     })

@@ -16,7 +16,7 @@ use workload_agent::agent::{cert, enroll, schedule};
 const WORKLOADS: usize = 1000;
 
 fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).expect("milliseconds fit")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

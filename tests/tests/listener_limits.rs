@@ -190,7 +190,9 @@ async fn a_connection_flood_is_bounded_and_legitimate_clients_and_renewal_get_th
                 match wait_closed(&mut tcp, t, FLOOD_CLOSE_LIMIT).await {
                     Some(d) => {
                         stats.closed_by_server.fetch_add(1, Ordering::Relaxed);
-                        stats.max_close_ms.fetch_max(d.as_millis() as u64, Ordering::Relaxed);
+                        stats
+                            .max_close_ms
+                            .fetch_max(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
                         if d < Duration::from_millis(500) {
                             stats.closed_fast.fetch_add(1, Ordering::Relaxed);
                         }
@@ -325,8 +327,8 @@ fn start_with_fd_limit(config: &std::path::Path, nofile: u32) -> (Child, SocketA
             return (child, a.parse().expect("address"), banner);
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill().ok();
+    child.wait().ok();
     panic!("lanyard-ca exited before listening: {banner}");
 }
 

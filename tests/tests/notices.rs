@@ -110,7 +110,7 @@ async fn emergency_rotation_is_pushed_to_agents() {
             .expect("svid");
         first.push(s);
     }
-    wait_for_waiters(&ca, AGENTS as i64).await;
+    wait_for_waiters(&ca, i64::try_from(AGENTS).expect("few agents")).await;
 
     // A certificate nobody asked to replace: the poll holds, then answers 204.
     let held = Instant::now();
@@ -135,7 +135,7 @@ async fn emergency_rotation_is_pushed_to_agents() {
     assert!(end - start >= 5, "[{start}, {end}]");
 
     // The agents poll again with their new certificates: a second emergency reaches them too.
-    wait_for_waiters(&ca, AGENTS as i64).await;
+    wait_for_waiters(&ca, i64::try_from(AGENTS).expect("few agents")).await;
     let took = emergency_reaches_agents(&ca, &agents).await;
     println!("second emergency: agents renewed {took:?} after the command");
     for agent in &agents {

@@ -116,7 +116,7 @@ async fn killed_manual_rotations_resume_cleanly() {
             .expect("spawn");
         // Staggered kill points from "before it opened the database" to "after it finished".
         tokio::time::sleep(Duration::from_millis(i * 45 % 600)).await;
-        let _ = child.kill();
+        child.kill().ok();
         let status = child.wait().expect("wait");
         if !status.success() {
             interrupted += 1;
@@ -153,8 +153,8 @@ async fn killed_manual_rotations_resume_cleanly() {
             .spawn()
             .expect("spawn");
         tokio::time::sleep(Duration::from_millis(i * 70 % 500)).await;
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill().ok();
+        child.wait().ok();
         let j = ca.journal().await.expect("journal");
         assert_eq!(roots(&j, IssuerState::Active), 1, "one active root after kill {i}");
         assert!(roots(&j, IssuerState::Prepared) <= 1, "at most one prepared root after kill {i}");

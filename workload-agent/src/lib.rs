@@ -5,6 +5,7 @@
 //! exactly one seam, [`tls::CredentialSeam`], validates them and publishes them to every consumer
 //! (rustls configs, the Workload API, files).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod agent;
 pub mod config;

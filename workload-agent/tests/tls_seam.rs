@@ -151,12 +151,12 @@ async fn serve(config: ServerConfig) -> (SocketAddr, mpsc::UnboundedReceiver<Acc
                 let mut tls = match acceptor.accept(tcp).await {
                     Ok(tls) => tls,
                     Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
+                        tx.send(Err(e.to_string())).ok();
                         return;
                     }
                 };
                 let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
-                let _ = tx.send(Ok(leaf));
+                tx.send(Ok(leaf)).ok();
                 let mut buf = [0u8; 64];
                 while let Ok(n @ 1..) = tls.read(&mut buf).await {
                     if tls.write_all(&buf[..n]).await.is_err() {

@@ -113,7 +113,7 @@ impl Agent {
             let socket = socket.clone();
             async move {
                 workload_api::serve_with_limits(&socket, DEFAULT_SOCKET_MODE, limits, svids_rx, bundles_rx, async {
-                    let _ = shutdown_rx.await;
+                    shutdown_rx.await.ok();
                 })
                 .await
             }
@@ -157,7 +157,7 @@ impl Agent {
 
     /// Shuts the server down and checks that it stops (open streams included) and cleans up.
     async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
+        self.shutdown.take().unwrap().send(()).ok();
         let result = tokio::time::timeout(WAIT, self.server.take().unwrap())
             .await
             .expect("server did not stop within the timeout")
@@ -431,7 +431,7 @@ async fn socket_path_handling() {
         let (socket, svids_rx, bundles_rx) = (socket.clone(), svids_rx.clone(), bundles_rx.clone());
         async move {
             workload_api::serve_with_mode(&socket, 0o600, svids_rx, bundles_rx, async {
-                let _ = shutdown_rx.await;
+                shutdown_rx.await.ok();
             })
             .await
         }
@@ -448,7 +448,7 @@ async fn socket_path_handling() {
     let err = workload_api::serve(&socket, svids_rx, bundles_rx, async {}).await.unwrap_err();
     assert!(err.to_string().contains("in use"), "{err:#}");
 
-    let _ = shutdown.send(());
+    shutdown.send(()).ok();
     within("the server to stop", server).await.unwrap().unwrap();
     assert!(!socket.exists());
 }

@@ -98,12 +98,12 @@ pub async fn emergency_rotate(
         return Err(CaError::Store("the issuer journal changed concurrently; run the rotation again".into()));
     }
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let start = now + delay.as_secs() as i64;
-    let end = start + spread.as_secs().max(1) as i64;
+    let start = now.saturating_add(crate::units::secs(delay));
+    let end = start.saturating_add(crate::units::secs(spread).max(1));
     let enforce = match enforcement {
         Enforcement::Now => None,
         Enforcement::AfterRenewal { settle } => {
-            let settle = settle.as_secs().max(1) as i64;
+            let settle = crate::units::secs(settle).max(1);
             Some((end.saturating_add(settle), settle))
         }
     };

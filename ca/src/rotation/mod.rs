@@ -34,7 +34,9 @@ pub use timing::{Planned, RotationPolicy, Step, describe, plan};
 /// A fresh id naming one rotation in logs and audit events.
 pub fn rotation_id() -> String {
     let mut b = [0u8; 6];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        tracing::error!("the system random generator failed; this rotation id is not unique");
+    }
     hex::encode(b)
 }
 

@@ -1,5 +1,6 @@
 //! When each rotation step is due: a pure function of the issuer journal and the policy.
 
+use crate::units::{fraction_of, secs};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -126,19 +127,21 @@ pub fn plan(journal: &[IssuerRecord], last_signed: &dyn Fn(&str) -> Option<i64>,
                 old_intermediate: a.id.clone(),
             },
             // After the overlap, or earlier if the current intermediate is due to be replaced.
-            at: (unix(pr.created_at) + p.root_overlap.as_secs() as i64)
-                .min(unix(a.not_before) + ((unix(a.not_after) - unix(a.not_before)) as f64 * p.activate_at) as i64),
+            at: (unix(pr.created_at).saturating_add(secs(p.root_overlap)))
+                .min(unix(a.not_before) + fraction_of(unix(a.not_after) - unix(a.not_before), p.activate_at)),
         });
     } else if let Some(a) = active {
         let nb = unix(a.not_before);
-        let life = (unix(a.not_after) - nb).max(0) as f64;
+        let life = (unix(a.not_after) - nb).max(0);
         match prepared {
-            None => out
-                .push(Planned { step: Step::Prepare { active: a.id.clone() }, at: nb + (life * p.prepare_at) as i64 }),
+            None => out.push(Planned {
+                step: Step::Prepare { active: a.id.clone() },
+                at: nb + fraction_of(life, p.prepare_at),
+            }),
             Some(s) => out.push(Planned {
                 step: Step::Activate { prepared: s.id.clone(), active: a.id.clone() },
                 // Never before the successor itself is valid.
-                at: (nb + (life * p.activate_at) as i64).max(unix(s.not_before)),
+                at: (nb + fraction_of(life, p.activate_at)).max(unix(s.not_before)),
             }),
         }
     }

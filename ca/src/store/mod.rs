@@ -165,7 +165,9 @@ impl Store {
     /// Closes the writer (after committing what it was given), the reader and the pool; later
     /// calls fail with `StoreUnavailable`.
     pub async fn close(&self) {
-        let _ = self.submit(Write::Close).await;
+        if let Err(e) = self.submit(Write::Close).await {
+            tracing::debug!(error = %e, "the writer was closed already");
+        }
         if let Some(r) = &self.reader {
             r.close().await;
         }
@@ -264,7 +266,7 @@ impl Store {
     /// Marks intents older than `older_than` as abandoned: their process died before recording the
     /// certificate, so it was never returned. The serial stays reserved. Returns how many.
     pub async fn abandon_stale_intents(&self, older_than: Duration) -> Result<u64, CaError> {
-        let cutoff = unix(OffsetDateTime::now_utc()) - older_than.as_secs() as i64;
+        let cutoff = unix(OffsetDateTime::now_utc()).saturating_sub(crate::units::secs(older_than));
         let r = sqlx::query(
             "UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' AND created_at <= $1 \
              AND NOT EXISTS (SELECT 1 FROM issued_certificates i WHERE i.serial = certificates.serial)",

@@ -73,7 +73,7 @@ impl Reader {
     ) -> Result<T, CaError> {
         let (reply, rx) = oneshot::channel();
         let job: Query = Box::new(move |c| {
-            let _ = reply.send(f(c));
+            reply.send(f(c)).ok(); // a caller that stopped waiting needs no answer
         });
         self.tx.send(Read::Query(job)).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
@@ -83,7 +83,8 @@ impl Reader {
     pub(super) async fn close(&self) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Read::Close { reply }).await.is_ok() {
-            let _ = rx.await;
+            // An error means the reader thread is gone already: closed either way.
+            rx.await.ok();
         }
     }
 }
@@ -102,7 +103,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Read>) {
                     lookups.push((serial, reply))
                 }
                 Read::Certificate { reply, .. } => {
-                    let _ = reply.send(Err(closed()));
+                    reply.send(Err(closed())).ok(); // a caller that stopped waiting needs no answer
                 }
                 Read::Query(q) if close.is_none() && conn.is_some() => queries.push(q),
                 // Dropped: its caller sees the reply channel closed.
@@ -115,7 +116,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Read>) {
         }
         if let Some(reply) = close {
             drop(conn.take());
-            let _ = reply.send(());
+            reply.send(()).ok(); // a caller that stopped waiting needs no answer
         }
     }
 }
@@ -129,7 +130,7 @@ fn answer(conn: &Connection, lookups: Vec<(String, Answer)>, queries: Vec<Query>
         Err(e) => {
             let e = native::sqlite_err(e);
             for (_, reply) in lookups {
-                let _ = reply.send(Err(clone_err(&e)));
+                reply.send(Err(clone_err(&e))).ok(); // a caller that stopped waiting needs no answer
             }
             for q in queries {
                 q(conn);
@@ -148,10 +149,12 @@ fn answer(conn: &Connection, lookups: Vec<(String, Answer)>, queries: Vec<Query>
             })
             .map_err(native::sqlite_err)
             .and_then(|r| r.transpose());
-        let _ = reply.send(r);
+        reply.send(r).ok(); // a caller that stopped waiting needs no answer
     }
     // A read transaction: nothing to keep, and ending it releases the snapshot.
-    let _ = tx.rollback();
+    if let Err(e) = tx.rollback() {
+        tracing::debug!(error = %e, "ending a read transaction failed");
+    }
 }
 
 fn clone_err(e: &CaError) -> CaError {

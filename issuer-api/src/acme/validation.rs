@@ -376,9 +376,9 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 2048];
-                let _ = s.read(&mut buf).await;
+                let _request: usize = s.read(&mut buf).await.expect("request");
                 let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{secret}", secret.len());
-                let _ = s.write_all(resp.as_bytes()).await;
+                s.write_all(resp.as_bytes()).await.expect("response");
             }
         });
         let cfg = ValidationConfig { http01_port: port, ..loopback_opt_in() };

@@ -158,7 +158,7 @@ pub async fn create_join_token(
     use base64::Engine;
     let secret = format!("lanyard-jt-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let token = JoinToken { spiffe_id: id, is_prefix: prefix, expires_at: now + ttl.as_secs() as i64 };
+    let token = JoinToken { spiffe_id: id, is_prefix: prefix, expires_at: now.saturating_add(ca::units::secs(ttl)) };
     let scope = if prefix { format!("{}/*", token.spiffe_id) } else { token.spiffe_id.to_string() };
     let audit = ca::AuditEvent::now(
         "operator",

@@ -240,7 +240,7 @@ async fn finish(s: &mut Session, order_url: &str, finalize: &str, csr_der: &[u8]
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     order = order_url,
-                    retry_in_ms = wait.as_millis() as u64,
+                    retry_in_ms = crate::agent::schedule::millis(wait),
                     "enrollment interrupted after attestation; resuming the same order"
                 );
                 failures += 1;

@@ -76,7 +76,9 @@ async fn request_inner(
     let port = uri.port_u16().unwrap_or(443);
     let tcp =
         tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {url}"))?;
-    let _ = tcp.set_nodelay(true);
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
     let name = ServerName::try_from(host.clone()).map_err(|_| anyhow!("{url}: bad server name"))?;
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
@@ -84,7 +86,9 @@ async fn request_inner(
         .with_context(|| format!("TLS handshake with {url}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "a connection to the CA ended with an error");
+        }
     });
     let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or(host);
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

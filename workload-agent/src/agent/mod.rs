@@ -39,7 +39,8 @@ fn now() -> i64 {
 /// A uniform random number in [0, 1).
 fn unit() -> f64 {
     let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    // A failed fill leaves zeros: no jitter, which is still a correct schedule.
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok();
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -231,7 +232,7 @@ impl Agent {
                 Ok(b) => break (b.bundle, b.refresh_hint),
                 Err(e) => {
                     let wait = self.backoff(attempt, Duration::from_secs(3600));
-                    warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "trust bootstrap failed");
+                    warn!(error = %format!("{e:#}"), retry_in_ms = crate::agent::schedule::millis(wait), "trust bootstrap failed");
                     attempt += 1;
                     tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return None }
                 }
@@ -338,12 +339,12 @@ impl Agent {
             let left = Duration::from_secs(u64::try_from(cur.svid.not_after - now()).unwrap_or(0));
             let wait = self.backoff(failures, left);
             failures = failures.saturating_add(1);
-            retry_at = Some(now() + wait.as_secs() as i64);
+            retry_at = Some(now().saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX)));
             if wait < Duration::from_secs(1) {
                 tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return Ok(()) }
                 retry_at = Some(now());
             }
-            warn!(retry_in_ms = wait.as_millis() as u64, expires_in_s = left.as_secs(), "will retry");
+            warn!(retry_in_ms = crate::agent::schedule::millis(wait), expires_in_s = left.as_secs(), "will retry");
         }
     }
 

@@ -166,9 +166,9 @@ async fn poll_loop<P, F>(
                     super::unit(),
                 );
                 if failures == 0 {
-                    warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "notices poll failed");
+                    warn!(error = %format!("{e:#}"), retry_in_ms = crate::agent::schedule::millis(wait), "notices poll failed");
                 } else {
-                    debug!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "notices poll failed");
+                    debug!(error = %format!("{e:#}"), retry_in_ms = crate::agent::schedule::millis(wait), "notices poll failed");
                 }
                 failures = failures.saturating_add(1);
                 Some(wait)

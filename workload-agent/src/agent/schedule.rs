@@ -12,7 +12,7 @@ pub fn renewal_time(not_before: i64, not_after: i64, fraction: f64, jitter: f64,
     }
     let life = (not_after - not_before) as f64;
     let at = not_before as f64 + life * fraction - life * jitter * unit.clamp(0.0, 1.0);
-    (at as i64).clamp(not_before, not_after)
+    float_secs(at).clamp(not_before, not_after)
 }
 
 /// A point inside the CA's suggested renewal window (RFC 9773 section 4.2: clients pick a
@@ -21,7 +21,7 @@ pub fn pick_in_window(start: i64, end: i64, unit: f64) -> i64 {
     if end <= start {
         return start;
     }
-    start + ((end - start) as f64 * unit.clamp(0.0, 1.0)) as i64
+    start + float_secs((end - start) as f64 * unit.clamp(0.0, 1.0))
 }
 
 /// Delay before retry number `attempt` (0 for the first retry): exponential from `initial`,
@@ -34,6 +34,18 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration, until_expiry: Dur
     // Leave room for a few more attempts before expiry.
     let ceiling = (until_expiry / 4).max(Duration::from_millis(200));
     jittered.min(ceiling).max(Duration::from_millis(100))
+}
+
+/// Seconds computed in floating point, back to Unix seconds. Float-to-integer `as` saturates in
+/// Rust (NaN becomes 0); every caller clamps the result into a window anyway.
+#[allow(clippy::cast_possible_truncation)]
+fn float_secs(x: f64) -> i64 {
+    x as i64
+}
+
+/// A duration in whole milliseconds, for logs; saturates at `u64::MAX`.
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ async fn bind(socket: &Path, mode: u32) -> anyhow::Result<(UnixListener, SocketG
     // Bind under a private name, set the mode, then rename into place: a client can never reach
     // the socket while it still carries the umask's (often world-connectable) mode.
     let staging = staging_path(socket);
-    let _ = std::fs::remove_file(&staging);
+    remove_staging(&staging);
     let listener = UnixListener::bind(&staging).with_context(|| format!("binding {}", staging.display()))?;
     let placed = async {
         tokio::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
@@ -202,10 +202,19 @@ async fn bind(socket: &Path, mode: u32) -> anyhow::Result<(UnixListener, SocketG
     }
     .await;
     if let Err(err) = placed {
-        let _ = std::fs::remove_file(&staging);
+        remove_staging(&staging);
         return Err(err);
     }
     Ok((listener, SocketGuard(socket.to_path_buf())))
+}
+
+/// Removes a staging socket left by an earlier run or a failed bind; only its absence is fine.
+fn remove_staging(staging: &Path) {
+    if let Err(e) = std::fs::remove_file(staging)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %staging.display(), error = %e, "could not remove the staging socket");
+    }
 }
 
 /// A sibling of `socket` used only by this bind, kept short because socket paths are limited to

@@ -218,7 +218,7 @@ async fn pump<T: PartialEq + Clone>(
 /// Completes once streams are to be closed, or the [`WorkloadApi`] holding the switch is gone.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // An error means the sender was dropped with the service: nothing serves this stream any more.
-    let _ = stop.wait_for(|stopped| *stopped).await;
+    stop.wait_for(|stopped| *stopped).await.ok();
 }
 
 /// `X509SVIDResponse` for the agent's SVID, or `None` until both the SVID and a bundle exist (the

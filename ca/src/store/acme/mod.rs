@@ -917,7 +917,7 @@ impl Store {
             purged.challenges += counts[0];
             purged.authorizations += counts[1];
             purged.orders += counts[2];
-            if ids.len() < PURGE_BATCH as usize {
+            if i64::try_from(ids.len()).unwrap_or(i64::MAX) < PURGE_BATCH {
                 break;
             }
         }

@@ -40,20 +40,20 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, callers: Option<tokio::run
             let r = commit(c, &batch, &mut sql);
             for job in deliver(&mut batch, r) {
                 let r = commit(c, std::slice::from_ref(&job), &mut sql);
-                let _ = job.reply.send(only_answer(r));
+                job.reply.send(only_answer(r)).ok(); // a caller that stopped waiting needs no answer
             }
         }
         for job in batch.drain(..) {
-            let _ = job.reply.send(Err(closed()));
+            job.reply.send(Err(closed())).ok(); // a caller that stopped waiting needs no answer
         }
         if let Some((close, rest)) = close {
             let result = match conn.take().map(Connection::close) {
                 Some(Err((_, e))) => Err(native::sqlite_err(e)),
                 _ => Ok(0),
             };
-            let _ = close.reply.send(result);
+            close.reply.send(result).ok(); // a caller that stopped waiting needs no answer
             for job in rest {
-                let _ = job.reply.send(Err(closed()));
+                job.reply.send(Err(closed())).ok(); // a caller that stopped waiting needs no answer
             }
         }
     }

@@ -176,10 +176,12 @@ impl ClaimRules {
     }
 }
 
-/// A NumericDate claim (RFC 7519 section 2): seconds, possibly fractional.
+/// A NumericDate claim (RFC 7519 section 2): seconds, possibly fractional. Fractional values
+/// beyond ±9e15 s (far past any real date) are refused rather than saturated.
+#[allow(clippy::cast_possible_truncation)] // the filter keeps the float well inside i64
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, AttestError> {
     let Some(v) = claims.get(name) else { return Ok(None) };
-    let n = v.as_i64().or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f.floor() as i64));
+    let n = v.as_i64().or_else(|| v.as_f64().filter(|f| f.is_finite() && f.abs() < 9.0e15).map(|f| f.floor() as i64));
     n.map(Some).ok_or_else(|| AttestError::unauthorized(format!("the token's {name} claim is not a number of seconds")))
 }
 
