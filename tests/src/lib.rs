@@ -17,6 +17,10 @@ use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
+// Also compiled into ca/tests/common (one copy of the audit fault for both test suites).
+mod audit_fault;
+pub use audit_fault::{break_audit, restore_audit};
+
 /// Path of a workspace binary, built by cargo for the tests.
 pub fn bin(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps; binaries one level up.
@@ -251,40 +255,4 @@ pub async fn throwaway_postgres(prefix: &str) -> Option<String> {
         .expect("drop");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create");
     Some(format!("{}/{name}", admin.rsplit_once('/').expect("URL has a database").0))
-}
-
-/// Makes every later insert into the audit table of the database at `url` fail (a trigger that
-/// raises), so a test can check that a state change does not survive the loss of its audit event.
-pub async fn break_audit(url: &str) {
-    let sql = if url.starts_with("sqlite:") {
-        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit broken'); END;"
-    } else {
-        "CREATE OR REPLACE FUNCTION audit_broken() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN RAISE EXCEPTION 'audit broken'; END $$; \
-         CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_broken();"
-    };
-    admin_sql(url, sql).await;
-}
-
-/// Undoes [`break_audit`].
-pub async fn restore_audit(url: &str) {
-    let sql = if url.starts_with("sqlite:") {
-        "DROP TRIGGER audit_broken;"
-    } else {
-        "DROP TRIGGER audit_broken ON audit_events; DROP FUNCTION audit_broken();"
-    };
-    admin_sql(url, sql).await;
-}
-
-async fn admin_sql(url: &str, sql: &'static str) {
-    use sqlx::Connection;
-    if url.starts_with("sqlite:") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect to the SQLite file");
-        sqlx::raw_sql(sql).execute(&mut c).await.expect("admin SQL");
-        c.close().await.expect("close");
-    } else {
-        let mut c = sqlx::PgConnection::connect(url).await.expect("connect to PostgreSQL");
-        sqlx::raw_sql(sql).execute(&mut c).await.expect("admin SQL");
-        c.close().await.expect("close");
-    }
 }

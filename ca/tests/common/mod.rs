@@ -7,6 +7,11 @@ use std::process::Command;
 use ca::rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use ca::{AuditEvent, Authority, InitOptions, Outcome, Passphrase, Policy, Store, create_ca};
 
+#[path = "../../../tests/src/audit_fault.rs"]
+mod audit_fault;
+#[allow(unused_imports)] // each test file that includes `common` uses only part of it
+pub use audit_fault::{break_audit, restore_audit};
+
 pub const PASS: &str = "integration test passphrase";
 
 pub fn pass() -> Passphrase {
@@ -51,42 +56,6 @@ fn rand_bytes() -> [u8; 6] {
 /// An audit event for a state change a test makes.
 pub fn event(action: &str) -> AuditEvent {
     AuditEvent::now("test", action, "test", Outcome::Success, "")
-}
-
-/// Makes every later insert into the audit table fail (a trigger that raises), so a test can
-/// check that a state change does not survive the loss of its audit event.
-pub async fn break_audit(url: &str) {
-    let sql = if url.starts_with("sqlite:") {
-        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit broken'); END;"
-    } else {
-        "CREATE OR REPLACE FUNCTION audit_broken() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN RAISE EXCEPTION 'audit broken'; END $$; \
-         CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_broken();"
-    };
-    run_admin_sql(url, sql).await;
-}
-
-/// Undoes [`break_audit`].
-pub async fn restore_audit(url: &str) {
-    let sql = if url.starts_with("sqlite:") {
-        "DROP TRIGGER audit_broken;"
-    } else {
-        "DROP TRIGGER audit_broken ON audit_events; DROP FUNCTION audit_broken();"
-    };
-    run_admin_sql(url, sql).await;
-}
-
-async fn run_admin_sql(url: &str, sql: &'static str) {
-    use sqlx::Connection;
-    if url.starts_with("sqlite:") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect to the test SQLite file");
-        sqlx::raw_sql(sql).execute(&mut c).await.expect("admin SQL");
-        c.close().await.expect("close");
-    } else {
-        let mut c = sqlx::PgConnection::connect(url).await.expect("connect to the test PostgreSQL");
-        sqlx::raw_sql(sql).execute(&mut c).await.expect("admin SQL");
-        c.close().await.expect("close");
-    }
 }
 
 /// How many audit events with `action` the store holds.
