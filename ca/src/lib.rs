@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod audit;
 mod authority;
 mod bundle;
@@ -32,7 +33,9 @@ mod serial;
 pub mod stats;
 pub mod store;
 pub mod units;
+pub mod views;
 
+pub use admin::Admin;
 pub use audit::{AuditEvent, Outcome};
 pub use authority::{CaMaterial, ImportedCa, InitOptions, create_ca, import_ca};
 pub use bundle::{TrustBundle, sha256_fingerprint};
@@ -54,6 +57,10 @@ pub use policy::{
 pub use profile::Profile;
 pub use serial::Serial;
 pub use store::Store;
+
+/// `tracing` filter directives that quiet this crate's database driver (which logs every slow
+/// statement at info), for a binary's default filter; the driver is this crate's business.
+pub const QUIET_LOG_DIRECTIVES: &str = "sqlx=warn";
 
 /// Re-exported so callers can build keys and parameters without a direct rcgen dependency.
 pub use rcgen;

@@ -23,7 +23,6 @@ pub mod supervise;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ca::Authority;
 use tracing::info;
 
 use crate::config::Config;
@@ -37,9 +36,9 @@ pub async fn run_server(
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     cfg.validate()?;
-    let store = ops::open_store(&cfg).await?;
+    let admin = ops::open_admin(&cfg).await?;
     let mut pass = ops::passphrase(&cfg)?;
-    if store.issuers().await?.is_empty() {
+    if admin.issuers().await?.is_empty() {
         let p = match pass.take() {
             Some(p) => p,
             None => {
@@ -49,7 +48,7 @@ pub async fn run_server(
             }
         };
         println!("lanyard-ca: empty data directory; initializing a development CA");
-        let material = ops::init(&cfg, &store, &p.0, None).await?;
+        let material = ops::init(&cfg, &admin, &p.0, None).await?;
         ops::announce(&cfg, &material);
         pass = Some(p);
     }
@@ -57,7 +56,7 @@ pub async fn run_server(
     if source == PassphraseSource::DevFile {
         ops::warn_dev_passphrase(&cfg);
     }
-    let authority = Arc::new(Authority::load(store, cfg.policy.clone(), &pass).await?);
+    let authority = Arc::new(admin.load_authority(cfg.policy.clone(), &pass).await?);
     authority.set_passphrase(pass.clone()); // CRLs of retired intermediates are signed with their keys
     let root_key_path = cfg.root_key_path();
     let keys = root_key_path.exists().then(|| ca::rotation::RotationKeys {
@@ -95,7 +94,7 @@ pub async fn run_server(
     app = app.merge(crl_routes::router(authority.clone()));
     crl_routes::spawn_refresh(&tasks, authority.clone());
     let enrollment =
-        Arc::new(enroll::Enrollment::new(&cfg.workload, &cfg.policy.trust_domain, authority.store().clone())?);
+        Arc::new(enroll::Enrollment::new(&cfg.workload, &cfg.policy.trust_domain, ca::ra::Workload::new(&authority))?);
     enrollment.warm_up().await;
     if cfg.acme.enabled {
         let base = cfg.acme.public_url.clone().unwrap_or_else(|| format!("https://localhost:{}", addr.port()));

@@ -144,7 +144,7 @@ enum EabCommand {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{}", ca::QUIET_LOG_DIRECTIVES)));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
@@ -182,8 +182,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (pass, _) = ops::passphrase(&cfg)?
                 .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("init needs the passphrase that will protect the CA keys")?;
-            let store = ops::open_store(&cfg).await?;
-            let material = ops::init(&cfg, &store, &pass, import.as_ref()).await?;
+            let admin = ops::open_admin(&cfg).await?;
+            let material = ops::init(&cfg, &admin, &pass, import.as_ref()).await?;
             ops::announce(&cfg, &material);
             Ok(())
         }
@@ -204,8 +204,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             issuer_api::run_server(cfg, shutdown, |addr| println!("lanyard-ca: listening on https://{addr}")).await
         }
         Command::Eab(EabCommand::Create { allow_suffixes }) => {
-            let store = ops::open_store(&cfg).await?;
-            let (kid, key) = ops::create_eab_key(&store, allow_suffixes).await?;
+            let admin = ops::open_admin(&cfg).await?;
+            let (kid, key) = ops::create_eab_key(&admin, allow_suffixes).await?;
             println!("kid:      {kid}");
             println!("hmac key: {key}");
             println!("(lego: --eab --kid {kid} --hmac {key}; uacme: -e {kid}:{key})");
@@ -218,7 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (pass, _) = ops::passphrase(&cfg)?
                 .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("rotation needs the CA passphrase")?;
-            let store = ops::open_store(&cfg).await?;
+            let admin = ops::open_admin(&cfg).await?;
             let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
             // Running replicas load the new issuer within a second; renewals start after two.
             let delay = issuer_api::rotation::REFRESH * 2;
@@ -227,7 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 ca::rotation::Enforcement::AfterRenewal { settle }
             };
-            let r = ca::rotation::emergency_rotate(&store, &keys, delay, window, enforcement).await?;
+            let r = admin.emergency_rotate(&keys, delay, window, enforcement).await?;
             println!(
                 "emergency rotation {}: {} is active; {} is revoked; {} certificates asked to renew between {} and {}",
                 r.rotation, r.active, r.revoked, r.affected, r.window.0, r.window.1
@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (pass, _) = ops::passphrase(&cfg)?
                 .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("rotation needs the CA passphrase")?;
-            let store = ops::open_store(&cfg).await?;
+            let admin = ops::open_admin(&cfg).await?;
             let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
             let import = match (import_root, import_root_key) {
                 (Some(c), Some(k)) => Some((
@@ -267,7 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             let (root, intermediate) =
-                ca::rotation::prepare_root(&store, &keys, import.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
+                admin.prepare_root(&keys, import.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
                     .await?;
             println!(
                 "root {} prepared (sha256 {}) with intermediate {}, cross-certified with the current root; both \
@@ -283,9 +283,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (pass, _) = ops::passphrase(&cfg)?
                 .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
                 .context("rotation needs the CA passphrase")?;
-            let store = ops::open_store(&cfg).await?;
+            let admin = ops::open_admin(&cfg).await?;
             let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
-            let (active, retired) = ca::rotation::rotate_intermediate_now(&store, &keys).await?;
+            let (active, retired) = admin.rotate_intermediate_now(&keys).await?;
             println!("intermediate {active} is active; {retired} is retired (trusted until its certificates expire)");
             Ok(())
         }
@@ -294,12 +294,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--reason {reason} is not an RFC 5280 CRLReason code (0-6, 8-10)");
             }
             let serial = serial.to_ascii_lowercase().replace(':', "");
-            let store = ops::open_store(&cfg).await?;
-            if store.certificate(&serial).await?.is_none() {
+            let admin = ops::open_admin(&cfg).await?;
+            if admin.certificate(&serial).await?.is_none() {
                 anyhow::bail!("no certificate with serial {serial} was issued by this CA");
             }
             // The certificate and everything renewed from it, with the audit events, at once.
-            let done = store.revoke(&serial, reason, time::OffsetDateTime::now_utc(), "operator").await?;
+            let done = admin.revoke(&serial, reason, time::OffsetDateTime::now_utc(), "operator").await?;
             if done.revoked {
                 println!("revoked {serial}");
             } else {
@@ -318,9 +318,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     humantime::format_duration(cfg.workload.join_token_max_ttl)
                 );
             }
-            let store = ops::open_store(&cfg).await?;
+            let admin = ops::open_admin(&cfg).await?;
             let (secret, token) =
-                issuer_api::enroll::create_join_token(&store, &cfg.policy.trust_domain, &spiffe_id, prefix, ttl)
+                issuer_api::enroll::create_join_token(&admin, &cfg.policy.trust_domain, &spiffe_id, prefix, ttl)
                     .await?;
             let expires = time::OffsetDateTime::from_unix_timestamp(token.expires_at)
                 .ok()
@@ -332,8 +332,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => {
-            let store = ops::open_store(&cfg).await?;
-            print!("{}", ops::status(&store, &cfg.rotation).await?);
+            let admin = ops::open_admin(&cfg).await?;
+            print!("{}", ops::status(&admin, &cfg.rotation).await?);
             Ok(())
         }
     }

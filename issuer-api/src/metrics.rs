@@ -63,9 +63,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Renders every metric.
 pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
-    let store = authority.store();
+    let views = authority.views();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let journal = store.issuers().await?;
+    let journal = views.issuers().await?;
     let mut out = String::new();
 
     family(&mut out, "lanyard_issuer_not_after_timestamp_seconds", "gauge", "Expiry of each issuer in the journal.");
@@ -95,12 +95,12 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
         "Unexpired certificates signed by an issuer that no longer signs (retired or revoked).",
     );
     for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
-        let n = store.valid_certificates_of(&r.id, now).await?;
+        let n = views.valid_certificates_of(&r.id, now).await?;
         writeln!(out, "lanyard_certificates_valid_under_retired_issuer{{issuer=\"{}\"}} {n}", r.id).ok();
     }
 
     let bundle = TrustBundle::from_journal(&journal);
-    let seq = store.bundle_sequence(&bundle.digest()).await?;
+    let seq = views.bundle_sequence(&bundle.digest()).await?;
     family(&mut out, "lanyard_bundle_sequence", "gauge", "spiffe_sequence of the trust bundle.");
     writeln!(out, "lanyard_bundle_sequence {seq}").ok();
 
@@ -110,7 +110,7 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
         "gauge",
         "Certificates an emergency rotation asked to renew.",
     );
-    let emergencies = store.emergencies().await?;
+    let emergencies = views.emergencies().await?;
     for e in &emergencies {
         writeln!(out, "lanyard_emergency_rotation_affected_certificates{{rotation=\"{}\"}} {}", e.id, e.affected).ok();
     }
@@ -121,7 +121,7 @@ pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
         "Certificates of a revoked intermediate still valid and not yet renewed.",
     );
     for e in &emergencies {
-        let n = if e.completed_at.is_some() { 0 } else { store.emergency_outstanding(&e.issuer_id, now).await? };
+        let n = if e.completed_at.is_some() { 0 } else { views.emergency_outstanding(&e.issuer_id, now).await? };
         writeln!(out, "lanyard_emergency_rotation_outstanding_certificates{{rotation=\"{}\"}} {n}", e.id).ok();
     }
     family(

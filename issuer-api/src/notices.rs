@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use ca::store::emergency::Emergency;
+use ca::views::Emergency;
 use tokio::sync::watch;
 
 /// What waiting handlers look at when woken.

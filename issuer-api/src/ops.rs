@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ca::{AuditEvent, CaMaterial, ImportedCa, IssuerRecord, Outcome, Passphrase, Store, TrustBundle};
+use ca::{Admin, AuditEvent, CaMaterial, ImportedCa, IssuerRecord, Outcome, Passphrase, TrustBundle};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -35,12 +35,12 @@ pub fn passphrase(cfg: &Config) -> anyhow::Result<Option<(Passphrase, Passphrase
     Ok(None)
 }
 
-/// Creates the data directory (0700), refuses one that others can get into, and opens the store
-/// (whose SQLite files are kept 0600).
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+/// Creates the data directory (0700), refuses one that others can get into, and opens the
+/// database for the operator (its SQLite files are kept 0600).
+pub async fn open_admin(cfg: &Config) -> anyhow::Result<Admin> {
     create_private_dir(&cfg.data_dir)?;
     let url = cfg.database_url()?;
-    Store::open(&url).await.with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
+    Admin::open(&url).await.with_context(|| format!("opening the database {}", ca::store::redact_url(&url)))
 }
 
 /// The data directory holds the encrypted keys, the development passphrase and the database, so
@@ -72,15 +72,15 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates (or imports) the CA into an empty store. Writes `root.pem` and, if the root key is at
+/// Creates (or imports) the CA into an empty database. Writes `root.pem` and, if the root key is at
 /// hand, the encrypted `root.key.pem` (0600) for the operator to move offline.
 pub async fn init(
     cfg: &Config,
-    store: &Store,
+    admin: &Admin,
     pass: &Passphrase,
     import: Option<&ImportedCa>,
 ) -> anyhow::Result<CaMaterial> {
-    if !store.issuers().await?.is_empty() {
+    if !admin.issuers().await?.is_empty() {
         bail!(
             "this CA is already initialized ({}); refusing to create another root",
             ca::store::redact_url(&cfg.database_url()?)
@@ -121,7 +121,7 @@ pub async fn init(
             format!("root key signed intermediate {}", material.intermediate.id),
         ));
     }
-    store.insert_issuers(&[&material.root, &material.intermediate], &audit).await?;
+    admin.insert_issuers(&[&material.root, &material.intermediate], &audit).await?;
     info!(root = %material.root.id, intermediate = %material.intermediate.id, "CA {how}");
     Ok(material)
 }
@@ -151,9 +151,9 @@ pub fn read_import(
 }
 
 /// Human-readable journal and counters for `lanyard-ca status`.
-pub async fn status(store: &Store, rotation: &ca::rotation::RotationPolicy) -> anyhow::Result<String> {
+pub async fn status(admin: &Admin, rotation: &ca::rotation::RotationPolicy) -> anyhow::Result<String> {
     use std::fmt::Write;
-    let journal = store.issuers().await?;
+    let journal = admin.issuers().await?;
     if journal.is_empty() {
         return Ok("not initialized: run `lanyard-ca init` (or `lanyard-ca serve` for a development CA)\n".into());
     }
@@ -173,12 +173,12 @@ pub async fn status(store: &Store, rotation: &ca::rotation::RotationPolicy) -> a
         )?;
     }
     let bundle = TrustBundle::from_journal(&journal);
-    let (intent, issued, abandoned) = store.certificate_counts().await?;
+    let (intent, issued, abandoned) = admin.certificate_counts().await?;
     writeln!(out, "\nroot fingerprint (sha256): {}", bundle.primary_fingerprint().unwrap_or("-"))?;
     writeln!(out, "certificates: {issued} issued, {intent} in flight, {abandoned} abandoned")?;
     let mut last = std::collections::HashMap::new();
     for r in journal.iter().filter(|r| r.state == ca::IssuerState::Retired) {
-        last.insert(r.id.clone(), store.last_signed_not_after(&r.id).await?);
+        last.insert(r.id.clone(), admin.last_signed_not_after(&r.id).await?);
     }
     let plan = ca::rotation::plan(&journal, &|id| last.get(id).copied().flatten(), rotation);
     let auto = if rotation.enabled { "automatic" } else { "disabled; manual: lanyard-ca rotate intermediate" };
@@ -186,13 +186,13 @@ pub async fn status(store: &Store, rotation: &ca::rotation::RotationPolicy) -> a
     for line in ca::rotation::describe(&plan, &journal) {
         writeln!(out, "  {line}")?;
     }
-    let emergencies = store.emergencies().await?;
+    let emergencies = admin.emergencies().await?;
     if !emergencies.is_empty() {
         writeln!(out, "\nemergency rotations:")?;
     }
     let now_s = now.unix_timestamp();
     for e in &emergencies {
-        let outstanding = store.emergency_outstanding(&e.issuer_id, now_s).await?;
+        let outstanding = admin.emergency_outstanding(&e.issuer_id, now_s).await?;
         let revocation = match e.enforce_at {
             Some(t) if t > now_s => {
                 format!("revocation pending: published in {} s or when the fleet has renewed", t - now_s)
@@ -245,7 +245,7 @@ pub fn warn_dev_passphrase(cfg: &Config) {
 }
 
 /// Creates an ACME external account binding key; returns (kid, base64url HMAC key).
-pub async fn create_eab_key(store: &Store, allowed_suffixes: Vec<String>) -> anyhow::Result<(String, String)> {
+pub async fn create_eab_key(admin: &Admin, allowed_suffixes: Vec<String>) -> anyhow::Result<(String, String)> {
     use base64::Engine;
     use ring::rand::SecureRandom;
     for s in &allowed_suffixes {
@@ -263,14 +263,14 @@ pub async fn create_eab_key(store: &Store, allowed_suffixes: Vec<String>) -> any
         allowed_suffixes.iter().map(|s| s.trim_start_matches('.').to_ascii_lowercase()).collect();
     let audit =
         AuditEvent::now("operator", "eab.create", &kid, Outcome::Success, format!("allowed_suffixes={suffixes:?}"));
-    let eab = ca::store::acme::EabKey {
+    let eab = ca::ra::EabKey {
         kid: kid.clone(),
         hmac_key: key.clone(),
         allowed_suffixes: suffixes,
         account_id: None,
     };
     // The key and its audit event commit together.
-    store.acme_create_eab_key(&eab, now, &audit).await?;
+    admin.create_eab_key(&eab, now, &audit).await?;
     Ok((kid, key))
 }
 

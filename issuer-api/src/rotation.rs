@@ -39,7 +39,7 @@ pub fn spawn(
         let mut next_step = tokio::time::Instant::now();
         loop {
             tick.tick().await;
-            let store = authority.store();
+            let driver = authority.rotation_driver();
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let step_due = tokio::time::Instant::now() >= next_step;
             if step_due {
@@ -48,11 +48,11 @@ pub fn spawn(
             match (&keys, policy.enabled && step_due) {
                 (Some(keys), true) => {
                     let lease_for = ca::units::secs(policy.check_interval).saturating_mul(3).max(10);
-                    match store.acquire_lease(LEASE, &holder, now, now + lease_for).await {
+                    match driver.acquire_lease(LEASE, &holder, now, now + lease_for).await {
                         Ok(true) => {
                             let rotation = ca::rotation::rotation_id();
                             let started = std::time::Instant::now();
-                            match ca::rotation::run_due(store, keys, &policy, now, &rotation).await {
+                            match driver.run_due(keys, &policy, now, &rotation).await {
                                 Ok(steps) if !steps.is_empty() => {
                                     for s in &steps {
                                         crate::metrics::rotation_step(step_name(s), true);
@@ -69,12 +69,12 @@ pub fn spawn(
                             }
                             // Root CRLs (listing intermediates revoked in an emergency) are
                             // re-signed here, where the root key is, before half their validity.
-                            if let Ok(journal) = store.issuers().await {
+                            if let Ok(journal) = driver.issuers().await {
                                 for r in journal
                                     .iter()
                                     .filter(|r| r.kind == ca::IssuerKind::Root && r.state != ca::IssuerState::Expired)
                                 {
-                                    if let Err(e) = ca::rotation::sign_root_crl(store, keys, &r.id, false).await {
+                                    if let Err(e) = driver.sign_root_crl(keys, &r.id, false).await {
                                         warn!(root = %r.id, error = %e, "cannot re-sign the root CRL");
                                     }
                                 }
@@ -100,7 +100,7 @@ pub fn spawn(
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "cannot load the active intermediate"),
             }
-            track_emergencies(store, now, &notices).await;
+            track_emergencies(&driver, now, &notices).await;
         }
     });
 }
@@ -119,24 +119,24 @@ fn step_name(s: &Step) -> &'static str {
 /// certificate was renewed (or expired), which fixes their measured duration, and publishes the
 /// root CRLs that enforce them when their time has come: at the planned time, or `settle_secs`
 /// after the fleet has renewed if that is earlier (fleet-gated enforcement, `ca::rotation`).
-/// Every replica runs this; the store makes each publication happen once.
-async fn track_emergencies(store: &ca::Store, now: i64, notices: &crate::notices::NoticeBoard) {
-    let Ok(list) = store.emergencies().await else { return };
+/// Every replica runs this; the database makes each publication happen once.
+async fn track_emergencies(driver: &ca::views::RotationDriver, now: i64, notices: &crate::notices::NoticeBoard) {
+    let Ok(list) = driver.emergencies().await else { return };
     if notices.observe(&list) {
         let waiters = crate::metrics::COUNTERS.notice_waiters.load(Ordering::Relaxed);
         info!(waiters, "emergency rotation seen: waking the agents waiting for notices");
     }
     for e in list.iter().filter(|e| e.completed_at.is_none() || !e.enforced(now)) {
-        match store.emergency_outstanding(&e.issuer_id, now).await {
+        match driver.emergency_outstanding(&e.issuer_id, now).await {
             Ok(0) => {
-                if e.completed_at.is_none() && store.complete_emergency(&e.id, now).await.is_ok() {
+                if e.completed_at.is_none() && driver.complete_emergency(&e.id, now).await.is_ok() {
                     info!(rotation = %e.id, affected = e.affected, took_s = now - e.started_at, "emergency rotation complete: every affected workload renewed");
                 }
                 if let Some(settle) = e.settle_secs
                     && !e.enforced(now)
                 {
                     let at = e.completed_at.unwrap_or(now).saturating_add(settle);
-                    match store.expedite_enforcement(&e.id, at).await {
+                    match driver.expedite_enforcement(&e.id, at).await {
                         Ok(true) => {
                             info!(rotation = %e.id, enforce_at = at, "the fleet has renewed: revocation brought forward")
                         }
@@ -149,7 +149,7 @@ async fn track_emergencies(store: &ca::Store, now: i64, notices: &crate::notices
             Err(err) => warn!(error = %err, "cannot measure an emergency rotation"),
         }
     }
-    match store.publish_due_crls(now).await {
+    match driver.publish_due_crls(now).await {
         Ok(published) => {
             for p in published {
                 warn!(root = %p.issuer_id, number = p.number, rotation = %p.rotation, "emergency revocation published: the suspect intermediate is refused from now on");

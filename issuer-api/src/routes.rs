@@ -28,7 +28,7 @@ fn pem(body: String) -> Response {
 }
 
 async fn bundle(state: &AppState) -> Result<TrustBundle, Problem> {
-    Ok(TrustBundle::from_journal(&state.authority.store().issuers().await.map_err(Problem::from)?))
+    Ok(TrustBundle::from_journal(&state.authority.views().issuers().await.map_err(Problem::from)?))
 }
 
 /// The 503 `/health` answers while a background task is dead, naming each and why it ended.
@@ -44,7 +44,7 @@ fn dead_tasks(tasks: &crate::supervise::Tasks) -> Option<Problem> {
 async fn health(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
     let active = state.authority.active_issuer().map_err(Problem::from)?;
     // A health check that does not reach the store would report "ok" while issuance fails.
-    state.authority.store().ping().await.map_err(Problem::from)?;
+    state.authority.views().ping().await.map_err(Problem::from)?;
     // A replica whose rotation loop or CRL refresh died still answers requests; it must not look
     // healthy while it no longer keeps its issuer and CRLs current.
     if let Some(p) = dead_tasks(&state.tasks) {
@@ -70,7 +70,7 @@ async fn chain(State(state): State<Arc<AppState>>) -> Result<Response, Problem> 
 /// signs anything), the active one and retired ones still trusted, and during a root rotation the
 /// cross certificates between the roots. Chains to the roots of `/roots.pem`.
 async fn intermediates(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
-    let journal = state.authority.store().issuers().await.map_err(Problem::from)?;
+    let journal = state.authority.views().issuers().await.map_err(Problem::from)?;
     let order = |s: ca::IssuerState| match s {
         ca::IssuerState::Active => 0,
         ca::IssuerState::Prepared => 1,

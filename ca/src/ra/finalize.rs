@@ -82,7 +82,7 @@ pub enum FinalizeError {
     Failed(CaError),
     /// The order could not be read.
     #[error("{0}")]
-    Store(CaError),
+    Database(CaError),
 }
 
 impl Registration {
@@ -97,19 +97,19 @@ impl Registration {
         let (order, authzs) = store
             .acme_order_with_authzs(req.order_id)
             .await
-            .map_err(FinalizeError::Store)?
+            .map_err(FinalizeError::Database)?
             .ok_or(FinalizeError::NotFound)?;
         if order.account_id != req.account.id {
             return Err(FinalizeError::NotFound);
         }
-        let status = order.order_status().map_err(|e| FinalizeError::Store(e.into()))?;
+        let status = order.order_status().map_err(|e| FinalizeError::Database(e.into()))?;
         if status != OrderStatus::Ready {
             return Err(FinalizeError::NotReady(format!("the order is {status}, not ready")));
         }
         if order.expires_at < OffsetDateTime::now_utc().unix_timestamp() {
             return Err(FinalizeError::NotReady("the order has expired".into()));
         }
-        let names = authorized_names(&authzs).map_err(FinalizeError::Store)?;
+        let names = authorized_names(&authzs).map_err(FinalizeError::Database)?;
         for n in &names {
             account_allows(req.account, n).map_err(FinalizeError::NotAllowed)?;
         }

@@ -10,16 +10,30 @@
 //! Nothing here speaks ACME's error vocabulary: RFC 7807 problem documents, which the store keeps
 //! on failed orders, are rendered by the edge and handed in.
 
+mod account;
+mod certificate;
 mod finalize;
+mod nonce;
+mod order;
 mod status;
+mod workload;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+pub use account::{KeyChangeOutcome, NewAccountError};
+pub use certificate::{Download, DownloadError, ReplacesError, RevokeError, Revoker};
 pub use finalize::{FinalizeError, FinalizeRequest, Finalized, RenderProblem};
+pub use nonce::NonceLedger;
 pub use status::{AccountStatus, AuthzStatus, ChallengeStatus, OrderStatus, UnknownStatus};
+pub use workload::{JoinToken, JoinTokenError, Workload, join_token_digest};
 
-use crate::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder};
+/// The rows the registration authority hands the edge (accounts, orders, authorizations,
+/// challenges, EAB keys), re-exported so that the edge need not name the store.
+pub use crate::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, AcmePurged, EabKey, TokenSpend};
+pub use crate::store::lineage::Revocation;
+pub use crate::store::{CertificateRecord, CertificateStatus};
+
 use crate::{Authority, CaError, Name};
 
 /// The ACME identifier type of a workload enrollment order (a SPIFFE ID).

@@ -10,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ca::Name;
-use ca::ra::{FinalizeError, FinalizeRequest};
-use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder};
+use ca::ra::{
+    AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, AccountStatus, DownloadError, FinalizeError, FinalizeRequest,
+    KeyChangeOutcome, NewAccountError, ReplacesError, RevokeError, Revoker,
+};
 use ring::rand::SecureRandom;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -144,7 +146,7 @@ pub(crate) async fn new_account(
 ) -> AcmeResult {
     let req: AccountRequest = payload(&auth)?;
     let thumbprint = auth.jwk.thumbprint();
-    if let Some(existing) = acme.store.acme_account_by_thumbprint(&thumbprint).await.map_err(AcmeProblem::from)? {
+    if let Some(existing) = acme.ra.account_by_thumbprint(&thumbprint).await.map_err(AcmeProblem::from)? {
         if existing.status != "valid" {
             return Err(AcmeProblem::unauthorized(format!("the account for this key is {}", existing.status)));
         }
@@ -196,11 +198,9 @@ pub(crate) async fn new_account(
             None => String::new(),
         },
     );
-    let (stored, created) = acme.store.acme_create_account(&account, &audit).await.map_err(|e| match e {
-        ca::CaError::NameNotAllowed { .. } => {
-            AcmeProblem::unauthorized("this external account binding key is already used")
-        }
-        other => AcmeProblem::from(other),
+    let (stored, created) = acme.ra.new_account(&account, &audit).await.map_err(|e| match e {
+        NewAccountError::EabKeyUsed => AcmeProblem::unauthorized("this external account binding key is already used"),
+        NewAccountError::Database(other) => AcmeProblem::from(other),
     })?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     if created {
@@ -215,7 +215,7 @@ async fn check_eab(
     acme: &Acme,
     eab: &super::jws::FlattenedJws,
     jwk: &Jwk,
-) -> Result<ca::store::acme::EabKey, AcmeProblem> {
+) -> Result<ca::ra::EabKey, AcmeProblem> {
     #[derive(serde::Deserialize)]
     struct Kid {
         kid: String,
@@ -226,8 +226,8 @@ async fn check_eab(
         .and_then(|h| serde_json::from_slice(&h).ok())
         .ok_or_else(|| AcmeProblem::malformed("the external account binding has no kid"))?;
     let key = acme
-        .store
-        .acme_eab_key(&kid.kid)
+        .ra
+        .eab_key(&kid.kid)
         .await
         .map_err(AcmeProblem::from)?
         .ok_or_else(|| AcmeProblem::unauthorized("unknown external account binding key"))?;
@@ -261,11 +261,11 @@ pub(crate) async fn account(State(acme): State<Arc<Acme>>, Path(id): Path<String
         None => acct.contact.clone(),
     };
     let status = match req.status.as_deref() {
-        None | Some("valid") => "valid",
-        Some("deactivated") => "deactivated",
+        None | Some("valid") => AccountStatus::Valid,
+        Some("deactivated") => AccountStatus::Deactivated,
         Some(other) => return Err(AcmeProblem::malformed(format!("an account cannot be set to {other:?}"))),
     };
-    let action = if status == "deactivated" { "account.deactivate" } else { "account.update" };
+    let action = if status == AccountStatus::Deactivated { "account.deactivate" } else { "account.update" };
     let audit = ca::AuditEvent::now(
         format!("acme:{}", acct.id),
         action,
@@ -273,13 +273,13 @@ pub(crate) async fn account(State(acme): State<Arc<Acme>>, Path(id): Path<String
         ca::Outcome::Success,
         format!("{} contacts", contact.len()),
     );
-    if !acme.store.acme_update_account(&acct.id, &contact, status, &audit).await.map_err(AcmeProblem::from)? {
+    if !acme.ra.update_account(&acct.id, &contact, status, &audit).await.map_err(AcmeProblem::from)? {
         return Err(AcmeProblem::unauthorized("the account is no longer valid"));
     }
-    if status == "deactivated" {
+    if status == AccountStatus::Deactivated {
         tracing::info!(account = %acct.id, "ACME account deactivated");
     }
-    let updated = AcmeAccount { contact, status: status.into(), ..acct };
+    let updated = AcmeAccount { contact, status: status.as_str().into(), ..acct };
     Ok(json(StatusCode::OK, &account_json(&acme, &updated)))
 }
 
@@ -291,7 +291,7 @@ pub(crate) async fn account_orders(
 ) -> AcmeResult {
     require_post_as_get(&auth)?;
     let acct = owner(&auth, &id)?;
-    let ids = acme.store.acme_order_ids(&acct.id).await.map_err(AcmeProblem::from)?;
+    let ids = acme.ra.order_ids(&acct.id).await.map_err(AcmeProblem::from)?;
     Ok(json(StatusCode::OK, &OrdersList { orders: ids.iter().map(|o| acme.url(&format!("/order/{o}"))).collect() }))
 }
 
@@ -422,7 +422,7 @@ pub(crate) async fn new_order(State(acme): State<Arc<Acme>>, Signed(auth): Kid) 
         created_at: t,
         replaces: req.replaces.clone(),
     };
-    acme.store.acme_create_order(&order, &authzs, &challenges).await.map_err(AcmeProblem::from)?;
+    acme.ra.new_order(&order, &authzs, &challenges).await.map_err(AcmeProblem::from)?;
     let body = order_json(&acme, &order, &authzs)?;
     Ok(with_header(json(StatusCode::CREATED, &body), header::LOCATION, &acme.url(&format!("/order/{order_id}"))))
 }
@@ -551,7 +551,7 @@ fn order_json(acme: &Acme, o: &AcmeOrder, authzs: &[AcmeAuthz]) -> Result<Order,
 
 async fn load_order(acme: &Acme, auth: &Authenticated, id: &str) -> Result<(AcmeOrder, Vec<AcmeAuthz>), AcmeProblem> {
     let (o, authzs) =
-        acme.store.acme_order_with_authzs(id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+        acme.ra.order_with_authzs(id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     owner(auth, &o.account_id)?;
     Ok((o, authzs))
 }
@@ -582,7 +582,7 @@ fn challenge_json(acme: &Acme, c: &AcmeChallenge) -> Challenge {
 pub(crate) async fn authz(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     require_post_as_get(&auth)?;
     let (a, challenges) =
-        acme.store.acme_authz(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+        acme.ra.authz(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     owner(&auth, &a.account_id)?;
     let status = if a.status == "pending" && a.expires_at < now() { "expired".to_owned() } else { a.status.clone() };
     let body = Authorization {
@@ -599,7 +599,7 @@ pub(crate) async fn authz(State(acme): State<Arc<Acme>>, Path(id): Path<String>,
 /// Validation runs before the answer, so the answer already says `valid` or `invalid`.
 pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     let (ch, az) =
-        acme.store.acme_challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+        acme.ra.challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     owner(&auth, &az.account_id)?;
     let up = acme.url(&format!("/authz/{}", az.id));
     let respond = |c: &AcmeChallenge| {
@@ -628,9 +628,9 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
     };
     // Exactly one of concurrent POSTs validates; the others answer with the challenge as it is
     // now (processing, with Retry-After, or already final).
-    if !acme.store.acme_claim_challenge(&ch.id).await.map_err(AcmeProblem::from)? {
+    if !acme.ra.claim_challenge(&ch.id).await.map_err(AcmeProblem::from)? {
         let (now_ch, _) =
-            acme.store.acme_challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+            acme.ra.challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
         return Ok(polled(respond(&now_ch), &now_ch.status));
     }
     let key_authorization = format!("{}.{}", ch.token, auth.jwk.thumbprint());
@@ -640,10 +640,10 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
         // Attestation is never skipped, not even in the insecure load-test mode: it decides who a
         // workload is, not whether a name resolves.
         acme.enroll.attest(&ch.kind, &az.id_value, &auth.jws.payload, now()).await.map(|digest| {
-            spend = digest.map(|digest| ca::store::acme::TokenSpend {
+            spend = digest.map(|digest| ca::ra::TokenSpend {
                 digest,
                 spiffe_id: az.id_value.clone(),
-                error_if_used: challenge_error("unauthorized", ca::store::workload::JoinTokenError::Used.to_string()),
+                error_if_used: challenge_error("unauthorized", ca::ra::JoinTokenError::Used.to_string()),
                 audit: ca::AuditEvent::now(
                     format!("acme:{}", az.account_id),
                     "join_token.spend",
@@ -678,12 +678,12 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
         (Ok(()), _) => Ok(spend.as_ref()),
         (Err(_), e) => Err(e.as_deref().unwrap_or_default()),
     };
-    let valid = match acme.store.acme_finish_challenge(&ch.id, &az.id, &az.order_id, outcome, now()).await {
+    let valid = match acme.ra.finish_challenge(&ch.id, &az.id, &az.order_id, outcome, now()).await {
         Ok(valid) => valid,
         Err(e) => {
             // Not recorded (and no token spent): hand the challenge back so the client can post
             // it again.
-            match acme.store.acme_release_challenge(&ch.id).await {
+            match acme.ra.release_challenge(&ch.id).await {
                 Ok(_) => {}
                 Err(release) => tracing::error!(
                     challenge = %ch.id,
@@ -787,7 +787,7 @@ fn finalize_problem(e: FinalizeError) -> AcmeProblem {
         FinalizeError::BadCsr(e) => AcmeProblem::new(StatusCode::BAD_REQUEST, "badCSR", e.to_string()),
         FinalizeError::NotAllowed(detail) => AcmeProblem::new(StatusCode::FORBIDDEN, "rejectedIdentifier", detail),
         FinalizeError::Unavailable(e) | FinalizeError::Failed(e) => AcmeProblem::from_finalize(e),
-        FinalizeError::Store(e) => AcmeProblem::from(e),
+        FinalizeError::Database(e) => AcmeProblem::from(e),
     }
 }
 
@@ -827,17 +827,14 @@ fn chains_for(issuer: &ca::IssuerRecord, journal: &[ca::IssuerRecord]) -> Vec<St
 
 async fn download(acme: &Acme, serial: &str, n: usize, auth: &Authenticated) -> AcmeResult {
     require_post_as_get(auth)?;
-    let o =
-        acme.store.acme_order_for_cert(serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
-    owner(auth, &o.account_id)?;
-    let rec = acme.store.certificate(serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
-    let leaf = rec.cert_pem.ok_or_else(AcmeProblem::not_found)?;
-    let issuers = acme.store.issuers().await.map_err(AcmeProblem::from)?;
-    let issuer = issuers
-        .iter()
-        .find(|i| i.id == rec.issuer_id)
-        .ok_or_else(|| AcmeProblem::internal("issuer of a certificate missing"))?;
-    let chains = chains_for(issuer, &issuers);
+    let acct = auth.account.as_ref().ok_or_else(|| AcmeProblem::malformed("signed with jwk where kid is required"))?;
+    let found = acme.ra.download(serial, &acct.id).await.map_err(|e| match e {
+        DownloadError::NotFound => AcmeProblem::not_found(),
+        DownloadError::IssuerMissing => AcmeProblem::internal("issuer of a certificate missing"),
+        DownloadError::Database(e) => AcmeProblem::from(e),
+    })?;
+    let leaf = found.leaf_pem;
+    let chains = chains_for(&found.issuer, &found.journal);
     let chain = chains.get(n).ok_or_else(AcmeProblem::not_found)?;
     let mut r = (StatusCode::OK, format!("{leaf}{chain}")).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
@@ -858,31 +855,21 @@ pub(crate) async fn revoke_cert(State(acme): State<Arc<Acme>>, Signed(auth): Eit
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|_| AcmeProblem::malformed("certificate is not DER X.509"))?;
     let serial = hex::encode(cert.raw_serial());
-    let rec = acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
-    let ours = rec.cert_pem.as_deref().and_then(pem_to_der).is_some_and(|d| d == der);
-    if !ours {
-        return Err(AcmeProblem::not_found());
-    }
-    let allowed = match &auth.account {
-        Some(acct) => acme
-            .store
-            .acme_order_for_cert(&serial)
-            .await
-            .map_err(AcmeProblem::from)?
-            .is_some_and(|o| o.account_id == acct.id),
-        None => jwk_is_spki(&auth.jwk, cert.public_key()),
+    let by = match &auth.account {
+        Some(acct) => Revoker::Account(&acct.id),
+        None => Revoker::CertificateKey { key_matches: jwk_is_spki(&auth.jwk, cert.public_key()) },
     };
-    if !allowed {
-        return Err(AcmeProblem::unauthorized(
-            "neither the ordering account nor the certificate key signed this request",
-        ));
-    }
-    let who = auth.account.as_ref().map(|a| format!("acme:{}", a.id)).unwrap_or_else(|| "certificate-key".into());
     // The certificate and everything renewed from it, with the audit events, in one transaction.
-    let done = acme.store.revoke(&serial, reason, OffsetDateTime::now_utc(), &who).await.map_err(AcmeProblem::from)?;
-    if !done.revoked {
-        return Err(AcmeProblem::new(StatusCode::BAD_REQUEST, "alreadyRevoked", "the certificate is already revoked"));
-    }
+    let done = acme.ra.revoke(&serial, &der, by, reason).await.map_err(|e| match e {
+        RevokeError::NotFound => AcmeProblem::not_found(),
+        RevokeError::NotAuthorized => {
+            AcmeProblem::unauthorized("neither the ordering account nor the certificate key signed this request")
+        }
+        RevokeError::AlreadyRevoked => {
+            AcmeProblem::new(StatusCode::BAD_REQUEST, "alreadyRevoked", "the certificate is already revoked")
+        }
+        RevokeError::Database(e) => AcmeProblem::from(e),
+    })?;
     tracing::info!(%serial, reason, successors = done.successors.len(), "certificate revoked");
     Ok(StatusCode::OK.into_response())
 }
@@ -902,11 +889,6 @@ fn revoke_request(req: &Revoke) -> Result<(i32, Vec<u8>), AcmeProblem> {
         .map_err(|_| AcmeProblem::malformed("certificate is not base64url"))?;
     x509_parser::parse_x509_certificate(&der).map_err(|_| AcmeProblem::malformed("certificate is not DER X.509"))?;
     Ok((reason, der))
-}
-
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|c| c.to_vec())
 }
 
 /// POST /acme/key-change (section 7.3.5): the outer JWS is signed by the current key (kid), the
@@ -936,18 +918,13 @@ pub(crate) async fn key_change(State(acme): State<Arc<Acme>>, Signed(auth): Kid)
     let new_jwk = serde_json::to_string(&new_key).map_err(AcmeProblem::internal)?;
     let audit =
         ca::AuditEvent::now(format!("acme:{}", acct.id), "account.key-change", &acct.id, ca::Outcome::Success, "");
-    match acme
-        .store
-        .acme_change_key(&acct.id, &acct.thumbprint, &new_key.thumbprint(), &new_jwk, &audit)
-        .await
-        .map_err(AcmeProblem::from)?
-    {
-        Ok(true) => {
+    match acme.ra.change_key(acct, &new_key.thumbprint(), &new_jwk, &audit).await.map_err(AcmeProblem::from)? {
+        KeyChangeOutcome::Changed => {
             tracing::info!(account = %acct.id, "ACME account key changed");
             Ok(json(StatusCode::OK, &account_json(&acme, acct)))
         }
-        Ok(false) => Err(AcmeProblem::unauthorized("the account key changed concurrently")),
-        Err(other) => {
+        KeyChangeOutcome::Raced => Err(AcmeProblem::unauthorized("the account key changed concurrently")),
+        KeyChangeOutcome::KeyInUse(other) => {
             let r = AcmeProblem::new(StatusCode::CONFLICT, "malformed", "the new key already belongs to an account")
                 .into_response();
             Ok(with_header(r, header::LOCATION, &acme.url(&format!("/account/{other}"))))
@@ -968,32 +945,28 @@ fn parse_cert_id(id: &str) -> Option<(String, String)> {
 }
 
 /// Finds the certificate a certID names, checking that the AKI is its issuer's key id.
-async fn cert_for_id(acme: &Acme, id: &str) -> Result<ca::store::CertificateRecord, AcmeProblem> {
-    let (aki, serial) =
-        parse_cert_id(id).ok_or_else(|| AcmeProblem::malformed("not an RFC 9773 certificate identifier"))?;
-    let rec = acme.store.certificate(&serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
-    let issuers = acme.store.issuers().await.map_err(AcmeProblem::from)?;
-    if !issuers.iter().any(|i| i.id == rec.issuer_id && i.ski == aki) {
-        return Err(AcmeProblem::not_found());
-    }
-    Ok(rec)
+async fn cert_for_id(acme: &Acme, id: &str) -> Result<ca::ra::CertificateRecord, AcmeProblem> {
+    let (aki, serial) = cert_id_parts(id)?;
+    acme.ra.certificate_by_id(&aki, &serial).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)
+}
+
+/// [`parse_cert_id`], refusing what is not a certID.
+fn cert_id_parts(id: &str) -> Result<(String, String), AcmeProblem> {
+    parse_cert_id(id).ok_or_else(|| AcmeProblem::malformed("not an RFC 9773 certificate identifier"))
 }
 
 async fn check_replaces(acme: &Acme, acct: &AcmeAccount, cert_id: &str) -> Result<(), AcmeProblem> {
-    let rec = cert_for_id(acme, cert_id).await?;
-    let owned = acme
-        .store
-        .acme_order_for_cert(&rec.serial)
-        .await
-        .map_err(AcmeProblem::from)?
-        .is_some_and(|o| o.account_id == acct.id);
-    if !owned {
-        return Err(AcmeProblem::unauthorized("replaces names a certificate this account did not order"));
-    }
-    if acme.store.acme_replaced(cert_id).await.map_err(AcmeProblem::from)? {
-        return Err(AcmeProblem::new(StatusCode::CONFLICT, "alreadyReplaced", "that certificate was already replaced"));
-    }
-    Ok(())
+    let (aki, serial) = cert_id_parts(cert_id)?;
+    acme.ra.check_replaces(cert_id, &aki, &serial, &acct.id).await.map_err(|e| match e {
+        ReplacesError::NotFound => AcmeProblem::not_found(),
+        ReplacesError::NotOwned => {
+            AcmeProblem::unauthorized("replaces names a certificate this account did not order")
+        }
+        ReplacesError::AlreadyReplaced => {
+            AcmeProblem::new(StatusCode::CONFLICT, "alreadyReplaced", "that certificate was already replaced")
+        }
+        ReplacesError::Database(e) => AcmeProblem::from(e),
+    })
 }
 
 /// GET /acme/renewal-info/{certID} (RFC 9773 section 4): when to renew. Around two thirds of the
@@ -1002,7 +975,7 @@ pub(crate) async fn renewal_info(State(acme): State<Arc<Acme>>, Path(id): Path<S
     let rec = cert_for_id(&acme, &id).await?;
     let (nb, na) = (rec.not_before.unix_timestamp(), rec.not_after.unix_timestamp());
     let life = (na - nb).max(60);
-    let replace = acme.store.replacement_window(&rec.serial).await.map_err(AcmeProblem::from)?;
+    let replace = acme.ra.replacement_window(&rec.serial).await.map_err(AcmeProblem::from)?;
     let (start, end) = match (replace, rec.revoked_at) {
         // An emergency: a window the fleet spreads its renewals over (RFC 9773 section 4.2).
         (Some((at, Some(end))), _) => (at, end),

@@ -25,8 +25,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
-use ca::store::acme::AcmeAccount;
-use ca::{Authority, Store};
+use ca::Authority;
+use ca::ra::AcmeAccount;
 use serde::Deserialize;
 
 use self::jws::{Jwk, ParsedJws};
@@ -87,7 +87,6 @@ pub struct Acme {
     pub(crate) authority: Arc<Authority>,
     /// The registration authority: ACME state changes that must agree with issuance.
     pub(crate) ra: ca::ra::Registration,
-    pub(crate) store: Store,
     pub(crate) nonces: Nonces,
     pub(crate) base: String,
     pub(crate) cfg: AcmeConfig,
@@ -115,8 +114,8 @@ impl Acme {
         base: String,
         enroll: Arc<crate::enroll::Enrollment>,
     ) -> Result<Arc<Self>, ca::CaError> {
-        let store = authority.store().clone();
-        let nonces = Nonces::new(store.clone()).await?;
+        let ra = ca::ra::Registration::open(authority.clone()).await?;
+        let nonces = Nonces::new(ra.nonce_ledger()).await?;
         if cfg.insecure_always_valid_challenges {
             tracing::warn!(
                 "INSECURE: acme.insecure_always_valid_challenges is on; every ACME challenge passes without \
@@ -125,11 +124,9 @@ impl Acme {
         }
         let limits = ratelimit::Limiter::new(&cfg.rate_limits).map_err(ca::CaError::Config)?;
         let validation_slots = validation::Slots::new(&cfg.validation);
-        let ra = ca::ra::Registration::open(authority.clone()).await?;
         Ok(Arc::new(Acme {
             authority,
             ra,
-            store,
             nonces,
             base: base.trim_end_matches('/').to_owned(),
             cfg,
@@ -183,7 +180,7 @@ impl Acme {
                 .strip_prefix(&self.url("/account/"))
                 .filter(|id| !id.is_empty() && !id.contains('/'))
                 .ok_or_else(|| AcmeProblem::malformed("kid is not an account URL of this server"))?;
-            let account = self.store.acme_account(id).await.map_err(AcmeProblem::from)?.ok_or_else(|| {
+            let account = self.ra.account(id).await.map_err(AcmeProblem::from)?.ok_or_else(|| {
                 AcmeProblem::new(axum::http::StatusCode::BAD_REQUEST, "accountDoesNotExist", "no such account")
             })?;
             if account.status != "valid" {
@@ -302,7 +299,7 @@ pub fn router(acme: Arc<Acme>) -> Router {
 
 /// Background upkeep of the ACME state: every five minutes, used nonces past their lifetime are
 /// deleted, stale orders expired, and what is past the retention period purged
-/// ([`ca::Store::acme_purge`]); every [`ratelimit::SWEEP_INTERVAL`], refilled rate-limit buckets
+/// ([`ca::ra::Registration::purge`]); every [`ratelimit::SWEEP_INTERVAL`], refilled rate-limit buckets
 /// are forgotten so the limiters' maps stay bounded.
 pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
     let sweeper = acme.clone();
@@ -322,17 +319,17 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
         loop {
             tick.tick().await;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            match acme.store.acme_cleanup(now, &AcmeProblem::order_expired().to_json()).await {
+            match acme.ra.cleanup(now, &AcmeProblem::order_expired().to_json()).await {
                 Ok((n, o)) if n + o > 0 => tracing::info!(nonces = n, orders = o, "ACME cleanup"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "ACME cleanup failed"),
             }
             let cutoff = now.saturating_sub(i64::try_from(acme.cfg.retention.as_secs()).unwrap_or(i64::MAX));
-            match acme.store.acme_purge(cutoff).await {
+            match acme.ra.purge(cutoff).await {
                 Ok(p) => {
                     failures = 0;
                     record_purge(&p);
-                    if p != ca::store::acme::AcmePurged::default() {
+                    if p != ca::ra::AcmePurged::default() {
                         tracing::info!(
                             orders = p.orders,
                             authorizations = p.authorizations,
@@ -351,7 +348,7 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
     });
 }
 
-fn record_purge(p: &ca::store::acme::AcmePurged) {
+fn record_purge(p: &ca::ra::AcmePurged) {
     if let Ok(mut m) = crate::metrics::COUNTERS.acme_purged.lock() {
         for (kind, n) in [
             ("orders", p.orders),

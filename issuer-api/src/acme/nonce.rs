@@ -7,7 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use ca::{CaError, Store};
+use ca::CaError;
+use ca::ra::NonceLedger;
 
 /// How long a nonce is accepted.
 pub const NONCE_LIFETIME_SECS: i64 = 3600;
@@ -26,7 +27,7 @@ const FUTURE_TOLERANCE_SECS: i64 = 60;
 pub struct Nonces {
     key: hmac::Key,
     rng: SystemRandom,
-    store: Store,
+    ledger: NonceLedger,
 }
 
 fn now() -> i64 {
@@ -35,13 +36,12 @@ fn now() -> i64 {
 
 impl Nonces {
     /// Loads (or creates) the shared nonce secret.
-    pub async fn new(store: Store) -> Result<Self, CaError> {
+    pub async fn new(ledger: NonceLedger) -> Result<Self, CaError> {
         let rng = SystemRandom::new();
         let mut fresh = [0u8; 32];
         rng.fill(&mut fresh).map_err(|_| CaError::Key("system RNG failed".into()))?;
-        let secret = store.acme_secret("nonce-hmac", B64.encode(fresh)).await?;
-        let secret = B64.decode(secret).map_err(|_| CaError::Store("corrupt nonce secret".into()))?;
-        Ok(Nonces { key: hmac::Key::new(hmac::HMAC_SHA256, &secret), rng, store })
+        let secret = ledger.secret(&fresh).await?;
+        Ok(Nonces { key: hmac::Key::new(hmac::HMAC_SHA256, &secret), rng, ledger })
     }
 
     /// A fresh nonce, or an error if the system RNG failed (then no nonce is better than a
@@ -72,7 +72,7 @@ impl Nonces {
         if issued > t + FUTURE_TOLERANCE_SECS || t - issued > NONCE_LIFETIME_SECS {
             return Ok(false);
         }
-        self.store.acme_use_nonce(nonce, issued + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS).await
+        self.ledger.redeem(nonce, issued + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS).await
     }
 }
 
@@ -83,27 +83,27 @@ mod tests {
     /// What expired orders get as their error; these tests are about nonces.
     const EXPIRED: &str = r#"{"detail":"order expired"}"#;
 
-    async fn nonces() -> (tempfile::TempDir, Nonces, Store) {
+    async fn nonces() -> (tempfile::TempDir, Nonces, ca::Admin) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("n.db").display());
-        let store = Store::open(&url).await.expect("store");
-        let n = Nonces::new(store.clone()).await.expect("nonces");
-        (dir, n, store)
+        let admin = ca::Admin::open(&url).await.expect("database");
+        let n = Nonces::new(admin.nonce_ledger()).await.expect("nonces");
+        (dir, n, admin)
     }
 
     #[tokio::test]
     async fn a_replica_whose_clock_runs_ahead_does_not_reopen_a_replay() {
-        let (_dir, n, store) = nonces().await;
+        let (_dir, n, admin) = nonces().await;
         let nonce = n.issue().expect("nonce");
         assert!(n.redeem(&nonce).await.expect("redeem"), "first use");
         // A replica whose clock is four minutes ahead runs the cleanup just after the nonce's
         // lifetime ended by its clock; on ours the nonce is still acceptable.
         let ahead = now() + NONCE_LIFETIME_SECS + 240;
-        let (deleted, _) = store.acme_cleanup(ahead, EXPIRED).await.expect("cleanup");
+        let (deleted, _) = admin.acme_cleanup(ahead, EXPIRED).await.expect("cleanup");
         assert_eq!(deleted, 0, "the row outlives the nonce by the margin");
         assert!(!n.redeem(&nonce).await.expect("redeem"), "the replay must still be refused");
         // Past lifetime plus margin (by that replica's clock) the row goes.
-        let (deleted, _) = store
+        let (deleted, _) = admin
             .acme_cleanup(now() + NONCE_LIFETIME_SECS + NONCE_ROW_MARGIN_SECS + 5, EXPIRED)
             .await
             .expect("cleanup");
@@ -112,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn forged_and_malformed_nonces_are_refused() {
-        let (_dir, n, _store) = nonces().await;
+        let (_dir, n, _admin) = nonces().await;
         let good = n.issue().expect("nonce");
         let mut raw = B64.decode(&good).expect("b64");
         raw[10] ^= 1;

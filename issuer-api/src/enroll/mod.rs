@@ -19,7 +19,7 @@ pub mod routes;
 use std::time::Duration;
 
 use ca::SpiffeId;
-use ca::store::workload::{JoinToken, join_token_digest};
+use ca::ra::{JoinToken, join_token_digest};
 use serde::Deserialize;
 
 use crate::acme::validation::ValidationError;
@@ -63,7 +63,7 @@ impl Default for WorkloadConfig {
 #[derive(Debug)]
 pub struct Enrollment {
     jwt: jwt::JwtAttestors,
-    store: ca::Store,
+    workload: ca::ra::Workload,
 }
 
 /// The challenge response payload of an attestation challenge.
@@ -82,10 +82,10 @@ fn fail(kind: &'static str, detail: impl Into<String>) -> ValidationError {
 
 impl Enrollment {
     /// Builds the attestors from configuration.
-    pub fn new(cfg: &WorkloadConfig, trust_domain: &str, store: ca::Store) -> anyhow::Result<Self> {
+    pub fn new(cfg: &WorkloadConfig, trust_domain: &str, workload: ca::ra::Workload) -> anyhow::Result<Self> {
         let jwt = jwt::JwtAttestors::new(cfg.jwt.clone(), trust_domain)
             .map_err(|e| anyhow::anyhow!("invalid [[workload.jwt]]: {e}"))?;
-        Ok(Enrollment { jwt, store })
+        Ok(Enrollment { jwt, workload })
     }
 
     /// Loads every JWKS once so that a wrong path or URL shows up in the startup log.
@@ -100,7 +100,7 @@ impl Enrollment {
 
     /// Checks an attestation for `id`. A join token is checked here but not spent: the returned
     /// digest is spent by the caller in the transaction that records the valid result
-    /// (`Store::acme_finish_challenge`), so a result that cannot be recorded leaves it unspent.
+    /// (`ca::ra::Registration::finish_challenge`), so a result that cannot be recorded leaves it unspent.
     pub async fn attest(
         &self,
         kind: &str,
@@ -116,7 +116,7 @@ impl Enrollment {
                 let token = p.token.ok_or_else(|| fail("malformed", "join-token-01 needs {\"token\": ...}"))?;
                 let digest = join_token_digest(&token);
                 let r = self
-                    .store
+                    .workload
                     .check_join_token(&digest, &id, now)
                     .await
                     .map_err(|e| fail("serverInternal", e.to_string()))?;
@@ -139,7 +139,7 @@ impl Enrollment {
 /// Creates a join token bound to `spiffe_id` (or everything below it with `prefix`); returns the
 /// secret, which is shown once and stored only as a digest.
 pub async fn create_join_token(
-    store: &ca::Store,
+    admin: &ca::Admin,
     trust_domain: &str,
     spiffe_id: &str,
     prefix: bool,
@@ -168,6 +168,6 @@ pub async fn create_join_token(
         format!("expires in {}s", ttl.as_secs()),
     );
     // The token and its audit event commit together.
-    store.create_join_token(&join_token_digest(&secret), &token, now, &audit).await?;
+    admin.create_join_token(&join_token_digest(&secret), &token, now, &audit).await?;
     Ok((secret, token))
 }

@@ -151,7 +151,7 @@ async fn notices(
 
 /// The renewal window the CA asked for (as renewalInfo reports it), Unix seconds.
 async fn renewal_window(authority: &Authority, serial: &str) -> Result<Option<(i64, i64)>, Problem> {
-    Ok(match authority.store().replacement_window(serial).await.map_err(Problem::from)? {
+    Ok(match authority.views().replacement_window(serial).await.map_err(Problem::from)? {
         Some((start, Some(end))) => Some((start, end)),
         Some((at, None)) => Some((at - 3600, at)),
         None => None,
@@ -161,14 +161,14 @@ async fn renewal_window(authority: &Authority, serial: &str) -> Result<Option<(i
 /// `GET /bundle.spiffe`: the SPIFFE trust bundle (JWK set with `spiffe_sequence` and
 /// `spiffe_refresh_hint`, SPIFFE Trust Domain and Bundle specification section 4).
 async fn spiffe_bundle(State(state): State<Arc<WorkloadState>>) -> Result<Response, Problem> {
-    let store = state.authority.store();
-    let bundle = TrustBundle::from_journal(&store.issuers().await.map_err(Problem::from)?);
+    let views = state.authority.views();
+    let bundle = TrustBundle::from_journal(&views.issuers().await.map_err(Problem::from)?);
     let digest = bundle.digest();
     let mut cached = state.sequence.lock().await;
     let seq = match cached.as_ref() {
         Some((d, s)) if *d == digest => *s,
         _ => {
-            let s = store.bundle_sequence(&digest).await.map_err(Problem::from)?;
+            let s = views.bundle_sequence(&digest).await.map_err(Problem::from)?;
             *cached = Some((digest, s));
             s
         }
