@@ -95,6 +95,8 @@ pub struct Acme {
     /// Outbound validations running at once.
     pub(crate) validation_slots: validation::Slots,
     pub(crate) enroll: Arc<crate::enroll::Enrollment>,
+    /// Where authentication failures, validations, rate limits and purges are counted.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An authenticated POST.
@@ -114,6 +116,7 @@ impl Acme {
         cfg: AcmeConfig,
         base: String,
         enroll: Arc<crate::enroll::Enrollment>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, ca::CaError> {
         let store = authority.store().clone();
         let nonces = Nonces::new(store.clone()).await?;
@@ -124,7 +127,7 @@ impl Acme {
             );
         }
         let limits = ratelimit::Limiter::new(&cfg.rate_limits).map_err(ca::CaError::Config)?;
-        let validation_slots = validation::Slots::new(&cfg.validation);
+        let validation_slots = validation::Slots::new(&cfg.validation, &metrics);
         let ra = ca::ra::Registration::open(authority.clone()).await?;
         Ok(Arc::new(Acme {
             authority,
@@ -136,6 +139,7 @@ impl Acme {
             limits,
             validation_slots,
             enroll,
+            metrics,
         }))
     }
 
@@ -236,7 +240,7 @@ impl<const MODE: u8> axum::extract::FromRequest<Arc<Acme>> for Signed<MODE> {
             _ => None,
         };
         acme.authenticate(&parts.headers, &path, &body, want).await.map(Signed).inspect_err(|p| {
-            crate::metrics::auth_failure(p.kind.rsplit(':').next().unwrap_or("unknown"));
+            acme.metrics.auth_failure(p.kind.rsplit(':').next().unwrap_or("unknown"));
         })
     }
 }
@@ -311,9 +315,7 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
         loop {
             tick.tick().await;
             let stats = sweeper.limits.sweep();
-            if let Ok(mut m) = crate::metrics::COUNTERS.rate_limits.lock() {
-                *m = stats.iter().map(|s| (s.name, s.tracked, s.limited)).collect();
-            }
+            sweeper.metrics.rate_limits(stats.iter().map(|s| (s.name, s.tracked, s.limited)).collect());
         }
     });
     tasks.spawn("acme_cleanup", async move {
@@ -331,7 +333,7 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
             match acme.store.acme_purge(cutoff).await {
                 Ok(p) => {
                     failures = 0;
-                    record_purge(&p);
+                    record_purge(&acme.metrics, &p);
                     if p != ca::store::acme::AcmePurged::default() {
                         tracing::info!(
                             orders = p.orders,
@@ -351,15 +353,13 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
     });
 }
 
-fn record_purge(p: &ca::store::acme::AcmePurged) {
-    if let Ok(mut m) = crate::metrics::COUNTERS.acme_purged.lock() {
-        for (kind, n) in [
-            ("orders", p.orders),
-            ("authorizations", p.authorizations),
-            ("challenges", p.challenges),
-            ("accounts", p.accounts),
-        ] {
-            *m.entry(kind).or_default() += n;
-        }
+fn record_purge(metrics: &crate::metrics::Metrics, p: &ca::store::acme::AcmePurged) {
+    for (kind, n) in [
+        ("orders", p.orders),
+        ("authorizations", p.authorizations),
+        ("challenges", p.challenges),
+        ("accounts", p.accounts),
+    ] {
+        metrics.acme_purged(kind, n);
     }
 }
