@@ -64,10 +64,13 @@ pub async fn run_server(
         root_key_path,
         init: cfg.init.clone(),
     });
-    let notices = notices::NoticeBoard::new();
     // Every background task is supervised: one that ends turns /health red.
     let tasks = supervise::Tasks::default();
-    rotation::spawn(&tasks, authority.clone(), cfg.rotation.clone(), keys, pass, notices.clone());
+    // The one registry of this process; the handles in `metrics` are passed to what bumps them.
+    let (registry, metrics) = metrics::registry(authority.clone(), tasks.clone());
+    let registry = Arc::new(registry);
+    let notices = notices::NoticeBoard::counting(metrics.notice_waiters.clone());
+    rotation::spawn(&tasks, authority.clone(), cfg.rotation.clone(), keys, pass, notices.clone(), metrics.clone());
     let identity = identity::ServerIdentity::start(&tasks, authority.clone(), cfg.server_names.clone())
         .await
         .context("issuing the server's own TLS certificate")?;
@@ -81,15 +84,20 @@ pub async fn run_server(
         let ml = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
         println!("lanyard-ca: metrics on http://{}/metrics", ml.local_addr()?);
         let limits = cfg.listener.with_max_connections(listener::METRICS_MAX_CONNECTIONS);
-        let (authority, tasks_seen) = (authority.clone(), tasks.clone());
+        let (authority, registry, stats) = (authority.clone(), registry.clone(), metrics.metrics_listener.clone());
         tasks.spawn("metrics", async move {
-            metrics::serve(ml, authority, tasks_seen, limits).await;
+            metrics::serve(ml, registry, authority, limits, stats).await;
             Err(anyhow::anyhow!("the metrics listener stopped"))
         });
     }
     on_listen(addr);
     let mut app = routes::router(Arc::new(routes::AppState { authority: authority.clone(), tasks: tasks.clone() }));
-    let workload = enroll::routes::WorkloadState::new(authority.clone(), cfg.workload.bundle_refresh_hint, notices);
+    let workload = enroll::routes::WorkloadState::new(
+        authority.clone(),
+        cfg.workload.bundle_refresh_hint,
+        notices,
+        metrics.clone(),
+    );
     app = app.merge(enroll::routes::router(Arc::new(workload)));
     app = app.merge(crl_routes::router(authority.clone()));
     crl_routes::spawn_refresh(&tasks, authority.clone());
@@ -98,13 +106,14 @@ pub async fn run_server(
     enrollment.warm_up().await;
     if cfg.acme.enabled {
         let base = cfg.acme.public_url.clone().unwrap_or_else(|| format!("https://localhost:{}", addr.port()));
-        let acme = acme::Acme::new(authority, cfg.acme.clone(), base, enrollment).await?;
+        let acme = acme::Acme::new(authority, cfg.acme.clone(), base, enrollment, metrics.clone()).await?;
         info!(directory = %acme.url("/directory"), "ACME enabled");
         acme::spawn_cleanup(&tasks, acme.clone());
         app = app.merge(acme::router(acme));
     }
     let app = app.layer(axum::middleware::from_fn(routes::limit_uri));
-    let served = server::serve_tls(listener, identity, app, cfg.listener, shutdown).await;
+    let served =
+        server::serve_tls(listener, identity, app, cfg.listener, metrics.https_listener.clone(), shutdown).await;
     tasks.shutting_down();
     served
 }

@@ -20,7 +20,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -130,47 +133,35 @@ impl ListenerConfig {
     }
 }
 
-/// Counters of one listener, rendered by `metrics::render`.
-#[derive(Debug, Default)]
+/// The metric handles of one listener (cheap clones of the series registered by
+/// [`crate::metrics::Metrics::register`]; a default one counts into series no registry exposes,
+/// which is what tests of the listener alone want).
+#[derive(Debug, Clone, Default)]
 pub struct ListenerStats {
     /// Connections holding a slot right now.
-    pub open: AtomicI64,
+    pub open: Gauge,
     /// Connections closed at accept because every slot was taken.
-    pub refused: AtomicU64,
+    pub refused: Counter,
     /// `accept` failures (e.g. EMFILE: out of file descriptors).
-    pub accept_errors: AtomicU64,
+    pub accept_errors: Counter,
     /// Connections closed because the TLS handshake took longer than `handshake_timeout`.
-    pub handshake_timeouts: AtomicU64,
+    pub handshake_timeouts: Counter,
     /// Connections closed after `idle_timeout` without activity.
-    pub idle_closed: AtomicU64,
+    pub idle_closed: Counter,
     /// Connections closed mid-handshake to make room for a new one while every slot was taken.
-    pub handshakes_evicted: AtomicU64,
-}
-
-impl ListenerStats {
-    /// All zero (usable in a `static`).
-    pub const fn new() -> Self {
-        ListenerStats {
-            open: AtomicI64::new(0),
-            refused: AtomicU64::new(0),
-            accept_errors: AtomicU64::new(0),
-            handshake_timeouts: AtomicU64::new(0),
-            idle_closed: AtomicU64::new(0),
-            handshakes_evicted: AtomicU64::new(0),
-        }
-    }
+    pub handshakes_evicted: Counter,
 }
 
 /// A connection's claim on the listener: returns the slot and lowers the open gauge on drop.
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    stats: &'static ListenerStats,
+    stats: ListenerStats,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.open.dec();
     }
 }
 
@@ -203,7 +194,7 @@ pub struct BoundedListener {
     tcp: TcpListener,
     name: &'static str,
     slots: Arc<Semaphore>,
-    stats: &'static ListenerStats,
+    stats: ListenerStats,
     /// Connections still in their handshake, oldest first: the ones to evict when full. Entries
     /// whose connection finished its handshake (or ended) are closed senders, skipped and pruned.
     handshaking: VecDeque<oneshot::Sender<()>>,
@@ -235,7 +226,7 @@ pub struct Handshake {
 
 impl BoundedListener {
     /// Wraps `tcp`; `name` labels log lines; `stats` is where its counters go.
-    pub fn new(tcp: TcpListener, name: &'static str, max_connections: usize, stats: &'static ListenerStats) -> Self {
+    pub fn new(tcp: TcpListener, name: &'static str, max_connections: usize, stats: ListenerStats) -> Self {
         let capacity = max_connections.clamp(1, MAX_CONNECTIONS);
         BoundedListener {
             tcp,
@@ -275,7 +266,7 @@ impl BoundedListener {
                         Err(_) => self.evict_oldest_handshake().await,
                     };
                     let Some(permit) = permit else {
-                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        self.stats.refused.inc();
                         if let Some(skipped) = self.refused_log.due() {
                             warn!(listener = self.name, %peer, refused_since_last_log = skipped,
                                 "connection limit reached; refusing connections");
@@ -284,7 +275,7 @@ impl BoundedListener {
                         drop(tcp);
                         continue;
                     };
-                    self.stats.open.fetch_add(1, Ordering::Relaxed);
+                    self.stats.open.inc();
                     let (tx, evict) = oneshot::channel();
                     // Pruned only when twice the slots: amortized O(1) per accept.
                     if self.handshaking.len() >= 2 * self.capacity {
@@ -294,12 +285,12 @@ impl BoundedListener {
                     return Accepted {
                         tcp,
                         peer,
-                        slot: Slot { _permit: permit, stats: self.stats },
+                        slot: Slot { _permit: permit, stats: self.stats.clone() },
                         handshake: Handshake { evict },
                     };
                 }
                 Err(e) => {
-                    self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.accept_errors.inc();
                     if let Some(skipped) = self.error_log.due() {
                         warn!(listener = self.name, error = %e, failures_since_last_log = skipped,
                             "accept failed; backing off");
@@ -328,7 +319,7 @@ impl BoundedListener {
         if evicted == 0 {
             return None;
         }
-        self.stats.handshakes_evicted.fetch_add(evicted, Ordering::Relaxed);
+        self.stats.handshakes_evicted.inc_by(evicted);
         // The evicted tasks drop their slots as soon as they are polled.
         tokio::time::timeout(EVICT_WAIT, self.slots.clone().acquire_owned()).await.ok()?.ok()
     }
@@ -363,7 +354,7 @@ impl Handshake {
             r = tokio::time::timeout(cfg.handshake_timeout, handshake) => match r {
                 Ok(r) => Some(r),
                 Err(_) => {
-                    stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                    stats.handshake_timeouts.inc();
                     None
                 }
             },
@@ -561,7 +552,7 @@ where
         r = conn.as_mut() => return r,
         () = activity.idle_for(cfg.idle_timeout) => {}
     }
-    stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+    stats.idle_closed.inc();
     debug!("closing an idle connection");
     conn.as_mut().graceful_shutdown();
     match tokio::time::timeout(CLOSE_GRACE, conn).await {
@@ -612,25 +603,26 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_limit_connections_are_closed_and_counted() {
-        static STATS: ListenerStats = ListenerStats::new();
+        let stats = ListenerStats::default();
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let mut listener = BoundedListener::new(tcp, "test", 1, &STATS);
+        let mut listener = BoundedListener::new(tcp, "test", 1, stats.clone());
         let cfg = ListenerConfig::default();
         let _c1 = TcpStream::connect(addr).await.expect("connect");
         let first = listener.accept().await;
-        assert_eq!(STATS.open.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.open.get(), 1);
         // The only slot is held by a connection still in its handshake: a new one evicts it.
+        let task_stats = stats.clone();
         let first_task = tokio::spawn(async move {
-            let r = first.handshake.run(&cfg, &STATS, std::future::pending::<()>()).await;
+            let r = first.handshake.run(&cfg, &task_stats, std::future::pending::<()>()).await;
             drop(first.slot);
             r
         });
         let _c2 = TcpStream::connect(addr).await.expect("connect");
         let second = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("evicts");
         assert_eq!(first_task.await.expect("task"), None, "the oldest handshake gave up its slot");
-        assert_eq!(STATS.handshakes_evicted.load(Ordering::Relaxed), 1);
-        assert_eq!(STATS.open.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.handshakes_evicted.get(), 1);
+        assert_eq!(stats.open.get(), 1);
         // Once the holder is past its handshake, newcomers are accepted and closed, and counted.
         drop(second.handshake);
         let mut clients = Vec::new();
@@ -638,18 +630,18 @@ mod tests {
             clients.push(TcpStream::connect(addr).await.expect("connect"));
         }
         assert!(tokio::time::timeout(Duration::from_millis(500), listener.accept()).await.is_err());
-        assert_eq!(STATS.refused.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.refused.get(), 2);
         for c in &mut clients {
             let mut buf = [0u8; 1];
             let n = tokio::io::AsyncReadExt::read(c, &mut buf).await.unwrap_or(0);
             assert_eq!(n, 0, "a refused connection is closed");
         }
         drop(second.slot);
-        assert_eq!(STATS.open.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.open.get(), 0);
         let _late = TcpStream::connect(addr).await.expect("connect");
         let third = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("a free slot");
-        assert_eq!(STATS.open.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.open.get(), 1);
         drop(third);
-        assert_eq!(STATS.accept_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.accept_errors.get(), 0);
     }
 }

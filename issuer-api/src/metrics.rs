@@ -2,346 +2,515 @@
 //! (`metrics_listen`, loopback by default when set), so scraping never needs the CA's TLS and the
 //! numbers are not published on the public port.
 //!
-//! The exposition is written into a `String` with `writeln!`, which cannot fail; `.ok()` discards
-//! that always-`Ok` result.
-//!
-//! Counters that code paths bump live here as statics; gauges about the journal, the fleet and
-//! emergencies are read from the store at scrape time, so every replica reports the same truth.
+//! One [`Registry`] is built at startup ([`registry`]) and the [`Metrics`] handles registered in
+//! it are passed to the request, rotation and listener paths that bump them; nothing is a process
+//! global. What is read rather than counted is read at scrape time by collectors: the journal,
+//! the fleet and emergencies come from the CA's read-only views ([`Journal`], read once per scrape, so every
+//! replica reports the same truth), issuance statistics from the authority, task liveness from
+//! the supervisor.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use ca::{Authority, IssuerState, TrustBundle};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::listener::{self, BoundedListener, ListenerConfig, ListenerStats, Protocol};
 
-/// Counters bumped by request and rotation paths.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Authentication failures by reason (ACME problem type, renewal refusal, attestation).
-    auth_failures: Mutex<BTreeMap<String, u64>>,
-    /// Rotation steps by (step, result).
-    rotation_steps: Mutex<BTreeMap<(String, String), u64>>,
+/// `reason` of `lanyard_authentication_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+/// `step` and `result` of `lanyard_rotation_steps_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepResult {
+    step: String,
+    result: &'static str,
+}
+
+/// `kind` of `lanyard_acme_purged_rows_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgedKind {
+    kind: &'static str,
+}
+
+/// `listener` of the `lanyard_listener_*` families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerName {
+    listener: &'static str,
+}
+
+/// The metric handles the code paths bump, registered in the process's [`Registry`].
+#[derive(Debug)]
+pub struct Metrics {
+    auth_failures: Family<Reason, Counter>,
+    rotation_steps: Family<StepResult, Counter>,
     /// Active intermediate changes this process loaded.
-    pub issuer_changes: AtomicU64,
-    /// Duration of the last rotation step run, milliseconds.
-    pub last_rotation_ms: AtomicI64,
+    pub issuer_changes: Counter,
+    /// Duration of the last rotation step run, seconds.
+    pub last_rotation_seconds: Gauge<f64, AtomicU64>,
     /// Agents waiting on `GET /workload/v1/notices` right now.
-    pub notice_waiters: AtomicI64,
-    /// Per ACME rate limit: (name, client keys tracked, requests refused), as of the last sweep.
-    pub rate_limits: Mutex<Vec<(&'static str, usize, u64)>>,
-    /// ACME rows purged after their retention: (kind, rows), since start.
-    pub acme_purged: Mutex<BTreeMap<&'static str, u64>>,
+    pub notice_waiters: Gauge,
+    acme_purged: Family<PurgedKind, Counter>,
+    rate_limits: Arc<RateLimits>,
     /// Outbound ACME validations running now.
-    pub validations_in_flight: AtomicI64,
+    pub validations_in_flight: Gauge,
     /// Challenge POSTs refused because every validation slot was busy.
-    pub validations_refused: AtomicU64,
+    pub validations_refused: Counter,
+    /// Counters of the HTTPS listener.
+    pub https_listener: ListenerStats,
+    /// Counters of the metrics listener.
+    pub metrics_listener: ListenerStats,
 }
 
-/// The process's counters.
-pub static COUNTERS: LazyLock<Counters> = LazyLock::new(Counters::default);
+impl Metrics {
+    /// Registers every family in `registry`; the collectors read `authority` and `tasks` when
+    /// scraped.
+    pub fn register(registry: &mut Registry, authority: Arc<Authority>, tasks: crate::supervise::Tasks) -> Arc<Self> {
+        let auth_failures = Family::default();
+        registry.register(
+            "lanyard_authentication_failures",
+            "Refused authentications by reason",
+            auth_failures.clone(),
+        );
+        let rotation_steps = Family::default();
+        registry.register(
+            "lanyard_rotation_steps",
+            "Rotation steps taken by this replica, by step and result",
+            rotation_steps.clone(),
+        );
+        let last_rotation_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lanyard_rotation_last_duration_seconds",
+            "Time the last rotation run took",
+            last_rotation_seconds.clone(),
+        );
+        let issuer_changes = Counter::default();
+        registry.register(
+            "lanyard_active_issuer_changes",
+            "Active intermediate changes this process loaded",
+            issuer_changes.clone(),
+        );
+        let notice_waiters = Gauge::default();
+        registry.register(
+            "lanyard_notice_waiters",
+            "Agents waiting for a push notice on this replica",
+            notice_waiters.clone(),
+        );
+        let rate_limits = Arc::new(RateLimits::default());
+        registry.register_collector(Box::new(rate_limits.clone()));
+        let acme_purged = Family::default();
+        registry.register(
+            "lanyard_acme_purged_rows",
+            "ACME rows deleted after their retention period",
+            acme_purged.clone(),
+        );
+        let validations_in_flight = Gauge::default();
+        registry.register(
+            "lanyard_acme_validations_in_flight",
+            "Outbound challenge validations running now",
+            validations_in_flight.clone(),
+        );
+        let validations_refused = Counter::default();
+        registry.register(
+            "lanyard_acme_validations_refused",
+            "Challenge POSTs answered rateLimited because every validation slot was busy",
+            validations_refused.clone(),
+        );
+        registry.register_collector(Box::new(Issuance(authority)));
+        let (https_listener, metrics_listener) = register_listeners(registry);
+        registry.register_collector(Box::new(TaskUp(tasks)));
+        Arc::new(Metrics {
+            auth_failures,
+            rotation_steps,
+            issuer_changes,
+            last_rotation_seconds,
+            notice_waiters,
+            acme_purged,
+            rate_limits,
+            validations_in_flight,
+            validations_refused,
+            https_listener,
+            metrics_listener,
+        })
+    }
 
-/// Counts an authentication failure.
-pub fn auth_failure(reason: &str) {
-    if let Ok(mut m) = COUNTERS.auth_failures.lock() {
-        *m.entry(reason.to_owned()).or_default() += 1;
+    /// Counts an authentication failure.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures.get_or_create(&Reason { reason: reason.to_owned() }).inc();
+    }
+
+    /// Counts a rotation step.
+    pub fn rotation_step(&self, step: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.rotation_steps.get_or_create(&StepResult { step: step.to_owned(), result }).inc();
+    }
+
+    /// Counts ACME rows purged after their retention.
+    pub fn acme_purged(&self, kind: &'static str, rows: u64) {
+        self.acme_purged.get_or_create(&PurgedKind { kind }).inc_by(rows);
+    }
+
+    /// Records what the rate-limit sweep found: (name, client keys tracked, requests refused).
+    pub fn rate_limits(&self, limits: Vec<(&'static str, usize, u64)>) {
+        *self.rate_limits.0.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 }
 
-/// Counts a rotation step.
-pub fn rotation_step(step: &str, ok: bool) {
-    if let Ok(mut m) = COUNTERS.rotation_steps.lock() {
-        *m.entry((step.to_owned(), if ok { "success" } else { "failure" }.to_owned())).or_default() += 1;
-    }
+/// The registry `lanyard-ca serve` exposes, and the handles registered in it.
+pub fn registry(authority: Arc<Authority>, tasks: crate::supervise::Tasks) -> (Registry, Arc<Metrics>) {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry, authority, tasks);
+    (registry, metrics)
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}").ok();
-}
+/// A listener metric family: name, help, and where its handle goes in [`ListenerStats`].
+type ListenerCounter = (&'static str, &'static str, fn(&mut ListenerStats) -> &mut Counter);
 
-/// Renders every metric.
-pub async fn render(authority: &Authority) -> Result<String, ca::CaError> {
-    let views = authority.views();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let journal = views.issuers().await?;
-    let mut out = String::new();
-
-    family(&mut out, "lanyard_issuer_not_after_timestamp_seconds", "gauge", "Expiry of each issuer in the journal.");
-    for r in &journal {
-        writeln!(
-            out,
-            "lanyard_issuer_not_after_timestamp_seconds{{id=\"{}\",kind=\"{}\",state=\"{}\"}} {}",
-            r.id,
-            r.kind,
-            r.state,
-            r.not_after.unix_timestamp()
-        )
-        .ok();
-    }
-    family(&mut out, "lanyard_issuers", "gauge", "Issuers by kind and state.");
-    let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for r in &journal {
-        *by_state.entry((r.kind.to_string(), r.state.to_string())).or_default() += 1;
-    }
-    for ((k, s), n) in &by_state {
-        writeln!(out, "lanyard_issuers{{kind=\"{k}\",state=\"{s}\"}} {n}").ok();
-    }
-    family(
-        &mut out,
-        "lanyard_certificates_valid_under_retired_issuer",
-        "gauge",
-        "Unexpired certificates signed by an issuer that no longer signs (retired or revoked).",
+/// Registers the `lanyard_listener_*` families with a series for both listeners (so both show 0
+/// before any traffic) and returns the handles of the `https` and the `metrics` listener.
+fn register_listeners(registry: &mut Registry) -> (ListenerStats, ListenerStats) {
+    let names = [ListenerName { listener: "https" }, ListenerName { listener: "metrics" }];
+    let mut stats = [ListenerStats::default(), ListenerStats::default()];
+    let open = Family::<ListenerName, Gauge>::default();
+    registry.register(
+        "lanyard_listener_open_connections",
+        "Connections holding a slot (TLS handshakes included)",
+        open.clone(),
     );
-    for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
-        let n = views.valid_certificates_of(&r.id, now).await?;
-        writeln!(out, "lanyard_certificates_valid_under_retired_issuer{{issuer=\"{}\"}} {n}", r.id).ok();
+    for (s, n) in stats.iter_mut().zip(&names) {
+        s.open = open.get_or_create_owned(n);
     }
-
-    let bundle = TrustBundle::from_journal(&journal);
-    let seq = views.bundle_sequence(&bundle.digest()).await?;
-    family(&mut out, "lanyard_bundle_sequence", "gauge", "spiffe_sequence of the trust bundle.");
-    writeln!(out, "lanyard_bundle_sequence {seq}").ok();
-
-    family(
-        &mut out,
-        "lanyard_emergency_rotation_affected_certificates",
-        "gauge",
-        "Certificates an emergency rotation asked to renew.",
-    );
-    let emergencies = views.emergencies().await?;
-    for e in &emergencies {
-        writeln!(out, "lanyard_emergency_rotation_affected_certificates{{rotation=\"{}\"}} {}", e.id, e.affected).ok();
-    }
-    family(
-        &mut out,
-        "lanyard_emergency_rotation_outstanding_certificates",
-        "gauge",
-        "Certificates of a revoked intermediate still valid and not yet renewed.",
-    );
-    for e in &emergencies {
-        let n = if e.completed_at.is_some() { 0 } else { views.emergency_outstanding(&e.issuer_id, now).await? };
-        writeln!(out, "lanyard_emergency_rotation_outstanding_certificates{{rotation=\"{}\"}} {n}", e.id).ok();
-    }
-    family(
-        &mut out,
-        "lanyard_emergency_rotation_duration_seconds",
-        "gauge",
-        "From the emergency rotation command to the last affected workload renewed (so far, while running).",
-    );
-    for e in &emergencies {
-        let end = e.completed_at.unwrap_or(now);
-        writeln!(out, "lanyard_emergency_rotation_duration_seconds{{rotation=\"{}\"}} {}", e.id, end - e.started_at)
-            .ok();
-    }
-
-    family(
-        &mut out,
-        "lanyard_emergency_revocation_pending_seconds",
-        "gauge",
-        "Seconds until relying parties are told of an emergency rotation's revocation (0: in force).",
-    );
-    for e in &emergencies {
-        let pending = e.enforce_at.map_or(0, |t| (t - now).max(0));
-        writeln!(out, "lanyard_emergency_revocation_pending_seconds{{rotation=\"{}\"}} {pending}", e.id).ok();
-    }
-
-    family(
-        &mut out,
-        "lanyard_rotations_total",
-        "counter",
-        "Completed rotations by kind, from the journal (the same on every replica).",
-    );
-    let ints = journal.iter().filter(|r| r.kind == ca::IssuerKind::Intermediate && r.state != IssuerState::Prepared);
-    let roots = journal.iter().filter(|r| r.kind == ca::IssuerKind::Root && r.state != IssuerState::Prepared);
-    writeln!(out, "lanyard_rotations_total{{kind=\"intermediate\"}} {}", ints.count().saturating_sub(1)).ok();
-    writeln!(out, "lanyard_rotations_total{{kind=\"root\"}} {}", roots.count().saturating_sub(1)).ok();
-    writeln!(out, "lanyard_rotations_total{{kind=\"emergency\"}} {}", emergencies.len()).ok();
-    family(
-        &mut out,
-        "lanyard_rotation_steps_total",
-        "counter",
-        "Rotation steps taken by this replica, by step and result.",
-    );
-    if let Ok(m) = COUNTERS.rotation_steps.lock() {
-        for ((step, result), n) in m.iter() {
-            writeln!(out, "lanyard_rotation_steps_total{{step=\"{step}\",result=\"{result}\"}} {n}").ok();
+    let counters: [ListenerCounter; 5] = [
+        (
+            "lanyard_listener_connections_refused",
+            "Connections closed at accept because max_connections were open",
+            |s| &mut s.refused,
+        ),
+        (
+            "lanyard_listener_accept_errors",
+            "Failed accepts (e.g. out of file descriptors), each followed by a back-off",
+            |s| &mut s.accept_errors,
+        ),
+        (
+            "lanyard_listener_handshake_timeouts",
+            "Connections closed because the TLS handshake exceeded handshake_timeout",
+            |s| &mut s.handshake_timeouts,
+        ),
+        (
+            "lanyard_listener_handshakes_evicted",
+            "Connections closed mid-handshake to make room for a new one while every slot was taken",
+            |s| &mut s.handshakes_evicted,
+        ),
+        ("lanyard_listener_idle_closed", "Connections closed after idle_timeout without a request or a byte", |s| {
+            &mut s.idle_closed
+        }),
+    ];
+    for (name, help, field) in counters {
+        let family = Family::<ListenerName, Counter>::default();
+        registry.register(name, help, family.clone());
+        for (s, n) in stats.iter_mut().zip(&names) {
+            *field(s) = family.get_or_create_owned(n);
         }
     }
-    family(&mut out, "lanyard_rotation_last_duration_seconds", "gauge", "Time the last rotation run took.");
-    writeln!(
-        out,
-        "lanyard_rotation_last_duration_seconds {}",
-        COUNTERS.last_rotation_ms.load(Ordering::Relaxed) as f64 / 1000.0
-    )
-    .ok();
-    family(
-        &mut out,
-        "lanyard_active_issuer_changes_total",
-        "counter",
-        "Active intermediate changes this process loaded.",
-    );
-    writeln!(out, "lanyard_active_issuer_changes_total {}", COUNTERS.issuer_changes.load(Ordering::Relaxed)).ok();
-
-    family(&mut out, "lanyard_notice_waiters", "gauge", "Agents waiting for a push notice on this replica.");
-    writeln!(out, "lanyard_notice_waiters {}", COUNTERS.notice_waiters.load(Ordering::Relaxed)).ok();
-
-    acme_metrics(&mut out);
-
-    let stats = authority.stats();
-    family(&mut out, "lanyard_issuance_total", "counter", "Issuance requests by result.");
-    for (result, v) in [("issued", &stats.issued), ("refused", &stats.refused), ("failed", &stats.failed)] {
-        writeln!(out, "lanyard_issuance_total{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed)).ok();
-    }
-    family(
-        &mut out,
-        "lanyard_issuance_duration_seconds",
-        "histogram",
-        "Durable issuance latency (record, sign, record).",
-    );
-    for (b, n) in ca::stats::LATENCY_BUCKETS.iter().zip(stats.buckets()) {
-        writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"{b}\"}} {n}").ok();
-    }
-    let count = stats.issued.load(Ordering::Relaxed);
-    writeln!(out, "lanyard_issuance_duration_seconds_bucket{{le=\"+Inf\"}} {count}").ok();
-    writeln!(out, "lanyard_issuance_duration_seconds_sum {}", stats.sum_seconds()).ok();
-    writeln!(out, "lanyard_issuance_duration_seconds_count {count}").ok();
-
-    family(&mut out, "lanyard_authentication_failures_total", "counter", "Refused authentications by reason.");
-    if let Ok(m) = COUNTERS.auth_failures.lock() {
-        for (reason, n) in m.iter() {
-            writeln!(out, "lanyard_authentication_failures_total{{reason=\"{reason}\"}} {n}").ok();
-        }
-    }
-    listener_metrics(&mut out);
-    Ok(out)
+    let [https, metrics] = stats;
+    (https, metrics)
 }
 
-fn acme_metrics(out: &mut String) {
-    family(out, "lanyard_acme_rate_limited_total", "counter", "ACME requests refused by each rate limit.");
-    let limits = COUNTERS.rate_limits.lock().map(|l| l.clone()).unwrap_or_default();
-    for (name, _, refused) in &limits {
-        writeln!(out, "lanyard_acme_rate_limited_total{{limit=\"{name}\"}} {refused}").ok();
-    }
-    family(out, "lanyard_acme_rate_limit_keys", "gauge", "Client keys each ACME rate limit tracks (bounded).");
-    for (name, tracked, _) in &limits {
-        writeln!(out, "lanyard_acme_rate_limit_keys{{limit=\"{name}\"}} {tracked}").ok();
-    }
-    family(out, "lanyard_acme_purged_rows_total", "counter", "ACME rows deleted after their retention period.");
-    if let Ok(m) = COUNTERS.acme_purged.lock() {
-        for (kind, n) in m.iter() {
-            writeln!(out, "lanyard_acme_purged_rows_total{{kind=\"{kind}\"}} {n}").ok();
+/// Writes one sample of a family with labels.
+fn sample<S: EncodeLabelSet>(
+    family: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    labels: &S,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    family.encode_family(labels)?.encode_gauge(&value)
+}
+
+/// Writes one counter sample of a family with labels.
+fn count<S: EncodeLabelSet>(
+    family: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    labels: &S,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    family.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+/// The rate-limit sweep's last findings. Copied by the sweep rather than read from the limiters
+/// at scrape time: the number of keys tracked is defined as "after the last sweep" (before it,
+/// refilled buckets not yet forgotten would count).
+#[derive(Debug, Default)]
+struct RateLimits(Mutex<Vec<(&'static str, usize, u64)>>);
+
+impl Collector for RateLimits {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let limits = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut f = encoder.encode_descriptor(
+            "lanyard_acme_rate_limited",
+            "ACME requests refused by each rate limit.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, _, refused) in &limits {
+            count(&mut f, &[("limit", *name)], *refused)?;
         }
+        let mut f = encoder.encode_descriptor(
+            "lanyard_acme_rate_limit_keys",
+            "Client keys each ACME rate limit tracks (bounded).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, tracked, _) in &limits {
+            sample(&mut f, &[("limit", *name)], i64::try_from(*tracked).unwrap_or(i64::MAX))?;
+        }
+        Ok(())
     }
-    family(out, "lanyard_acme_validations_in_flight", "gauge", "Outbound challenge validations running now.");
-    writeln!(out, "lanyard_acme_validations_in_flight {}", COUNTERS.validations_in_flight.load(Ordering::Relaxed)).ok();
-    family(
-        out,
-        "lanyard_acme_validations_refused_total",
-        "counter",
-        "Challenge POSTs answered rateLimited because every validation slot was busy.",
-    );
-    writeln!(out, "lanyard_acme_validations_refused_total {}", COUNTERS.validations_refused.load(Ordering::Relaxed))
-        .ok();
+}
+
+/// `lanyard_issuance_*`, read from the authority's statistics when scraped.
+#[derive(Debug)]
+struct Issuance(Arc<Authority>);
+
+impl Collector for Issuance {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering;
+        let stats = self.0.stats();
+        let mut f =
+            encoder.encode_descriptor("lanyard_issuance", "Issuance requests by result.", None, MetricType::Counter)?;
+        for (result, v) in [("issued", &stats.issued), ("refused", &stats.refused), ("failed", &stats.failed)] {
+            count(&mut f, &[("result", result)], v.load(Ordering::Relaxed))?;
+        }
+        // The authority keeps cumulative counts (`le` semantics); the encoder wants each bucket's own.
+        let cumulative = stats.buckets();
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = ca::stats::LATENCY_BUCKETS
+            .iter()
+            .zip(cumulative)
+            .map(|(b, n)| {
+                let own = n.saturating_sub(below);
+                below = n.max(below);
+                (*b, own)
+            })
+            .collect();
+        let mut f = encoder.encode_descriptor(
+            "lanyard_issuance_duration_seconds",
+            "Durable issuance latency (record, sign, record).",
+            None,
+            MetricType::Histogram,
+        )?;
+        f.encode_histogram::<NoLabelSet>(stats.sum_seconds(), stats.issued.load(Ordering::Relaxed), &buckets, None)
+    }
 }
 
 /// `lanyard_task_up`: whether each supervised background task still runs.
-fn task_metrics(out: &mut String, tasks: &crate::supervise::Tasks) {
-    family(
-        out,
-        "lanyard_task_up",
-        "gauge",
-        "1 while a supervised background task runs, 0 once it ended (see /health).",
-    );
-    for (name, up) in tasks.snapshot() {
-        out.push_str(&format!("lanyard_task_up{{task=\"{name}\"}} {}\n", u8::from(up)));
+#[derive(Debug)]
+struct TaskUp(crate::supervise::Tasks);
+
+impl Collector for TaskUp {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut f = encoder.encode_descriptor(
+            "lanyard_task_up",
+            "1 while a supervised background task runs, 0 once it ended (see /health).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, up) in self.0.snapshot() {
+            sample(&mut f, &[("task", name)], i64::from(up))?;
+        }
+        Ok(())
     }
 }
 
-/// Counters of the HTTPS listener.
-pub static HTTPS_LISTENER: ListenerStats = ListenerStats::new();
-/// Counters of this metrics listener.
-pub static METRICS_LISTENER: ListenerStats = ListenerStats::new();
+/// An emergency rotation as the gauges report it.
+#[derive(Debug)]
+struct EmergencyGauges {
+    id: String,
+    affected: i64,
+    outstanding: i64,
+    duration: i64,
+    pending: i64,
+}
 
-/// A listener metric family: name, type, help, and how to read it from the counters.
-type ListenerFamily = (&'static str, &'static str, &'static str, fn(&ListenerStats) -> i64);
+/// What the journal and the emergencies say, read from the CA's views once per scrape and encoded as
+/// a collector of a per-scrape registry.
+#[derive(Debug)]
+struct Journal {
+    /// (id, kind, state, notAfter) of each issuer.
+    issuers: Vec<(String, String, String, i64)>,
+    /// Unexpired certificates of each retired issuer.
+    retired_valid: Vec<(String, i64)>,
+    bundle_sequence: u64,
+    emergencies: Vec<EmergencyGauges>,
+    /// Completed rotations by kind.
+    rotations: [(&'static str, u64); 3],
+}
 
-fn listener_metrics(out: &mut String) {
-    let listeners = [("https", &HTTPS_LISTENER), ("metrics", &METRICS_LISTENER)];
-    let families: [ListenerFamily; 6] = [
-        ("lanyard_listener_open_connections", "gauge", "Connections holding a slot (TLS handshakes included).", |s| {
-            s.open.load(Ordering::Relaxed)
-        }),
-        (
-            "lanyard_listener_connections_refused_total",
-            "counter",
-            "Connections closed at accept because max_connections were open.",
-            |s| i64::try_from(s.refused.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-        ),
-        (
-            "lanyard_listener_accept_errors_total",
-            "counter",
-            "Failed accepts (e.g. out of file descriptors), each followed by a back-off.",
-            |s| i64::try_from(s.accept_errors.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-        ),
-        (
-            "lanyard_listener_handshake_timeouts_total",
-            "counter",
-            "Connections closed because the TLS handshake exceeded handshake_timeout.",
-            |s| i64::try_from(s.handshake_timeouts.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-        ),
-        (
-            "lanyard_listener_handshakes_evicted_total",
-            "counter",
-            "Connections closed mid-handshake to make room for a new one while every slot was taken.",
-            |s| i64::try_from(s.handshakes_evicted.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-        ),
-        (
-            "lanyard_listener_idle_closed_total",
-            "counter",
-            "Connections closed after idle_timeout without a request or a byte.",
-            |s| i64::try_from(s.idle_closed.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-        ),
-    ];
-    for (name, kind, help, value) in families {
-        family(out, name, kind, help);
-        for (listener, stats) in listeners {
-            writeln!(out, "{name}{{listener=\"{listener}\"}} {}", value(stats)).ok();
+impl Journal {
+    async fn read(authority: &Authority) -> Result<Self, ca::CaError> {
+        let views = authority.views();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let journal = views.issuers().await?;
+        let issuers = journal
+            .iter()
+            .map(|r| (r.id.clone(), r.kind.to_string(), r.state.to_string(), r.not_after.unix_timestamp()))
+            .collect();
+        let mut retired_valid = Vec::new();
+        for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
+            retired_valid.push((r.id.clone(), views.valid_certificates_of(&r.id, now).await?));
         }
+        let bundle_sequence = views.bundle_sequence(&TrustBundle::from_journal(&journal).digest()).await?;
+        let list = views.emergencies().await?;
+        let mut emergencies = Vec::with_capacity(list.len());
+        for e in &list {
+            let outstanding =
+                if e.completed_at.is_some() { 0 } else { views.emergency_outstanding(&e.issuer_id, now).await? };
+            emergencies.push(EmergencyGauges {
+                id: e.id.clone(),
+                affected: e.affected,
+                outstanding,
+                duration: e.completed_at.unwrap_or(now) - e.started_at,
+                pending: e.enforce_at.map_or(0, |t| (t - now).max(0)),
+            });
+        }
+        let completed = |kind: ca::IssuerKind| {
+            let n = journal.iter().filter(|r| r.kind == kind && r.state != IssuerState::Prepared).count();
+            u64::try_from(n.saturating_sub(1)).unwrap_or(u64::MAX)
+        };
+        let rotations = [
+            ("intermediate", completed(ca::IssuerKind::Intermediate)),
+            ("root", completed(ca::IssuerKind::Root)),
+            ("emergency", u64::try_from(list.len()).unwrap_or(u64::MAX)),
+        ];
+        Ok(Journal { issuers, retired_valid, bundle_sequence, emergencies, rotations })
     }
+}
+
+impl Collector for Journal {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = MetricType::Gauge;
+        let mut f = encoder.encode_descriptor(
+            "lanyard_issuer_not_after_timestamp_seconds",
+            "Expiry of each issuer in the journal.",
+            None,
+            gauge,
+        )?;
+        for (id, kind, state, not_after) in &self.issuers {
+            sample(&mut f, &[("id", id.as_str()), ("kind", kind.as_str()), ("state", state.as_str())], *not_after)?;
+        }
+        let mut by_state = std::collections::BTreeMap::<(&str, &str), i64>::new();
+        for (_, kind, state, _) in &self.issuers {
+            *by_state.entry((kind.as_str(), state.as_str())).or_default() += 1;
+        }
+        let mut f = encoder.encode_descriptor("lanyard_issuers", "Issuers by kind and state.", None, gauge)?;
+        for ((kind, state), n) in &by_state {
+            sample(&mut f, &[("kind", *kind), ("state", *state)], *n)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "lanyard_certificates_valid_under_retired_issuer",
+            "Unexpired certificates signed by an issuer that no longer signs (retired or revoked).",
+            None,
+            gauge,
+        )?;
+        for (issuer, n) in &self.retired_valid {
+            sample(&mut f, &[("issuer", issuer.as_str())], *n)?;
+        }
+        encoder
+            .encode_descriptor("lanyard_bundle_sequence", "spiffe_sequence of the trust bundle.", None, gauge)?
+            .encode_gauge(&self.bundle_sequence)?;
+        type Field = fn(&EmergencyGauges) -> i64;
+        let per_rotation: [(&str, &str, Field); 4] = [
+            (
+                "lanyard_emergency_rotation_affected_certificates",
+                "Certificates an emergency rotation asked to renew.",
+                |e| e.affected,
+            ),
+            (
+                "lanyard_emergency_rotation_outstanding_certificates",
+                "Certificates of a revoked intermediate still valid and not yet renewed.",
+                |e| e.outstanding,
+            ),
+            (
+                "lanyard_emergency_rotation_duration_seconds",
+                "From the emergency rotation command to the last affected workload renewed (so far, while running).",
+                |e| e.duration,
+            ),
+            (
+                "lanyard_emergency_revocation_pending_seconds",
+                "Seconds until relying parties are told of an emergency rotation's revocation (0: in force).",
+                |e| e.pending,
+            ),
+        ];
+        for (name, help, value) in per_rotation {
+            let mut f = encoder.encode_descriptor(name, help, None, gauge)?;
+            for e in &self.emergencies {
+                sample(&mut f, &[("rotation", e.id.as_str())], value(e))?;
+            }
+        }
+        let mut f = encoder.encode_descriptor(
+            "lanyard_rotations",
+            "Completed rotations by kind, from the journal (the same on every replica).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in self.rotations {
+            count(&mut f, &[("kind", kind)], n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a scrape has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] ca::CaError),
+    /// A collector failed to encode (writing into a `String` does not fail; kept typed anyway).
+    #[error("encoding the exposition: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
+/// Renders every metric: the store's view read now, then everything in `registry`.
+pub async fn render(registry: &Registry, authority: &Authority) -> Result<String, RenderError> {
+    let mut scrape = Registry::default();
+    scrape.register_collector(Box::new(Journal::read(authority).await?));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &scrape)?;
+    prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
+    Ok(out)
 }
 
 /// Serves `/metrics` on `listener` (plain HTTP/1.1) until the task is dropped, with the timeouts of
-/// `limits` and its connection limit (see [`crate::listener`]).
+/// `limits` and its connection limit (see [`crate::listener`]); its own counters go to `stats`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
     authority: Arc<Authority>,
-    tasks: crate::supervise::Tasks,
     limits: ListenerConfig,
+    stats: ListenerStats,
 ) {
     use http_body_util::Full;
     use hyper::body::Bytes;
-    let stats = &METRICS_LISTENER;
-    let mut incoming = BoundedListener::new(listener, "metrics", limits.max_connections, stats);
+    let mut incoming = BoundedListener::new(listener, "metrics", limits.max_connections, stats.clone());
     let limits = Arc::new(limits);
     loop {
         // No handshake to evict on plain HTTP: the header deadline bounds a silent scraper.
         let listener::Accepted { tcp, slot, .. } = incoming.accept().await;
-        let authority = authority.clone();
-        let tasks = tasks.clone();
-        let limits = limits.clone();
+        let (authority, registry, limits, stats) = (authority.clone(), registry.clone(), limits.clone(), stats.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let svc = hyper::service::service_fn(move |_req| {
-                let authority = authority.clone();
-                let tasks = tasks.clone();
+                let (authority, registry) = (authority.clone(), registry.clone());
                 async move {
-                    let (status, body) = match render(&authority).await {
-                        Ok(mut b) => {
-                            task_metrics(&mut b, &tasks);
-                            (200, b)
-                        }
+                    let (status, body) = match render(&registry, &authority).await {
+                        Ok(b) => (200, b),
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics unavailable");
                             (503, "metrics unavailable\n".to_owned())
@@ -349,13 +518,131 @@ pub async fn serve(
                     };
                     hyper::Response::builder()
                         .status(status)
-                        .header("content-type", "text/plain; version=0.0.4")
+                        .header("content-type", prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
                         .body(Full::new(Bytes::from(body)))
                 }
             });
-            if let Err(e) = listener::serve_http(tcp, Protocol::Http1, &limits, stats, svc).await {
+            if let Err(e) = listener::serve_http(tcp, Protocol::Http1, &limits, &stats, svc).await {
                 tracing::debug!(error = %e, "a metrics connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Every family README.md documents for `lanyard-ca` (Metrics, ACME limits), with its type.
+    const DOCUMENTED: [(&str, &str); 28] = [
+        ("lanyard_issuer_not_after_timestamp_seconds", "gauge"),
+        ("lanyard_issuers", "gauge"),
+        ("lanyard_certificates_valid_under_retired_issuer", "gauge"),
+        ("lanyard_bundle_sequence", "gauge"),
+        ("lanyard_rotations_total", "counter"),
+        ("lanyard_rotation_steps_total", "counter"),
+        ("lanyard_rotation_last_duration_seconds", "gauge"),
+        ("lanyard_active_issuer_changes_total", "counter"),
+        ("lanyard_emergency_rotation_affected_certificates", "gauge"),
+        ("lanyard_emergency_rotation_outstanding_certificates", "gauge"),
+        ("lanyard_emergency_rotation_duration_seconds", "gauge"),
+        ("lanyard_emergency_revocation_pending_seconds", "gauge"),
+        ("lanyard_issuance_total", "counter"),
+        ("lanyard_issuance_duration_seconds", "histogram"),
+        ("lanyard_authentication_failures_total", "counter"),
+        ("lanyard_notice_waiters", "gauge"),
+        ("lanyard_listener_open_connections", "gauge"),
+        ("lanyard_listener_connections_refused_total", "counter"),
+        ("lanyard_listener_accept_errors_total", "counter"),
+        ("lanyard_listener_handshake_timeouts_total", "counter"),
+        ("lanyard_listener_handshakes_evicted_total", "counter"),
+        ("lanyard_listener_idle_closed_total", "counter"),
+        ("lanyard_task_up", "gauge"),
+        ("lanyard_acme_rate_limited_total", "counter"),
+        ("lanyard_acme_rate_limit_keys", "gauge"),
+        ("lanyard_acme_validations_in_flight", "gauge"),
+        ("lanyard_acme_validations_refused_total", "counter"),
+        ("lanyard_acme_purged_rows_total", "counter"),
+    ];
+
+    /// Parses a text exposition (format 0.0.4) into family -> type, checking that every family
+    /// has one HELP and one TYPE line and every sample belongs to a declared family and has a
+    /// numeric value.
+    fn families(text: &str) -> BTreeMap<String, String> {
+        let mut types = BTreeMap::new();
+        let mut helps = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "two TYPE lines for {name}");
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("HELP name text");
+                assert!(!help.is_empty(), "empty HELP for {name}");
+                assert!(helps.insert(name.to_owned(), help.to_owned()).is_none(), "two HELP lines for {name}");
+            } else if !line.is_empty() {
+                let name = line.split(['{', ' ']).next().expect("sample name");
+                let value = line.rsplit(' ').next().expect("sample value");
+                assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+                let family = [name, name.trim_end_matches("_bucket"), name.trim_end_matches("_sum")]
+                    .into_iter()
+                    .chain([name.trim_end_matches("_count")])
+                    .find(|f| types.contains_key(*f));
+                assert!(family.is_some(), "sample of an undeclared family: {line}");
+            }
+        }
+        assert_eq!(types.keys().collect::<Vec<_>>(), helps.keys().collect::<Vec<_>>(), "HELP and TYPE agree");
+        types
+    }
+
+    #[tokio::test]
+    async fn the_metrics_endpoint_serves_every_documented_family_with_its_type() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::config::Config { data_dir: dir.path().join("data"), ..Default::default() };
+        let admin = crate::ops::open_admin(&cfg).await.expect("store");
+        let pass = ca::Passphrase::random().expect("passphrase");
+        crate::ops::init(&cfg, &admin, &pass, None).await.expect("init");
+        let authority = Arc::new(admin.load_authority(cfg.policy.clone(), &pass).await.expect("authority"));
+        let (registry, metrics) = registry(authority.clone(), crate::supervise::Tasks::default());
+        metrics.auth_failure("badNonce");
+        metrics.rotation_step("activate", true);
+        metrics.acme_purged("orders", 2);
+        metrics.rate_limits(vec![("new_order", 3, 1)]);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stats = metrics.metrics_listener.clone();
+        let server = tokio::spawn(serve(listener, Arc::new(registry), authority, ListenerConfig::default(), stats));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut page = String::new();
+        tcp.read_to_string(&mut page).await.expect("read");
+        server.abort();
+
+        let (head, body) = page.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        let types = families(body);
+        for (name, kind) in DOCUMENTED {
+            assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name} in\n{body}");
+        }
+        for sample in [
+            "lanyard_authentication_failures_total{reason=\"badNonce\"} 1\n",
+            "lanyard_rotation_steps_total{step=\"activate\",result=\"success\"} 1\n",
+            "lanyard_acme_purged_rows_total{kind=\"orders\"} 2\n",
+            "lanyard_acme_rate_limited_total{limit=\"new_order\"} 1\n",
+            "lanyard_acme_rate_limit_keys{limit=\"new_order\"} 3\n",
+            "lanyard_rotations_total{kind=\"intermediate\"} 0\n",
+            "lanyard_listener_open_connections{listener=\"https\"} 0\n",
+            // The scrape itself holds a slot of the metrics listener.
+            "lanyard_listener_open_connections{listener=\"metrics\"} 1\n",
+            "lanyard_issuance_duration_seconds_bucket{le=\"+Inf\"} ",
+            "lanyard_issuance_total{result=\"issued\"} ",
+        ] {
+            assert!(body.contains(sample), "{sample} in\n{body}");
+        }
     }
 }

@@ -4,9 +4,9 @@
 //! renewal window. Nothing here touches the database; waiters hold no connection while waiting.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 
 use ca::views::Emergency;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 /// What waiting handlers look at when woken.
@@ -20,25 +20,36 @@ pub struct Notices {
     seen: BTreeSet<String>,
 }
 
-/// The notices generation, shared by the rotation loop (writer) and the long-poll handlers.
+/// The notices generation, shared by the rotation loop (writer) and the long-poll handlers, and
+/// the `lanyard_notice_waiters` gauge of the handlers waiting on it.
 #[derive(Debug, Clone)]
-pub struct NoticeBoard(watch::Sender<Notices>);
+pub struct NoticeBoard(watch::Sender<Notices>, Gauge);
 
 impl Default for NoticeBoard {
     fn default() -> Self {
-        NoticeBoard(watch::Sender::new(Notices::default()))
+        NoticeBoard(watch::Sender::new(Notices::default()), Gauge::default())
     }
 }
 
 impl NoticeBoard {
-    /// A board with nothing on it.
+    /// A board with nothing on it; its waiters are counted in a gauge no registry exposes.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A board with nothing on it whose waiters are counted in `waiters`.
+    pub fn counting(waiters: Gauge) -> Self {
+        NoticeBoard(watch::Sender::new(Notices::default()), waiters)
     }
 
     /// A receiver for a waiting handler.
     pub fn subscribe(&self) -> watch::Receiver<Notices> {
         self.0.subscribe()
+    }
+
+    /// Handlers waiting right now.
+    pub fn waiters(&self) -> i64 {
+        self.1.get()
     }
 
     /// Records the emergencies in the journal; wakes the waiters if one of them is new. Returns
@@ -62,19 +73,19 @@ impl NoticeBoard {
 
 /// Counts one waiting agent in `lanyard_notice_waiters` while alive.
 #[derive(Debug)]
-pub struct Waiter(());
+pub struct Waiter(Gauge);
 
 impl Waiter {
-    /// Starts counting.
-    pub fn enter() -> Self {
-        crate::metrics::COUNTERS.notice_waiters.fetch_add(1, Ordering::Relaxed);
-        Waiter(())
+    /// Starts counting on `board`'s gauge.
+    pub fn enter(board: &NoticeBoard) -> Self {
+        board.1.inc();
+        Waiter(board.1.clone())
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        crate::metrics::COUNTERS.notice_waiters.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use ca::rotation::{RotationKeys, RotationPolicy};
 use ca::{Authority, Passphrase};
-use std::sync::atomic::Ordering;
 
 use ca::rotation::Step;
 use tracing::{info, warn};
@@ -27,6 +26,7 @@ pub fn spawn(
     keys: Option<RotationKeys>,
     pass: Passphrase,
     notices: crate::notices::NoticeBoard,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let holder = ca::rotation::rotation_id();
     tasks.spawn("rotation", async move {
@@ -55,15 +55,16 @@ pub fn spawn(
                             match driver.run_due(keys, &policy, now, &rotation).await {
                                 Ok(steps) if !steps.is_empty() => {
                                     for s in &steps {
-                                        crate::metrics::rotation_step(step_name(s), true);
+                                        metrics.rotation_step(step_name(s), true);
                                     }
-                                    let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-                                    crate::metrics::COUNTERS.last_rotation_ms.store(ms, Ordering::Relaxed);
+                                    let took = started.elapsed();
+                                    metrics.last_rotation_seconds.set(took.as_secs_f64());
+                                    let ms = took.as_millis();
                                     info!(rotation, ?steps, took_ms = ms, "rotation steps taken");
                                 }
                                 Ok(_) => {}
                                 Err(e) => {
-                                    crate::metrics::rotation_step("any", false);
+                                    metrics.rotation_step("any", false);
                                     warn!(rotation, error = %e, "rotation step failed; will retry");
                                 }
                             }
@@ -95,7 +96,7 @@ pub fn spawn(
             }
             match authority.refresh_active(&pass).await {
                 Ok(true) => {
-                    crate::metrics::COUNTERS.issuer_changes.fetch_add(1, Ordering::Relaxed);
+                    metrics.issuer_changes.inc();
                 }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "cannot load the active intermediate"),
@@ -123,7 +124,7 @@ fn step_name(s: &Step) -> &'static str {
 async fn track_emergencies(driver: &ca::views::RotationDriver, now: i64, notices: &crate::notices::NoticeBoard) {
     let Ok(list) = driver.emergencies().await else { return };
     if notices.observe(&list) {
-        let waiters = crate::metrics::COUNTERS.notice_waiters.load(Ordering::Relaxed);
+        let waiters = notices.waiters();
         info!(waiters, "emergency rotation seen: waking the agents waiting for notices");
     }
     for e in list.iter().filter(|e| e.completed_at.is_none() || !e.enforced(now)) {

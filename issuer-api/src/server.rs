@@ -10,7 +10,7 @@ use tower::Service;
 use tracing::{debug, info};
 
 use crate::identity::ServerIdentity;
-use crate::listener::{self, BoundedListener, ListenerConfig, Protocol};
+use crate::listener::{self, BoundedListener, ListenerConfig, ListenerStats, Protocol};
 
 /// The client's address, put into every request's extensions (rate limits, logs).
 #[derive(Debug, Clone, Copy)]
@@ -76,12 +76,13 @@ impl rustls::server::danger::ClientCertVerifier for OptionalClientCert {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, within the limits of `limits`
-/// (see [`crate::listener`]); counters go to [`crate::metrics::HTTPS_LISTENER`].
+/// (see [`crate::listener`]); its counters go to `stats`.
 pub async fn serve_tls(
     listener: TcpListener,
     identity: Arc<ServerIdentity>,
     app: axum::Router,
     limits: ListenerConfig,
+    stats: ListenerStats,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -93,8 +94,7 @@ pub async fn serve_tls(
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let stats = &crate::metrics::HTTPS_LISTENER;
-    let mut incoming = BoundedListener::new(listener, "https", limits.max_connections, stats);
+    let mut incoming = BoundedListener::new(listener, "https", limits.max_connections, stats.clone());
     let local: SocketAddr = incoming.local_addr()?;
     info!(address = %local, max_connections = limits.max_connections, "listening (HTTPS)");
     listener::warn_if_above_fd_limit("https", limits.max_connections);
@@ -112,9 +112,10 @@ pub async fn serve_tls(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let limits = limits.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let _slot = slot; // held until the connection ends
-            let tls = match handshake.run(&limits, stats, acceptor.accept(tcp)).await {
+            let tls = match handshake.run(&limits, &stats, acceptor.accept(tcp)).await {
                 Some(Ok(t)) => t,
                 Some(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
@@ -138,7 +139,7 @@ pub async fn serve_tls(
                 }
                 app.clone().call(req)
             });
-            if let Err(e) = listener::serve_http(tls, protocol, &limits, stats, svc).await {
+            if let Err(e) = listener::serve_http(tls, protocol, &limits, &stats, svc).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

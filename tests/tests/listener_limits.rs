@@ -114,7 +114,7 @@ async fn a_connection_flood_is_bounded_and_legitimate_clients_and_renewal_get_th
     legit_request(addr, &root_pem, Duration::from_secs(5)).await;
     let before = ca.metrics().await.expect("metrics");
     let refused_before = metric(&before, "lanyard_listener_connections_refused_total{listener=\"https\"}");
-    let renewals_before = agent_metrics.renewals_ok.load(Ordering::Relaxed);
+    let renewals_before = agent_metrics.renewals_ok.get();
     let cpu_before = cpu_time(pid);
     let log_before = log.len();
     let t_flood = Instant::now();
@@ -217,7 +217,7 @@ async fn a_connection_flood_is_bounded_and_legitimate_clients_and_renewal_get_th
     }
     // mTLS renewal through the same listener during the flood.
     let renewed = tokio::time::timeout(Duration::from_secs(12), async {
-        while agent_metrics.renewals_ok.load(Ordering::Relaxed) <= renewals_before {
+        while agent_metrics.renewals_ok.get() <= renewals_before {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         t_flood.elapsed()

@@ -254,7 +254,7 @@ async fn wait_for_crls(path: &Path, n: usize, within: Duration) -> String {
 
 /// A metric's value in the agent's exposition text.
 fn metric(agent: &Agent, name: &str) -> f64 {
-    let text = agent.metrics().render();
+    let text = agent.render_metrics();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.parse().ok())

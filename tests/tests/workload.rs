@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,7 +216,7 @@ async fn mtls_hot_reload_under_load() {
     let (a, b) = (agents[0].clone(), agents[1].clone());
 
     // Configs are built once inside the loop; every new handshake picks up the current credentials.
-    let renewals = |agent: &workload_agent::Agent| agent.metrics().renewals_ok.load(Ordering::Relaxed);
+    let renewals = |agent: &workload_agent::Agent| agent.metrics().renewals_ok.get();
     let rep = mtls_loop(&a, &b, &a_id, &b_id, Duration::from_secs(150), || renewals(&a) >= 6 && renewals(&b) >= 6)
         .await
         .expect("mTLS loop");
@@ -283,7 +282,7 @@ async fn agent_rides_out_a_ca_outage() {
         assert!(resolver.current().is_some());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let failed_during_outage = agent.metrics().renewals_failed.load(Ordering::Relaxed);
+    let failed_during_outage = agent.metrics().renewals_failed.get();
     assert!(failed_during_outage >= 1, "the agent tried during the outage");
     assert_eq!(rx.borrow().as_ref().expect("svid").chain[0], first.chain[0], "nothing new while the CA is down");
     ca.restart().expect("CA back on the same address");

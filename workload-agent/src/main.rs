@@ -93,9 +93,9 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         Some(addr) => {
             let listener = workload_agent::agent::metrics::bind(addr).await?;
             println!("lanyard-agent: metrics on http://{}/metrics", listener.local_addr()?);
-            let m = agent.metrics();
+            let (registry, m) = (agent.registry(), agent.metrics());
             Some(tasks.spawn("metrics", async move {
-                workload_agent::agent::metrics::serve(listener, m).await;
+                workload_agent::agent::metrics::serve(listener, registry, m).await;
                 Err(anyhow::anyhow!("the metrics listener stopped"))
             }))
         }

@@ -582,7 +582,7 @@ async fn files_follow_every_publish_of_the_seam_and_nothing_it_refused() {
     let out = outputs(dir.path());
     let pki = Pki::new("files");
     let seam = CredentialSeam::new(SVC_A).unwrap();
-    let metrics = Arc::new(workload_agent::agent::metrics::Metrics::default());
+    let (_registry, metrics) = workload_agent::agent::metrics::registry();
     let writer = tokio::spawn(workload_agent::agent::files::follow_seam(
         seam.clone(),
         out.clone(),
@@ -627,7 +627,7 @@ async fn files_follow_every_publish_of_the_seam_and_nothing_it_refused() {
     assert!(seam.publish(pki.svid(SVC_B), bundle_of(&[&pki, &next], 2)).is_err());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(std::fs::read_to_string(out.cert_file.as_ref().unwrap()).unwrap().starts_with(&leaf2));
-    assert_eq!(metrics.file_write_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(metrics.file_write_failures.get(), 0);
     writer.abort();
 }
 
@@ -640,7 +640,7 @@ async fn a_failed_file_write_is_counted_and_retried_until_it_succeeds() {
     let out = outputs(&blocked);
     let pki = Pki::new("retry");
     let seam = CredentialSeam::new(SVC_A).unwrap();
-    let metrics = Arc::new(workload_agent::agent::metrics::Metrics::default());
+    let (registry, metrics) = workload_agent::agent::metrics::registry();
     let writer = tokio::spawn(workload_agent::agent::files::follow_seam(
         seam.clone(),
         out.clone(),
@@ -650,11 +650,14 @@ async fn a_failed_file_write_is_counted_and_retried_until_it_succeeds() {
     let svid = pki.svid(SVC_A);
     seam.publish(svid.clone(), pki.bundle(1)).unwrap();
     let deadline = tokio::time::Instant::now() + STEP;
-    while metrics.file_write_failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while metrics.file_write_failures.get() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "the failed write was not counted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(metrics.render().contains("lanyard_agent_file_write_failures_total "), "exported");
+    assert!(
+        workload_agent::agent::metrics::render(&registry).contains("lanyard_agent_file_write_failures_total "),
+        "exported"
+    );
     // The obstacle goes away: the retry (after about a second) writes the files.
     std::fs::remove_file(&blocked).unwrap();
     let leaf = pem_of(svid.chain[0].as_ref(), "CERTIFICATE");

@@ -670,7 +670,7 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
     let error = result.as_ref().err().map(|e| challenge_error(e.kind, e.detail.clone()));
     if let Err(e) = &result {
         if az.id_type == crate::enroll::SPIFFE_IDENTIFIER {
-            crate::metrics::auth_failure("attestation");
+            acme.metrics.auth_failure("attestation");
         }
         tracing::info!(identifier = %az.id_value, challenge = %ch.kind, kind = e.kind, detail = %e.detail, "ACME validation failed");
     }
@@ -698,7 +698,7 @@ pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<Stri
         (true, _) => None,
         // Valid, but another enrollment spent the join token first.
         (false, true) => {
-            crate::metrics::auth_failure("attestation");
+            acme.metrics.auth_failure("attestation");
             spend.map(|s| s.error_if_used)
         }
         (false, false) => error,

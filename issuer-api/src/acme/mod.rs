@@ -94,6 +94,8 @@ pub struct Acme {
     /// Outbound validations running at once.
     pub(crate) validation_slots: validation::Slots,
     pub(crate) enroll: Arc<crate::enroll::Enrollment>,
+    /// Where authentication failures, validations, rate limits and purges are counted.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An authenticated POST.
@@ -113,6 +115,7 @@ impl Acme {
         cfg: AcmeConfig,
         base: String,
         enroll: Arc<crate::enroll::Enrollment>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, ca::CaError> {
         let ra = ca::ra::Registration::open(authority.clone()).await?;
         let nonces = Nonces::new(ra.nonce_ledger()).await?;
@@ -123,7 +126,7 @@ impl Acme {
             );
         }
         let limits = ratelimit::Limiter::new(&cfg.rate_limits).map_err(ca::CaError::Config)?;
-        let validation_slots = validation::Slots::new(&cfg.validation);
+        let validation_slots = validation::Slots::new(&cfg.validation, &metrics);
         Ok(Arc::new(Acme {
             authority,
             ra,
@@ -133,6 +136,7 @@ impl Acme {
             limits,
             validation_slots,
             enroll,
+            metrics,
         }))
     }
 
@@ -233,7 +237,7 @@ impl<const MODE: u8> axum::extract::FromRequest<Arc<Acme>> for Signed<MODE> {
             _ => None,
         };
         acme.authenticate(&parts.headers, &path, &body, want).await.map(Signed).inspect_err(|p| {
-            crate::metrics::auth_failure(p.kind.rsplit(':').next().unwrap_or("unknown"));
+            acme.metrics.auth_failure(p.kind.rsplit(':').next().unwrap_or("unknown"));
         })
     }
 }
@@ -308,9 +312,7 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
         loop {
             tick.tick().await;
             let stats = sweeper.limits.sweep();
-            if let Ok(mut m) = crate::metrics::COUNTERS.rate_limits.lock() {
-                *m = stats.iter().map(|s| (s.name, s.tracked, s.limited)).collect();
-            }
+            sweeper.metrics.rate_limits(stats.iter().map(|s| (s.name, s.tracked, s.limited)).collect());
         }
     });
     tasks.spawn("acme_cleanup", async move {
@@ -328,7 +330,7 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
             match acme.ra.purge(cutoff).await {
                 Ok(p) => {
                     failures = 0;
-                    record_purge(&p);
+                    record_purge(&acme.metrics, &p);
                     if p != ca::ra::AcmePurged::default() {
                         tracing::info!(
                             orders = p.orders,
@@ -348,15 +350,13 @@ pub fn spawn_cleanup(tasks: &crate::supervise::Tasks, acme: Arc<Acme>) {
     });
 }
 
-fn record_purge(p: &ca::ra::AcmePurged) {
-    if let Ok(mut m) = crate::metrics::COUNTERS.acme_purged.lock() {
-        for (kind, n) in [
-            ("orders", p.orders),
-            ("authorizations", p.authorizations),
-            ("challenges", p.challenges),
-            ("accounts", p.accounts),
-        ] {
-            *m.entry(kind).or_default() += n;
-        }
+fn record_purge(metrics: &crate::metrics::Metrics, p: &ca::ra::AcmePurged) {
+    for (kind, n) in [
+        ("orders", p.orders),
+        ("authorizations", p.authorizations),
+        ("challenges", p.challenges),
+        ("accounts", p.accounts),
+    ] {
+        metrics.acme_purged(kind, n);
     }
 }

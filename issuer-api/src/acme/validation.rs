@@ -10,6 +10,8 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -64,33 +66,42 @@ impl Default for ValidationConfig {
 pub struct Slots {
     sem: std::sync::Arc<tokio::sync::Semaphore>,
     wait: Duration,
+    /// `lanyard_acme_validations_in_flight`.
+    in_flight: Gauge,
+    /// `lanyard_acme_validations_refused_total`.
+    refused: Counter,
 }
 
 /// A running validation's slot; released (and the gauge lowered) when dropped.
 #[derive(Debug)]
-pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit, Gauge);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        crate::metrics::COUNTERS.validations_in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.1.dec();
     }
 }
 
 impl Slots {
-    /// Slots as configured (at least one).
-    pub fn new(cfg: &ValidationConfig) -> Self {
-        Slots { sem: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1))), wait: cfg.slot_wait }
+    /// Slots as configured (at least one), counted in `metrics`.
+    pub fn new(cfg: &ValidationConfig, metrics: &crate::metrics::Metrics) -> Self {
+        Slots {
+            sem: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1))),
+            wait: cfg.slot_wait,
+            in_flight: metrics.validations_in_flight.clone(),
+            refused: metrics.validations_refused.clone(),
+        }
     }
 
     /// A slot, waiting up to the configured time; `None` when none came free.
     pub async fn acquire(&self) -> Option<Slot> {
         match tokio::time::timeout(self.wait, self.sem.clone().acquire_owned()).await {
             Ok(Ok(permit)) => {
-                crate::metrics::COUNTERS.validations_in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Some(Slot(permit))
+                self.in_flight.inc();
+                Some(Slot(permit, self.in_flight.clone()))
             }
             _ => {
-                crate::metrics::COUNTERS.validations_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.refused.inc();
                 None
             }
         }

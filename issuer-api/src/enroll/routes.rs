@@ -36,12 +36,19 @@ pub struct WorkloadState {
     sequence: Mutex<Option<(String, u64)>>,
     /// Wakes the notices long polls when the rotation loop sees a new emergency.
     notices: NoticeBoard,
+    /// Where refused authentications are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl WorkloadState {
     /// New state.
-    pub fn new(authority: Arc<Authority>, refresh_hint: Duration, notices: NoticeBoard) -> Self {
-        WorkloadState { authority, refresh_hint, sequence: Mutex::new(None), notices }
+    pub fn new(
+        authority: Arc<Authority>,
+        refresh_hint: Duration,
+        notices: NoticeBoard,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        WorkloadState { authority, refresh_hint, sequence: Mutex::new(None), notices, metrics }
     }
 }
 
@@ -55,7 +62,7 @@ async fn renew(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let Some(axum::Extension(PeerCertificates(chain))) = peer else {
-        crate::metrics::auth_failure("renewal_no_certificate");
+        state.metrics.auth_failure("renewal_no_certificate");
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -77,7 +84,7 @@ async fn renew(
     let issued = state.authority.renew(leaf.as_ref(), &body).await.map_err(|e| {
         tracing::info!(error = %e, "workload renewal refused");
         if e.kind() == ca::ErrorKind::Unauthenticated {
-            crate::metrics::auth_failure("renewal_certificate");
+            state.metrics.auth_failure("renewal_certificate");
         }
         Problem::from(e)
     })?;
@@ -105,7 +112,7 @@ async fn notices(
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "badRequest", e.body_text()))?;
     let Some(leaf) = peer.as_ref().and_then(|axum::Extension(PeerCertificates(c))| c.first()) else {
-        crate::metrics::auth_failure("notices_no_certificate");
+        state.metrics.auth_failure("notices_no_certificate");
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -114,7 +121,7 @@ async fn notices(
     };
     let record = state.authority.authenticate_workload(leaf.as_ref()).await.map_err(|e| {
         if e.kind() == ca::ErrorKind::Unauthenticated {
-            crate::metrics::auth_failure("notices_certificate");
+            state.metrics.auth_failure("notices_certificate");
         }
         Problem::from(e)
     })?;
@@ -124,7 +131,7 @@ async fn notices(
     // Subscribe before the first look, so an emergency committed after it still wakes us.
     let mut board = state.notices.subscribe();
     board.borrow_and_update();
-    let _waiter = Waiter::enter();
+    let _waiter = Waiter::enter(&state.notices);
     loop {
         if let Some((start, end)) = renewal_window(&state.authority, &record.serial).await? {
             let rfc = |t: i64| {

@@ -177,7 +177,7 @@ pub async fn follow_seam(seam: CredentialSeam, output: Output, reload_with: Relo
         match result {
             Ok(()) => failures = 0,
             Err(e) => {
-                metrics.file_write_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.file_write_failures.inc();
                 let wait = RETRY_INITIAL.saturating_mul(1 << failures.min(6)).min(RETRY_MAX);
                 failures = failures.saturating_add(1);
                 warn!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "writing credential files failed");

@@ -51,6 +51,8 @@ pub struct Agent {
     client: CaClient,
     seam: CredentialSeam,
     metrics: Arc<Metrics>,
+    /// The registry `metrics` is registered in, which the metrics listener renders.
+    registry: Arc<metrics::Registry>,
 }
 
 /// The current identity and when to renew it.
@@ -66,9 +68,9 @@ impl Agent {
         cfg.validate()?;
         let seam = CredentialSeam::new(&cfg.spiffe_id).map_err(|e| anyhow!("spiffe_id: {e}"))?;
         let client = CaClient::new(&cfg.ca_url, &cfg.pin(), seam.trust_domain(), cfg.renewal.request_timeout);
-        let metrics = Arc::new(Metrics::default());
+        let (registry, metrics) = metrics::registry();
         metrics.started.store(now(), Ordering::Relaxed);
-        Ok(Agent { cfg, client, seam, metrics })
+        Ok(Agent { cfg, client, seam, metrics, registry: Arc::new(registry) })
     }
 
     /// The seam in-process consumers build their rustls configs from.
@@ -79,6 +81,16 @@ impl Agent {
     /// The agent's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The registry the agent's metrics are in (what `/metrics` serves).
+    pub fn registry(&self) -> Arc<metrics::Registry> {
+        self.registry.clone()
+    }
+
+    /// The exposition text of the agent's registry.
+    pub fn render_metrics(&self) -> String {
+        metrics::render(&self.registry)
     }
 
     fn backoff(&self, attempt: u32, until_expiry: Duration) -> Duration {
@@ -156,7 +168,7 @@ impl Agent {
         )
         .await?;
         let chain = cert::chain_from_pem(&pem).map_err(EnrollError::Transient)?;
-        self.metrics.enrollments.fetch_add(1, Ordering::Relaxed);
+        self.metrics.enrollments.inc();
         self.make_svid(chain, key).map_err(EnrollError::Transient)
     }
 
@@ -179,7 +191,7 @@ impl Agent {
     fn plan(&self, svid: Svid) -> Current {
         let r = &self.cfg.renewal;
         let planned = schedule::renewal_time(svid.not_before, svid.not_after, r.fraction, r.jitter, unit());
-        self.metrics.expiry.store(svid.not_after, Ordering::Relaxed);
+        self.metrics.expiry.set(svid.not_after);
         info!(not_after = svid.not_after, renew_in_s = planned - now(), "certificate in place; renewal planned");
         Current { svid, planned, ari: None }
     }
@@ -238,7 +250,7 @@ impl Agent {
                 }
             }
         };
-        self.metrics.bundle_sequence.store(bundle.sequence, Ordering::Relaxed);
+        self.metrics.bundle_sequence.set(bundle.sequence);
         info!(sequence = bundle.sequence, roots = bundle.roots.len(), "trust bootstrapped from the pinned root");
         Some((bundle, hint))
     }
@@ -265,8 +277,8 @@ impl Agent {
             match self.enroll(bundle).await {
                 Ok(s) => match self.publish(s.clone(), bundle).await {
                     Ok(()) => {
-                        self.metrics.renewals_ok.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.last_success.store(now(), Ordering::Relaxed);
+                        self.metrics.renewals_ok.inc();
+                        self.metrics.last_success.set(now());
                         return Ok(Some(s));
                     }
                     Err(e) => warn!(error = %format!("{e:#}"), "the CA's certificate did not validate"),
@@ -274,7 +286,7 @@ impl Agent {
                 Err(EnrollError::Refused(why)) => bail!("enrollment refused: {why}"),
                 Err(EnrollError::Transient(e)) => warn!(error = %format!("{e:#}"), "enrollment failed; retrying"),
             }
-            self.metrics.renewals_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.renewals_failed.inc();
             let wait = self.backoff(attempt, Duration::from_secs(3600));
             attempt += 1;
             tokio::select! { () = tokio::time::sleep(wait) => {}, () = shutdown.as_mut() => return Ok(None) }
@@ -324,8 +336,8 @@ impl Agent {
                     Ok(()) => {
                         failures = 0;
                         retry_at = None;
-                        self.metrics.renewals_ok.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.last_success.store(now(), Ordering::Relaxed);
+                        self.metrics.renewals_ok.inc();
+                        self.metrics.last_success.set(now());
                         cur = self.plan(s);
                         continue;
                     }
@@ -335,7 +347,7 @@ impl Agent {
                 },
                 Err(e) => warn!(error = %format!("{e:#}"), "renewal failed; keeping the current certificate"),
             }
-            self.metrics.renewals_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.renewals_failed.inc();
             let left = Duration::from_secs(u64::try_from(cur.svid.not_after - now()).unwrap_or(0));
             let wait = self.backoff(failures, left);
             failures = failures.saturating_add(1);
@@ -360,18 +372,18 @@ impl Agent {
             Ok((crls, changed)) => {
                 let m = &self.metrics;
                 m.revocation_last_success.store(now(), Ordering::Relaxed);
-                m.revocation_crls.store(crls.len() as u64, Ordering::Relaxed);
+                m.revocation_crls.set(u64::try_from(crls.len()).unwrap_or(u64::MAX));
                 m.set_crl_next_updates(crls.iter().filter_map(|c| cert::crl_next_update(c.as_ref())).collect());
                 if changed {
                     info!(crls = crls.len(), "new revocation lists in force");
                 }
             }
             Err(e) => {
-                self.metrics.revocation_refresh_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.revocation_refresh_failed.inc();
                 warn!(
                     error = %format!("{e:#}"),
                     state_age_s = self.metrics.revocation_age(now()),
-                    crls_in_force = self.metrics.revocation_crls.load(Ordering::Relaxed),
+                    crls_in_force = self.metrics.revocation_crls.get(),
                     "CRL refresh failed; the last known revocation lists stay in force"
                 );
             }
@@ -392,14 +404,14 @@ impl Agent {
                                 "new trust bundle"
                             );
                             *bundle = fresh.bundle;
-                            self.metrics.bundle_sequence.store(bundle.sequence, Ordering::Relaxed);
+                            self.metrics.bundle_sequence.set(bundle.sequence);
                         }
                         Err(e) => warn!(error = %e, "refusing the CA's new trust bundle"),
                     }
                 }
             }
             Err(e) => {
-                self.metrics.bundle_refresh_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.bundle_refresh_failed.inc();
                 warn!(error = %format!("{e:#}"), "trust bundle refresh failed");
             }
         }
