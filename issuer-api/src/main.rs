@@ -267,8 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             let (root, intermediate) =
-                admin.prepare_root(&keys, import.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
-                    .await?;
+                admin.prepare_root(&keys, import.as_ref().map(|(c, k)| (c.as_str(), k.as_str()))).await?;
             println!(
                 "root {} prepared (sha256 {}) with intermediate {}, cross-certified with the current root; both \
                  roots are in the trust bundle now and the new ones take over in {}",

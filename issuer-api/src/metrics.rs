@@ -469,15 +469,15 @@ impl Collector for Journal {
 /// Why a scrape has no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// The store could not be read.
+    /// The CA's views could not be read.
     #[error(transparent)]
-    Store(#[from] ca::CaError),
+    Ca(#[from] ca::CaError),
     /// A collector failed to encode (writing into a `String` does not fail; kept typed anyway).
     #[error("encoding the exposition: {0}")]
     Encode(#[from] std::fmt::Error),
 }
 
-/// Renders every metric: the store's view read now, then everything in `registry`.
+/// Renders every metric: the CA's views read now, then everything in `registry`.
 pub async fn render(registry: &Registry, authority: &Authority) -> Result<String, RenderError> {
     let mut scrape = Registry::default();
     scrape.register_collector(Box::new(Journal::read(authority).await?));

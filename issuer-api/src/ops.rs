@@ -263,12 +263,7 @@ pub async fn create_eab_key(admin: &Admin, allowed_suffixes: Vec<String>) -> any
         allowed_suffixes.iter().map(|s| s.trim_start_matches('.').to_ascii_lowercase()).collect();
     let audit =
         AuditEvent::now("operator", "eab.create", &kid, Outcome::Success, format!("allowed_suffixes={suffixes:?}"));
-    let eab = ca::ra::EabKey {
-        kid: kid.clone(),
-        hmac_key: key.clone(),
-        allowed_suffixes: suffixes,
-        account_id: None,
-    };
+    let eab = ca::ra::EabKey { kid: kid.clone(), hmac_key: key.clone(), allowed_suffixes: suffixes, account_id: None };
     // The key and its audit event commit together.
     admin.create_eab_key(&eab, now, &audit).await?;
     Ok((kid, key))

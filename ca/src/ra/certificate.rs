@@ -113,10 +113,9 @@ impl Registration {
             return Err(RevokeError::NotFound);
         }
         let (allowed, actor) = match by {
-            Revoker::Account(id) => (
-                store.acme_order_for_cert(serial).await?.is_some_and(|o| o.account_id == id),
-                format!("acme:{id}"),
-            ),
+            Revoker::Account(id) => {
+                (store.acme_order_for_cert(serial).await?.is_some_and(|o| o.account_id == id), format!("acme:{id}"))
+            }
             Revoker::CertificateKey { key_matches } => (key_matches, "certificate-key".to_owned()),
         };
         if !allowed {
@@ -131,7 +130,11 @@ impl Registration {
 
     /// The certificate an RFC 9773 certID names (`aki_hex`, `serial_hex`, decoded by the edge),
     /// if it is ours and the AKI is its issuer's key id.
-    pub async fn certificate_by_id(&self, aki_hex: &str, serial_hex: &str) -> Result<Option<CertificateRecord>, CaError> {
+    pub async fn certificate_by_id(
+        &self,
+        aki_hex: &str,
+        serial_hex: &str,
+    ) -> Result<Option<CertificateRecord>, CaError> {
         let store = self.authority.store();
         let Some(rec) = store.certificate(serial_hex).await? else { return Ok(None) };
         let issuers = store.issuers().await?;

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ca::Name;
 use ca::ra::{
-    AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, AccountStatus, DownloadError, FinalizeError, FinalizeRequest,
+    AccountStatus, AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, DownloadError, FinalizeError, FinalizeRequest,
     KeyChangeOutcome, NewAccountError, ReplacesError, RevokeError, Revoker,
 };
 use ring::rand::SecureRandom;
@@ -211,11 +211,7 @@ pub(crate) async fn new_account(
 }
 
 /// Verifies an external account binding and returns its (unused) key.
-async fn check_eab(
-    acme: &Acme,
-    eab: &super::jws::FlattenedJws,
-    jwk: &Jwk,
-) -> Result<ca::ra::EabKey, AcmeProblem> {
+async fn check_eab(acme: &Acme, eab: &super::jws::FlattenedJws, jwk: &Jwk) -> Result<ca::ra::EabKey, AcmeProblem> {
     #[derive(serde::Deserialize)]
     struct Kid {
         kid: String,
@@ -581,8 +577,7 @@ fn challenge_json(acme: &Acme, c: &AcmeChallenge) -> Challenge {
 /// POST /acme/authz/{id} (section 7.5).
 pub(crate) async fn authz(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
     require_post_as_get(&auth)?;
-    let (a, challenges) =
-        acme.ra.authz(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    let (a, challenges) = acme.ra.authz(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     owner(&auth, &a.account_id)?;
     let status = if a.status == "pending" && a.expires_at < now() { "expired".to_owned() } else { a.status.clone() };
     let body = Authorization {
@@ -598,8 +593,7 @@ pub(crate) async fn authz(State(acme): State<Arc<Acme>>, Path(id): Path<String>,
 /// POST /acme/challenge/{id}: `{}` asks for validation (section 7.5.1), an empty payload reads.
 /// Validation runs before the answer, so the answer already says `valid` or `invalid`.
 pub(crate) async fn challenge(State(acme): State<Arc<Acme>>, Path(id): Path<String>, Signed(auth): Kid) -> AcmeResult {
-    let (ch, az) =
-        acme.ra.challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
+    let (ch, az) = acme.ra.challenge(&id).await.map_err(AcmeProblem::from)?.ok_or_else(AcmeProblem::not_found)?;
     owner(&auth, &az.account_id)?;
     let up = acme.url(&format!("/authz/{}", az.id));
     let respond = |c: &AcmeChallenge| {
@@ -959,9 +953,7 @@ async fn check_replaces(acme: &Acme, acct: &AcmeAccount, cert_id: &str) -> Resul
     let (aki, serial) = cert_id_parts(cert_id)?;
     acme.ra.check_replaces(cert_id, &aki, &serial, &acct.id).await.map_err(|e| match e {
         ReplacesError::NotFound => AcmeProblem::not_found(),
-        ReplacesError::NotOwned => {
-            AcmeProblem::unauthorized("replaces names a certificate this account did not order")
-        }
+        ReplacesError::NotOwned => AcmeProblem::unauthorized("replaces names a certificate this account did not order"),
         ReplacesError::AlreadyReplaced => {
             AcmeProblem::new(StatusCode::CONFLICT, "alreadyReplaced", "that certificate was already replaced")
         }
