@@ -44,18 +44,31 @@ pub fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Throughput and CPU cost of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Figures {
+    /// Certificates per second (wall clock).
+    pub rate: f64,
+    /// Process CPU time (user + system, every thread) per certificate, in microseconds.
+    pub cpu_us: f64,
+}
+
 /// Like [`report`], adding the CPU time per certificate spent since `cpu_start`.
 pub fn report_cpu(name: &str, n: usize, d: Duration, cpu_start: Duration) -> f64 {
-    let r = report(name, n, d);
+    report_figures(name, n, d, cpu_start).rate
+}
+
+/// Like [`report_cpu`], returning the CPU time per certificate as well, so that a benchmark can
+/// subtract one mode's CPU from another's (the store's share of durable issuance).
+pub fn report_figures(name: &str, n: usize, d: Duration, cpu_start: Duration) -> Figures {
+    let rate = report(name, n, d);
     let cpu = cpu_time().saturating_sub(cpu_start);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu_us = cpu.as_secs_f64() * 1e6 / n as f64;
     println!(
-        "{:<44} {:>7.1} us CPU per cert, {:.0} % of {} cores busy",
+        "{:<44} {cpu_us:>7.1} us CPU per cert, {:.0} % of {cores} cores busy",
         "",
-        cpu.as_secs_f64() * 1e6 / n as f64,
-        100.0 * cpu.as_secs_f64()
-            / d.as_secs_f64()
-            / std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        100.0 * cpu.as_secs_f64() / d.as_secs_f64() / cores as f64,
     );
-    r
+    Figures { rate, cpu_us }
 }
