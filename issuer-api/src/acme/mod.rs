@@ -14,7 +14,7 @@ pub mod validation;
 pub mod wire;
 
 #[doc(hidden)]
-pub use handlers::{PayloadKind, check_payload};
+pub use handlers::order::{PayloadKind, check_payload};
 
 use std::sync::Arc;
 use std::time::Duration;
