@@ -295,7 +295,7 @@ async fn emergency_rotation_and_root_crl_need_their_events() {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
 
         break_audit(&url).await;
-        let event = |n: i64| ev("issuer.revoke", &format!("{n} affected"));
+        let event = move |n: i64| ev("issuer.revoke", &format!("{n} affected"));
         store.begin_emergency("r1", &int, (now, now + 60), None, now, event).await.expect_err("audit broken");
         assert_eq!(store.emergencies().await.expect("read"), vec![], "emergency not begun ({url})");
         assert_eq!(store.replacement_window(&serial).await.expect("read"), None, "no renewal window ({url})");

@@ -109,14 +109,15 @@ pub async fn emergency_rotate(
     };
     let enforce_at = enforce.map(|e| e.0);
     // The renewal windows, the emergency record and its `issuer.revoke` event commit together.
-    let event = |affected: i64| {
+    let (suspect_id, rotation_id) = (suspect.id.clone(), rotation.clone());
+    let event = move |affected: i64| {
         AuditEvent::now(
             "operator",
             "issuer.revoke",
-            &suspect.id,
+            &suspect_id,
             Outcome::Success,
             format!(
-                "rotation {rotation}: emergency; {affected} certificates asked to renew in [{start}, {end}]; \
+                "rotation {rotation_id}: emergency; {affected} certificates asked to renew in [{start}, {end}]; \
                  revocation enforced from {}",
                 enforce_at.unwrap_or(now)
             ),

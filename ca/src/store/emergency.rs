@@ -1,11 +1,31 @@
 //! Emergency rotation records: which certificates must be replaced, in which renewal window, and
 //! how far the fleet has got.
 
-use sqlx::Row;
-
-use super::writer::insert_audit;
-use super::{Store, db_err};
+use super::Store;
 use crate::{AuditEvent, CaError};
+
+/// Asks for renewal of an issuer's live certificates (binds: window start, end, issuer, now).
+pub(super) const ASK_RENEWAL: &str = "UPDATE certificates SET replace_after = $1, replace_window_end = $2 \
+     WHERE issuer_id = $3 AND not_after > $4 AND revoked_at IS NULL AND status = 'intent'";
+/// Records an emergency (binds: id, issuer, started, affected, enforce_at, settle_secs).
+pub(super) const INSERT_EMERGENCY: &str = "INSERT INTO emergencies (id, issuer_id, started_at, affected, \
+     enforce_at, settle_secs) VALUES ($1, $2, $3, $4, $5, $6)";
+/// The renewal window asked of a certificate.
+pub(super) const REPLACEMENT_WINDOW: &str =
+    "SELECT replace_after, replace_window_end FROM certificates WHERE serial = $1";
+/// Workload certificates of an issuer asked to renew, still valid, not yet renewed (binds: issuer,
+/// now).
+pub(super) const OUTSTANDING: &str = "SELECT COUNT(*) AS n FROM certificates c WHERE c.issuer_id = $1 \
+     AND c.replace_after IS NOT NULL AND c.not_after > $2 AND c.revoked_at IS NULL AND c.profile = 'workload' \
+     AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.requester = 'renewal:' || c.serial)";
+/// Every emergency, newest first.
+pub(super) const EMERGENCIES: &str = "SELECT id, issuer_id, started_at, affected, completed_at, enforce_at, \
+     settle_secs FROM emergencies ORDER BY started_at DESC";
+/// Marks an emergency complete (binds: at, id), once.
+pub(super) const COMPLETE: &str = "UPDATE emergencies SET completed_at = $1 WHERE id = $2 AND completed_at IS NULL";
+/// Unexpired, unrevoked certificates of an issuer (binds: issuer, now).
+pub(super) const VALID_OF_ISSUER: &str = "SELECT COUNT(*) AS n FROM certificates WHERE issuer_id = $1 \
+     AND not_after > $2 AND revoked_at IS NULL AND status = 'intent'";
 
 /// One emergency rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,117 +68,35 @@ impl Store {
         (start, end): (i64, i64),
         enforce: Option<(i64, i64)>,
         now: i64,
-        audit: impl FnOnce(i64) -> AuditEvent,
+        audit: impl Fn(i64) -> AuditEvent + Send + Sync + 'static,
     ) -> Result<i64, CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let r = sqlx::query(
-            "UPDATE certificates SET replace_after = $1, replace_window_end = $2 \
-             WHERE issuer_id = $3 AND not_after > $4 AND revoked_at IS NULL AND status = 'intent'",
-        )
-        .bind(start)
-        .bind(end)
-        .bind(issuer_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let affected = i64::try_from(r.rows_affected()).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO emergencies (id, issuer_id, started_at, affected, enforce_at, settle_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(issuer_id)
-        .bind(now)
-        .bind(affected)
-        .bind(enforce.map(|e| e.0))
-        .bind(enforce.map(|e| e.1))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        insert_audit(self.backend, &mut tx, &audit(affected)).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(affected)
+        on_backend!(self, begin_emergency(id, issuer_id, (start, end), enforce, now, audit))
     }
 
     /// The renewal window the CA asked for, if any: (start, end).
     pub async fn replacement_window(&self, serial: &str) -> Result<Option<(i64, Option<i64>)>, CaError> {
-        let r = sqlx::query("SELECT replace_after, replace_window_end FROM certificates WHERE serial = $1")
-            .bind(serial)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        let Some(r) = r else { return Ok(None) };
-        let start: Option<i64> = r.try_get("replace_after").map_err(db_err)?;
-        let end: Option<i64> = r.try_get("replace_window_end").map_err(db_err)?;
-        Ok(start.map(|s| (s, end)))
+        on_backend!(self, replacement_window(serial))
     }
 
     /// Workload certificates of `issuer_id` that the CA asked to replace, still valid, and not yet
     /// renewed (a renewal records `renewal:<serial>` as its requester). ACME clients follow
     /// renewalInfo on their own schedule and are not counted.
     pub async fn emergency_outstanding(&self, issuer_id: &str, now: i64) -> Result<i64, CaError> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS n FROM certificates c WHERE c.issuer_id = $1 AND c.replace_after IS NOT NULL \
-             AND c.not_after > $2 AND c.revoked_at IS NULL AND c.profile = 'workload' \
-             AND NOT EXISTS (SELECT 1 FROM certificates n WHERE n.requester = 'renewal:' || c.serial)",
-        )
-        .bind(issuer_id)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err)?;
-        r.try_get::<i64, _>("n").map_err(db_err)
+        on_backend!(self, emergency_outstanding(issuer_id, now))
     }
 
     /// Every emergency rotation, newest first.
     pub async fn emergencies(&self) -> Result<Vec<Emergency>, CaError> {
-        let rows = sqlx::query(
-            "SELECT id, issuer_id, started_at, affected, completed_at, enforce_at, settle_secs FROM emergencies \
-             ORDER BY started_at DESC",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(Emergency {
-                    id: r.try_get("id").map_err(db_err)?,
-                    issuer_id: r.try_get("issuer_id").map_err(db_err)?,
-                    started_at: r.try_get("started_at").map_err(db_err)?,
-                    affected: r.try_get("affected").map_err(db_err)?,
-                    completed_at: r.try_get("completed_at").map_err(db_err)?,
-                    enforce_at: r.try_get("enforce_at").map_err(db_err)?,
-                    settle_secs: r.try_get("settle_secs").map_err(db_err)?,
-                })
-            })
-            .collect()
+        on_backend!(self, emergencies())
     }
 
     /// Marks an emergency complete at `at` (once).
     pub async fn complete_emergency(&self, id: &str, at: i64) -> Result<(), CaError> {
-        sqlx::query("UPDATE emergencies SET completed_at = $1 WHERE id = $2 AND completed_at IS NULL")
-            .bind(at)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        on_backend!(self, complete_emergency(id, at))
     }
-}
 
-impl Store {
     /// Unexpired, unrevoked certificates signed by `issuer_id`.
     pub async fn valid_certificates_of(&self, issuer_id: &str, now: i64) -> Result<i64, CaError> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS n FROM certificates WHERE issuer_id = $1 AND not_after > $2 AND revoked_at IS NULL \
-             AND status = 'intent'",
-        )
-        .bind(issuer_id)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err)?;
-        r.try_get::<i64, _>("n").map_err(db_err)
+        on_backend!(self, valid_certificates_of(issuer_id, now))
     }
 }

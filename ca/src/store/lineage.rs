@@ -4,10 +4,9 @@
 //! and C), with the same reason, in one transaction with the audit events. Every revocation through
 //! the store ([`Store::revoke`]: `lanyard-ca revoke`, ACME revokeCert) goes this way.
 
-use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{Store, db_err, unix, writer};
+use super::Store;
 use crate::CaError;
 use crate::audit::{AuditEvent, Outcome};
 
@@ -23,7 +22,7 @@ pub struct Revocation {
 
 /// Revokes the unrevoked successors of `$3` (transitively) and returns their serials. A recursive
 /// common table expression, which SQLite and PostgreSQL both run.
-const REVOKE_SUCCESSORS: &str = "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
+pub(super) const REVOKE_SUCCESSORS: &str = "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
      WHERE revoked_at IS NULL AND serial IN ( \
        WITH RECURSIVE lineage (serial) AS ( \
          SELECT serial FROM certificates WHERE renewed_from = $3 \
@@ -34,7 +33,43 @@ const REVOKE_SUCCESSORS: &str = "UPDATE certificates SET revoked_at = $1, revoca
 /// Longest lineage walk repeated before giving up (see [`Store::revoke`]); each pass that finds
 /// nothing new ends it, and only a renewal recorded concurrently, between two passes, makes
 /// another pass find something.
-const MAX_PASSES: usize = 16;
+pub(super) const MAX_PASSES: usize = 16;
+
+/// Revokes one certificate unless it already is (binds: at, reason, serial).
+pub(super) const REVOKE_ONE: &str =
+    "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3 AND revoked_at IS NULL";
+
+/// The `certificate.revoke` events of a revocation: one for `serial` (refused when it already
+/// was revoked) and one for each successor revoked with it.
+pub(super) fn revocation_events(
+    serial: &str,
+    reason: i32,
+    at: OffsetDateTime,
+    actor: &str,
+    r: &Revocation,
+) -> Vec<AuditEvent> {
+    let mut events = vec![AuditEvent {
+        at,
+        actor: actor.to_owned(),
+        action: "certificate.revoke".into(),
+        target: serial.to_owned(),
+        outcome: if r.revoked { Outcome::Success } else { Outcome::Refused },
+        detail: if r.revoked {
+            format!("reason={reason}; {} successors revoked with it", r.successors.len())
+        } else {
+            format!("already revoked; {} successors revoked now", r.successors.len())
+        },
+    }];
+    events.extend(r.successors.iter().map(|s| AuditEvent {
+        at,
+        actor: actor.to_owned(),
+        action: "certificate.revoke".into(),
+        target: s.clone(),
+        outcome: Outcome::Success,
+        detail: format!("reason={reason}; renewed (directly or transitively) from {serial}"),
+    }));
+    events
+}
 
 impl Store {
     /// Revokes `serial` with an RFC 5280 reason code and every certificate renewed from it,
@@ -54,64 +89,7 @@ impl Store {
         at: OffsetDateTime,
         actor: &str,
     ) -> Result<Revocation, CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let revoked = sqlx::query(
-            "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3 AND revoked_at IS NULL",
-        )
-        .bind(unix(at))
-        .bind(reason)
-        .bind(serial)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected()
-            == 1;
-        let mut successors = Vec::new();
-        for pass in 0.. {
-            if pass == MAX_PASSES {
-                return Err(CaError::Store(format!(
-                    "the renewal lineage of {serial} kept growing during its revocation; nothing was revoked"
-                )));
-            }
-            let rows = sqlx::query(REVOKE_SUCCESSORS)
-                .bind(unix(at))
-                .bind(reason)
-                .bind(serial)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in rows {
-                successors.push(r.try_get::<String, _>("serial").map_err(db_err)?);
-            }
-        }
-        let mut events = vec![AuditEvent {
-            at,
-            actor: actor.to_owned(),
-            action: "certificate.revoke".into(),
-            target: serial.to_owned(),
-            outcome: if revoked { Outcome::Success } else { Outcome::Refused },
-            detail: if revoked {
-                format!("reason={reason}; {} successors revoked with it", successors.len())
-            } else {
-                format!("already revoked; {} successors revoked now", successors.len())
-            },
-        }];
-        events.extend(successors.iter().map(|s| AuditEvent {
-            at,
-            actor: actor.to_owned(),
-            action: "certificate.revoke".into(),
-            target: s.clone(),
-            outcome: Outcome::Success,
-            detail: format!("reason={reason}; renewed (directly or transitively) from {serial}"),
-        }));
-        for ev in &events {
-            writer::insert_audit(self.backend, &mut tx, ev).await.map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok(Revocation { revoked, successors })
+        on_backend!(self, revoke(serial, reason, at, actor))
     }
 
     /// [`Store::revoke`] by the CA itself (actor `ca`); true if `serial` was revoked now.

@@ -1,36 +1,49 @@
-//! Durable records: the issuer journal, every certificate from serial reservation on, and the
-//! audit trail. SQLite (embedded default, WAL, fsync on commit) or PostgreSQL (several replicas),
-//! with one schema and one set of migrations, through sqlx's `Any` driver.
+//! Durable records: the issuer journal, every certificate from serial reservation on, the ACME
+//! and enrollment state, and the audit trail. One interface, [`Store`], over two backends, each
+//! in a module of its own with its statements written once:
 //!
-//! Writes on the issuance path go through a single group-commit writer: concurrent issuances
-//! queue their writes and one transaction commits a whole batch, so the cost of an fsync is shared
-//! instead of paid per certificate. A caller is answered only after its batch has committed.
+//! - [`sqlite`]: the embedded default (WAL, fsync on commit), driven synchronously through
+//!   rusqlite on two threads of its own: a group-commit writer that runs every change, and a
+//!   reader that answers every query. No statement crosses a thread per row.
+//! - [`postgres`]: several replicas on one database, through sqlx's pool.
+//!
+//! Both run the same migrations (`ca/migrations`, through sqlx's migrator) and both commit the
+//! hot-path writes (issuance, renewal, finalize, nonces) through the group-commit protocol in
+//! [`batch`]: concurrent writes queue, one transaction commits a whole batch, so the cost of an
+//! fsync is shared instead of paid per certificate. A caller is answered only after its batch has
+//! committed. Every state change that an operator or a client causes commits with its audit
+//! event in the same transaction.
+
+/// Runs the backend's method of the same name: `on_backend!(self, method(args))`.
+macro_rules! on_backend {
+    ($store:expr, $method:ident ( $($arg:expr),* )) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite(db) => db.$method($($arg),*).await,
+            $crate::store::Db::Postgres(db) => db.$method($($arg),*).await,
+        }
+    };
+}
 
 pub mod acme;
+mod batch;
 pub mod crl;
 pub mod emergency;
 pub mod lineage;
-mod native;
-mod reader;
+mod postgres;
 mod records;
+mod sqlite;
 pub mod workload;
-mod writer;
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
 
+use batch::Write;
+pub(crate) use batch::{OrderRecord, RenewalRecord};
 pub use records::{CertificateIntent, CertificateRecord, CertificateStatus};
-pub(crate) use writer::OrderRecord;
-pub(crate) use writer::RenewalRecord;
-use writer::{Job, Write};
 
 use crate::CaError;
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::AuditEvent;
 use crate::issuers::{IssuerKind, IssuerRecord, IssuerState};
 
 /// Which database is behind the store.
@@ -45,40 +58,45 @@ pub enum Backend {
 /// Handle to the durable store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
-    backend: Backend,
-    /// The group-commit writer (SQLite: a thread with its own connection; PostgreSQL: a task on
-    /// the pool).
-    writer: mpsc::Sender<Job>,
-    /// SQLite only: the thread that answers certificate lookups (the renewal hot path).
-    reader: Option<reader::Reader>,
+    db: Db,
 }
 
-/// Maps sqlx errors: anything that means "could not talk to the database" is `StoreUnavailable`.
-pub(crate) fn db_err(e: sqlx::Error) -> CaError {
-    match e {
-        sqlx::Error::PoolClosed
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => CaError::StoreUnavailable(e.to_string()),
-        sqlx::Error::Database(ref d) => {
-            // SQLite: busy/locked/readonly/full/ioerr/cantopen; PostgreSQL: class 08 (connection),
-            // 53 (resources), 57P (shutdown).
-            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
-            // SQLite reports extended codes (SQLITE_BUSY_SNAPSHOT is 517): the primary code is
-            // the low byte.
-            let sqlite = d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
-            let sqlite_primary = code.parse::<i32>().ok().filter(|_| sqlite).map(|c| c & 0xff);
-            let unavailable = matches!(sqlite_primary, Some(5 | 6 | 8 | 10 | 13 | 14))
-                || code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P");
-            if unavailable { CaError::StoreUnavailable(e.to_string()) } else { CaError::Store(e.to_string()) }
-        }
-        other => CaError::Store(other.to_string()),
-    }
+/// The backend behind a [`Store`].
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(sqlite::SqliteDb),
+    Postgres(postgres::PgDb),
 }
+
+/// The most recent audit events (binds: limit), newest first: the audit table plus one
+/// `certificate.issue` event per recorded certificate.
+const AUDIT_EVENTS: &str = "SELECT at, actor, action, target, outcome, detail FROM ( \
+       SELECT id AS k, at, actor, action, target, outcome, detail FROM audit_events \
+       UNION ALL \
+       SELECT c.serial AS k, i.issued_at AS at, c.requester AS actor, 'certificate.issue' AS action, \
+              c.serial AS target, 'success' AS outcome, \
+              'profile=' || c.profile || ' names=' || c.sans || ' key=' || c.key_fingerprint \
+                || ' signed_by=' || c.issuer_id AS detail \
+       FROM issued_certificates i JOIN certificates c ON c.serial = i.serial \
+     ) AS events ORDER BY at DESC, k DESC LIMIT $1";
+
+/// Takes or renews a lease (binds: name, holder, until, now) unless another holder has an
+/// unexpired one; one row when `holder` holds it.
+const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE leases.holder = excluded.holder OR leases.expires_at < $4";
+
+/// Adds an issuer to the journal.
+const INSERT_ISSUER: &str = "INSERT INTO issuers (id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, \
+     fingerprint, not_before, not_after, created_at, state_changed_at, cross_cert_pem) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+/// Appends a cross certificate (binds: PEM, issuer id).
+const APPEND_CROSS_CERT: &str = "UPDATE issuers SET cross_cert_pem = COALESCE(cross_cert_pem, '') || $1 WHERE id = $2";
+/// The whole issuer journal, oldest first.
+const ISSUERS: &str = "SELECT id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, \
+     not_before, not_after, created_at, state_changed_at, cross_cert_pem FROM issuers ORDER BY created_at, id";
+/// Moves one issuer (binds: to, at, id, from), guarded by its `from` state.
+const MOVE_ISSUER: &str = "UPDATE issuers SET state = $1, state_changed_at = $2 WHERE id = $3 AND state = $4";
 
 pub(crate) fn unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
@@ -93,102 +111,38 @@ impl Store {
     ///
     /// `sqlite:///abs/path/lanyard.db` or `postgres://user@host:port/db`.
     pub async fn open(url: &str) -> Result<Store, CaError> {
-        sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
+        let db = if url.starts_with("sqlite:") {
+            Db::Sqlite(sqlite::SqliteDb::open(url).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
+            Db::Postgres(postgres::PgDb::open(url).await?)
         } else {
             return Err(CaError::Config(format!(
                 "unsupported database URL (expected sqlite:// or postgres://): {}",
                 redact_url(url)
             )));
         };
-        let url =
-            if backend == Backend::Sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_owned() };
-        let opts = AnyConnectOptions::from_str(&url).map_err(|e| CaError::Config(format!("database URL: {e}")))?;
-        let sqlite_path = if backend == Backend::Sqlite { Some(native::path_of(&url)?) } else { None };
-        if let Some(p) = &sqlite_path {
-            native::secure_files(p)?;
-        }
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL for concurrent readers; synchronous=FULL so a commit is on disk when
-                        // it returns, which is what "durably recorded before it is returned" needs.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        // A larger page cache and memory-mapped reads: index lookups on a growing
-                        // certificate table otherwise re-read pages through read(2).
-                        conn.execute("PRAGMA cache_size = -65536").await?;
-                        conn.execute("PRAGMA mmap_size = 268435456").await?;
-                        conn.execute("PRAGMA temp_store = MEMORY").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(opts)
-            .await
-            .map_err(|e| match db_err(e) {
-                CaError::Store(m) => CaError::StoreUnavailable(m),
-                other => other,
-            })?;
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| CaError::Store(format!("migrations: {e}")))?;
-        if let Some(p) = &sqlite_path {
-            // Again now that WAL mode has created -wal and -shm.
-            native::secure_files(p)?;
-        }
-        let (tx, rx) = mpsc::channel(4096);
-        let reader = match backend {
-            Backend::Sqlite => {
-                writer::start_sqlite(&url, rx)?;
-                Some(reader::Reader::start(&url)?)
-            }
-            Backend::Postgres => {
-                tokio::spawn(writer::run_any(backend, pool.clone(), rx));
-                None
-            }
-        };
-        Ok(Store { pool, backend, writer: tx, reader })
+        Ok(Store { db })
     }
 
     /// The database kind.
     pub fn backend(&self) -> Backend {
-        self.backend
+        match self.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
     }
 
-    /// Closes the writer (after committing what it was given), the reader and the pool; later
-    /// calls fail with `StoreUnavailable`.
+    /// Closes the writer (after committing what it was given) and every connection; later calls
+    /// fail with `StoreUnavailable`.
     pub async fn close(&self) {
-        if let Err(e) = self.submit(Write::Close).await {
-            tracing::debug!(error = %e, "the writer was closed already");
-        }
-        if let Some(r) = &self.reader {
-            r.close().await;
-        }
-        self.pool.close().await;
+        on_backend!(self, close())
     }
 
-    /// Checks that every path to the database answers: the pool, and with SQLite the writer and
-    /// reader threads (a write job that changes nothing and a read). Cheap, unlike any count over
-    /// the certificate table, so health checks can call it as often as they like.
+    /// Checks that every path to the database answers (with SQLite the writer and reader
+    /// threads; with PostgreSQL the writer task and the pool). Cheap, unlike any count over the
+    /// certificate table, so health checks can call it as often as they like.
     pub async fn ping(&self) -> Result<(), CaError> {
-        if self.writer.is_closed() {
-            return Err(CaError::StoreUnavailable("the store writer has stopped".into()));
-        }
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
-        if let Some(w) = self.sqlite_write(|_| Ok(0)) {
-            w.await?;
-        }
-        if let Some(r) = self.sqlite_read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(native::sqlite_err)) {
-            r.await?;
-        }
-        Ok(())
+        on_backend!(self, ping())
     }
 
     async fn submit(&self, write: Write) -> Result<(), CaError> {
@@ -198,33 +152,7 @@ impl Store {
     /// Queues a write for the group-commit writer and waits until its batch has committed;
     /// returns the rows it affected.
     async fn submit_counted(&self, write: Write) -> Result<u64, CaError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Job { write, reply })
-            .await
-            .map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?;
-        rx.await.map_err(|_| CaError::StoreUnavailable("the store writer has stopped".into()))?
-    }
-
-    /// SQLite only (`None` on PostgreSQL): runs `write` on the writer thread inside the next
-    /// group-committed batch, isolated from the rest of the batch by a savepoint, and answers once
-    /// the batch is on disk. Small state changes then share the batch's one fsync instead of each
-    /// paying for a transaction of its own.
-    fn sqlite_write(
-        &self,
-        write: impl Fn(&rusqlite::Connection) -> Result<u64, CaError> + Send + Sync + 'static,
-    ) -> Option<impl Future<Output = Result<u64, CaError>> + '_> {
-        self.reader.as_ref()?;
-        Some(self.submit_counted(Write::Sqlite(std::sync::Arc::new(write))))
-    }
-
-    /// SQLite only (`None` on PostgreSQL): runs `read` on the reader thread, in a read transaction
-    /// that starts at the latest commit.
-    fn sqlite_read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&rusqlite::Connection) -> Result<T, CaError> + Send + 'static,
-    ) -> Option<impl Future<Output = Result<T, CaError>> + '_> {
-        Some(self.reader.as_ref()?.query(read))
+        on_backend!(self, submit(write))
     }
 
     /// Step 1 of issuance: reserve the serial (primary key) and record what is about to be signed.
@@ -247,7 +175,7 @@ impl Store {
     /// mark (and, for a lost-response retry, the revocation of the previous successor), in one
     /// group-committed transaction; [`CaError::Superseded`] when the lineage changed since the
     /// renewal looked at it (nothing is recorded then, so the certificate is never returned).
-    pub(crate) async fn record_renewed(&self, record: writer::RenewalRecord) -> Result<(), CaError> {
+    pub(crate) async fn record_renewed(&self, record: RenewalRecord) -> Result<(), CaError> {
         self.submit(Write::Renewed(record)).await
     }
 
@@ -266,94 +194,28 @@ impl Store {
     /// Marks intents older than `older_than` as abandoned: their process died before recording the
     /// certificate, so it was never returned. The serial stays reserved. Returns how many.
     pub async fn abandon_stale_intents(&self, older_than: Duration) -> Result<u64, CaError> {
-        let cutoff = unix(OffsetDateTime::now_utc()).saturating_sub(crate::units::secs(older_than));
-        let r = sqlx::query(
-            "UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' AND created_at <= $1 \
-             AND NOT EXISTS (SELECT 1 FROM issued_certificates i WHERE i.serial = certificates.serial)",
-        )
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected())
+        on_backend!(self, abandon_stale_intents(older_than))
     }
 
-    /// One certificate by serial (hex). With SQLite, answered by the reader thread ([`reader`]).
+    /// One certificate by serial (hex). With SQLite, answered by the reader thread.
     pub async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, CaError> {
-        if let Some(r) = &self.reader {
-            return r.certificate(serial).await;
-        }
-        let row = sqlx::query(concat!("SELECT ", records::cert_columns!(), " WHERE c.serial = $1"))
-            .bind(serial)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.map(|r| CertificateRecord::from_row(&r)).transpose()
+        on_backend!(self, certificate(serial))
     }
 
     /// All certificate records, newest first, at most `limit`.
     pub async fn certificates(&self, limit: i64) -> Result<Vec<CertificateRecord>, CaError> {
-        let rows =
-            sqlx::query(concat!("SELECT ", records::cert_columns!(), " ORDER BY c.created_at DESC, c.serial LIMIT $1"))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-        rows.iter().map(CertificateRecord::from_row).collect()
+        on_backend!(self, certificates(limit))
     }
 
     /// Number of certificate rows in each status: (intent, issued, abandoned).
     pub async fn certificate_counts(&self) -> Result<(i64, i64, i64), CaError> {
-        let rows = sqlx::query(
-            "SELECT CASE WHEN i.serial IS NULL THEN c.status ELSE 'issued' END AS st, COUNT(*) AS n \
-             FROM certificates c LEFT JOIN issued_certificates i ON i.serial = c.serial GROUP BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let mut c = (0, 0, 0);
-        for r in rows {
-            let status: String = r.try_get("st").map_err(db_err)?;
-            let n: i64 = r.try_get("n").map_err(db_err)?;
-            match status.as_str() {
-                "intent" => c.0 = n,
-                "issued" => c.1 = n,
-                _ => c.2 = n,
-            }
-        }
-        Ok(c)
+        on_backend!(self, certificate_counts())
     }
 
     /// The most recent audit events, newest first: the audit table plus one `certificate.issue`
     /// event per recorded certificate.
     pub async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, CaError> {
-        let rows = sqlx::query(
-            "SELECT at, actor, action, target, outcome, detail FROM ( \
-               SELECT id AS k, at, actor, action, target, outcome, detail FROM audit_events \
-               UNION ALL \
-               SELECT c.serial AS k, i.issued_at AS at, c.requester AS actor, 'certificate.issue' AS action, \
-                      c.serial AS target, 'success' AS outcome, \
-                      'profile=' || c.profile || ' names=' || c.sans || ' key=' || c.key_fingerprint \
-                        || ' signed_by=' || c.issuer_id AS detail \
-               FROM issued_certificates i JOIN certificates c ON c.serial = i.serial \
-             ) AS events ORDER BY at DESC, k DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    at: from_unix(r.try_get("at").map_err(db_err)?)?,
-                    actor: r.try_get("actor").map_err(db_err)?,
-                    action: r.try_get("action").map_err(db_err)?,
-                    target: r.try_get("target").map_err(db_err)?,
-                    outcome: Outcome::parse(&r.try_get::<String, _>("outcome").map_err(db_err)?),
-                    detail: r.try_get("detail").map_err(db_err)?,
-                })
-            })
-            .collect()
+        on_backend!(self, audit_events(limit))
     }
 
     /// Adds issuers to the journal with their audit events, all or nothing.
@@ -371,113 +233,18 @@ impl Store {
         cross: &[(&str, &str)],
         audit: &[AuditEvent],
     ) -> Result<(), CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for r in issuers {
-            sqlx::query(
-                "INSERT INTO issuers (id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, \
-                 not_before, not_after, created_at, state_changed_at, cross_cert_pem) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            )
-            .bind(&r.id)
-            .bind(r.kind.as_str())
-            .bind(r.state.as_str())
-            .bind(r.parent_id.clone())
-            .bind(&r.subject)
-            .bind(&r.cert_pem)
-            .bind(r.key_pem_enc.clone())
-            .bind(&r.ski)
-            .bind(&r.fingerprint)
-            .bind(unix(r.not_before))
-            .bind(unix(r.not_after))
-            .bind(unix(r.created_at))
-            .bind(unix(r.state_changed_at))
-            .bind(r.cross_cert_pem.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        for (id, pem) in cross {
-            let r = sqlx::query("UPDATE issuers SET cross_cert_pem = COALESCE(cross_cert_pem, '') || $1 WHERE id = $2")
-                .bind(*pem)
-                .bind(*id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if r.rows_affected() != 1 {
-                return Err(CaError::Config(format!("issuer {id} is not in the journal")));
-            }
-        }
-        for ev in audit {
-            writer::insert_audit(self.backend, &mut tx, ev).await.map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)
+        on_backend!(self, insert_issuers_with_cross(issuers, cross, audit))
     }
 
     /// The whole issuer journal, oldest first.
     pub async fn issuers(&self) -> Result<Vec<IssuerRecord>, CaError> {
-        const SQL: &str = "SELECT id, kind, state, parent_id, subject, cert_pem, key_pem_enc, ski, fingerprint, \
-             not_before, not_after, created_at, state_changed_at, cross_cert_pem FROM issuers ORDER BY created_at, id";
-        // Every certificate download reads the journal (to pick the chain).
-        if let Some(r) = self.sqlite_read(|c| {
-            let mut st = c.prepare_cached(SQL).map_err(native::sqlite_err)?;
-            let mut rows = st.query([]).map_err(native::sqlite_err)?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next().map_err(native::sqlite_err)? {
-                out.push(issuer_from_native_row(r)?);
-            }
-            Ok(out)
-        }) {
-            return r.await;
-        }
-        let rows = sqlx::query(SQL).fetch_all(&self.pool).await.map_err(db_err)?;
-        rows.iter().map(issuer_from_row).collect()
+        on_backend!(self, issuers())
     }
 
     /// The active issuer of a kind, if any.
     pub async fn active_issuer(&self, kind: IssuerKind) -> Result<Option<IssuerRecord>, CaError> {
         Ok(self.issuers().await?.into_iter().find(|r| r.kind == kind && r.state == IssuerState::Active))
     }
-}
-
-fn issuer_from_row(r: &AnyRow) -> Result<IssuerRecord, CaError> {
-    Ok(IssuerRecord {
-        id: r.try_get("id").map_err(db_err)?,
-        kind: IssuerKind::parse(&r.try_get::<String, _>("kind").map_err(db_err)?)?,
-        state: IssuerState::parse(&r.try_get::<String, _>("state").map_err(db_err)?)?,
-        parent_id: r.try_get("parent_id").map_err(db_err)?,
-        subject: r.try_get("subject").map_err(db_err)?,
-        cert_pem: r.try_get("cert_pem").map_err(db_err)?,
-        key_pem_enc: r.try_get("key_pem_enc").map_err(db_err)?,
-        ski: r.try_get("ski").map_err(db_err)?,
-        fingerprint: r.try_get("fingerprint").map_err(db_err)?,
-        not_before: from_unix(r.try_get("not_before").map_err(db_err)?)?,
-        not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
-        created_at: from_unix(r.try_get("created_at").map_err(db_err)?)?,
-        state_changed_at: from_unix(r.try_get("state_changed_at").map_err(db_err)?)?,
-        cross_cert_pem: r.try_get("cross_cert_pem").map_err(db_err)?,
-    })
-}
-
-fn issuer_from_native_row(r: &rusqlite::Row<'_>) -> Result<IssuerRecord, CaError> {
-    fn get<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, col: &str) -> Result<T, CaError> {
-        r.get(col).map_err(native::sqlite_err)
-    }
-    Ok(IssuerRecord {
-        id: get(r, "id")?,
-        kind: IssuerKind::parse(&get::<String>(r, "kind")?)?,
-        state: IssuerState::parse(&get::<String>(r, "state")?)?,
-        parent_id: get(r, "parent_id")?,
-        subject: get(r, "subject")?,
-        cert_pem: get(r, "cert_pem")?,
-        key_pem_enc: get(r, "key_pem_enc")?,
-        ski: get(r, "ski")?,
-        fingerprint: get(r, "fingerprint")?,
-        not_before: from_unix(get(r, "not_before")?)?,
-        not_after: from_unix(get(r, "not_after")?)?,
-        created_at: from_unix(get(r, "created_at")?)?,
-        state_changed_at: from_unix(get(r, "state_changed_at")?)?,
-        cross_cert_pem: get(r, "cross_cert_pem")?,
-    })
 }
 
 /// Hides a password in a database URL for messages and logs.
@@ -494,9 +261,9 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Issuer journal transitions and the rotation lease. Each transition is one transaction that
-/// checks the states it moves from, so a crash or a concurrent replica can never leave two active
-/// issuers or an issuer half-moved.
+/// Issuer journal transitions. Each transition is one transaction that checks the states it
+/// moves from, so a crash or a concurrent replica can never leave two active issuers or an
+/// issuer half-moved.
 impl Store {
     /// Moves `id` from `from` to `to`, with an audit event; false if it was not in `from`.
     pub async fn transition_issuer(
@@ -554,74 +321,23 @@ impl Store {
         at: OffsetDateTime,
         audit: &AuditEvent,
     ) -> Result<bool, CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for (id, from, to) in moves {
-            let r = sqlx::query("UPDATE issuers SET state = $1, state_changed_at = $2 WHERE id = $3 AND state = $4")
-                .bind(to.as_str())
-                .bind(unix(at))
-                .bind(*id)
-                .bind(from.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if r.rows_affected() != 1 {
-                // Dropping the transaction rolls back the moves made so far.
-                return Ok(false);
-            }
-        }
-        writer::insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(true)
+        on_backend!(self, move_issuers(moves, at, audit))
     }
 
     /// NotAfter (Unix seconds) of the last-expiring certificate `issuer_id` signed, if any.
     pub async fn last_signed_not_after(&self, issuer_id: &str) -> Result<Option<i64>, CaError> {
-        let r = sqlx::query("SELECT MAX(not_after) AS m FROM certificates WHERE issuer_id = $1")
-            .bind(issuer_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        r.try_get::<Option<i64>, _>("m").map_err(db_err)
+        on_backend!(self, last_signed_not_after(issuer_id))
     }
 
     /// Takes (or renews) the lease `name` for `holder` until `until`, unless another holder has
     /// an unexpired one. True when `holder` holds it.
     pub async fn acquire_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool, CaError> {
-        let r = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(until)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+        on_backend!(self, acquire_lease(name, holder, now, until))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    /// A SQLite error that means the database cannot be written (here SQLITE_READONLY, as a full
-    /// or failing disk would give) is `StoreUnavailable`; a constraint violation is not.
-    #[tokio::test]
-    async fn sqlite_errors_are_classified_through_the_any_driver() {
-        use sqlx::Executor;
-        sqlx::any::install_default_drivers();
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect("sqlite::memory:").await.expect("connect");
-        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)").await.expect("create");
-        conn.execute("INSERT INTO t (k) VALUES (1)").await.expect("insert");
-        let dup = conn.execute("INSERT INTO t (k) VALUES (1)").await.expect_err("duplicate");
-        assert!(matches!(super::db_err(dup), crate::CaError::Store(_)));
-        conn.execute("PRAGMA query_only = 1").await.expect("pragma");
-        let ro = conn.execute("INSERT INTO t (k) VALUES (2)").await.expect_err("read-only");
-        let e = super::db_err(ro);
-        assert!(matches!(e, crate::CaError::StoreUnavailable(_)), "{e:?}");
-    }
-
     /// The database and its WAL files hold every issued certificate and the audit log: 0600 on a
     /// fresh open, and a wider mode left from before is tightened on the next open.
     #[tokio::test]

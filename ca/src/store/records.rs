@@ -1,10 +1,7 @@
 //! Row types of the `certificates` table.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
-use super::{db_err, from_unix};
 use crate::CaError;
 
 /// What is about to be signed, recorded before signing (step 1 of issuance).
@@ -80,7 +77,7 @@ pub struct CertificateRecord {
     pub superseded_at: Option<OffsetDateTime>,
 }
 
-/// The columns [`CertificateRecord::from_row`] reads and the join they come from (a macro so
+/// The columns a certificate record is read from and the join they come from (a macro so
 /// queries stay `&'static str`).
 macro_rules! cert_columns {
     () => {
@@ -93,67 +90,12 @@ macro_rules! cert_columns {
 pub(super) use cert_columns;
 
 impl CertificateStatus {
-    fn parse(s: &str) -> Result<Self, CaError> {
+    pub(super) fn parse(s: &str) -> Result<Self, CaError> {
         match s {
             "intent" => Ok(CertificateStatus::Intent),
             "issued" => Ok(CertificateStatus::Issued),
             "abandoned" => Ok(CertificateStatus::Abandoned),
             other => Err(CaError::Store(format!("unknown certificate status {other:?}"))),
         }
-    }
-}
-
-impl CertificateRecord {
-    pub(super) fn from_row(r: &AnyRow) -> Result<Self, CaError> {
-        let status: String = r.try_get("status").map_err(db_err)?;
-        Ok(CertificateRecord {
-            serial: r.try_get("serial").map_err(db_err)?,
-            status: CertificateStatus::parse(&status)?,
-            issuer_id: r.try_get("issuer_id").map_err(db_err)?,
-            profile: r.try_get("profile").map_err(db_err)?,
-            requester: r.try_get("requester").map_err(db_err)?,
-            subject: r.try_get("subject").map_err(db_err)?,
-            sans: r.try_get("sans").map_err(db_err)?,
-            key_fingerprint: r.try_get("key_fingerprint").map_err(db_err)?,
-            not_before: from_unix(r.try_get("not_before").map_err(db_err)?)?,
-            not_after: from_unix(r.try_get("not_after").map_err(db_err)?)?,
-            cert_pem: r.try_get("cert_pem").map_err(db_err)?,
-            revoked_at: r.try_get::<Option<i64>, _>("revoked_at").map_err(db_err)?.map(from_unix).transpose()?,
-            renewed_from: r.try_get("renewed_from").map_err(db_err)?,
-            superseded_by: r.try_get("superseded_by").map_err(db_err)?,
-            superseded_at: r.try_get::<Option<i64>, _>("superseded_at").map_err(db_err)?.map(from_unix).transpose()?,
-        })
-    }
-
-    /// The same, from a row of the native SQLite reader (columns in [`cert_columns`] order).
-    pub(super) fn from_native_row(r: &rusqlite::Row<'_>) -> Result<Self, CaError> {
-        let get = |i| r.get_ref(i).map_err(super::native::sqlite_err);
-        let text = |i| -> Result<String, CaError> {
-            get(i)?.as_str().map(str::to_owned).map_err(|e| CaError::Store(format!("column {i}: {e}")))
-        };
-        let int = |i| -> Result<Option<i64>, CaError> {
-            get(i)?.as_i64_or_null().map_err(|e| CaError::Store(format!("column {i}: {e}")))
-        };
-        let opt_text = |i| -> Result<Option<String>, CaError> {
-            Ok(get(i)?.as_str_or_null().map_err(|e| CaError::Store(format!("column {i}: {e}")))?.map(str::to_owned))
-        };
-        let required = |i| int(i)?.ok_or_else(|| CaError::Store(format!("column {i} is NULL")));
-        Ok(CertificateRecord {
-            serial: text(0)?,
-            status: CertificateStatus::parse(&text(1)?)?,
-            issuer_id: text(2)?,
-            profile: text(3)?,
-            requester: text(4)?,
-            subject: text(5)?,
-            sans: text(6)?,
-            key_fingerprint: text(7)?,
-            not_before: from_unix(required(8)?)?,
-            not_after: from_unix(required(9)?)?,
-            cert_pem: opt_text(10)?,
-            revoked_at: int(11)?.map(from_unix).transpose()?,
-            renewed_from: opt_text(12)?,
-            superseded_by: opt_text(13)?,
-            superseded_at: int(14)?.map(from_unix).transpose()?,
-        })
     }
 }

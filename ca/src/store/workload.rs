@@ -6,10 +6,7 @@
 //! valid authorization (`Store::acme_finish_challenge`), so a result that cannot be recorded leaves
 //! the token unspent for the agent's retry.
 
-use sqlx::Row;
-
-use super::writer::insert_audit;
-use super::{Store, db_err};
+use super::Store;
 use crate::{AuditEvent, CaError, SpiffeId};
 
 /// Spends a join token (binds: now, the SPIFFE ID it was used for, its digest): one row when it
@@ -69,6 +66,23 @@ impl JoinToken {
     }
 }
 
+/// A join token's row, as the check reads it.
+#[derive(Debug)]
+pub(super) struct StoredJoinToken {
+    pub(super) token: JoinToken,
+    /// The SPIFFE ID it is bound to, as stored.
+    pub(super) bound: String,
+    /// Whether it was spent.
+    pub(super) used: bool,
+}
+
+/// Stores a join token (binds: digest, SPIFFE ID, is_prefix, expiry, now).
+pub(super) const INSERT_JOIN_TOKEN: &str =
+    "INSERT INTO join_tokens (digest, spiffe_id, is_prefix, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)";
+/// A join token's row by digest.
+pub(super) const JOIN_TOKEN_BY_DIGEST: &str =
+    "SELECT spiffe_id, is_prefix, expires_at, used_at FROM join_tokens WHERE digest = $1";
+
 impl Store {
     /// Stores a new join token under its digest, with its `audit` event in the same transaction.
     pub async fn create_join_token(
@@ -78,20 +92,7 @@ impl Store {
         now: i64,
         audit: &AuditEvent,
     ) -> Result<(), CaError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query(
-            "INSERT INTO join_tokens (digest, spiffe_id, is_prefix, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(digest)
-        .bind(token.spiffe_id.to_string())
-        .bind(i64::from(token.is_prefix))
-        .bind(token.expires_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
+        on_backend!(self, create_join_token(digest, token, now, audit))
     }
 
     /// Redeems a join token for `id`: [`Store::check_join_token`], then spends it with its `audit`
@@ -107,21 +108,12 @@ impl Store {
         if let Err(refused) = self.check_join_token(digest, id, now).await? {
             return Ok(Err(refused));
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let done = sqlx::query(SPEND_JOIN_TOKEN)
-            .bind(now)
-            .bind(id.to_string())
-            .bind(digest)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        // Lost a race with another redemption of the same token.
-        if done.rows_affected() != 1 {
-            return Ok(Err(JoinTokenError::Used));
+        // False: lost a race with another redemption of the same token.
+        if on_backend!(self, spend_join_token(digest, &id.to_string(), now, audit))? {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(JoinTokenError::Used))
         }
-        insert_audit(self.backend, &mut tx, audit).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(Ok(()))
     }
 
     /// Checks, without spending it, that a join token exists, is unexpired and unused, and admits
@@ -132,22 +124,10 @@ impl Store {
         id: &SpiffeId,
         now: i64,
     ) -> Result<Result<(), JoinTokenError>, CaError> {
-        let Some(r) =
-            sqlx::query("SELECT spiffe_id, is_prefix, expires_at, used_at FROM join_tokens WHERE digest = $1")
-                .bind(digest)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?
-        else {
+        let Some(StoredJoinToken { token, bound, used }) = on_backend!(self, join_token(digest))? else {
             return Ok(Err(JoinTokenError::Unknown));
         };
-        let bound: String = r.try_get("spiffe_id").map_err(db_err)?;
-        let token = JoinToken {
-            spiffe_id: SpiffeId::parse(&bound)?,
-            is_prefix: r.try_get::<i64, _>("is_prefix").map_err(db_err)? != 0,
-            expires_at: r.try_get("expires_at").map_err(db_err)?,
-        };
-        if r.try_get::<Option<i64>, _>("used_at").map_err(db_err)?.is_some() {
+        if used {
             return Ok(Err(JoinTokenError::Used));
         }
         if token.expires_at <= now {
@@ -164,45 +144,7 @@ impl Store {
     /// while the digest is, incremented (durably, once, even with several replicas) when it
     /// changes. SPIFFE relying parties use the sequence to notice new bundles.
     pub async fn bundle_sequence(&self, digest: &str) -> Result<u64, CaError> {
-        for _ in 0..3 {
-            let row = sqlx::query("SELECT sequence, digest FROM bundle_state WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
-            match row {
-                None => {
-                    let r = sqlx::query(
-                        "INSERT INTO bundle_state (id, sequence, digest) VALUES (1, 1, $1) ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(digest)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    if r.rows_affected() == 1 {
-                        return Ok(1);
-                    }
-                }
-                Some(r) => {
-                    let seq: i64 = r.try_get("sequence").map_err(db_err)?;
-                    let current: String = r.try_get("digest").map_err(db_err)?;
-                    if current == digest {
-                        return Ok(u64::try_from(seq).unwrap_or(0));
-                    }
-                    let up = sqlx::query(
-                        "UPDATE bundle_state SET sequence = sequence + 1, digest = $1 WHERE id = 1 AND sequence = $2",
-                    )
-                    .bind(digest)
-                    .bind(seq)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    if up.rows_affected() == 1 {
-                        return Ok(u64::try_from(seq + 1).unwrap_or(0));
-                    }
-                }
-            }
-        }
-        Err(CaError::Store("the bundle sequence kept changing under us".into()))
+        on_backend!(self, bundle_sequence(digest))
     }
 }
 

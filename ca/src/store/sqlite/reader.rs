@@ -1,5 +1,6 @@
 //! The SQLite certificate reader: renewal looks up the presented certificate's record on every
-//! request, so that lookup has a read-only connection and a thread of its own ([`super::native`]).
+//! request, so that lookup has a read-only connection and a thread of its own ([`super::conn`]).
+//! Every other query of the SQLite store runs here too ([`Reader::query`]).
 //!
 //! Lookups that arrive together share one read transaction. Starting a read transaction after
 //! the writer has committed (which, under load, is every time) makes SQLite drop the connection's
@@ -13,9 +14,10 @@
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::native::{self, Access};
-use super::records::{CertificateRecord, cert_columns};
+use super::conn::{self, Access};
+use super::rows;
 use crate::CaError;
+use crate::store::records::{CertificateRecord, cert_columns};
 
 /// Largest number of lookups answered in one read transaction.
 const MAX_BATCH: usize = 256;
@@ -32,7 +34,7 @@ pub(super) enum Read {
     Certificate { serial: String, reply: Answer },
     /// Any other read (the ACME hot path: accounts, orders, authorizations).
     Query(Query),
-    /// Closes the connection; later lookups are refused ([`super::Store::close`]).
+    /// Closes the connection; later lookups are refused ([`super::SqliteDb::close`]).
     Close { reply: oneshot::Sender<()> },
 }
 
@@ -47,10 +49,9 @@ fn closed() -> CaError {
 }
 
 impl Reader {
-    /// Opens a read-only connection to the database at `url` (a sqlx SQLite URL) and starts the
-    /// reader thread.
-    pub(super) fn start(url: &str) -> Result<Reader, CaError> {
-        let conn = native::open(&native::path_of(url)?, Access::ReadOnly)?;
+    /// Opens a read-only connection to the database file at `path` and starts the reader thread.
+    pub(super) fn start(path: &str) -> Result<Reader, CaError> {
+        let conn = conn::open(path, Access::ReadOnly)?;
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("lanyard-store-reader".into())
@@ -128,7 +129,7 @@ fn answer(conn: &Connection, lookups: Vec<(String, Answer)>, queries: Vec<Query>
     let tx = match conn.unchecked_transaction() {
         Ok(tx) => tx,
         Err(e) => {
-            let e = native::sqlite_err(e);
+            let e = conn::sqlite_err(e);
             for (_, reply) in lookups {
                 reply.send(Err(clone_err(&e))).ok(); // a caller that stopped waiting needs no answer
             }
@@ -144,10 +145,8 @@ fn answer(conn: &Connection, lookups: Vec<(String, Answer)>, queries: Vec<Query>
     for (serial, reply) in lookups {
         let r = tx
             .prepare_cached(concat!("SELECT ", cert_columns!(), " WHERE c.serial = ?1"))
-            .and_then(|mut s| {
-                s.query_row([serial.as_str()], |row| Ok(CertificateRecord::from_native_row(row))).optional()
-            })
-            .map_err(native::sqlite_err)
+            .and_then(|mut s| s.query_row([serial.as_str()], |row| Ok(rows::certificate(row))).optional())
+            .map_err(conn::sqlite_err)
             .and_then(|r| r.transpose());
         reply.send(r).ok(); // a caller that stopped waiting needs no answer
     }

@@ -1,35 +1,27 @@
-//! The group-commit writer: one task owns issuance writes and commits them in batches.
+//! The group-commit protocol both writers follow: one task owns the writes of the hot paths
+//! (issuance, renewal, finalize, nonces, and on SQLite every ACME state change) and commits them
+//! in batches, so the cost of a commit and its fsync is shared instead of paid per write.
 //!
-//! With SQLite the writer is a thread of its own holding a connection of its own, driven
-//! synchronously through rusqlite (see [`sqlite`]): a batch is begin, a few multi-row INSERTs and
-//! a commit with one fsync, with no hand-off to another thread per statement. Each such hand-off
-//! (sqlx runs every SQLite connection on a worker thread of its own) was a futex wake-up that, on
-//! cores busy signing, waited for a time slice; a batch of a dozen renewals took 2.6 ms, most of it
-//! waiting, and every issuance waits for two batches (intent, then record).
-//!
-//! While the callers' runtime has runnable tasks queued (its cores are saturated), a batch waits a
-//! little for more jobs; see [`linger`].
-//!
-//! PostgreSQL goes through sqlx's `Any` pool, on the callers' runtime.
-
-mod sqlite;
+//! What a job is ([`Write`]), how a batch is sorted into multi-row statements ([`Sorted`],
+//! [`Statements`]), how its answers are delivered (a batch that fails because of one bad write
+//! is retried job by job, [`deliver`]), and how it waits for more work while the callers' cores
+//! are saturated ([`linger`]) are the same for both backends; committing is each backend's own
+//! (`sqlite::writer`: a thread of its own driven through rusqlite; `postgres::writer`: a task on
+//! sqlx's pool).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(super) use sqlite::start as start_sqlite;
-use sqlx::{Any, AnyPool, Transaction};
-use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+use super::Backend;
 use super::records::CertificateIntent;
-use super::{Backend, db_err, unix};
 use crate::CaError;
 use crate::audit::AuditEvent;
 
 /// Largest batch committed in one transaction.
-const MAX_BATCH: usize = 4096;
+pub(super) const MAX_BATCH: usize = 4096;
 
 /// Longest a batch waits for more jobs while the callers' cores are saturated.
 const MAX_LINGER: Duration = Duration::from_millis(2);
@@ -88,7 +80,7 @@ pub(crate) struct RenewalRecord {
 impl RenewalRecord {
     /// The refusal when a guard fails: someone else renewed or revoked the lineage since the
     /// renewal looked at it.
-    fn lost(&self) -> CaError {
+    pub(super) fn lost(&self) -> CaError {
         CaError::Superseded {
             serial: self.predecessor.clone(),
             detail: match &self.replaces {
@@ -128,7 +120,7 @@ pub(super) const ORDER_VALID: &str =
 impl OrderRecord {
     /// The refusal when the guard fails: the order was finalized, invalidated or expired since
     /// the finalize looked at it.
-    fn lost(&self) -> CaError {
+    pub(super) fn lost(&self) -> CaError {
         CaError::OrderNotReady { order: self.order_id.clone() }
     }
 }
@@ -137,7 +129,7 @@ impl OrderRecord {
 pub(super) type SqliteWrite = Arc<dyn Fn(&rusqlite::Connection) -> Result<u64, CaError> + Send + Sync>;
 
 /// Each job's own answer, in job order, for a batch that committed.
-type Answers = Vec<Result<u64, CaError>>;
+pub(super) type Answers = Vec<Result<u64, CaError>>;
 
 pub(super) struct Job {
     pub(super) write: Write,
@@ -145,13 +137,22 @@ pub(super) struct Job {
     pub(super) reply: oneshot::Sender<Result<u64, CaError>>,
 }
 
-fn closed() -> CaError {
+/// Queues `write` for the group-commit writer behind `writer` and waits until its batch has
+/// committed; returns the rows it affected.
+pub(super) async fn submit(writer: &mpsc::Sender<Job>, write: Write) -> Result<u64, CaError> {
+    let stopped = || CaError::StoreUnavailable("the store writer has stopped".into());
+    let (reply, rx) = oneshot::channel();
+    writer.send(Job { write, reply }).await.map_err(|_| stopped())?;
+    rx.await.map_err(|_| stopped())?
+}
+
+pub(super) fn closed() -> CaError {
     CaError::StoreUnavailable("the store is closed".into())
 }
 
 /// Takes a batch apart at its first [`Write::Close`]: the jobs before it are committed, the close
 /// is acknowledged once they are, and the jobs after it are refused.
-fn split_at_close(batch: &mut Vec<Job>) -> Option<(Job, Vec<Job>)> {
+pub(super) fn split_at_close(batch: &mut Vec<Job>) -> Option<(Job, Vec<Job>)> {
     let at = batch.iter().position(|j| matches!(j.write, Write::Close))?;
     let mut rest = batch.split_off(at);
     let close = rest.remove(0);
@@ -161,7 +162,7 @@ fn split_at_close(batch: &mut Vec<Job>) -> Option<(Job, Vec<Job>)> {
 /// Answers a committed batch. A batch that failed as a whole because of one bad write (e.g. a
 /// serial collision) must not fail its neighbours: those jobs are handed back, to be retried one
 /// by one so that every caller gets its own answer.
-fn deliver(batch: &mut Vec<Job>, result: Result<Answers, CaError>) -> Vec<Job> {
+pub(super) fn deliver(batch: &mut Vec<Job>, result: Result<Answers, CaError>) -> Vec<Job> {
     match result {
         Ok(answers) => {
             for (job, answer) in batch.drain(..).zip(answers) {
@@ -183,35 +184,8 @@ fn deliver(batch: &mut Vec<Job>, result: Result<Answers, CaError>) -> Vec<Job> {
     }
 }
 
-/// The PostgreSQL writer: commits batches through the `Any` pool until every sender is gone.
-pub(super) async fn run_any(backend: Backend, pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
-    let mut sql = Statements::default();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut open = true;
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let close = split_at_close(&mut batch);
-        if open {
-            let r = commit_any(&pool, backend, &batch, &mut sql).await;
-            for job in deliver(&mut batch, r) {
-                let r = commit_any(&pool, backend, std::slice::from_ref(&job), &mut sql).await;
-                job.reply.send(only_answer(r)).ok(); // a caller that stopped waiting needs no answer
-            }
-        }
-        for job in batch.drain(..) {
-            job.reply.send(Err(closed())).ok(); // a caller that stopped waiting needs no answer
-        }
-        if let Some((close, rest)) = close {
-            open = false;
-            close.reply.send(Ok(0)).ok(); // a caller that stopped waiting needs no answer
-            for job in rest {
-                job.reply.send(Err(closed())).ok(); // a caller that stopped waiting needs no answer
-            }
-        }
-    }
-}
-
 /// The answer of a batch of one job.
-fn only_answer(result: Result<Answers, CaError>) -> Result<u64, CaError> {
+pub(super) fn only_answer(result: Result<Answers, CaError>) -> Result<u64, CaError> {
     result.and_then(|mut answers| answers.pop().unwrap_or(Ok(0)))
 }
 
@@ -220,7 +194,7 @@ fn only_answer(result: Result<Answers, CaError>) -> Result<u64, CaError> {
 /// leaves no core idle. So the batch takes in new jobs until that queue is empty (cores would soon
 /// idle: commit, so that the answers give them work), [`MAX_LINGER`] has passed or it is full. An
 /// idle runtime (a lone issuance, light load) never waits. Blocks the thread: the writer's own.
-fn linger(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, callers: &tokio::runtime::Handle) {
+pub(super) fn linger(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, callers: &tokio::runtime::Handle) {
     let metrics = callers.metrics();
     let start = Instant::now();
     while batch.len() < MAX_BATCH && metrics.global_queue_depth() > 0 && start.elapsed() < MAX_LINGER {
@@ -236,7 +210,7 @@ fn linger(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, callers: &tokio::r
 
 /// The kinds of multi-row statements the writer issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
+pub(super) enum Kind {
     Intent,
     Issued,
     Audit,
@@ -244,7 +218,7 @@ enum Kind {
 
 impl Kind {
     /// Statement prefix, columns per row and the literal placed second in each row.
-    fn shape(self) -> (&'static str, usize, Option<&'static str>) {
+    pub(super) fn shape(self) -> (&'static str, usize, Option<&'static str>) {
         match self {
             Kind::Intent => (
                 "INSERT INTO certificates (serial, status, issuer_id, profile, requester, subject, sans, \
@@ -262,10 +236,10 @@ impl Kind {
 
 /// Statement text by kind and row count, built once (the row counts are powers of two).
 #[derive(Default)]
-struct Statements(HashMap<(Kind, usize), Arc<str>>);
+pub(super) struct Statements(HashMap<(Kind, usize), Arc<str>>);
 
 impl Statements {
-    fn get(&mut self, backend: Backend, kind: Kind, rows: usize) -> Arc<str> {
+    pub(super) fn get(&mut self, backend: Backend, kind: Kind, rows: usize) -> Arc<str> {
         self.0
             .entry((kind, rows))
             .or_insert_with(|| {
@@ -279,22 +253,22 @@ impl Statements {
 /// A batch sorted by kind, in the order the rows are inserted: intents before the records that
 /// reference them (the foreign key makes a record without a prior intent impossible).
 #[derive(Default)]
-struct Sorted<'a> {
-    intents: Vec<&'a CertificateIntent>,
-    issued: Vec<(&'a str, &'a str, i64)>,
-    audits: Vec<&'a AuditEvent>,
+pub(super) struct Sorted<'a> {
+    pub(super) intents: Vec<&'a CertificateIntent>,
+    pub(super) issued: Vec<(&'a str, &'a str, i64)>,
+    pub(super) audits: Vec<&'a AuditEvent>,
     /// (index of the job, renewal): their records join `issued` once their guards held.
-    renewals: Vec<(usize, &'a RenewalRecord)>,
+    pub(super) renewals: Vec<(usize, &'a RenewalRecord)>,
     /// (index of the job, order record): their records join `issued` once their guards held.
-    orders: Vec<(usize, &'a OrderRecord)>,
+    pub(super) orders: Vec<(usize, &'a OrderRecord)>,
     /// (index of the job, nonce, expiry).
-    nonces: Vec<(usize, &'a str, i64)>,
+    pub(super) nonces: Vec<(usize, &'a str, i64)>,
     /// (index of the job, write).
-    sqlite: Vec<(usize, &'a SqliteWrite)>,
+    pub(super) sqlite: Vec<(usize, &'a SqliteWrite)>,
 }
 
 impl<'a> Sorted<'a> {
-    fn of(jobs: &'a [Job]) -> Self {
+    pub(super) fn of(jobs: &'a [Job]) -> Self {
         let mut s = Sorted::default();
         for (k, job) in jobs.iter().enumerate() {
             match &job.write {
@@ -314,7 +288,7 @@ impl<'a> Sorted<'a> {
 
 /// Audit event ids: the event time in nanoseconds followed by random bits, so they sort by time
 /// and never collide across replicas.
-fn audit_id(ev: &AuditEvent) -> String {
+pub(super) fn audit_id(ev: &AuditEvent) -> String {
     use ring::rand::SecureRandom;
     let mut rnd = [0u8; 8];
     if ring::rand::SystemRandom::new().fill(&mut rnd).is_err() {
@@ -324,145 +298,13 @@ fn audit_id(ev: &AuditEvent) -> String {
     format!("{:020}-{}", ev.at.unix_timestamp_nanos(), hex::encode(rnd))
 }
 
-/// Commits a batch through the `Any` pool; returns the rows each job affected, in job order.
-async fn commit_any(pool: &AnyPool, backend: Backend, jobs: &[Job], sql: &mut Statements) -> Result<Answers, CaError> {
-    let mut rows = Sorted::of(jobs);
-    let mut affected: Answers = jobs.iter().map(|_| Ok(1)).collect();
-    for (k, _) in &rows.sqlite {
-        affected[*k] = Err(CaError::Store("a SQLite write reached the PostgreSQL writer".into()));
-    }
-    let mut tx = pool.begin().await.map_err(db_err)?;
-    let nonce_sql = match backend {
-        Backend::Sqlite => {
-            "INSERT INTO acme_used_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO NOTHING"
-        }
-        Backend::Postgres => {
-            "INSERT INTO acme_used_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING"
-        }
-    };
-    for (k, nonce, expires_at) in rows.nonces {
-        affected[k] = Ok(sqlx::query(nonce_sql)
-            .bind(nonce)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected());
-    }
-    for (k, r) in std::mem::take(&mut rows.renewals) {
-        if supersede_any(&mut tx, r).await.map_err(db_err)? {
-            rows.issued.push((&r.serial, &r.cert_pem, r.issued_at));
-            rows.audits.extend(r.audit.as_ref());
-        } else {
-            affected[k] = Err(r.lost());
-        }
-    }
-    for (k, o) in std::mem::take(&mut rows.orders) {
-        // Read committed: a concurrent finalize holding the row is waited for, then the guard is
-        // re-checked on the committed row.
-        let n = sqlx::query(ORDER_VALID)
-            .bind(&o.serial)
-            .bind(&o.order_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-        if n == 1 {
-            rows.issued.push((&o.serial, &o.cert_pem, o.issued_at));
-        } else {
-            affected[k] = Err(o.lost());
-        }
-    }
-    // One multi-row statement per kind and chunk: statement overhead, not row count, dominates.
-    let now = unix(OffsetDateTime::now_utc());
-    for chunk in pow2_chunks(&rows.intents) {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.get(backend, Kind::Intent, chunk.len())));
-        for i in chunk {
-            q = q
-                .bind(i.serial.as_str())
-                .bind(i.issuer_id.as_str())
-                .bind(i.profile.as_str())
-                .bind(i.requester.as_str())
-                .bind(i.subject.as_str())
-                .bind(i.sans.as_str())
-                .bind(i.key_fingerprint.as_str())
-                .bind(unix(i.not_before))
-                .bind(unix(i.not_after))
-                .bind(now)
-                .bind(i.renewed_from.as_deref());
-        }
-        q.execute(&mut *tx).await.map_err(db_err)?;
-    }
-    for chunk in pow2_chunks(&rows.issued) {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.get(backend, Kind::Issued, chunk.len())));
-        for (serial, pem, at) in chunk {
-            q = q.bind(*serial).bind(*pem).bind(*at);
-        }
-        q.execute(&mut *tx).await.map_err(db_err)?;
-    }
-    for chunk in pow2_chunks(&rows.audits) {
-        let q = sqlx::query(sqlx::AssertSqlSafe(sql.get(backend, Kind::Audit, chunk.len())));
-        bind_audits(q, chunk).execute(&mut *tx).await.map_err(db_err)?;
-    }
-    tx.commit().await.map_err(db_err)?;
-    Ok(affected)
-}
-
-/// Applies the guards of a renewal through the `Any` pool (PostgreSQL); false, and nothing
-/// changed, when one of them failed. Under PostgreSQL's read committed isolation each guarded
-/// UPDATE waits for a concurrent transaction holding the row and then re-checks its guard on the
-/// committed row, so a concurrent renewal or revocation of the same certificate makes it fail.
-async fn supersede_any(tx: &mut Transaction<'static, Any>, r: &RenewalRecord) -> Result<bool, sqlx::Error> {
-    let Some(prev) = &r.replaces else {
-        let n = sqlx::query(
-            "UPDATE certificates SET superseded_by = $1, superseded_at = $2 \
-             WHERE serial = $3 AND revoked_at IS NULL AND superseded_by IS NULL",
-        )
-        .bind(&r.serial)
-        .bind(r.issued_at)
-        .bind(&r.predecessor)
-        .execute(&mut **tx)
-        .await?;
-        return Ok(n.rows_affected() == 1);
-    };
-    sqlx::query("SAVEPOINT renewal").execute(&mut **tx).await?;
-    let moved = sqlx::query(
-        "UPDATE certificates SET superseded_by = $1 \
-         WHERE serial = $2 AND revoked_at IS NULL AND superseded_by = $3 AND superseded_at > $4",
-    )
-    .bind(&r.serial)
-    .bind(&r.predecessor)
-    .bind(prev)
-    .bind(r.window_start)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1;
-    let replaced = moved
-        && sqlx::query(
-            "UPDATE certificates SET revoked_at = $1, revocation_reason = 4 \
-             WHERE serial = $2 AND revoked_at IS NULL AND superseded_by IS NULL",
-        )
-        .bind(r.issued_at)
-        .bind(prev)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1;
-    if !replaced {
-        sqlx::query("ROLLBACK TO SAVEPOINT renewal").execute(&mut **tx).await?;
-    }
-    sqlx::query("RELEASE SAVEPOINT renewal").execute(&mut **tx).await?;
-    Ok(replaced)
-}
-
 /// Rows per multi-row statement (10 columns x 256 rows stays far below every bind-parameter limit).
 const ROWS_PER_STATEMENT: usize = 256;
 
 /// Splits `items` into chunks whose lengths are powers of two (at most [`ROWS_PER_STATEMENT`]), so
 /// a batch of any size uses one of a handful of statement shapes, all of them prepared once and
 /// then served from sqlx's statement cache instead of being re-prepared for every new batch size.
-fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+pub(super) fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if items.is_empty() {
             return None;
@@ -480,7 +322,13 @@ fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 ///
 /// PostgreSQL needs `$n`. SQLite gets anonymous `?`: for named parameters sqlx asks SQLite for each
 /// parameter's name, a linear scan per parameter, which made large statements quadratic.
-fn multi_row_insert(backend: Backend, prefix: &str, cols: usize, rows: usize, extra: Option<&str>) -> String {
+pub(super) fn multi_row_insert(
+    backend: Backend,
+    prefix: &str,
+    cols: usize,
+    rows: usize,
+    extra: Option<&str>,
+) -> String {
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(prefix.len() + rows * cols * 6);
     sql.push_str(prefix);
@@ -507,56 +355,6 @@ fn multi_row_insert(backend: Backend, prefix: &str, cols: usize, rows: usize, ex
         sql.push(')');
     }
     sql
-}
-
-pub(super) async fn insert_audit(
-    backend: Backend,
-    tx: &mut Transaction<'static, Any>,
-    ev: &AuditEvent,
-) -> Result<(), sqlx::Error> {
-    insert_audits(backend, tx, &[ev]).await
-}
-
-/// Inserts an audit event on the SQLite writer's connection from inside a [`Write::Sqlite`] job,
-/// so the job's state change and its event share the job's savepoint: both commit, or neither.
-pub(super) fn insert_audit_sqlite(c: &rusqlite::Connection, ev: &AuditEvent) -> Result<(), CaError> {
-    c.prepare_cached(
-        "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .and_then(|mut s| {
-        s.execute((audit_id(ev), unix(ev.at), &ev.actor, &ev.action, &ev.target, ev.outcome.as_str(), &ev.detail))
-    })
-    .map(|_| ())
-    .map_err(super::native::sqlite_err)
-}
-
-/// Inserts audit events through the `Any` pool.
-async fn insert_audits(
-    backend: Backend,
-    tx: &mut Transaction<'static, Any>,
-    events: &[&AuditEvent],
-) -> Result<(), sqlx::Error> {
-    let (prefix, cols, extra) = Kind::Audit.shape();
-    let q = sqlx::query(sqlx::AssertSqlSafe(multi_row_insert(backend, prefix, cols, events.len(), extra)));
-    bind_audits(q, events).execute(&mut **tx).await.map(|_| ())
-}
-
-/// Binds audit events to a multi-row insert.
-fn bind_audits<'q>(
-    mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    events: &[&AuditEvent],
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
-    for ev in events {
-        q = q
-            .bind(audit_id(ev))
-            .bind(unix(ev.at))
-            .bind(ev.actor.as_str())
-            .bind(ev.action.as_str())
-            .bind(ev.target.as_str())
-            .bind(ev.outcome.as_str())
-            .bind(ev.detail.as_str());
-    }
-    q
 }
 
 #[cfg(test)]

@@ -1,11 +1,6 @@
-//! Connections of the SQLite store that bypass sqlx, driven synchronously through rusqlite on
-//! threads of their own: the group-commit writer ([`super::writer`]) and the certificate reader
-//! ([`super::reader`]), the two paths every issuance and renewal takes.
-//!
-//! sqlx runs each SQLite connection on a worker thread of its own and hands every statement to
-//! it; on cores busy signing, each hand-off waited for a time slice. These connections open the
-//! same database file as sqlx's pool: rusqlite and sqlx link the same `libsqlite3-sys`, so there is
-//! one SQLite library in the process. Migrations are run by the pool before they open.
+//! The SQLite store's two connections, driven synchronously through rusqlite on threads of their
+//! own: the group-commit writer ([`super::writer`]) and the reader ([`super::reader`]). Opened
+//! after the migrations have run.
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -18,8 +13,8 @@ pub(super) enum Access {
     ReadWrite,
 }
 
-/// The file path in a sqlx SQLite URL: `sqlite:///abs/path.db`, `sqlite://rel/path.db` or
-/// `sqlite:path.db`, with an optional `?query` (sqlx's connection options, handled by the pool).
+/// The file path in a SQLite URL: `sqlite:///abs/path.db`, `sqlite://rel/path.db` or
+/// `sqlite:path.db`, with an optional `?query` (ignored: the store sets its own options).
 pub(super) fn path_of(url: &str) -> Result<String, CaError> {
     let rest = url.strip_prefix("sqlite:").ok_or_else(|| CaError::Config(format!("not a SQLite URL: {url}")))?;
     let rest = rest.strip_prefix("//").unwrap_or(rest);
@@ -59,7 +54,7 @@ pub(super) fn secure_files(path: &str) -> Result<(), CaError> {
     Ok(())
 }
 
-/// Opens a connection with the pool's settings: WAL, and synchronous=FULL so that a commit is on
+/// Opens a connection: WAL, and synchronous=FULL so that a commit is on
 /// disk when it returns.
 pub(super) fn open(path: &str, access: Access) -> Result<Connection, CaError> {
     let mode = match access {
@@ -87,7 +82,7 @@ pub(super) fn open(path: &str, access: Access) -> Result<Connection, CaError> {
     Ok(conn)
 }
 
-/// Maps rusqlite errors as [`super::db_err`] maps sqlx's: anything that means "could not use the
+/// Maps rusqlite errors: anything that means "could not use the
 /// database" (busy, locked, read-only, full, I/O, cannot open) is `StoreUnavailable`.
 pub(super) fn sqlite_err(e: rusqlite::Error) -> CaError {
     let unavailable = matches!(
@@ -106,6 +101,20 @@ pub(super) fn sqlite_err(e: rusqlite::Error) -> CaError {
 
 #[cfg(test)]
 mod tests {
+    /// A SQLite error that means the database cannot be written (here SQLITE_READONLY, as a full
+    /// or failing disk would give) is `StoreUnavailable`; a constraint violation is not.
+    #[test]
+    fn sqlite_errors_are_classified() {
+        let conn = rusqlite::Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t (k) VALUES (1);").expect("create");
+        let dup = conn.execute("INSERT INTO t (k) VALUES (1)", []).expect_err("duplicate");
+        assert!(matches!(super::sqlite_err(dup), crate::CaError::Store(_)));
+        conn.execute_batch("PRAGMA query_only = 1").expect("pragma");
+        let ro = conn.execute("INSERT INTO t (k) VALUES (2)", []).expect_err("read-only");
+        let e = super::sqlite_err(ro);
+        assert!(matches!(e, crate::CaError::StoreUnavailable(_)), "{e:?}");
+    }
+
     #[test]
     fn paths_from_sqlx_urls() {
         assert_eq!(super::path_of("sqlite:///abs/l.db?mode=rwc").expect("path"), "/abs/l.db");

@@ -1,23 +1,26 @@
-//! The SQLite writer: a thread of its own with a connection of its own ([`native`]), so a batch
-//! (begin, one multi-row INSERT per kind, commit) runs start to finish on one thread.
+//! The SQLite writer: a thread of its own with a connection of its own ([`super::conn`]), so a
+//! batch (begin, one multi-row INSERT per kind, commit) runs start to finish on one thread. Each
+//! hand-off to another thread per statement (sqlx runs every SQLite connection on a worker thread
+//! of its own) was a futex wake-up that, on cores busy signing, waited for a time slice; a batch of
+//! a dozen renewals took 2.6 ms, most of it waiting, and every issuance waits for two batches.
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, Transaction, params_from_iter};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{
+use super::conn;
+use crate::CaError;
+use crate::store::batch::{
     Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, SqliteWrite, Statements, audit_id, closed,
     deliver, linger, only_answer, pow2_chunks, split_at_close,
 };
-use crate::CaError;
-use crate::store::{Backend, native, unix};
+use crate::store::{Backend, unix};
 
-/// Opens the writer's connection to the database at `url` (a sqlx SQLite URL) and starts the
-/// writer thread. The runtime this is called on is taken to be the one that issues (see
-/// [`linger`]).
-pub(in crate::store) fn start(url: &str, rx: mpsc::Receiver<Job>) -> Result<(), CaError> {
-    let conn = native::open(&native::path_of(url)?, native::Access::ReadWrite)?;
+/// Opens the writer's connection to the database file at `path` and starts the writer thread.
+/// The runtime this is called on is taken to be the one that issues (see [`linger`]).
+pub(super) fn start(path: &str, rx: mpsc::Receiver<Job>) -> Result<(), CaError> {
+    let conn = conn::open(path, conn::Access::ReadWrite)?;
     let callers = tokio::runtime::Handle::try_current().ok();
     std::thread::Builder::new()
         .name("lanyard-store-writer".into())
@@ -48,7 +51,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, callers: Option<tokio::run
         }
         if let Some((close, rest)) = close {
             let result = match conn.take().map(Connection::close) {
-                Some(Err((_, e))) => Err(native::sqlite_err(e)),
+                Some(Err((_, e))) => Err(conn::sqlite_err(e)),
                 _ => Ok(0),
             };
             close.reply.send(result).ok(); // a caller that stopped waiting needs no answer
@@ -71,7 +74,7 @@ fn int(n: i64) -> ToSqlOutput<'static> {
 fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<Answers, CaError> {
     let mut rows = Sorted::of(jobs);
     let mut affected: Answers = jobs.iter().map(|_| Ok(1)).collect();
-    let tx = conn.transaction().map_err(native::sqlite_err)?;
+    let tx = conn.transaction().map_err(conn::sqlite_err)?;
     for (k, write) in std::mem::take(&mut rows.sqlite) {
         affected[k] = run_isolated(&tx, write)?;
     }
@@ -89,7 +92,7 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
         let n = tx
             .prepare_cached(ORDER_VALID)
             .and_then(|mut s| s.execute((&o.serial, &o.order_id)))
-            .map_err(native::sqlite_err)?;
+            .map_err(conn::sqlite_err)?;
         if n == 1 {
             rows.issued.push((&o.serial, &o.cert_pem, o.issued_at));
         } else {
@@ -102,7 +105,7 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
                 "INSERT INTO acme_used_nonces (nonce, expires_at) VALUES (?1, ?2) ON CONFLICT (nonce) DO NOTHING",
             )
             .and_then(|mut s| s.execute((nonce, expires_at)))
-            .map_err(native::sqlite_err)?;
+            .map_err(conn::sqlite_err)?;
         affected[k] = Ok(n as u64);
     }
     let now = unix(OffsetDateTime::now_utc());
@@ -142,7 +145,7 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
         });
         insert(&tx, sql, Kind::Audit, chunk.len(), values)?;
     }
-    tx.commit().map_err(native::sqlite_err)?;
+    tx.commit().map_err(conn::sqlite_err)?;
     Ok(affected)
 }
 
@@ -151,7 +154,7 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
 /// for the whole batch, so the guards see every renewal and revocation committed before.
 fn supersede(tx: &Transaction<'_>, r: &RenewalRecord) -> Result<bool, CaError> {
     let exec = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
-        tx.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(native::sqlite_err)
+        tx.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(conn::sqlite_err)
     };
     let Some(prev) = &r.replaces else {
         // The common case: one guarded UPDATE; when it fails nothing was written.
@@ -162,7 +165,7 @@ fn supersede(tx: &Transaction<'_>, r: &RenewalRecord) -> Result<bool, CaError> {
         )?;
         return Ok(n == 1);
     };
-    tx.execute_batch("SAVEPOINT renewal").map_err(native::sqlite_err)?;
+    tx.execute_batch("SAVEPOINT renewal").map_err(conn::sqlite_err)?;
     let moved = exec(
         "UPDATE certificates SET superseded_by = ?1 \
          WHERE serial = ?2 AND revoked_at IS NULL AND superseded_by = ?3 AND superseded_at > ?4",
@@ -175,21 +178,21 @@ fn supersede(tx: &Transaction<'_>, r: &RenewalRecord) -> Result<bool, CaError> {
             &[&r.issued_at, prev],
         )? == 1;
     if !replaced {
-        tx.execute_batch("ROLLBACK TO renewal").map_err(native::sqlite_err)?;
+        tx.execute_batch("ROLLBACK TO renewal").map_err(conn::sqlite_err)?;
     }
-    tx.execute_batch("RELEASE renewal").map_err(native::sqlite_err)?;
+    tx.execute_batch("RELEASE renewal").map_err(conn::sqlite_err)?;
     Ok(replaced)
 }
 
-/// Runs one [`super::Write::Sqlite`] under a savepoint: its own failure rolls back its own changes
+/// Runs one [`crate::store::batch::Write::Sqlite`] under a savepoint: its own failure rolls back its own changes
 /// and becomes its answer; a failure to set up or release the savepoint fails the batch.
 fn run_isolated(tx: &Transaction<'_>, write: &SqliteWrite) -> Result<Result<u64, CaError>, CaError> {
-    tx.execute_batch("SAVEPOINT job").map_err(native::sqlite_err)?;
+    tx.execute_batch("SAVEPOINT job").map_err(conn::sqlite_err)?;
     let r = write(tx);
     if r.is_err() {
-        tx.execute_batch("ROLLBACK TO job").map_err(native::sqlite_err)?;
+        tx.execute_batch("ROLLBACK TO job").map_err(conn::sqlite_err)?;
     }
-    tx.execute_batch("RELEASE job").map_err(native::sqlite_err)?;
+    tx.execute_batch("RELEASE job").map_err(conn::sqlite_err)?;
     match r {
         // The database itself failed (full, I/O): the batch cannot commit either.
         Err(e @ CaError::StoreUnavailable(_)) => Err(e),
@@ -206,8 +209,5 @@ fn insert<'v>(
     values: impl Iterator<Item = ToSqlOutput<'v>>,
 ) -> Result<(), CaError> {
     let text = sql.get(Backend::Sqlite, kind, rows);
-    tx.prepare_cached(&text)
-        .and_then(|mut s| s.execute(params_from_iter(values)))
-        .map(|_| ())
-        .map_err(native::sqlite_err)
+    tx.prepare_cached(&text).and_then(|mut s| s.execute(params_from_iter(values))).map(|_| ()).map_err(conn::sqlite_err)
 }

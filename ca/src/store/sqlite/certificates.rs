@@ -1,0 +1,101 @@
+//! Certificate records, the audit trail and the rotation lease on SQLite.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::rows::{self, get};
+use super::{SqliteDb, all, exec, one};
+use crate::CaError;
+use crate::audit::{AuditEvent, Outcome};
+use crate::store::records::{CertificateRecord, cert_columns};
+use crate::store::{from_unix, unix};
+
+/// Intents older than `$1` whose certificate was never recorded.
+const ABANDON_STALE_INTENTS: &str = "UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' \
+     AND created_at <= $1 AND NOT EXISTS (SELECT 1 FROM issued_certificates i WHERE i.serial = certificates.serial)";
+
+impl SqliteDb {
+    pub(in crate::store) async fn abandon_stale_intents(&self, older_than: Duration) -> Result<u64, CaError> {
+        let cutoff = unix(OffsetDateTime::now_utc()).saturating_sub(crate::units::secs(older_than));
+        self.write(move |c| exec(c, ABANDON_STALE_INTENTS, [cutoff])).await
+    }
+
+    /// Answered by the reader thread's batched lookup, the renewal hot path.
+    pub(in crate::store) async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, CaError> {
+        self.reader.certificate(serial).await
+    }
+
+    pub(in crate::store) async fn certificates(&self, limit: i64) -> Result<Vec<CertificateRecord>, CaError> {
+        self.read(move |c| {
+            all(
+                c,
+                concat!("SELECT ", cert_columns!(), " ORDER BY c.created_at DESC, c.serial LIMIT $1"),
+                [limit],
+                rows::certificate,
+            )
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn certificate_counts(&self) -> Result<(i64, i64, i64), CaError> {
+        let counts = self
+            .read(|c| {
+                all(
+                    c,
+                    "SELECT CASE WHEN i.serial IS NULL THEN c.status ELSE 'issued' END AS st, COUNT(*) AS n \
+                     FROM certificates c LEFT JOIN issued_certificates i ON i.serial = c.serial GROUP BY 1",
+                    [],
+                    |r| Ok((get::<String>(r, "st")?, get::<i64>(r, "n")?)),
+                )
+            })
+            .await?;
+        let mut out = (0, 0, 0);
+        for (status, n) in counts {
+            match status.as_str() {
+                "intent" => out.0 = n,
+                "issued" => out.1 = n,
+                _ => out.2 = n,
+            }
+        }
+        Ok(out)
+    }
+
+    pub(in crate::store) async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, CaError> {
+        self.read(move |c| {
+            all(c, crate::store::AUDIT_EVENTS, [limit], |r| {
+                Ok(AuditEvent {
+                    at: from_unix(get(r, "at")?)?,
+                    actor: get(r, "actor")?,
+                    action: get(r, "action")?,
+                    target: get(r, "target")?,
+                    outcome: Outcome::parse(&get::<String>(r, "outcome")?),
+                    detail: get(r, "detail")?,
+                })
+            })
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn last_signed_not_after(&self, issuer_id: &str) -> Result<Option<i64>, CaError> {
+        let id = issuer_id.to_owned();
+        self.read(move |c| {
+            one(c, "SELECT MAX(not_after) AS m FROM certificates WHERE issuer_id = $1", [&id], |r| {
+                get::<Option<i64>>(r, "m")
+            })
+            .map(Option::flatten)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, CaError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        Ok(self.write(move |c| exec(c, crate::store::ACQUIRE_LEASE, (&name, &holder, until, now))).await? == 1)
+    }
+}
