@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::rotation::{EmergencyReport, Enforcement, RotationKeys};
 use crate::store::CertificateRecord;
 use crate::store::acme::EabKey;
+use crate::store::audit_log::{AuditFilter, AuditRecord, VerifyReport};
 use crate::store::emergency::Emergency;
 use crate::store::lineage::Revocation;
 use crate::store::workload::JoinToken;
@@ -118,6 +119,16 @@ impl Admin {
     /// (new active, retired).
     pub async fn rotate_intermediate_now(&self, keys: &RotationKeys) -> Result<(String, String), CaError> {
         crate::rotation::rotate_intermediate_now(&self.store, keys).await
+    }
+
+    /// Audit events matching `filter`, oldest first, with their place in the hash chain.
+    pub async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
+        self.store.audit_query(filter).await
+    }
+
+    /// Verifies the audit hash chain; reports the first break.
+    pub async fn audit_verify(&self) -> Result<VerifyReport, CaError> {
+        self.store.audit_verify().await
     }
 
     /// The ACME nonce ledger over this database.

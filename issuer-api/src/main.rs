@@ -104,6 +104,42 @@ enum Command {
     /// Join tokens: one-time secrets a workload presents to enroll (challenge join-token-01).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The audit log: list or export events, verify their hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// List audit events, oldest first (the newest --limit of those that match).
+    List {
+        /// Events at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+        #[arg(long, value_parser = ops::parse_rfc3339)]
+        since: Option<time::OffsetDateTime>,
+        /// Events at or before this time (RFC 3339).
+        #[arg(long, value_parser = ops::parse_rfc3339)]
+        until: Option<time::OffsetDateTime>,
+        /// Only this actor (operator, ca, acme:<account>, workload:<spiffe id>, ...).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this kind of event (the action: eab.create, certificate.revoke, issuer.activate, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only the events of this rotation (emergency or planned).
+        #[arg(long)]
+        rotation: Option<String>,
+        /// Only chained events after this position (resume an export).
+        #[arg(long)]
+        after_seq: Option<i64>,
+        /// At most this many (the newest).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// table for people, jsonl (one JSON object per line) for a SIEM.
+        #[arg(long, value_enum, default_value_t = ops::AuditFormat::Table)]
+        format: ops::AuditFormat,
+    },
+    /// Verify the hash chain: exit status 0 when intact, 1 naming the first broken event when not.
+    Verify,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -329,6 +365,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("join token for {scope}, single use, expires {expires}");
             println!("{secret}");
             Ok(())
+        }
+        Command::Audit(AuditCommand::List { since, until, actor, kind, rotation, after_seq, limit, format }) => {
+            let admin = ops::open_admin(&cfg).await?;
+            let filter =
+                ca::store::audit_log::AuditFilter { since, until, actor, action: kind, rotation, after_seq, limit };
+            let events = admin.audit_events(&filter).await?;
+            let mut out = std::io::stdout().lock();
+            ops::write_audit(&mut out, &events, format).context("writing the events")?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let admin = ops::open_admin(&cfg).await?;
+            let report = admin.audit_verify().await?;
+            let (text, intact) = ops::describe_verify(&report);
+            if intact {
+                println!("{text}");
+                Ok(())
+            } else {
+                anyhow::bail!("{text}")
+            }
         }
         Command::Status => {
             let admin = ops::open_admin(&cfg).await?;

@@ -269,6 +269,78 @@ pub async fn create_eab_key(admin: &Admin, allowed_suffixes: Vec<String>) -> any
     Ok((kid, key))
 }
 
+/// How `lanyard-ca audit list` writes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditFormat {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line (seq, id, at, actor, action, target, outcome, detail,
+    /// prev_digest, digest) for a SIEM.
+    Jsonl,
+}
+
+/// Parses an RFC 3339 time (`--since`, `--until`).
+pub fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z): {e}"))
+}
+
+/// Writes audit events as a table or as JSON lines.
+pub fn write_audit(
+    out: &mut impl std::io::Write,
+    events: &[ca::store::audit_log::AuditRecord],
+    format: AuditFormat,
+) -> anyhow::Result<()> {
+    match format {
+        AuditFormat::Jsonl => {
+            for e in events {
+                serde_json::to_writer(&mut *out, e)?;
+                writeln!(out)?;
+            }
+        }
+        AuditFormat::Table => {
+            writeln!(
+                out,
+                "{:>6}  {:<20}  {:<22}  {:<24}  {:<8}  TARGET / DETAIL",
+                "SEQ", "AT", "ACTOR", "KIND", "OUTCOME"
+            )?;
+            for e in events {
+                let at = e.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+                let seq = e.seq.map_or_else(|| "-".to_owned(), |s| s.to_string());
+                writeln!(
+                    out,
+                    "{seq:>6}  {at:<20}  {:<22}  {:<24}  {:<8}  {} {}",
+                    e.actor, e.action, e.outcome, e.target, e.detail
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What `lanyard-ca audit verify` says, and whether the chain is intact.
+pub fn describe_verify(r: &ca::store::audit_log::VerifyReport) -> (String, bool) {
+    let before = if r.unchained > 0 {
+        format!("; {} older events were written before the chain started and are not covered", r.unchained)
+    } else {
+        String::new()
+    };
+    match &r.first_break {
+        None => (format!("audit chain intact: {} events checked, head at {}{before}", r.checked, r.head_seq), true),
+        Some(b) => {
+            let at = b.seq.map_or_else(|| "an event outside the chain".to_owned(), |s| format!("seq {s}"));
+            (
+                format!(
+                    "audit chain BROKEN at {at}: {} ({} events before it are intact; head at {}){before}",
+                    b.reason, r.checked, r.head_seq
+                ),
+                false,
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,7 @@
 //! The audit fault both test suites inject: a trigger that makes every insert into the audit
 //! table fail, so a test can check that a state change does not survive the loss of its audit
-//! event. Compiled into the `tests` crate and, by path, into `ca/tests/common`.
+//! event. Compiled into the `tests` crate and, by path, into `ca/tests/common`. Also [`tamper`],
+//! an outside write to the database, for the audit chain's tests.
 
 /// Makes every later insert into the audit table of the database at `url` fail (a trigger that
 /// raises), so a test can check that a state change does not survive the loss of its audit event.
@@ -23,6 +24,22 @@ pub async fn restore_audit(url: &str) {
         "DROP TRIGGER audit_broken ON audit_events; DROP FUNCTION audit_broken();"
     };
     admin_sql(url, sql).await;
+}
+
+/// Runs `sql` (statements separated by `;`) on the database at `url` from outside the store, as
+/// someone with write access to the database would: to tamper with the audit log in tests.
+pub async fn tamper(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect to the SQLite file");
+        sqlx::raw_sql(sql).execute(&mut c).await.expect("tamper SQL");
+        c.close().await.expect("close");
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("connect to PostgreSQL");
+        sqlx::raw_sql(sql).execute(&mut c).await.expect("tamper SQL");
+        c.close().await.expect("close");
+    }
 }
 
 /// Runs `sql` on its own connection, outside the store under test.

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 // Also compiled into ca/tests/common (one copy of the audit fault for both test suites).
 mod audit_fault;
-pub use audit_fault::{break_audit, restore_audit};
+pub use audit_fault::{break_audit, restore_audit, tamper};
 
 /// Path of a workspace binary, built by cargo for the tests.
 pub fn bin(name: &str) -> PathBuf {

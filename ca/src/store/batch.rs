@@ -227,9 +227,12 @@ impl Kind {
                 Some("'intent'"),
             ),
             Kind::Issued => ("INSERT INTO issued_certificates (serial, cert_pem, issued_at) VALUES ", 3, None),
-            Kind::Audit => {
-                ("INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES ", 7, None)
-            }
+            Kind::Audit => (
+                "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail, seq, prev_digest, digest) \
+                 VALUES ",
+                10,
+                None,
+            ),
         }
     }
 }

@@ -25,6 +25,7 @@ macro_rules! on_backend {
 }
 
 pub mod acme;
+pub mod audit_log;
 mod batch;
 pub mod crl;
 pub mod emergency;
@@ -216,6 +217,19 @@ impl Store {
     /// event per recorded certificate.
     pub async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, CaError> {
         on_backend!(self, audit_events(limit))
+    }
+
+    /// Audit table events matching `filter`, oldest first (the newest `filter.limit`), with their
+    /// place in the hash chain ([`audit_log`]). Issuance records are not among them.
+    pub async fn audit_query(&self, filter: &audit_log::AuditFilter) -> Result<Vec<audit_log::AuditRecord>, CaError> {
+        on_backend!(self, audit_query(filter))
+    }
+
+    /// Walks the audit chain from its first event to its head in one snapshot, recomputing every
+    /// digest and checking every link, that positions have no gap and that the head names the
+    /// last event; reports the first break ([`audit_log`] says what it can and cannot detect).
+    pub async fn audit_verify(&self) -> Result<audit_log::VerifyReport, CaError> {
+        on_backend!(self, audit_verify())
     }
 
     /// Adds issuers to the journal with their audit events, all or nothing.

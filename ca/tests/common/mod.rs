@@ -10,7 +10,7 @@ use ca::{AuditEvent, Authority, InitOptions, Outcome, Passphrase, Policy, Store,
 #[path = "../../../tests/src/audit_fault.rs"]
 mod audit_fault;
 #[allow(unused_imports)] // each test file that includes `common` uses only part of it
-pub use audit_fault::{break_audit, restore_audit};
+pub use audit_fault::{break_audit, restore_audit, tamper};
 
 pub const PASS: &str = "integration test passphrase";
 

@@ -8,6 +8,7 @@ use super::rows::{self, get};
 use super::{PgDb, db_err};
 use crate::CaError;
 use crate::audit::{AuditEvent, Outcome};
+use crate::store::audit_log::{self, AuditFilter, AuditRecord, QueryBinds, Verifier, VerifyReport};
 use crate::store::records::{CertificateRecord, cert_columns};
 use crate::store::{from_unix, unix};
 
@@ -105,5 +106,68 @@ impl PgDb {
             .await
             .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+impl PgDb {
+    pub(in crate::store) async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
+        let b = QueryBinds::of(filter);
+        let [p1, p2, p3] = &b.patterns;
+        let rows = sqlx::query(audit_log::AUDIT_QUERY)
+            .bind(b.since)
+            .bind(b.until)
+            .bind(b.actor.as_str())
+            .bind(b.action.as_str())
+            .bind(b.rotation.as_str())
+            .bind(p1.as_str())
+            .bind(p2.as_str())
+            .bind(p3.as_str())
+            .bind(b.after_seq)
+            .bind(b.limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let mut out = rows.iter().map(rows::audit_record).collect::<Result<Vec<_>, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// One repeatable-read transaction: the head and every page of rows from one snapshot, while
+    /// the replicas go on writing.
+    pub(in crate::store) async fn audit_verify(&self) -> Result<VerifyReport, CaError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let n: i64 = get(&sqlx::query(audit_log::UNCHAINED).fetch_one(&mut *tx).await.map_err(db_err)?, "n")?;
+        let unchained = u64::try_from(n).unwrap_or(0);
+        let Some(h) = sqlx::query(audit_log::CHAIN_HEAD).fetch_optional(&mut *tx).await.map_err(db_err)? else {
+            return Ok(audit_log::headless(unchained));
+        };
+        let mut v = Verifier::new(audit_log::Head { seq: get(&h, "seq")?, digest: get(&h, "digest")? });
+        while v.wants_more() && v.last_seq() < v.head_seq() {
+            let page = sqlx::query(audit_log::CHAIN_PAGE)
+                .bind(v.last_seq())
+                .bind(v.head_seq())
+                .bind(audit_log::PAGE)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if page.is_empty() {
+                break;
+            }
+            for r in &page {
+                v.row(&rows::audit_record(r)?);
+            }
+        }
+        let r = sqlx::query(audit_log::BEYOND_HEAD).bind(v.head_seq()).fetch_one(&mut *tx).await.map_err(db_err)?;
+        let beyond: Option<i64> = get(&r, "s")?;
+        let slipped = match sqlx::query(audit_log::SLIPPED_IN).fetch_optional(&mut *tx).await.map_err(db_err)? {
+            Some(r) => Some(get::<String>(&r, "id")?),
+            None => None,
+        };
+        tx.rollback().await.map_err(db_err)?;
+        Ok(v.finish(unchained, beyond, slipped))
     }
 }

@@ -8,11 +8,13 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::db_err;
+use super::rows::get;
 use crate::CaError;
 use crate::audit::AuditEvent;
+use crate::store::audit_log;
 use crate::store::batch::{
-    Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, Statements, audit_id, closed, deliver,
-    multi_row_insert, only_answer, pow2_chunks, split_at_close,
+    Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, Statements, closed, deliver, multi_row_insert,
+    only_answer, pow2_chunks, split_at_close,
 };
 use crate::store::{Backend, unix};
 
@@ -112,9 +114,14 @@ async fn commit(pool: &AnyPool, jobs: &[Job], sql: &mut Statements) -> Result<An
         }
         q.execute(&mut *tx).await.map_err(db_err)?;
     }
-    for chunk in pow2_chunks(&rows.audits) {
-        let q = sqlx::query(sqlx::AssertSqlSafe(sql.get(Backend::Postgres, Kind::Audit, chunk.len())));
-        bind_audits(q, chunk).execute(&mut *tx).await.map_err(db_err)?;
+    if !rows.audits.is_empty() {
+        let mut head = lock_head(&mut tx).await?;
+        let chained = audit_log::chain(&mut head, &rows.audits);
+        for chunk in pow2_chunks(&chained) {
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql.get(Backend::Postgres, Kind::Audit, chunk.len())));
+            bind_audits(q, chunk).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        set_head(&mut tx, &head).await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(affected)
@@ -168,32 +175,60 @@ async fn supersede(tx: &mut Transaction<'static, Any>, r: &RenewalRecord) -> Res
     Ok(replaced)
 }
 
-/// Inserts an audit event inside `tx`, so a state change and its event commit together.
+/// Inserts an audit event inside `tx`, so a state change and its event commit together, and
+/// continues the audit chain with it ([`lock_head`]).
 pub(in crate::store) async fn insert_audit(tx: &mut Transaction<'static, Any>, ev: &AuditEvent) -> Result<(), CaError> {
-    insert_audits(tx, &[ev]).await.map_err(db_err)
-}
-
-/// Inserts audit events through the `Any` pool.
-async fn insert_audits(tx: &mut Transaction<'static, Any>, events: &[&AuditEvent]) -> Result<(), sqlx::Error> {
+    let mut head = lock_head(tx).await?;
+    let chained = audit_log::chain(&mut head, &[ev]);
     let (prefix, cols, extra) = Kind::Audit.shape();
-    let q = sqlx::query(sqlx::AssertSqlSafe(multi_row_insert(Backend::Postgres, prefix, cols, events.len(), extra)));
-    bind_audits(q, events).execute(&mut **tx).await.map(|_| ())
+    let q = sqlx::query(sqlx::AssertSqlSafe(multi_row_insert(Backend::Postgres, prefix, cols, 1, extra)));
+    bind_audits(q, &chained).execute(&mut **tx).await.map_err(db_err)?;
+    set_head(tx, &head).await
 }
 
-/// Binds audit events to a multi-row insert.
+/// Reads the audit chain's head and locks its row until `tx` ends: every transaction that
+/// writes audit events, on every replica, takes its turn here, so positions are assigned
+/// without gaps or forks, and a transaction that rolls back releases its positions unused.
+async fn lock_head(tx: &mut Transaction<'static, Any>) -> Result<audit_log::Head, CaError> {
+    let row = sqlx::query(LOCK_CHAIN_HEAD).fetch_optional(&mut **tx).await.map_err(db_err)?;
+    let head = match row {
+        Some(r) => Some(audit_log::Head { seq: get(&r, "seq")?, digest: get(&r, "digest")? }),
+        None => None,
+    };
+    audit_log::head_or_err(head)
+}
+
+/// Moves the head past the events just inserted.
+async fn set_head(tx: &mut Transaction<'static, Any>, head: &audit_log::Head) -> Result<(), CaError> {
+    sqlx::query(audit_log::SET_CHAIN_HEAD)
+        .bind(head.seq)
+        .bind(head.digest.as_str())
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(db_err)
+}
+
+/// The chain's head, locked for the rest of the transaction.
+const LOCK_CHAIN_HEAD: &str = "SELECT seq, digest FROM audit_chain_head WHERE id = 1 FOR UPDATE";
+
+/// Binds chained audit events to a multi-row insert.
 fn bind_audits<'q>(
     mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    events: &[&AuditEvent],
+    events: &[audit_log::Chained<'_>],
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
-    for ev in events {
+    for ch in events {
         q = q
-            .bind(audit_id(ev))
-            .bind(unix(ev.at))
-            .bind(ev.actor.as_str())
-            .bind(ev.action.as_str())
-            .bind(ev.target.as_str())
-            .bind(ev.outcome.as_str())
-            .bind(ev.detail.as_str());
+            .bind(ch.id.clone())
+            .bind(ch.at)
+            .bind(ch.ev.actor.clone())
+            .bind(ch.ev.action.clone())
+            .bind(ch.ev.target.clone())
+            .bind(ch.ev.outcome.as_str())
+            .bind(ch.ev.detail.clone())
+            .bind(ch.seq)
+            .bind(ch.prev_digest.clone())
+            .bind(ch.digest.clone());
     }
     q
 }

@@ -8,6 +8,7 @@ use super::rows::{self, get};
 use super::{SqliteDb, all, exec, one};
 use crate::CaError;
 use crate::audit::{AuditEvent, Outcome};
+use crate::store::audit_log::{self, AuditFilter, AuditRecord, QueryBinds, Verifier, VerifyReport};
 use crate::store::records::{CertificateRecord, cert_columns};
 use crate::store::{from_unix, unix};
 
@@ -97,5 +98,59 @@ impl SqliteDb {
     ) -> Result<bool, CaError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         Ok(self.write(move |c| exec(c, crate::store::ACQUIRE_LEASE, (&name, &holder, until, now))).await? == 1)
+    }
+}
+
+impl SqliteDb {
+    pub(in crate::store) async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
+        let b = QueryBinds::of(filter);
+        let mut out = self
+            .read(move |c| {
+                all(
+                    c,
+                    audit_log::AUDIT_QUERY,
+                    rusqlite::params![
+                        b.since,
+                        b.until,
+                        b.actor,
+                        b.action,
+                        b.rotation,
+                        b.patterns[0],
+                        b.patterns[1],
+                        b.patterns[2],
+                        b.after_seq,
+                        b.limit
+                    ],
+                    rows::audit_record,
+                )
+            })
+            .await?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// One read transaction on the reader thread: the head and every row from one snapshot.
+    pub(in crate::store) async fn audit_verify(&self) -> Result<VerifyReport, CaError> {
+        self.read(|c| {
+            let unchained = one(c, audit_log::UNCHAINED, [], |r| get::<i64>(r, "n"))?.unwrap_or(0);
+            let unchained = u64::try_from(unchained).unwrap_or(0);
+            let head = one(c, audit_log::CHAIN_HEAD, [], |r| {
+                Ok(audit_log::Head { seq: get(r, "seq")?, digest: get(r, "digest")? })
+            })?;
+            let Some(head) = head else { return Ok(audit_log::headless(unchained)) };
+            let mut v = Verifier::new(head);
+            while v.wants_more() && v.last_seq() < v.head_seq() {
+                let page =
+                    all(c, audit_log::CHAIN_PAGE, (v.last_seq(), v.head_seq(), audit_log::PAGE), rows::audit_record)?;
+                if page.is_empty() {
+                    break;
+                }
+                page.iter().for_each(|r| v.row(r));
+            }
+            let beyond = one(c, audit_log::BEYOND_HEAD, [v.head_seq()], |r| get::<Option<i64>>(r, "s"))?.flatten();
+            let slipped = one(c, audit_log::SLIPPED_IN, [], |r| get::<String>(r, "id"))?;
+            Ok(v.finish(unchained, beyond, slipped))
+        })
+        .await
     }
 }

@@ -35,8 +35,8 @@ use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tokio::sync::mpsc;
 
-use super::batch::{self, Job, Write, audit_id};
-use super::unix;
+use super::audit_log;
+use super::batch::{self, Job, Write};
 use crate::CaError;
 use crate::audit::AuditEvent;
 use conn::sqlite_err;
@@ -183,12 +183,42 @@ pub(super) fn guarded(
 }
 
 /// Inserts an audit event from inside a [`SqliteDb::write`], so the change and its event share
-/// the write's savepoint: both commit, or neither.
+/// the write's savepoint: both commit, or neither (the head's move included, so a change that
+/// rolls back leaves no gap in the chain).
 pub(super) fn insert_audit(c: &Connection, ev: &AuditEvent) -> Result<(), CaError> {
-    exec(
-        c,
-        "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        (audit_id(ev), unix(ev.at), &ev.actor, &ev.action, &ev.target, ev.outcome.as_str(), &ev.detail),
-    )
-    .map(|_| ())
+    insert_chained(c, &[ev])
+}
+
+/// Continues the audit chain with `events`: reads the head (the writer holds SQLite's write lock
+/// for the whole batch, so no other writer, in this process or another, moves it meanwhile),
+/// inserts the events at the next positions with their digests and moves the head, all inside
+/// the caller's transaction or savepoint.
+pub(super) fn insert_chained(c: &Connection, events: &[&AuditEvent]) -> Result<(), CaError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let head = one(c, audit_log::CHAIN_HEAD, [], |r| {
+        Ok(audit_log::Head { seq: rows::get(r, "seq")?, digest: rows::get(r, "digest")? })
+    })?;
+    let mut head = audit_log::head_or_err(head)?;
+    for ch in audit_log::chain(&mut head, events) {
+        exec(
+            c,
+            "INSERT INTO audit_events (id, at, actor, action, target, outcome, detail, seq, prev_digest, digest) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            rusqlite::params![
+                ch.id,
+                ch.at,
+                ch.ev.actor,
+                ch.ev.action,
+                ch.ev.target,
+                ch.ev.outcome.as_str(),
+                ch.ev.detail,
+                ch.seq,
+                ch.prev_digest,
+                ch.digest
+            ],
+        )?;
+    }
+    exec(c, audit_log::SET_CHAIN_HEAD, (head.seq, &head.digest)).map(|_| ())
 }

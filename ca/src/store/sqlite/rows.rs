@@ -114,3 +114,19 @@ pub(super) fn certificate(r: &Row<'_>) -> Result<CertificateRecord, CaError> {
         superseded_at: get::<Option<i64>>(r, "superseded_at")?.map(from_unix).transpose()?,
     })
 }
+
+/// An `audit_events` row with its place in the chain.
+pub(super) fn audit_record(r: &Row<'_>) -> Result<crate::store::audit_log::AuditRecord, CaError> {
+    Ok(crate::store::audit_log::AuditRecord {
+        seq: get(r, "seq")?,
+        id: get(r, "id")?,
+        at: from_unix(get(r, "at")?)?,
+        actor: get(r, "actor")?,
+        action: get(r, "action")?,
+        target: get(r, "target")?,
+        outcome: get(r, "outcome")?,
+        detail: get(r, "detail")?,
+        prev_digest: get(r, "prev_digest")?,
+        digest: get(r, "digest")?,
+    })
+}

@@ -5,15 +5,16 @@
 //! a dozen renewals took 2.6 ms, most of it waiting, and every issuance waits for two batches.
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, Transaction, params_from_iter};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params_from_iter};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::conn;
+use super::{conn, exec, one};
 use crate::CaError;
+use crate::store::audit_log;
 use crate::store::batch::{
-    Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, SqliteWrite, Statements, audit_id, closed,
-    deliver, linger, only_answer, pow2_chunks, split_at_close,
+    Answers, Job, Kind, MAX_BATCH, ORDER_VALID, RenewalRecord, Sorted, SqliteWrite, Statements, closed, deliver,
+    linger, only_answer, pow2_chunks, split_at_close,
 };
 use crate::store::{Backend, unix};
 
@@ -74,7 +75,9 @@ fn int(n: i64) -> ToSqlOutput<'static> {
 fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<Answers, CaError> {
     let mut rows = Sorted::of(jobs);
     let mut affected: Answers = jobs.iter().map(|_| Ok(1)).collect();
-    let tx = conn.transaction().map_err(conn::sqlite_err)?;
+    // IMMEDIATE: the write lock from the start, so the audit chain's head read below cannot be
+    // overtaken by another process's writer (a deferred transaction would fail to upgrade).
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(conn::sqlite_err)?;
     for (k, write) in std::mem::take(&mut rows.sqlite) {
         affected[k] = run_isolated(&tx, write)?;
     }
@@ -131,19 +134,31 @@ fn commit(conn: &mut Connection, jobs: &[Job], sql: &mut Statements) -> Result<A
         let values = chunk.iter().flat_map(|(serial, pem, at)| [text(serial), text(pem), int(*at)]);
         insert(&tx, sql, Kind::Issued, chunk.len(), values)?;
     }
-    for chunk in pow2_chunks(&rows.audits) {
-        let values = chunk.iter().flat_map(|ev| {
-            [
-                ToSqlOutput::Owned(Value::Text(audit_id(ev))),
-                int(unix(ev.at)),
-                text(&ev.actor),
-                text(&ev.action),
-                text(&ev.target),
-                text(ev.outcome.as_str()),
-                text(&ev.detail),
-            ]
-        });
-        insert(&tx, sql, Kind::Audit, chunk.len(), values)?;
+    if !rows.audits.is_empty() {
+        // After every job's savepoint: the head as the jobs that committed left it.
+        let head = one(&tx, audit_log::CHAIN_HEAD, [], |r| {
+            Ok(audit_log::Head { seq: super::rows::get(r, "seq")?, digest: super::rows::get(r, "digest")? })
+        })?;
+        let mut head = audit_log::head_or_err(head)?;
+        let chained = audit_log::chain(&mut head, &rows.audits);
+        for chunk in pow2_chunks(&chained) {
+            let values = chunk.iter().flat_map(|ch| {
+                [
+                    text(&ch.id),
+                    int(ch.at),
+                    text(&ch.ev.actor),
+                    text(&ch.ev.action),
+                    text(&ch.ev.target),
+                    text(ch.ev.outcome.as_str()),
+                    text(&ch.ev.detail),
+                    int(ch.seq),
+                    text(&ch.prev_digest),
+                    text(&ch.digest),
+                ]
+            });
+            insert(&tx, sql, Kind::Audit, chunk.len(), values)?;
+        }
+        exec(&tx, audit_log::SET_CHAIN_HEAD, (head.seq, &head.digest))?;
     }
     tx.commit().map_err(conn::sqlite_err)?;
     Ok(affected)
