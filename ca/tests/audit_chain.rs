@@ -48,14 +48,18 @@ async fn verify(store: &Store) -> VerifyReport {
     store.audit_verify().await.expect("verify")
 }
 
+fn int(n: usize) -> i64 {
+    i64::try_from(n).expect("small")
+}
+
 /// Asserts an intact chain of exactly `n` events, positions 1..=n.
 async fn assert_intact(store: &Store, n: usize, ctx: &str) {
     let r = verify(store).await;
     assert_eq!(r.first_break, None, "{ctx}");
-    assert_eq!(r.checked, n as u64, "{ctx}");
-    assert_eq!(r.head_seq, n as i64, "{ctx}");
+    assert_eq!(r.checked, u64::try_from(n).expect("small"), "{ctx}");
+    assert_eq!(r.head_seq, int(n), "{ctx}");
     let seqs: Vec<_> = all(store).await.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=n as i64).map(Some).collect::<Vec<_>>(), "{ctx}");
+    assert_eq!(seqs, (1..=int(n)).map(Some).collect::<Vec<_>>(), "{ctx}");
 }
 
 /// The first break's position and reason.
@@ -161,8 +165,8 @@ async fn every_write_path_is_chained_and_tampering_is_found() {
             "{url}: r-1 and not r-10"
         );
         let last3 = q(AuditFilter { limit: Some(3), ..Default::default() }).await;
-        assert_eq!(last3.iter().map(|e| e.seq).collect::<Vec<_>>(), [n as i64 - 2, n as i64 - 1, n as i64].map(Some));
-        let after = q(AuditFilter { after_seq: Some(n as i64 - 1), ..Default::default() }).await;
+        assert_eq!(last3.iter().map(|e| e.seq).collect::<Vec<_>>(), [int(n) - 2, int(n) - 1, int(n)].map(Some));
+        let after = q(AuditFilter { after_seq: Some(int(n) - 1), ..Default::default() }).await;
         assert_eq!(after.len(), 1);
         let future = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         assert!(q(AuditFilter { since: Some(future), ..Default::default() }).await.is_empty());
@@ -222,7 +226,7 @@ async fn every_write_path_is_chained_and_tampering_is_found() {
         let last = &events[n - 1];
         tamper(&url, &format!("DELETE FROM audit_events WHERE seq = {n}")).await;
         let (seq, why) = first_break(&store, &url).await;
-        assert_eq!(seq, Some(n as i64), "{url}: {why}");
+        assert_eq!(seq, Some(int(n)), "{url}: {why}");
         tamper(&url, &reinsert(last)).await;
         assert_intact(&store, n, &url).await;
 
