@@ -173,7 +173,7 @@ pub(in crate::store) async fn insert_audit(tx: &mut Transaction<'static, Any>, e
     insert_audits(tx, &[ev]).await.map_err(db_err)
 }
 
-/// Inserts audit events through the `Any` pool.
+/// Inserts audit events inside `tx` with one multi-row statement.
 async fn insert_audits(tx: &mut Transaction<'static, Any>, events: &[&AuditEvent]) -> Result<(), sqlx::Error> {
     let (prefix, cols, extra) = Kind::Audit.shape();
     let q = sqlx::query(sqlx::AssertSqlSafe(multi_row_insert(Backend::Postgres, prefix, cols, events.len(), extra)));
