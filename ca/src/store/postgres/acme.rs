@@ -326,13 +326,7 @@ impl PgDb {
         let Some(r) = sqlx::query(EAB_KEY).bind(kid).fetch_optional(&self.pool).await.map_err(db_err)? else {
             return Ok(None);
         };
-        Ok(Some(EabKey {
-            kid: get(&r, "kid")?,
-            hmac_key: get(&r, "hmac_key")?,
-            allowed_suffixes: serde_json::from_str(&get::<String>(&r, "allowed_suffixes")?)
-                .map_err(|e| CaError::Store(e.to_string()))?,
-            account_id: get(&r, "account_id")?,
-        }))
+        rows::eab_key(&r).map(Some)
     }
 
     pub(in crate::store) async fn request_replacement(&self, serial: &str, at: i64) -> Result<bool, CaError> {
