@@ -9,8 +9,9 @@ use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::issuers::{check_key_matches, pem_to_der};
+use crate::issuers::check_key_matches;
 use crate::keys::{KeyAlgorithm, Passphrase, encrypt_key_pem, generate_key, parse_key_pem};
+use crate::pem::decode_certificate;
 use crate::serial::Serial;
 use crate::{CaError, IssuerKind, IssuerRecord, IssuerState};
 
@@ -336,7 +337,7 @@ pub fn create_ca(opts: &InitOptions, pass: &Passphrase) -> Result<CaMaterial, Ca
 /// intermediate, a new one is created with the root key.
 pub fn import_ca(imp: &ImportedCa, opts: &InitOptions, pass: &Passphrase) -> Result<CaMaterial, CaError> {
     let now = OffsetDateTime::now_utc();
-    let root_der = pem_to_der(&imp.root_cert_pem)?;
+    let root_der = decode_certificate(&imp.root_cert_pem)?;
     let (_, root_cert) =
         X509Certificate::from_der(&root_der).map_err(|e| CaError::InvalidCertificate(format!("root: {e}")))?;
     if root_cert.subject() != root_cert.issuer() || root_cert.verify_signature(None).is_err() {
@@ -358,7 +359,7 @@ pub fn import_ca(imp: &ImportedCa, opts: &InitOptions, pass: &Passphrase) -> Res
 
     let intermediate = match (&imp.intermediate_cert_pem, &imp.intermediate_key_pem) {
         (Some(cert_pem), Some(key_pem)) => {
-            let der = pem_to_der(cert_pem)?;
+            let der = decode_certificate(cert_pem)?;
             let (_, cert) = X509Certificate::from_der(&der)
                 .map_err(|e| CaError::InvalidCertificate(format!("intermediate: {e}")))?;
             if cert.verify_signature(Some(root_cert.public_key())).is_err() {

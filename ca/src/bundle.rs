@@ -38,7 +38,7 @@ impl TrustBundle {
 impl TrustBundle {
     /// DER of every root, in bundle order.
     pub fn roots_der(&self) -> Vec<Vec<u8>> {
-        self.roots.iter().filter_map(|r| pem_to_der(&r.cert_pem)).collect()
+        self.roots.iter().filter_map(|r| crate::pem::decode_certificate(&r.cert_pem).ok()).collect()
     }
 
     /// A digest of the bundle's content, so a change of roots can be detected (and numbered).
@@ -61,10 +61,6 @@ impl TrustBundle {
             "spiffe_refresh_hint": refresh_hint_secs,
         })
     }
-}
-
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok().map(|(_, p)| p.contents)
 }
 
 /// The JWK of one root for the SPIFFE bundle: the public key's parameters plus the certificate.

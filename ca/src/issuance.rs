@@ -11,9 +11,10 @@ use tracing::{info, warn};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::csr::parse_and_verify_csr;
-use crate::issuers::{ActiveIssuer, IssuerKind, der_to_pem};
+use crate::issuers::{ActiveIssuer, IssuerKind};
 use crate::keys::{Passphrase, decrypt_key_pem};
 use crate::names::{AuthorizedNames, Name};
+use crate::pem;
 use crate::profile::{LeafSpec, Profile, leaf_params};
 use crate::serial::Serial;
 use crate::store::{CertificateIntent, Store};
@@ -74,7 +75,7 @@ pub struct IssuedCertificate {
 impl IssuedCertificate {
     /// Leaf followed by the chain, PEM (`application/pem-certificate-chain`, RFC 8555 section 9.1).
     pub fn pem_chain(&self) -> String {
-        std::iter::once(&self.der).chain(&self.chain_der).map(|d| der_to_pem(d)).collect()
+        std::iter::once(&self.der).chain(&self.chain_der).map(|d| pem::certificate(d)).collect()
     }
 }
 
@@ -185,11 +186,8 @@ impl Authority {
             .ok_or(CaError::NoActiveIssuer)?;
         // The chain changes too: cross certificates join it when a root rotation starts and leave
         // it when the previous root leaves the trust bundle.
-        let want_cross = record
-            .cross_chain(&journal)
-            .iter()
-            .map(|p| crate::issuers::pem_to_der(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let want_cross =
+            record.cross_chain(&journal).iter().map(|p| pem::decode_certificate(p)).collect::<Result<Vec<_>, _>>()?;
         if self.active_issuer().is_ok_and(|a| a.record.id == record.id && a.chain_der[1..] == want_cross[..]) {
             return Ok(false);
         }
@@ -402,12 +400,12 @@ impl Authority {
         // a renewal's record commits together with its predecessor's superseded mark, an ACME
         // order's with the order's move to `valid`.
         match with {
-            RecordWith::Nothing => self.store.record_issued(&serial.to_hex(), der_to_pem(&der)).await?,
+            RecordWith::Nothing => self.store.record_issued(&serial.to_hex(), pem::certificate(&der)).await?,
             RecordWith::Order(order_id) => {
                 self.store
                     .record_order_issued(crate::store::OrderRecord {
                         serial: serial.to_hex(),
-                        cert_pem: der_to_pem(&der),
+                        cert_pem: pem::certificate(&der),
                         issued_at: OffsetDateTime::now_utc().unix_timestamp(),
                         order_id: order_id.to_owned(),
                     })
@@ -430,7 +428,7 @@ impl Authority {
                 self.store
                     .record_renewed(crate::store::RenewalRecord {
                         serial: serial.to_hex(),
-                        cert_pem: der_to_pem(&der),
+                        cert_pem: pem::certificate(&der),
                         issued_at: OffsetDateTime::now_utc().unix_timestamp(),
                         predecessor: r.predecessor.to_owned(),
                         replaces: r.replaces.map(str::to_owned),

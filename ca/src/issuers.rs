@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
-use crate::{CaError, sha256_fingerprint};
+use crate::{CaError, pem, sha256_fingerprint};
 
 /// Root or intermediate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,27 +115,6 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// Decodes the first CERTIFICATE block of a PEM text.
-pub(crate) fn pem_to_der(pem: &str) -> Result<Vec<u8>, CaError> {
-    let (label, der) = pkcs8::der::pem::decode_vec(pem.trim().as_bytes())
-        .map_err(|e| CaError::InvalidCertificate(format!("bad PEM: {e}")))?;
-    if label != "CERTIFICATE" {
-        return Err(CaError::InvalidCertificate(format!("PEM label is {label}, expected CERTIFICATE")));
-    }
-    Ok(der)
-}
-
-pub(crate) fn der_to_pem(der: &[u8]) -> String {
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 impl IssuerRecord {
     /// What follows this intermediate in a chain so that a relying party holding any trusted root
     /// finds a path: the cross certificates that lead from its own root to every other root still
@@ -179,7 +158,7 @@ impl IssuerRecord {
                     ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| hex::encode(k.0)),
                     _ => None,
                 })?;
-                Some((der_to_pem(&p.contents), aki))
+                Some((pem::certificate(&p.contents), aki))
             })
             .collect()
     }
@@ -216,7 +195,7 @@ impl IssuerRecord {
             state,
             parent_id,
             subject: cert.subject().to_string(),
-            cert_pem: der_to_pem(der),
+            cert_pem: pem::certificate(der),
             key_pem_enc,
             ski,
             fingerprint,
@@ -230,7 +209,7 @@ impl IssuerRecord {
 
     /// The certificate DER.
     pub fn cert_der(&self) -> Result<Vec<u8>, CaError> {
-        pem_to_der(&self.cert_pem)
+        pem::decode_certificate(&self.cert_pem)
     }
 }
 
@@ -266,14 +245,14 @@ impl ActiveIssuer {
     /// know only the old root or only the new one both find a path.
     pub fn with_cross_chain(mut self, journal: &[IssuerRecord]) -> Result<Self, CaError> {
         for cross in self.record.cross_chain(journal) {
-            self.chain_der.push(pem_to_der(&cross)?);
+            self.chain_der.push(pem::decode_certificate(&cross)?);
         }
         Ok(self)
     }
 
     /// The chain as PEM (intermediate first).
     pub fn chain_pem(&self) -> String {
-        self.chain_der.iter().map(|d| der_to_pem(d)).collect()
+        self.chain_der.iter().map(|d| pem::certificate(d)).collect()
     }
 }
 

@@ -24,6 +24,7 @@ mod issuance;
 mod issuers;
 mod keys;
 mod names;
+mod pem;
 mod policy;
 mod profile;
 pub mod ra;

@@ -47,11 +47,7 @@ impl Authority {
             .certificate(&serial)
             .await?
             .ok_or_else(|| denied("the client certificate was not issued by this CA"))?;
-        let recorded_der = record
-            .cert_pem
-            .as_deref()
-            .and_then(|p| x509_parser::pem::parse_x509_pem(p.as_bytes()).ok())
-            .map(|(_, p)| p.contents);
+        let recorded_der = record.cert_pem.as_deref().and_then(|p| crate::pem::decode_certificate(p).ok());
         if record.status != CertificateStatus::Issued || recorded_der.as_deref() != Some(presented) {
             return Err(denied("the client certificate was not issued by this CA"));
         }

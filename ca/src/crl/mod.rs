@@ -69,14 +69,7 @@ impl std::fmt::Debug for Crl {
 impl Crl {
     /// PEM (`X509 CRL`), e.g. for `openssl verify -CRLfile`.
     pub fn pem(&self) -> String {
-        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &self.der);
-        let mut out = String::from("-----BEGIN X509 CRL-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END X509 CRL-----\n");
-        out
+        crate::pem::encode(crate::pem::X509_CRL, &self.der)
     }
 }
 

@@ -108,7 +108,8 @@ impl Registration {
     ) -> Result<Revocation, RevokeError> {
         let store = self.authority.store();
         let rec = store.certificate(serial).await?.ok_or(RevokeError::NotFound)?;
-        let ours = rec.cert_pem.as_deref().and_then(pem_to_der).is_some_and(|d| d == der);
+        let ours =
+            rec.cert_pem.as_deref().and_then(|p| crate::pem::decode_certificate(p).ok()).is_some_and(|d| d == der);
         if !ours {
             return Err(RevokeError::NotFound);
         }
@@ -167,9 +168,4 @@ impl Registration {
     pub async fn replacement_window(&self, serial: &str) -> Result<Option<(i64, Option<i64>)>, CaError> {
         self.authority.store().replacement_window(serial).await
     }
-}
-
-/// The first PEM block's DER.
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok().map(|(_, p)| p.contents)
 }

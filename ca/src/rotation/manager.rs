@@ -38,7 +38,7 @@ pub async fn prepare_root(
     let old_key = load_root_key(keys, &old_root.id)?;
     let imported = match import {
         Some((cert_pem, key_pem)) => Some((
-            crate::issuers::pem_to_der(cert_pem)?,
+            crate::pem::decode_certificate(cert_pem)?,
             crate::keys::parse_key_pem(key_pem, &keys.pass, "imported root")?,
         )),
         None => None,
@@ -61,8 +61,8 @@ pub async fn prepare_root(
         Some(encrypt_key_pem(&succ.intermediate_key, &keys.pass)?),
     )?;
     // Each root certified by the other: `leaf, intermediate, cross` then leads to either root.
-    root.cross_cert_pem = Some(crate::issuers::der_to_pem(&succ.new_root_cross_der));
-    let old_root_cross = crate::issuers::der_to_pem(&succ.current_root_cross_der);
+    root.cross_cert_pem = Some(crate::pem::certificate(&succ.new_root_cross_der));
+    let old_root_cross = crate::pem::certificate(&succ.current_root_cross_der);
     // A successor prepared under the old root is superseded.
     if let Some(p) = journal.iter().find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Prepared) {
         let ev = AuditEvent::now(

@@ -1,5 +1,5 @@
 //! The group-commit protocol both writers follow: one task owns the writes of the hot paths
-//! (issuance, renewal, finalize, nonces, and on SQLite every ACME state change) and commits them
+//! (issuance, renewal, finalize, nonces, and on SQLite every other change too) and commits them
 //! in batches, so the cost of a commit and its fsync is shared instead of paid per write.
 //!
 //! What a job is ([`Write`]), how a batch is sorted into multi-row statements ([`Sorted`],
@@ -48,7 +48,7 @@ pub(super) enum Write {
         nonce: String,
         expires_at: i64,
     },
-    /// SQLite only: a write of any other shape (the ACME state changes), run on the writer's
+    /// SQLite only: a change of any other shape (`SqliteDb::write`), run on the writer's
     /// connection inside the batch's transaction, under a savepoint of its own so that its failure
     /// undoes only its own changes. Returns what it reports as rows affected.
     Sqlite(SqliteWrite),

@@ -32,6 +32,7 @@ pub mod emergency;
 pub mod lineage;
 mod postgres;
 mod records;
+mod rows;
 mod sqlite;
 pub mod workload;
 

@@ -61,16 +61,11 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     result.with_context(|| format!("writing {}", path.display()))
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// One PEM block (RFC 7468: LF, 64-character lines, trailing newline). `label` is a literal
+/// RFC 7468 label (`CERTIFICATE`, `X509 CRL`, `PRIVATE KEY`), so encoding cannot fail.
+fn pem(label: &'static str, der: &[u8]) -> String {
+    // Errors are an invalid label or an input longer than memory: neither is possible here.
+    pem_rfc7468::encode_string(label, pem_rfc7468::LineEnding::LF, der).expect("PEM label is valid")
 }
 
 /// The chain as PEM, leaf first.
@@ -249,6 +244,19 @@ pub async fn reload(r: &Reload) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn pem_blocks_read_back() {
+        let der: Vec<u8> = (0..=255u8).cycle().take(500).collect();
+        let text = pem("X509 CRL", &der);
+        assert!(text.starts_with("-----BEGIN X509 CRL-----\n") && text.ends_with("-----END X509 CRL-----\n"));
+        assert!(!text.contains('\r'));
+        let body: Vec<&str> = text.lines().skip(1).take_while(|l| !l.starts_with("-----")).collect();
+        assert!(body.iter().rev().skip(1).all(|l| l.len() == 64) && body.iter().all(|l| l.len() <= 64));
+        let chain = format!("{}{}", pem("CERTIFICATE", &der), pem("CERTIFICATE", &der[..10]));
+        let read = crate::agent::cert::chain_from_pem(chain.as_bytes()).expect("chain");
+        assert_eq!(read.iter().map(|c| c.as_ref().to_vec()).collect::<Vec<_>>(), vec![der.clone(), der[..10].to_vec()]);
+    }
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {

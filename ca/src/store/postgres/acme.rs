@@ -219,9 +219,7 @@ impl PgDb {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            if spent.rows_affected() == 1 {
-                insert_audit(&mut tx, &s.audit).await?;
-            } else {
+            if spent.rows_affected() != 1 {
                 (valid, error) = (false, Some(s.error_if_used.clone()));
             }
         }
@@ -243,6 +241,12 @@ impl PgDb {
             sqlx::query(ORDER_READY).bind(order_id).execute(&mut *tx).await.map_err(db_err)?;
         } else {
             sqlx::query(ORDER_INVALID).bind(error).bind(order_id).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        // The spend's event goes last: the audit chain's head is locked after every row this
+        // transaction changes, as in every other audited transaction, so two of them never wait
+        // for each other's locks in opposite orders.
+        if valid && let Some(s) = &spend {
+            insert_audit(&mut tx, &s.audit).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(valid)
@@ -326,13 +330,7 @@ impl PgDb {
         let Some(r) = sqlx::query(EAB_KEY).bind(kid).fetch_optional(&self.pool).await.map_err(db_err)? else {
             return Ok(None);
         };
-        Ok(Some(EabKey {
-            kid: get(&r, "kid")?,
-            hmac_key: get(&r, "hmac_key")?,
-            allowed_suffixes: serde_json::from_str(&get::<String>(&r, "allowed_suffixes")?)
-                .map_err(|e| CaError::Store(e.to_string()))?,
-            account_id: get(&r, "account_id")?,
-        }))
+        rows::eab_key(&r).map(Some)
     }
 
     pub(in crate::store) async fn request_replacement(&self, serial: &str, at: i64) -> Result<bool, CaError> {

@@ -7,10 +7,10 @@ use time::OffsetDateTime;
 use super::rows::{self, get};
 use super::{PgDb, db_err};
 use crate::CaError;
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::AuditEvent;
 use crate::store::audit_log::{self, AuditFilter, AuditRecord, QueryBinds, Verifier, VerifyReport};
 use crate::store::records::{CertificateRecord, cert_columns};
-use crate::store::{from_unix, unix};
+use crate::store::unix;
 
 impl PgDb {
     pub(in crate::store) async fn abandon_stale_intents(&self, older_than: Duration) -> Result<u64, CaError> {
@@ -67,18 +67,7 @@ impl PgDb {
 
     pub(in crate::store) async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, CaError> {
         let rows = sqlx::query(crate::store::AUDIT_EVENTS).bind(limit).fetch_all(&self.pool).await.map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    at: from_unix(get(r, "at")?)?,
-                    actor: get(r, "actor")?,
-                    action: get(r, "action")?,
-                    target: get(r, "target")?,
-                    outcome: Outcome::parse(&get::<String>(r, "outcome")?),
-                    detail: get(r, "detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::audit_event).collect()
     }
 
     pub(in crate::store) async fn last_signed_not_after(&self, issuer_id: &str) -> Result<Option<i64>, CaError> {

@@ -5,10 +5,10 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::rows::get;
+use super::rows::{self, get};
 use super::{PgDb, db_err, insert_audit};
 use crate::store::crl::*;
-use crate::store::{from_unix, unix};
+use crate::store::unix;
 use crate::{AuditEvent, CaError};
 
 impl PgDb {
@@ -23,30 +23,12 @@ impl PgDb {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(RevokedCertificate {
-                    serial: get(r, "serial")?,
-                    revoked_at: from_unix(get(r, "revoked_at")?)?,
-                    reason: get::<Option<i64>>(r, "reason")?.and_then(|n| i32::try_from(n).ok()),
-                    not_after: from_unix(get(r, "not_after")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::revoked).collect()
     }
 
     pub(in crate::store) async fn latest_crl(&self, issuer_id: &str) -> Result<Option<StoredCrl>, CaError> {
         let row = sqlx::query(LATEST_CRL).bind(issuer_id).fetch_optional(&self.pool).await.map_err(db_err)?;
-        row.map(|r| {
-            Ok(StoredCrl {
-                number: get(&r, "number")?,
-                digest: get(&r, "digest")?,
-                this_update: from_unix(get(&r, "this_update")?)?,
-                next_update: from_unix(get(&r, "next_update")?)?,
-                der: der_of(&get::<String>(&r, "der")?, issuer_id)?,
-            })
-        })
-        .transpose()
+        row.map(|r| rows::crl(&r, issuer_id)).transpose()
     }
 
     pub(in crate::store) async fn replace_crl(
@@ -161,10 +143,11 @@ impl PgDb {
                 Some(q) => q.execute(&mut *tx).await.map_err(db_err)?.rows_affected() == 1,
                 None => false,
             };
+            sqlx::query(DROP_STAGED).bind(&issuer).bind(number).execute(&mut *tx).await.map_err(db_err)?;
+            // Last, after every row it changes: see `acme_finish_challenge`.
             if replaced {
                 insert_audit(&mut tx, &publish_event(&issuer, number, &rotation)).await?;
             }
-            sqlx::query(DROP_STAGED).bind(&issuer).bind(number).execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             if replaced {
                 published.push(PublishedCrl { issuer_id: issuer, number, rotation });

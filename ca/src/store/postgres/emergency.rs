@@ -1,6 +1,6 @@
 //! Emergency rotation records on PostgreSQL.
 
-use super::rows::get;
+use super::rows::{self, get};
 use super::{PgDb, db_err, insert_audit};
 use crate::store::emergency::*;
 use crate::{AuditEvent, CaError};
@@ -58,19 +58,7 @@ impl PgDb {
 
     pub(in crate::store) async fn emergencies(&self) -> Result<Vec<Emergency>, CaError> {
         let rows = sqlx::query(EMERGENCIES).fetch_all(&self.pool).await.map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(Emergency {
-                    id: get(r, "id")?,
-                    issuer_id: get(r, "issuer_id")?,
-                    started_at: get(r, "started_at")?,
-                    affected: get(r, "affected")?,
-                    completed_at: get(r, "completed_at")?,
-                    enforce_at: get(r, "enforce_at")?,
-                    settle_secs: get(r, "settle_secs")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::emergency).collect()
     }
 
     pub(in crate::store) async fn complete_emergency(&self, id: &str, at: i64) -> Result<(), CaError> {

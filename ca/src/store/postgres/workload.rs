@@ -1,9 +1,9 @@
 //! Workload enrollment state on PostgreSQL.
 
-use super::rows::get;
+use super::rows::{self, get};
 use super::{PgDb, db_err, insert_audit};
 use crate::store::workload::{INSERT_JOIN_TOKEN, JOIN_TOKEN_BY_DIGEST, JoinToken, SPEND_JOIN_TOKEN, StoredJoinToken};
-use crate::{AuditEvent, CaError, SpiffeId};
+use crate::{AuditEvent, CaError};
 
 impl PgDb {
     pub(in crate::store) async fn create_join_token(
@@ -56,16 +56,7 @@ impl PgDb {
         else {
             return Ok(None);
         };
-        let bound: String = get(&r, "spiffe_id")?;
-        Ok(Some(StoredJoinToken {
-            token: JoinToken {
-                spiffe_id: SpiffeId::parse(&bound)?,
-                is_prefix: get::<i64>(&r, "is_prefix")? != 0,
-                expires_at: get(&r, "expires_at")?,
-            },
-            bound,
-            used: get::<Option<i64>>(&r, "used_at")?.is_some(),
-        }))
+        rows::join_token(&r).map(Some)
     }
 
     pub(in crate::store) async fn bundle_sequence(&self, digest: &str) -> Result<u64, CaError> {

@@ -13,8 +13,8 @@ use crate::{AuditEvent, CaError};
 
 /// An authorization and its challenges.
 fn authz_with_challenges(c: &Connection, id: &str) -> Result<Option<(AcmeAuthz, Vec<AcmeChallenge>)>, CaError> {
-    let Some(a) = one(c, AUTHZ_BY_ID, [id], rows::authz)? else { return Ok(None) };
-    let challenges = all(c, CHALLENGES_OF_AUTHZ, [id], rows::challenge)?;
+    let Some(a) = one(c, AUTHZ_BY_ID, [id], |r| rows::authz(r))? else { return Ok(None) };
+    let challenges = all(c, CHALLENGES_OF_AUTHZ, [id], |r| rows::challenge(r))?;
     Ok(Some((a, challenges)))
 }
 
@@ -54,7 +54,7 @@ impl SqliteDb {
             if n == 1 {
                 insert_audit(c, &ev)?;
             }
-            let existing = one(c, ACCOUNT_BY_THUMBPRINT, [&a.thumbprint], rows::account)?
+            let existing = one(c, ACCOUNT_BY_THUMBPRINT, [&a.thumbprint], |r| rows::account(r))?
                 .ok_or_else(|| CaError::Store("account vanished".into()))?;
             Ok((existing, n == 1))
         })
@@ -63,7 +63,7 @@ impl SqliteDb {
 
     pub(in crate::store) async fn acme_account(&self, id: &str) -> Result<Option<AcmeAccount>, CaError> {
         let key = id.to_owned();
-        self.read(move |c| one(c, ACCOUNT_BY_ID, [&key], rows::account)).await
+        self.read(move |c| one(c, ACCOUNT_BY_ID, [&key], |r| rows::account(r))).await
     }
 
     pub(in crate::store) async fn acme_account_by_thumbprint(
@@ -71,7 +71,7 @@ impl SqliteDb {
         thumbprint: &str,
     ) -> Result<Option<AcmeAccount>, CaError> {
         let key = thumbprint.to_owned();
-        self.read(move |c| one(c, ACCOUNT_BY_THUMBPRINT, [&key], rows::account)).await
+        self.read(move |c| one(c, ACCOUNT_BY_THUMBPRINT, [&key], |r| rows::account(r))).await
     }
 
     pub(in crate::store) async fn acme_update_account(
@@ -133,7 +133,7 @@ impl SqliteDb {
 
     pub(in crate::store) async fn acme_order(&self, id: &str) -> Result<Option<AcmeOrder>, CaError> {
         let key = id.to_owned();
-        self.read(move |c| one(c, ORDER_BY_ID, [&key], rows::order)).await
+        self.read(move |c| one(c, ORDER_BY_ID, [&key], |r| rows::order(r))).await
     }
 
     /// One read transaction for both.
@@ -143,8 +143,8 @@ impl SqliteDb {
     ) -> Result<Option<(AcmeOrder, Vec<AcmeAuthz>)>, CaError> {
         let key = id.to_owned();
         self.read(move |c| {
-            let Some(o) = one(c, ORDER_BY_ID, [&key], rows::order)? else { return Ok(None) };
-            let authzs = all(c, AUTHZS_OF_ORDER, [&key], rows::authz)?;
+            let Some(o) = one(c, ORDER_BY_ID, [&key], |r| rows::order(r))? else { return Ok(None) };
+            let authzs = all(c, AUTHZS_OF_ORDER, [&key], |r| rows::authz(r))?;
             Ok(Some((o, authzs)))
         })
         .await
@@ -157,12 +157,12 @@ impl SqliteDb {
 
     pub(in crate::store) async fn acme_order_for_cert(&self, serial: &str) -> Result<Option<AcmeOrder>, CaError> {
         let key = serial.to_owned();
-        self.read(move |c| one(c, ORDER_BY_CERT, [&key], rows::order)).await
+        self.read(move |c| one(c, ORDER_BY_CERT, [&key], |r| rows::order(r))).await
     }
 
     pub(in crate::store) async fn acme_authzs_for_order(&self, order_id: &str) -> Result<Vec<AcmeAuthz>, CaError> {
         let key = order_id.to_owned();
-        self.read(move |c| all(c, AUTHZS_OF_ORDER, [&key], rows::authz)).await
+        self.read(move |c| all(c, AUTHZS_OF_ORDER, [&key], |r| rows::authz(r))).await
     }
 
     pub(in crate::store) async fn acme_authz(
@@ -179,7 +179,7 @@ impl SqliteDb {
     ) -> Result<Option<(AcmeChallenge, AcmeAuthz)>, CaError> {
         let key = id.to_owned();
         self.read(move |c| {
-            let Some(ch) = one(c, CHALLENGE_BY_ID, [&key], rows::challenge)? else { return Ok(None) };
+            let Some(ch) = one(c, CHALLENGE_BY_ID, [&key], |r| rows::challenge(r))? else { return Ok(None) };
             let (authz, _) =
                 authz_with_challenges(c, &ch.authz_id)?.ok_or_else(|| CaError::Store("orphan challenge".into()))?;
             Ok(Some((ch, authz)))
@@ -293,18 +293,7 @@ impl SqliteDb {
 
     pub(in crate::store) async fn acme_eab_key(&self, kid: &str) -> Result<Option<EabKey>, CaError> {
         let key = kid.to_owned();
-        self.read(move |c| {
-            one(c, EAB_KEY, [&key], |r| {
-                Ok(EabKey {
-                    kid: get(r, "kid")?,
-                    hmac_key: get(r, "hmac_key")?,
-                    allowed_suffixes: serde_json::from_str(&get::<String>(r, "allowed_suffixes")?)
-                        .map_err(|e| CaError::Store(e.to_string()))?,
-                    account_id: get(r, "account_id")?,
-                })
-            })
-        })
-        .await
+        self.read(move |c| one(c, EAB_KEY, [&key], |r| rows::eab_key(r))).await
     }
 
     pub(in crate::store) async fn request_replacement(&self, serial: &str, at: i64) -> Result<bool, CaError> {

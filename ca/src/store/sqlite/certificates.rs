@@ -7,10 +7,10 @@ use time::OffsetDateTime;
 use super::rows::{self, get};
 use super::{SqliteDb, all, exec, one};
 use crate::CaError;
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::AuditEvent;
 use crate::store::audit_log::{self, AuditFilter, AuditRecord, QueryBinds, Verifier, VerifyReport};
 use crate::store::records::{CertificateRecord, cert_columns};
-use crate::store::{from_unix, unix};
+use crate::store::unix;
 
 /// Intents older than `$1` whose certificate was never recorded.
 const ABANDON_STALE_INTENTS: &str = "UPDATE certificates SET status = 'abandoned' WHERE status = 'intent' \
@@ -33,7 +33,7 @@ impl SqliteDb {
                 c,
                 concat!("SELECT ", cert_columns!(), " ORDER BY c.created_at DESC, c.serial LIMIT $1"),
                 [limit],
-                rows::certificate,
+                |r| rows::certificate(r),
             )
         })
         .await
@@ -63,19 +63,7 @@ impl SqliteDb {
     }
 
     pub(in crate::store) async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, CaError> {
-        self.read(move |c| {
-            all(c, crate::store::AUDIT_EVENTS, [limit], |r| {
-                Ok(AuditEvent {
-                    at: from_unix(get(r, "at")?)?,
-                    actor: get(r, "actor")?,
-                    action: get(r, "action")?,
-                    target: get(r, "target")?,
-                    outcome: Outcome::parse(&get::<String>(r, "outcome")?),
-                    detail: get(r, "detail")?,
-                })
-            })
-        })
-        .await
+        self.read(move |c| all(c, crate::store::AUDIT_EVENTS, [limit], |r| rows::audit_event(r))).await
     }
 
     pub(in crate::store) async fn last_signed_not_after(&self, issuer_id: &str) -> Result<Option<i64>, CaError> {
@@ -121,7 +109,7 @@ impl SqliteDb {
                         b.after_seq,
                         b.limit
                     ],
-                    rows::audit_record,
+                    |r| rows::audit_record(r),
                 )
             })
             .await?;
@@ -140,8 +128,9 @@ impl SqliteDb {
             let Some(head) = head else { return Ok(audit_log::headless(unchained)) };
             let mut v = Verifier::new(head);
             while v.wants_more() && v.last_seq() < v.head_seq() {
-                let page =
-                    all(c, audit_log::CHAIN_PAGE, (v.last_seq(), v.head_seq(), audit_log::PAGE), rows::audit_record)?;
+                let page = all(c, audit_log::CHAIN_PAGE, (v.last_seq(), v.head_seq(), audit_log::PAGE), |r| {
+                    rows::audit_record(r)
+                })?;
                 if page.is_empty() {
                     break;
                 }

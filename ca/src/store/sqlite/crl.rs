@@ -3,10 +3,10 @@
 
 use time::OffsetDateTime;
 
-use super::rows::get;
+use super::rows::{self, get};
 use super::{SqliteDb, all, exec, insert_audit, one};
 use crate::store::crl::*;
-use crate::store::{from_unix, unix};
+use crate::store::unix;
 use crate::{AuditEvent, CaError};
 
 impl SqliteDb {
@@ -16,33 +16,12 @@ impl SqliteDb {
         not_after_above: OffsetDateTime,
     ) -> Result<Vec<RevokedCertificate>, CaError> {
         let (id, floor) = (issuer_id.to_owned(), unix(not_after_above));
-        self.read(move |c| {
-            all(c, REVOKED_OF_ISSUER, (&id, floor), |r| {
-                Ok(RevokedCertificate {
-                    serial: get(r, "serial")?,
-                    revoked_at: from_unix(get(r, "revoked_at")?)?,
-                    reason: get::<Option<i64>>(r, "reason")?.and_then(|n| i32::try_from(n).ok()),
-                    not_after: from_unix(get(r, "not_after")?)?,
-                })
-            })
-        })
-        .await
+        self.read(move |c| all(c, REVOKED_OF_ISSUER, (&id, floor), |r| rows::revoked(r))).await
     }
 
     pub(in crate::store) async fn latest_crl(&self, issuer_id: &str) -> Result<Option<StoredCrl>, CaError> {
         let id = issuer_id.to_owned();
-        self.read(move |c| {
-            one(c, LATEST_CRL, [&id], |r| {
-                Ok(StoredCrl {
-                    number: get(r, "number")?,
-                    digest: get(r, "digest")?,
-                    this_update: from_unix(get(r, "this_update")?)?,
-                    next_update: from_unix(get(r, "next_update")?)?,
-                    der: der_of(&get::<String>(r, "der")?, &id)?,
-                })
-            })
-        })
-        .await
+        self.read(move |c| one(c, LATEST_CRL, [&id], |r| rows::crl(r, &id))).await
     }
 
     pub(in crate::store) async fn replace_crl(

@@ -1,6 +1,6 @@
 //! Emergency rotation records on SQLite.
 
-use super::rows::get;
+use super::rows::{self, get};
 use super::{SqliteDb, all, exec, insert_audit, one};
 use crate::store::emergency::*;
 use crate::{AuditEvent, CaError};
@@ -46,20 +46,7 @@ impl SqliteDb {
     }
 
     pub(in crate::store) async fn emergencies(&self) -> Result<Vec<Emergency>, CaError> {
-        self.read(|c| {
-            all(c, EMERGENCIES, [], |r| {
-                Ok(Emergency {
-                    id: get(r, "id")?,
-                    issuer_id: get(r, "issuer_id")?,
-                    started_at: get(r, "started_at")?,
-                    affected: get(r, "affected")?,
-                    completed_at: get(r, "completed_at")?,
-                    enforce_at: get(r, "enforce_at")?,
-                    settle_secs: get(r, "settle_secs")?,
-                })
-            })
-        })
-        .await
+        self.read(|c| all(c, EMERGENCIES, [], |r| rows::emergency(r))).await
     }
 
     pub(in crate::store) async fn complete_emergency(&self, id: &str, at: i64) -> Result<(), CaError> {

@@ -58,7 +58,7 @@ impl SqliteDb {
 
     /// Every certificate download reads the journal (to pick the chain): the reader thread.
     pub(in crate::store) async fn issuers(&self) -> Result<Vec<IssuerRecord>, CaError> {
-        self.read(|c| all(c, ISSUERS, [], rows::issuer)).await
+        self.read(|c| all(c, ISSUERS, [], |r| rows::issuer(r))).await
     }
 
     pub(in crate::store) async fn move_issuers(

@@ -31,7 +31,6 @@ mod writer;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, Params, Row};
-use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tokio::sync::mpsc;
 
@@ -57,19 +56,21 @@ impl SqliteDb {
     pub(super) async fn open(url: &str) -> Result<SqliteDb, CaError> {
         let path = conn::path_of(url)?;
         conn::secure_files(&path)?;
-        let mut migrator = SqliteConnectOptions::new()
+        let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .connect()
+            .busy_timeout(std::time::Duration::from_secs(10));
+        // A pool of one, for the migrator only (its futures are `Send` through a pool, not
+        // through a bare connection), closed before the store's own connections open.
+        let migrator = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
             .await
             .map_err(|e| CaError::StoreUnavailable(format!("{path}: {e}")))?;
-        sqlx::migrate!("./migrations")
-            .run(&mut migrator)
-            .await
-            .map_err(|e| CaError::Store(format!("migrations: {e}")))?;
-        sqlx::Connection::close(migrator).await.map_err(|e| CaError::Store(format!("{path}: {e}")))?;
+        let migrated = sqlx::migrate!("./migrations").run(&migrator).await;
+        migrator.close().await;
+        migrated.map_err(|e| CaError::Store(format!("migrations: {e}")))?;
         // Again now that WAL mode has created -wal and -shm.
         conn::secure_files(&path)?;
         let (tx, rx) = mpsc::channel(4096);

@@ -1,9 +1,9 @@
 //! Workload enrollment state on SQLite.
 
-use super::rows::get;
+use super::rows::{self, get};
 use super::{SqliteDb, exec, insert_audit, one};
 use crate::store::workload::{INSERT_JOIN_TOKEN, JOIN_TOKEN_BY_DIGEST, JoinToken, SPEND_JOIN_TOKEN, StoredJoinToken};
-use crate::{AuditEvent, CaError, SpiffeId};
+use crate::{AuditEvent, CaError};
 
 impl SqliteDb {
     pub(in crate::store) async fn create_join_token(
@@ -42,21 +42,7 @@ impl SqliteDb {
 
     pub(in crate::store) async fn join_token(&self, digest: &str) -> Result<Option<StoredJoinToken>, CaError> {
         let key = digest.to_owned();
-        self.read(move |c| {
-            one(c, JOIN_TOKEN_BY_DIGEST, [&key], |r| {
-                let bound: String = get(r, "spiffe_id")?;
-                Ok(StoredJoinToken {
-                    token: JoinToken {
-                        spiffe_id: SpiffeId::parse(&bound)?,
-                        is_prefix: get::<i64>(r, "is_prefix")? != 0,
-                        expires_at: get(r, "expires_at")?,
-                    },
-                    bound,
-                    used: get::<Option<i64>>(r, "used_at")?.is_some(),
-                })
-            })
-        })
-        .await
+        self.read(move |c| one(c, JOIN_TOKEN_BY_DIGEST, [&key], |r| rows::join_token(r))).await
     }
 
     /// One write job: no other process can change the sequence between the read and the update.
