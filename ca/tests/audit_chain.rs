@@ -7,37 +7,13 @@
 
 mod common;
 
-use ca::store::acme::{AcmeAccount, EabKey};
 use ca::store::audit_log::{AuditFilter, AuditRecord, VerifyReport};
 use ca::store::workload::{JoinToken, join_token_digest};
-use ca::{AuditEvent, IssueRequest, IssuerState, Outcome, Policy, Profile, SpiffeId, Store};
+use ca::{AuditEvent, IssueRequest, IssuerState, Outcome, Profile, SpiffeId, Store};
 use common::*;
-
-fn policy() -> Policy {
-    let mut p = Policy::default();
-    p.trust_domain = "example.org".into();
-    p
-}
 
 fn ev(actor: &str, action: &str, target: &str, detail: &str) -> AuditEvent {
     AuditEvent::now(actor, action, target, Outcome::Success, detail)
-}
-
-fn eab_key(kid: &str) -> EabKey {
-    EabKey { kid: kid.into(), hmac_key: "a2V5".into(), allowed_suffixes: vec![], account_id: None }
-}
-
-fn account(id: &str, eab: Option<&str>) -> AcmeAccount {
-    AcmeAccount {
-        id: id.to_owned(),
-        thumbprint: format!("thumb-{id}"),
-        jwk: format!(r#"{{"kty":"EC","crv":"P-256","x":"{id}","y":"y"}}"#),
-        status: "valid".into(),
-        contact: vec![],
-        eab_kid: eab.map(str::to_owned),
-        created_at: 1_700_000_000,
-        allowed_suffixes: vec![],
-    }
 }
 
 async fn all(store: &Store) -> Vec<AuditRecord> {
@@ -74,7 +50,7 @@ async fn every_write_path_is_chained_and_tampering_is_found() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
         // ca.init through insert_issuers.
-        let (auth, material) = authority(&url, policy()).await;
+        let (auth, material) = authority(&url, audit_policy()).await;
         let store = auth.store().clone();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         // EAB key, then an account bound to it (SQLite: a write job on the writer thread).
@@ -277,7 +253,7 @@ fn reinsert(e: &AuditRecord) -> String {
 async fn rolled_back_changes_leave_no_gap() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
-        let (auth, material) = authority(&url, policy()).await;
+        let (auth, material) = authority(&url, audit_policy()).await;
         let store = auth.store().clone();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         store

@@ -8,37 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, EabKey, TokenSpend};
+use ca::store::acme::{AcmeAuthz, AcmeChallenge, AcmeOrder, TokenSpend};
 use ca::store::crl::StoredCrl;
 use ca::store::workload::{JoinToken, JoinTokenError, join_token_digest};
-use ca::{AuditEvent, Authority, IssueRequest, IssuerState, Outcome, Policy, Profile, SpiffeId, Store};
+use ca::{AuditEvent, Authority, IssueRequest, IssuerState, Outcome, Profile, SpiffeId, Store};
 use common::*;
-
-fn policy() -> Policy {
-    let mut p = Policy::default();
-    p.trust_domain = "example.org".into();
-    p
-}
 
 fn ev(action: &str, target: &str) -> AuditEvent {
     AuditEvent::now("test", action, target, Outcome::Success, "audit_tx test")
-}
-
-fn account(id: &str, eab: Option<&str>) -> AcmeAccount {
-    AcmeAccount {
-        id: id.to_owned(),
-        thumbprint: format!("thumb-{id}"),
-        jwk: format!(r#"{{"kty":"EC","crv":"P-256","x":"{id}","y":"y"}}"#),
-        status: "valid".into(),
-        contact: vec![format!("mailto:{id}@example.test")],
-        eab_kid: eab.map(str::to_owned),
-        created_at: 1_700_000_000,
-        allowed_suffixes: vec![],
-    }
-}
-
-fn eab_key(kid: &str) -> EabKey {
-    EabKey { kid: kid.into(), hmac_key: "a2V5".into(), allowed_suffixes: vec!["example.test".into()], account_id: None }
 }
 
 fn order(id: &str, account: &str, expires_at: i64) -> (AcmeOrder, AcmeAuthz, AcmeChallenge) {
@@ -251,7 +228,7 @@ async fn join_token_creation_and_spending_need_their_event() {
 async fn crl_signing_needs_its_event() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
-        let (auth, material) = authority(&url, policy()).await;
+        let (auth, material) = authority(&url, audit_policy()).await;
         let store = auth.store().clone();
         let int = material.intermediate.id.clone();
 
@@ -288,7 +265,7 @@ async fn crl_signing_needs_its_event() {
 async fn emergency_rotation_and_root_crl_need_their_events() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
-        let (auth, material) = authority(&url, policy()).await;
+        let (auth, material) = authority(&url, audit_policy()).await;
         let store = auth.store().clone();
         let serial = issue(&auth, 1).await;
         let int = material.intermediate.id.clone();
@@ -339,7 +316,7 @@ async fn emergency_rotation_and_root_crl_need_their_events() {
 async fn revocation_needs_its_event() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
-        let (auth, _) = authority(&url, policy()).await;
+        let (auth, _) = authority(&url, audit_policy()).await;
         let store = auth.store().clone();
         let serial = issue(&auth, 1).await;
         let at = time::OffsetDateTime::now_utc();
@@ -370,7 +347,7 @@ async fn revocation_needs_its_event() {
 async fn issuer_journal_changes_need_their_event() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
-        let (auth, material) = authority(&url, policy()).await;
+        let (auth, material) = authority(&url, audit_policy()).await;
         let store = auth.store().clone();
         let key_file = dir.path().join("root.key.pem");
         std::fs::write(&key_file, material.root_key_pem_enc.as_deref().expect("root key")).expect("write");

@@ -147,3 +147,34 @@ pub fn openssl_csr(dir: &Path, keygen: &[&str], digest: &str, san: &str) -> Vec<
     );
     std::fs::read(csr).expect("read csr")
 }
+
+/// A policy for the audit tests: the default with the `example.org` trust domain.
+pub fn audit_policy() -> Policy {
+    let mut p = Policy::default();
+    p.trust_domain = "example.org".into();
+    p
+}
+
+/// An ACME account row for store tests, optionally bound to EAB key `eab`.
+pub fn account(id: &str, eab: Option<&str>) -> ca::store::acme::AcmeAccount {
+    ca::store::acme::AcmeAccount {
+        id: id.to_owned(),
+        thumbprint: format!("thumb-{id}"),
+        jwk: format!(r#"{{"kty":"EC","crv":"P-256","x":"{id}","y":"y"}}"#),
+        status: "valid".into(),
+        contact: vec![format!("mailto:{id}@example.test")],
+        eab_kid: eab.map(str::to_owned),
+        created_at: 1_700_000_000,
+        allowed_suffixes: vec![],
+    }
+}
+
+/// An unbound EAB key for store tests, limited to `example.test`.
+pub fn eab_key(kid: &str) -> ca::store::acme::EabKey {
+    ca::store::acme::EabKey {
+        kid: kid.into(),
+        hmac_key: "a2V5".into(),
+        allowed_suffixes: vec!["example.test".into()],
+        account_id: None,
+    }
+}
