@@ -23,7 +23,16 @@ pub struct LoadStats {
     pub latencies: Vec<Duration>,
     /// First error seen, if any.
     pub first_error: Option<String>,
+    /// Flows never started because the run's time budget ([`RUN_BUDGET`]) ran out first: a
+    /// server that stalls makes the run stop instead of hanging the benchmark.
+    pub not_started: usize,
 }
+
+/// Wall time after which a run starts no new flow; flows under way get at most [`FLOW_TIMEOUT`].
+pub const RUN_BUDGET: Duration = Duration::from_secs(90);
+
+/// Longest a single flow may take before it counts as failed (the client has no HTTP timeouts).
+pub const FLOW_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl LoadStats {
     /// Completed orders per second.
@@ -45,13 +54,18 @@ impl LoadStats {
     /// One line of figures.
     pub fn line(&self, name: &str) -> String {
         format!(
-            "{name:<28} {:>6} orders in {:>7.2}s = {:>8.1} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   failed {}",
+            "{name:<28} {:>6} orders in {:>7.2}s = {:>8.1} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   failed {}{}",
             self.completed,
             self.elapsed.as_secs_f64(),
             self.orders_per_sec(),
             self.percentile(50.0).as_secs_f64() * 1e3,
             self.percentile(99.0).as_secs_f64() * 1e3,
-            self.failed
+            self.failed,
+            if self.not_started > 0 {
+                format!("   not started {} (run budget of {} s exhausted: the server stalled)", self.not_started, RUN_BUDGET.as_secs())
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -117,6 +131,7 @@ async fn one_flow(directory: &str, root: &Path, n: usize) -> Result<(), instant_
 pub async fn run(directory: &str, root: &Path, concurrency: usize, total: usize) -> LoadStats {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let stop_at = tokio::time::Instant::now() + RUN_BUDGET;
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (next, directory, root) = (next.clone(), directory.to_owned(), root.to_owned());
@@ -125,13 +140,16 @@ pub async fn run(directory: &str, root: &Path, concurrency: usize, total: usize)
             let mut failed = 0;
             let mut first_error = None;
             loop {
+                if tokio::time::Instant::now() >= stop_at {
+                    break;
+                }
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
                     break;
                 }
                 let t = Instant::now();
                 // A flow that hangs (no HTTP timeouts in the client) must not hang the benchmark.
-                match tokio::time::timeout(Duration::from_secs(60), one_flow(&directory, &root, n)).await {
+                match tokio::time::timeout(FLOW_TIMEOUT, one_flow(&directory, &root, n)).await {
                     Ok(Ok(())) => lat.push(t.elapsed()),
                     Ok(Err(e)) => {
                         failed += 1;
@@ -139,15 +157,21 @@ pub async fn run(directory: &str, root: &Path, concurrency: usize, total: usize)
                     }
                     Err(_) => {
                         failed += 1;
-                        first_error.get_or_insert_with(|| "flow timed out after 60 s".to_owned());
+                        first_error.get_or_insert_with(|| format!("flow timed out after {} s", FLOW_TIMEOUT.as_secs()));
                     }
                 }
             }
             (lat, failed, first_error)
         }));
     }
-    let mut stats =
-        LoadStats { completed: 0, failed: 0, elapsed: Duration::ZERO, latencies: Vec::new(), first_error: None };
+    let mut stats = LoadStats {
+        completed: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        first_error: None,
+        not_started: 0,
+    };
     for t in tasks {
         if let Ok((lat, failed, err)) = t.await {
             stats.latencies.extend(lat);
@@ -159,6 +183,7 @@ pub async fn run(directory: &str, root: &Path, concurrency: usize, total: usize)
     }
     stats.elapsed = started.elapsed();
     stats.completed = stats.latencies.len();
+    stats.not_started = total.saturating_sub(stats.completed + stats.failed);
     stats.latencies.sort();
     stats
 }
