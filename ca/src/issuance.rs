@@ -126,6 +126,7 @@ pub struct Authority {
     hook: Option<StepHook>,
     pub(crate) crl: crate::crl::CrlCache,
     stats: crate::stats::IssuanceStats,
+    fleet: crate::fleet::Fleet,
 }
 
 impl std::fmt::Debug for Authority {
@@ -163,6 +164,7 @@ impl Authority {
             );
         }
         info!(issuer = %id, not_after = %crate::issuers::rfc3339(active.record.not_after), "active issuer loaded");
+        let fleet = crate::fleet::Fleet::new(policy.fleet.clone());
         Ok(Authority {
             store,
             policy,
@@ -171,6 +173,7 @@ impl Authority {
             hook: None,
             crl: Default::default(),
             stats: crate::stats::IssuanceStats::default(),
+            fleet,
         })
     }
 
@@ -204,6 +207,11 @@ impl Authority {
         info!(issuer = %id, not_after = %crate::issuers::rfc3339(active.record.not_after), "active issuer changed");
         *self.active.write().map_err(|_| CaError::NoActiveIssuer)? = Some(active);
         Ok(true)
+    }
+
+    /// The newest trust-state report of each workload ([`crate::fleet`]).
+    pub fn fleet(&self) -> &crate::fleet::Fleet {
+        &self.fleet
     }
 
     /// Issuance counters and latency.

@@ -19,6 +19,7 @@ mod bundle;
 mod crl;
 mod csr;
 mod error;
+pub mod fleet;
 mod fsutil;
 mod issuance;
 mod issuers;

@@ -49,6 +49,8 @@ pub struct Policy {
     /// holder's successor (which the holder notices). Zero disables retries.
     #[serde(with = "humantime_serde")]
     pub renewal_retry_window: Duration,
+    /// Bounds of the fleet's trust-state view ([`crate::fleet`]).
+    pub fleet: crate::fleet::FleetPolicy,
 }
 
 impl Default for Policy {
@@ -67,6 +69,7 @@ impl Default for Policy {
             ca_issuers_url: None,
             min_issuer_remaining: Duration::from_secs(60),
             renewal_retry_window: DEFAULT_RENEWAL_RETRY_WINDOW,
+            fleet: crate::fleet::FleetPolicy::default(),
         }
     }
 }
@@ -189,6 +192,9 @@ impl Policy {
             return Err(CaError::Config(format!(
                 "crl_url must be an http:// or https:// base URL without query or fragment, not {url:?}"
             )));
+        }
+        if self.fleet.horizon.is_zero() || self.fleet.max_workloads == 0 {
+            return Err(CaError::Config("fleet: horizon and max_workloads must be positive".into()));
         }
         if self.renewal_retry_window > Duration::from_secs(3600) {
             return Err(CaError::Config("renewal_retry_window may not exceed 1h".into()));

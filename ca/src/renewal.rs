@@ -18,6 +18,7 @@
 use x509_parser::prelude::FromDer;
 
 use crate::CaError;
+use crate::fleet::TrustReport;
 use crate::issuance::{Authority, IssueRequest, IssuedCertificate, Renewal};
 use crate::names::{AuthorizedNames, Name};
 use crate::profile::Profile;
@@ -99,7 +100,31 @@ impl Authority {
     /// ([`CaError::Superseded`]) when `presented` was already renewed, except for a retry within
     /// the retry window (see the module documentation).
     pub async fn renew(&self, presented: &[u8], csr: &[u8]) -> Result<IssuedCertificate, CaError> {
+        self.renew_reporting(presented, csr, None).await
+    }
+
+    /// Records a workload's trust-state report ([`crate::fleet`]) under the SPIFFE ID of its
+    /// authenticated certificate `record`.
+    pub fn record_trust_report(&self, record: &CertificateRecord, report: &TrustReport) {
+        let id = record.sans.split(',').find(|s| s.starts_with("spiffe://")).unwrap_or(&record.sans);
+        if !self.fleet().record(id, &record.serial, report, time::OffsetDateTime::now_utc()) {
+            tracing::debug!(workload = id, "trust report not tracked: the fleet view is full");
+        }
+    }
+
+    /// [`Authority::renew`], recording the agent's trust-state `report` once the presented
+    /// certificate is authenticated (whether or not the renewal then succeeds: the report is
+    /// about what the agent has installed, which a refused renewal does not change).
+    pub async fn renew_reporting(
+        &self,
+        presented: &[u8],
+        csr: &[u8],
+        report: Option<&TrustReport>,
+    ) -> Result<IssuedCertificate, CaError> {
         let (leaf, record) = self.check_presented(presented).await?;
+        if let Some(r) = report {
+            self.record_trust_report(&record, r);
+        }
         let now = time::OffsetDateTime::now_utc();
         let replaces = match self.lineage_check(&record, now).await {
             Ok(r) => r,

@@ -350,6 +350,12 @@ struct Journal {
     emergencies: Vec<EmergencyGauges>,
     /// Completed rotations by kind.
     rotations: [(&'static str, u64); 3],
+    /// How far the live fleet has installed the current bundle (agents' trust reports).
+    convergence: ca::fleet::Convergence,
+    /// Live workloads by the issuer of the certificate they serve.
+    serving: std::collections::BTreeMap<String, usize>,
+    /// Report totals since start.
+    fleet: ca::fleet::FleetTotals,
 }
 
 impl Journal {
@@ -388,7 +394,18 @@ impl Journal {
             ("root", completed(ca::IssuerKind::Root)),
             ("emergency", u64::try_from(list.len()).unwrap_or(u64::MAX)),
         ];
-        Ok(Journal { issuers, retired_valid, bundle_sequence, emergencies, rotations })
+        let at = time::OffsetDateTime::now_utc();
+        let fleet = authority.fleet();
+        Ok(Journal {
+            issuers,
+            retired_valid,
+            bundle_sequence,
+            emergencies,
+            rotations,
+            convergence: fleet.convergence(bundle_sequence, at),
+            serving: fleet.serving_issuers(at),
+            fleet: fleet.totals(),
+        })
     }
 }
 
@@ -462,6 +479,77 @@ impl Collector for Journal {
         for (kind, n) in self.rotations {
             count(&mut f, &[("kind", kind)], n)?;
         }
+        self.encode_fleet(&mut encoder)
+    }
+}
+
+impl Journal {
+    /// The fleet's trust state, from agents' reports (`ca::fleet`).
+    fn encode_fleet(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (gauge, counter) = (MetricType::Gauge, MetricType::Counter);
+        let c = &self.convergence;
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut f = encoder.encode_descriptor(
+            "lanyard_fleet_workloads",
+            "Workloads whose agent reported its trust state: live (heard from within the fleet horizon) or gone.",
+            None,
+            gauge,
+        )?;
+        sample(&mut f, &[("state", "live")], as_i64(c.live))?;
+        sample(&mut f, &[("state", "gone")], as_i64(c.gone))?;
+        let mut f = encoder.encode_descriptor(
+            "lanyard_fleet_bundle_confirmed_workloads",
+            "Live workloads that have installed the current trust bundle (lanyard_bundle_sequence) or a newer one.",
+            None,
+            gauge,
+        )?;
+        sample(&mut f, &[("sequence", c.sequence.to_string().as_str())], as_i64(c.confirmed))?;
+        let mut f = encoder.encode_descriptor(
+            "lanyard_fleet_serving_workloads",
+            "Live workloads by the issuer (SHA-256 of its certificate) of the certificate they serve.",
+            None,
+            gauge,
+        )?;
+        for (issuer, n) in &self.serving {
+            sample(&mut f, &[("issuer", issuer.as_str())], as_i64(*n))?;
+        }
+        let t = &self.fleet;
+        let mut f = encoder.encode_descriptor(
+            "lanyard_fleet_reports",
+            "Trust-state reports received with renewals and notices polls (untracked: the fleet view was full).",
+            None,
+            counter,
+        )?;
+        count(&mut f, &[("tracked", "true")], t.reports.saturating_sub(t.untracked_reports))?;
+        count(&mut f, &[("tracked", "false")], t.untracked_reports)?;
+        let mut f = encoder.encode_descriptor(
+            "lanyard_fleet_handshakes",
+            "Handshakes the agents' seam verifiers accepted or refused, as the agents reported them, refusals by reason.",
+            None,
+            counter,
+        )?;
+        count(&mut f, &[("outcome", "accepted"), ("reason", "")], t.accepted)?;
+        for reason in ca::fleet::RefusalReason::ALL {
+            let n = t.refused.get(&reason).copied().unwrap_or(0);
+            count(&mut f, &[("outcome", "refused"), ("reason", reason.as_str())], n)?;
+        }
+        // Agent-observed fetch latency (M4): mean = rate(seconds) / rate(fetches).
+        encoder
+            .encode_descriptor(
+                "lanyard_fleet_reported_fetches",
+                "Certificate fetches (renewal or enrollment) whose latency agents reported.",
+                None,
+                counter,
+            )?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&t.fetch_latency_count, None)?;
+        encoder
+            .encode_descriptor(
+                "lanyard_fleet_reported_fetch_seconds",
+                "Sum of the certificate fetch latencies agents reported, as they observed them.",
+                None,
+                counter,
+            )?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&t.fetch_latency_sum, None)?;
         Ok(())
     }
 }

@@ -109,6 +109,11 @@ pub struct Renewal {
     /// After the CA answers the push channel with 404, ask again after about this long (±20 %).
     #[serde(with = "humantime_serde")]
     pub notices_unsupported_retry: Duration,
+    /// How long each notices long poll is held open. Each poll also carries the agent's trust
+    /// report (bundle sequence, handshake counts), so this is how often the CA hears from an
+    /// idle agent: keep it well under the CA's `[policy.fleet] horizon`. At most 300 s.
+    #[serde(with = "humantime_serde")]
+    pub notices_wait: Duration,
 }
 
 impl Default for Renewal {
@@ -122,6 +127,7 @@ impl Default for Renewal {
             max_refresh: Duration::from_secs(300),
             notices: true,
             notices_unsupported_retry: Duration::from_secs(300),
+            notices_wait: Duration::from_secs(55),
         }
     }
 }
@@ -169,6 +175,9 @@ impl AgentConfig {
         }
         if !(0.0..0.5).contains(&r.jitter) || r.jitter >= r.fraction {
             bail!("[renewal] jitter must be at least 0, below 0.5 and below fraction");
+        }
+        if r.notices_wait < Duration::from_secs(1) || r.notices_wait > Duration::from_secs(300) {
+            bail!("[renewal] notices_wait must be between 1s and 300s");
         }
         if r.retry_initial.is_zero() || r.retry_max < r.retry_initial {
             bail!("[renewal] retry_initial must be > 0 and <= retry_max");

@@ -15,6 +15,7 @@
 
 pub mod jwt;
 pub mod routes;
+pub mod trust_report;
 
 use std::time::Duration;
 

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use ca::{Authority, TrustBundle};
 use tokio::sync::Mutex;
 
+use super::trust_report;
 use crate::notices::{NoticeBoard, Waiter};
 use crate::problem::Problem;
 use crate::server::PeerCertificates;
@@ -81,7 +82,8 @@ async fn renew(
         return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "badRequest", "the CSR is too large"));
     }
     let leaf = chain.first().ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "no certificate"))?;
-    let issued = state.authority.renew(leaf.as_ref(), &body).await.map_err(|e| {
+    let report = trust_report::from_headers(&headers)?;
+    let issued = state.authority.renew_reporting(leaf.as_ref(), &body, report.as_ref()).await.map_err(|e| {
         tracing::info!(error = %e, "workload renewal refused");
         if e.kind() == ca::ErrorKind::Unauthenticated {
             state.metrics.auth_failure("renewal_certificate");
@@ -108,9 +110,11 @@ struct NoticeQuery {
 async fn notices(
     State(state): State<Arc<WorkloadState>>,
     peer: Option<axum::Extension<PeerCertificates>>,
+    headers: HeaderMap,
     query: Result<Query<NoticeQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "badRequest", e.body_text()))?;
+    let report = trust_report::from_headers(&headers)?;
     let Some(leaf) = peer.as_ref().and_then(|axum::Extension(PeerCertificates(c))| c.first()) else {
         state.metrics.auth_failure("notices_no_certificate");
         return Err(Problem::new(
@@ -125,6 +129,9 @@ async fn notices(
         }
         Problem::from(e)
     })?;
+    if let Some(r) = &report {
+        state.authority.record_trust_report(&record, r);
+    }
     let left = Duration::try_from(record.not_after - time::OffsetDateTime::now_utc()).unwrap_or_default();
     let wait = q.wait.map_or(NOTICE_WAIT, Duration::from_secs).min(MAX_NOTICE_WAIT).min(left);
     let deadline = tokio::time::Instant::now() + wait;

@@ -51,6 +51,8 @@ pub struct CaClient {
     pin: String,
     trust_domain: String,
     timeout: Duration,
+    /// Sends a trust report with every renewal and notices poll when set.
+    reporter: Option<std::sync::Arc<super::report::TrustReporter>>,
 }
 
 fn sha256_hex(der: &[u8]) -> String {
@@ -65,7 +67,51 @@ impl CaClient {
             pin: pin.to_owned(),
             trust_domain: trust_domain.to_owned(),
             timeout,
+            reporter: None,
         }
+    }
+
+    /// Sends `reporter`'s trust report with every renewal and notices poll.
+    pub fn with_reporter(mut self, reporter: std::sync::Arc<super::report::TrustReporter>) -> Self {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// Sends one request to the CA over mTLS with `current`, trusting `bundle`, with the trust
+    /// report if there is a reporter; `body` is (content type, bytes). The report is given back
+    /// when the CA did not take it (no answer, or 400/401/403 before reading it).
+    async fn send_reporting(
+        &self,
+        current: &Svid,
+        bundle: &TrustBundle,
+        method: Method,
+        url: &str,
+        body: Option<(&str, Vec<u8>)>,
+        timeout: Duration,
+    ) -> anyhow::Result<HttpResponse> {
+        let tls = http::tls_config(&bundle.roots, Some((current.chain.clone(), current.key.clone_key())))?;
+        let report = self.reporter.as_ref().map(|r| r.take(current, bundle));
+        let mut headers = Vec::new();
+        let body = match body {
+            Some((ct, bytes)) => {
+                headers.push(("content-type", ct.to_owned()));
+                bytes
+            }
+            None => Vec::new(),
+        };
+        if let Some(r) = &report {
+            headers.push((super::report::HEADER, r.value.clone()));
+        }
+        let resp = http::request_with(tls, method, url, &headers, body, timeout).await;
+        if let (Some(reporter), Some(report)) = (&self.reporter, report) {
+            let taken = resp.as_ref().is_ok_and(|r| {
+                !matches!(r.status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+            });
+            if !taken {
+                reporter.lost(report);
+            }
+        }
+        resp
     }
 
     /// The CA's base URL.
@@ -118,18 +164,21 @@ impl CaClient {
         current: &Svid,
         csr_der: Vec<u8>,
     ) -> Result<Vec<CertificateDer<'static>>, RenewError> {
-        let tls = http::tls_config(&bundle.roots, Some((current.chain.clone(), current.key.clone_key())))
+        let started = std::time::Instant::now();
+        let resp = self
+            .send_reporting(
+                current,
+                bundle,
+                Method::POST,
+                &format!("{}/workload/v1/renew", self.base),
+                Some(("application/pkcs10", csr_der)),
+                self.timeout,
+            )
+            .await
             .map_err(RenewError::Transient)?;
-        let resp = http::request(
-            tls,
-            Method::POST,
-            &format!("{}/workload/v1/renew", self.base),
-            Some("application/pkcs10"),
-            csr_der,
-            self.timeout,
-        )
-        .await
-        .map_err(RenewError::Transient)?;
+        if let (Some(r), StatusCode::OK) = (&self.reporter, resp.status) {
+            r.fetched(started.elapsed());
+        }
         match resp.status {
             StatusCode::OK => super::cert::chain_from_pem(&resp.body).map_err(RenewError::Transient),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(RenewError::Refused(resp.error_detail())),
@@ -145,10 +194,9 @@ impl CaClient {
         current: &Svid,
         wait: Duration,
     ) -> Result<Option<(i64, i64)>, NoticeError> {
-        let tls = http::tls_config(&bundle.roots, Some((current.chain.clone(), current.key.clone_key())))
-            .map_err(NoticeError::Failed)?;
         let url = format!("{}/workload/v1/notices?wait={}", self.base, wait.as_secs());
-        let resp = http::request(tls, Method::GET, &url, None, Vec::new(), wait + self.timeout)
+        let resp = self
+            .send_reporting(current, bundle, Method::GET, &url, None, wait + self.timeout)
             .await
             .map_err(NoticeError::Failed)?;
         parse_notice(&resp)

@@ -55,7 +55,20 @@ pub async fn request(
     body: Vec<u8>,
     timeout: Duration,
 ) -> anyhow::Result<HttpResponse> {
-    tokio::time::timeout(timeout, request_inner(tls, method, url, content_type, body))
+    let headers: Vec<(&str, String)> = content_type.map(|ct| ("content-type", ct.to_owned())).into_iter().collect();
+    request_with(tls, method, url, &headers, body, timeout).await
+}
+
+/// Sends one request with extra `headers`; `timeout` bounds the whole exchange.
+pub async fn request_with(
+    tls: Arc<rustls::ClientConfig>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
+    tokio::time::timeout(timeout, request_inner(tls, method, url, headers, body))
         .await
         .map_err(|_| anyhow!("{url}: no answer within {}s", timeout.as_secs_f32()))?
 }
@@ -64,7 +77,7 @@ async fn request_inner(
     tls: Arc<rustls::ClientConfig>,
     method: Method,
     url: &str,
-    content_type: Option<&str>,
+    headers: &[(&str, String)],
     body: Vec<u8>,
 ) -> anyhow::Result<HttpResponse> {
     let uri: Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
@@ -97,8 +110,8 @@ async fn request_inner(
         .uri(path)
         .header("host", authority)
         .header("user-agent", concat!("lanyard-agent/", env!("CARGO_PKG_VERSION")));
-    if let Some(ct) = content_type {
-        req = req.header("content-type", ct);
+    for (name, value) in headers {
+        req = req.header(*name, value.as_str());
     }
     let resp = sender
         .send_request(req.body(Full::new(Bytes::from(body)))?)

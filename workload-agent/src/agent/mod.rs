@@ -13,6 +13,7 @@ pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod notices;
+pub mod report;
 pub mod schedule;
 
 use std::future::Future;
@@ -67,7 +68,9 @@ impl Agent {
     pub fn new(cfg: AgentConfig) -> anyhow::Result<Agent> {
         cfg.validate()?;
         let seam = CredentialSeam::new(&cfg.spiffe_id).map_err(|e| anyhow!("spiffe_id: {e}"))?;
-        let client = CaClient::new(&cfg.ca_url, &cfg.pin(), seam.trust_domain(), cfg.renewal.request_timeout);
+        let reporter = Arc::new(report::TrustReporter::new(seam.clone()));
+        let client = CaClient::new(&cfg.ca_url, &cfg.pin(), seam.trust_domain(), cfg.renewal.request_timeout)
+            .with_reporter(reporter);
         let (registry, metrics) = metrics::registry();
         metrics.started.store(now(), Ordering::Relaxed);
         Ok(Agent { cfg, client, seam, metrics, registry: Arc::new(registry) })
@@ -307,6 +310,7 @@ impl Agent {
             self.client.clone(),
             self.cfg.renewal.notices,
             self.cfg.renewal.notices_unsupported_retry,
+            self.cfg.renewal.notices_wait,
         );
         let mut failures: u32 = 0;
         let mut retry_at: Option<i64> = None;

@@ -15,9 +15,6 @@ use tracing::{debug, info, warn};
 use super::ca_client::{CaClient, NoticeError};
 use crate::credentials::{Svid, TrustBundle};
 
-/// How long one poll asks the CA to hold the request (the CA's default, under the 60 s idle
-/// timeout common in proxies).
-const WAIT: Duration = Duration::from_secs(55);
 /// Backoff after failed polls.
 const RETRY_INITIAL: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -45,7 +42,7 @@ pub(super) struct Notices {
 
 impl Notices {
     /// Starts polling (when `enabled`) as soon as [`Notices::update`] gives an identity.
-    pub(super) fn start(client: CaClient, enabled: bool, unsupported_retry: Duration) -> Self {
+    pub(super) fn start(client: CaClient, enabled: bool, unsupported_retry: Duration, wait: Duration) -> Self {
         let (identity, ident_rx) = watch::channel(None);
         if !enabled {
             return Notices { identity, rx: None, task: None };
@@ -53,7 +50,7 @@ impl Notices {
         let (tx, rx) = mpsc::channel(4);
         let poll = move |svid: Svid, bundle: TrustBundle| {
             let client = client.clone();
-            async move { client.notices(&bundle, &svid, WAIT).await }
+            async move { client.notices(&bundle, &svid, wait).await }
         };
         let task = tokio::spawn(poll_loop(poll, unsupported_retry, ident_rx, tx));
         Notices { identity, rx: Some(rx), task: Some(task) }

@@ -22,6 +22,7 @@
 
 mod authorizer;
 mod error;
+mod handshakes;
 mod resolver;
 mod seam;
 mod spiffe_id;
@@ -31,6 +32,7 @@ mod x509;
 
 pub use authorizer::Authorizer;
 pub use error::SeamError;
+pub use handshakes::{HandshakeCounts, Refusal};
 pub use resolver::SvidResolver;
 pub use seam::CredentialSeam;
 pub use verifier::{SpiffeClientCertVerifier, SpiffeServerCertVerifier};

@@ -33,6 +33,8 @@ use crate::credentials::{Svid, TrustBundle};
 pub(crate) struct Live {
     pub(crate) certified: ArcSwapOption<CertifiedKey>,
     pub(crate) trust: ArcSwapOption<TrustAnchors>,
+    /// What the verifiers decided, for the agent's trust reports.
+    pub(crate) handshakes: super::handshakes::HandshakeTally,
 }
 
 /// Validates and publishes the SVID and trust bundle of one workload identity. Cheap to clone; all
@@ -75,6 +77,11 @@ impl CredentialSeam {
     /// The SPIFFE ID this seam serves.
     pub fn spiffe_id(&self) -> &str {
         self.inner.expected.as_str()
+    }
+
+    /// Handshakes this seam's verifiers accepted and refused since it was made (totals).
+    pub fn handshake_counts(&self) -> super::HandshakeCounts {
+        self.inner.live.handshakes.snapshot()
     }
 
     /// The trust domain of [`Self::spiffe_id`].

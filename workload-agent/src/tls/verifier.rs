@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 
+use super::handshakes::Refusal;
 use super::seam::Live;
 use super::trust::TrustAnchors;
 use super::x509::inspect_leaf;
@@ -54,6 +55,21 @@ impl PeerPolicy {
             return Err(refuse(SeamError::PeerNotAuthorized { spiffe_id: id.as_str().to_owned() }));
         }
         tracing::trace!(peer = id.as_str(), "peer SVID accepted");
+        Ok(())
+    }
+
+    /// Verifies a peer's chain with `chain` against the installed anchors, then its identity, and
+    /// counts the outcome.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        chain: impl FnOnce(&TrustAnchors) -> Result<(), rustls::Error>,
+    ) -> Result<(), rustls::Error> {
+        let tally = &self.live.handshakes;
+        let anchors = self.anchors().inspect_err(|_| tally.refused(Refusal::NoBundle))?;
+        chain(&anchors).inspect_err(|e| tally.refused(Refusal::of_chain_error(e)))?;
+        self.authorize(end_entity).inspect_err(|_| tally.refused(Refusal::Identity))?;
+        tally.accepted();
         Ok(())
     }
 
@@ -150,8 +166,7 @@ impl ServerCertVerifier for SpiffeServerCertVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.policy.anchors()?.verify_server(end_entity, intermediates, now)?;
-        self.policy.authorize(end_entity)?;
+        self.policy.check(end_entity, |a| a.verify_server(end_entity, intermediates, now))?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -195,8 +210,7 @@ impl ClientCertVerifier for SpiffeClientCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.policy.anchors()?.verify_client(end_entity, intermediates, now)?;
-        self.policy.authorize(end_entity)?;
+        self.policy.check(end_entity, |a| a.verify_client(end_entity, intermediates, now))?;
         Ok(ClientCertVerified::assertion())
     }
 

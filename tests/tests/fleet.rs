@@ -1,0 +1,163 @@
+//! Agents report their trust state to the CA with every notices poll and renewal: the bundle
+//! sequence they installed, the issuer of the certificate they serve, and the handshakes their
+//! seam verifiers accepted and refused (by reason). The CA's metrics show the live fleet, its
+//! convergence on the current bundle, and the handshake counts; a malformed report is refused
+//! with a problem document and records nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use tests::process::metric;
+use tests::workload::{TD, WorkloadCa};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use workload_agent::agent::ca_client::CaClient;
+use workload_agent::agent::http;
+use workload_agent::tls::{Authorizer, Refusal};
+
+/// Polls the CA's metrics until `ok` holds for the page, or fails with the last page.
+async fn wait_for_metrics(ca: &WorkloadCa, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = ca.metrics().await.expect("metrics");
+        if ok(&page) {
+            return page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} not seen within 30 s:\n{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn fleet_lines(page: &str) -> String {
+    page.lines()
+        .filter(|l| l.starts_with("lanyard_fleet") || l.starts_with("lanyard_bundle_sequence"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_report_bundle_issuer_and_handshakes() {
+    let ca = WorkloadCa::start_with_hint("", "[rotation]\nenabled = false\n", "10m").expect("CA");
+    let ids: Vec<String> = ["a", "b", "c"].iter().map(|n| format!("spiffe://{TD}/fleet/{n}")).collect();
+    let mut agents = Vec::new();
+    for id in &ids {
+        let mut cfg = ca.agent_config(id, &ca.token(id, &[]).expect("token"), 0.9).expect("cfg");
+        // A short poll, so the next report (with the handshake counts) comes within a second.
+        cfg.renewal.notices_wait = Duration::from_secs(1);
+        let agent = workload_agent::Agent::new(cfg).expect("agent");
+        let runner = agent.clone();
+        tokio::spawn(async move { runner.run(std::future::pending()).await });
+        agents.push(agent);
+    }
+    for agent in &agents {
+        let mut rx = agent.seam().svid_updates();
+        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
+            .await
+            .expect("enrolled")
+            .expect("watch");
+    }
+    let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
+
+    // Every agent is live and has installed the current bundle.
+    let page = wait_for_metrics(&ca, "three live agents on the current bundle", |p| {
+        p.contains("lanyard_fleet_workloads{state=\"live\"} 3")
+            && p.lines().any(|l| l.starts_with("lanyard_fleet_bundle_confirmed_workloads{") && l.ends_with(" 3"))
+    })
+    .await;
+    let seq: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("lanyard_bundle_sequence "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("lanyard_bundle_sequence");
+    assert!(seq >= 1, "{}", fleet_lines(&page));
+    assert_eq!(metric(&page, &format!("lanyard_fleet_bundle_confirmed_workloads{{sequence=\"{seq}\"}}")), 3.0);
+    // They all serve certificates of the one active intermediate, named by its SHA-256.
+    let chain = a.seam().svid_updates().borrow().clone().expect("svid").chain.clone();
+    let issuer = hex::encode(ring::digest::digest(&ring::digest::SHA256, chain[1].as_ref()));
+    assert_eq!(metric(&page, &format!("lanyard_fleet_serving_workloads{{issuer=\"{issuer}\"}}")), 3.0);
+    assert_eq!(metric(&page, "lanyard_fleet_workloads{state=\"gone\"}"), 0.0);
+
+    // Service a accepts only b. b connects five times (both sides accept), c three times (c accepts
+    // a's certificate, a refuses c's identity).
+    let server = Arc::new(a.seam().server_config(Authorizer::exact([ids[1].as_str()]).expect("authz")).expect("cfg"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 4];
+                    if tls.read_exact(&mut buf).await.is_ok() {
+                        tls.write_all(b"pong").await.ok(); // the client may be gone already
+                    }
+                }
+            });
+        }
+    });
+    let name = rustls::pki_types::ServerName::try_from("svc-a.internal").expect("name");
+    let connect = |agent: &workload_agent::Agent| {
+        let cfg =
+            Arc::new(agent.seam().client_config(Authorizer::exact([ids[0].as_str()]).expect("authz")).expect("cfg"));
+        let name = name.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+            tls.write_all(b"ping").await?;
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(())
+        }
+    };
+    for _ in 0..5 {
+        connect(b).await.expect("b is welcome");
+    }
+    for _ in 0..3 {
+        assert!(connect(c).await.is_err(), "c is refused by a");
+    }
+    let a_counts = a.seam().handshake_counts();
+    assert_eq!((a_counts.accepted, a_counts.refused_for(Refusal::Identity)), (5, 3), "{a_counts:?}");
+
+    // The next polls carry the counts: 5 (a) + 5 (b) + 3 (c) accepted, 3 refused for identity.
+    let page = wait_for_metrics(&ca, "the handshake counts", |p| {
+        p.contains("lanyard_fleet_handshakes_total{outcome=\"refused\",reason=\"identity\"} 3")
+            && p.contains("lanyard_fleet_handshakes_total{outcome=\"accepted\",reason=\"\"} 13")
+    })
+    .await;
+    println!("{}", fleet_lines(&page));
+    for reason in ["unknown_issuer", "expired", "revoked", "no_bundle", "other"] {
+        assert_eq!(
+            metric(&page, &format!("lanyard_fleet_handshakes_total{{outcome=\"refused\",reason=\"{reason}\"}}")),
+            0.0
+        );
+    }
+    // Reported once each: a few more polls later the totals are the same.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = ca.metrics().await.expect("metrics");
+    assert_eq!(metric(&later, "lanyard_fleet_handshakes_total{outcome=\"accepted\",reason=\"\"}"), 13.0);
+    assert!(
+        metric(&later, "lanyard_fleet_reports_total{tracked=\"true\"}")
+            > metric(&page, "lanyard_fleet_reports_total{tracked=\"true\"}")
+    );
+
+    // A malformed report: 400 with a problem document, and nothing recorded.
+    let client = CaClient::new(&ca.url(), &ca.fingerprint().expect("fp"), TD, Duration::from_secs(10));
+    let bundle = client.bootstrap().await.expect("bootstrap").bundle;
+    let svid = b.seam().svid_updates().borrow().clone().expect("svid");
+    let tls = http::tls_config(&bundle.roots, Some((svid.chain.clone(), svid.key.clone_key()))).expect("tls");
+    let before = ca.metrics().await.expect("metrics");
+    let url = format!("{}/workload/v1/notices?wait=1", ca.url());
+    let headers = [("lanyard-trust-report", r#"{"bundle_sequence":"seven"}"#.to_owned())];
+    let r = http::request_with(tls, Method::GET, &url, &headers, Vec::new(), Duration::from_secs(10))
+        .await
+        .expect("request");
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert!(r.error_detail().contains("lanyard-trust-report"), "{}", r.error_detail());
+    let after = ca.metrics().await.expect("metrics");
+    assert_eq!(
+        metric(&after, "lanyard_fleet_handshakes_total{outcome=\"accepted\",reason=\"\"}"),
+        metric(&before, "lanyard_fleet_handshakes_total{outcome=\"accepted\",reason=\"\"}")
+    );
+}
