@@ -62,7 +62,11 @@ impl LoadStats {
             self.percentile(99.0).as_secs_f64() * 1e3,
             self.failed,
             if self.not_started > 0 {
-                format!("   not started {} (run budget of {} s exhausted: the server stalled)", self.not_started, RUN_BUDGET.as_secs())
+                format!(
+                    "   not started {} (run budget of {} s exhausted: the server stalled)",
+                    self.not_started,
+                    RUN_BUDGET.as_secs()
+                )
             } else {
                 String::new()
             }
