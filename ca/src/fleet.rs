@@ -92,12 +92,45 @@ pub struct FleetPolicy {
     pub horizon: Duration,
     /// Most workloads tracked at once; reports of further workloads are counted and dropped.
     pub max_workloads: usize,
+    /// After a start, how long the view collects reports before a rotation gate trusts it: an
+    /// empty view right after a restart must not read as "the whole (empty) fleet confirmed".
+    /// Make it longer than the agents' `notices_wait` (55 s by default).
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
 }
 
 impl Default for FleetPolicy {
     fn default() -> Self {
-        FleetPolicy { horizon: Duration::from_secs(10 * 60), max_workloads: 200_000 }
+        FleetPolicy {
+            horizon: Duration::from_secs(10 * 60),
+            max_workloads: 200_000,
+            warmup: Duration::from_secs(2 * 60),
+        }
     }
+}
+
+/// A rotation step waiting for the fleet ([`crate::rotation`]'s gate), as the metrics and the
+/// status page show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateStatus {
+    /// The step: `activate_root` or `expire_root`.
+    pub step: &'static str,
+    /// The issuer the step is about (the new root, or the root leaving the bundle).
+    pub issuer: String,
+    /// Why it waits, in words.
+    pub reason: String,
+    /// Live workloads.
+    pub live: usize,
+    /// Live workloads that confirmed (installed the bundle, or no longer serve a chain of the root).
+    pub confirmed: usize,
+    /// How many must confirm.
+    pub required: usize,
+    /// When the step became due on the clock (Unix seconds).
+    pub due_at: i64,
+    /// Past `[rotation] fleet_deadline`: the rotation waits and alerts.
+    pub overdue: bool,
+    /// The overdue alert was audited already.
+    pub alerted: bool,
 }
 
 /// The newest report of one workload.
@@ -155,7 +188,9 @@ impl Convergence {
 #[derive(Debug)]
 pub struct Fleet {
     policy: FleetPolicy,
+    started: OffsetDateTime,
     state: Mutex<State>,
+    gate: Mutex<Option<GateStatus>>,
 }
 
 #[derive(Debug, Default)]
@@ -167,7 +202,27 @@ struct State {
 impl Fleet {
     /// An empty fleet view.
     pub fn new(policy: FleetPolicy) -> Self {
-        Fleet { policy, state: Mutex::new(State::default()) }
+        Self::started_at(policy, OffsetDateTime::now_utc())
+    }
+
+    /// An empty fleet view that started collecting at `started`.
+    pub fn started_at(policy: FleetPolicy, started: OffsetDateTime) -> Self {
+        Fleet { policy, started, state: Mutex::new(State::default()), gate: Mutex::new(None) }
+    }
+
+    /// Whether the view has collected reports for at least [`FleetPolicy::warmup`].
+    pub fn warm(&self, now: OffsetDateTime) -> bool {
+        now - self.started >= self.policy.warmup
+    }
+
+    /// The rotation step waiting for the fleet, if any.
+    pub fn gate(&self) -> Option<GateStatus> {
+        self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Sets (or clears) the waiting step; returns the previous one.
+    pub fn set_gate(&self, status: Option<GateStatus>) -> Option<GateStatus> {
+        std::mem::replace(&mut *self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner), status)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -271,7 +326,8 @@ mod tests {
 
     #[test]
     fn convergence_counts_live_workloads_and_ignores_gone_ones() {
-        let fleet = Fleet::new(FleetPolicy { horizon: Duration::from_secs(60), max_workloads: 10 });
+        let fleet =
+            Fleet::new(FleetPolicy { horizon: Duration::from_secs(60), max_workloads: 10, ..Default::default() });
         let t0 = OffsetDateTime::from_unix_timestamp(1_000_000).expect("time");
         assert!(fleet.record("spiffe://td/a", "01", &report(3), t0));
         assert!(fleet.record("spiffe://td/b", "02", &report(2), t0));
@@ -289,7 +345,8 @@ mod tests {
 
     #[test]
     fn the_bound_evicts_gone_workloads_first_then_refuses() {
-        let fleet = Fleet::new(FleetPolicy { horizon: Duration::from_secs(60), max_workloads: 2 });
+        let fleet =
+            Fleet::new(FleetPolicy { horizon: Duration::from_secs(60), max_workloads: 2, ..Default::default() });
         let t0 = OffsetDateTime::from_unix_timestamp(1_000_000).expect("time");
         assert!(fleet.record("spiffe://td/old", "01", &report(1), t0 - Duration::from_secs(600)));
         assert!(fleet.record("spiffe://td/a", "02", &report(1), t0));

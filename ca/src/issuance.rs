@@ -126,7 +126,7 @@ pub struct Authority {
     hook: Option<StepHook>,
     pub(crate) crl: crate::crl::CrlCache,
     stats: crate::stats::IssuanceStats,
-    fleet: crate::fleet::Fleet,
+    fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -164,7 +164,7 @@ impl Authority {
             );
         }
         info!(issuer = %id, not_after = %crate::issuers::rfc3339(active.record.not_after), "active issuer loaded");
-        let fleet = crate::fleet::Fleet::new(policy.fleet.clone());
+        let fleet = Arc::new(crate::fleet::Fleet::new(policy.fleet.clone()));
         Ok(Authority {
             store,
             policy,
@@ -210,7 +210,7 @@ impl Authority {
     }
 
     /// The newest trust-state report of each workload ([`crate::fleet`]).
-    pub fn fleet(&self) -> &crate::fleet::Fleet {
+    pub fn fleet(&self) -> &Arc<crate::fleet::Fleet> {
         &self.fleet
     }
 

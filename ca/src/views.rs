@@ -57,6 +57,7 @@ impl Views {
 #[derive(Debug, Clone)]
 pub struct RotationDriver {
     store: Store,
+    fleet: std::sync::Arc<crate::fleet::Fleet>,
 }
 
 impl RotationDriver {
@@ -73,7 +74,7 @@ impl RotationDriver {
         now: i64,
         rotation: &str,
     ) -> Result<Vec<Step>, CaError> {
-        crate::rotation::run_due(&self.store, keys, policy, now, rotation).await
+        crate::rotation::run_due(&self.store, keys, policy, now, rotation, Some(&self.fleet)).await
     }
 
     /// The issuer journal.
@@ -120,6 +121,6 @@ impl Authority {
 
     /// The driver of this CA's background rotation steps.
     pub fn rotation_driver(&self) -> RotationDriver {
-        RotationDriver { store: self.store().clone() }
+        RotationDriver { store: self.store().clone(), fleet: self.fleet().clone() }
     }
 }

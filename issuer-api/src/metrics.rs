@@ -356,6 +356,8 @@ struct Journal {
     serving: std::collections::BTreeMap<String, usize>,
     /// Report totals since start.
     fleet: ca::fleet::FleetTotals,
+    /// The rotation step waiting for the fleet, if any.
+    gate: Option<ca::fleet::GateStatus>,
 }
 
 impl Journal {
@@ -405,6 +407,7 @@ impl Journal {
             convergence: fleet.convergence(bundle_sequence, at),
             serving: fleet.serving_issuers(at),
             fleet: fleet.totals(),
+            gate: fleet.gate(),
         })
     }
 }
@@ -532,6 +535,35 @@ impl Journal {
         for reason in ca::fleet::RefusalReason::ALL {
             let n = t.refused.get(&reason).copied().unwrap_or(0);
             count(&mut f, &[("outcome", "refused"), ("reason", reason.as_str())], n)?;
+        }
+        type GateField = fn(&ca::fleet::GateStatus) -> i64;
+        let gates: [(&str, &str, GateField); 4] = [
+            (
+                "lanyard_rotation_gate_waiting",
+                "1 while a root rotation step waits for the fleet's confirmation (see lanyard_rotation_gate_*).",
+                |_| 1,
+            ),
+            (
+                "lanyard_rotation_gate_overdue",
+                "1 when the waiting step is past [rotation] fleet_deadline: it keeps waiting, someone should look.",
+                |g| i64::from(g.overdue),
+            ),
+            (
+                "lanyard_rotation_gate_confirmed_workloads",
+                "Live workloads that confirmed what the waiting step needs.",
+                |g| i64::try_from(g.confirmed).unwrap_or(i64::MAX),
+            ),
+            (
+                "lanyard_rotation_gate_required_workloads",
+                "Confirmations the waiting step needs ([rotation] fleet_quorum of the live workloads).",
+                |g| i64::try_from(g.required).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gates {
+            let mut f = encoder.encode_descriptor(name, help, None, gauge)?;
+            if let Some(g) = &self.gate {
+                sample(&mut f, &[("step", g.step), ("issuer", g.issuer.as_str())], value(g))?;
+            }
         }
         // Agent-observed fetch latency (M4): mean = rate(seconds) / rate(fetches).
         encoder

@@ -239,7 +239,7 @@ async fn crls_are_served_revoke_leaves_and_survive_rotation() {
 async fn crls_verify_along_old_and_new_root_chains() {
     let ca = WorkloadCa::start_with(
         &format!("crl_url = \"{CRL_BASE}\""),
-        "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"2s\"\n",
+        "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"2s\"\n[policy.fleet]\nwarmup = \"1s\"\n",
     )
     .expect("CA");
     let work = tempfile::tempdir().expect("tmp");

@@ -161,3 +161,144 @@ async fn agents_report_bundle_issuer_and_handshakes() {
         metric(&before, "lanyard_fleet_handshakes_total{outcome=\"accepted\",reason=\"\"}")
     );
 }
+
+/// A root rotation gated on the fleet: two services do mTLS through it on real agents, and a third
+/// workload is deliberately held on the old bundle (its reports keep naming the old sequence).
+/// The new root does not take over, and nothing is signed under it, until the held workload
+/// confirms; then it proceeds, with 0 failed handshakes between the two services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_activation_waits_for_a_held_workload() {
+    use ca::{IssuerKind, IssuerState};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tests::workload::{authority_key_id, mtls_loop};
+
+    let ca = WorkloadCa::start_with(
+        "",
+        "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"2s\"\n[policy.fleet]\nwarmup = \"1s\"\nhorizon = \"30s\"\n",
+    )
+    .expect("CA");
+    let a_id = format!("spiffe://{TD}/svc-a");
+    let b_id = format!("spiffe://{TD}/svc-b");
+    let h_id = format!("spiffe://{TD}/held");
+    let agents = ca.enrolled_agents(&[&a_id, &b_id], 0.3).await.expect("agents");
+    let (a, b) = (agents[0].clone(), agents[1].clone());
+    // The held workload: a real agent that keeps its certificate fresh but sends no reports of
+    // its own; this test reports for it, naming the bundle it is held on.
+    let mut cfg = ca.agent_config(&h_id, &ca.token(&h_id, &[]).expect("token"), 0.3).expect("cfg");
+    cfg.renewal.notices = false;
+    let h = workload_agent::Agent::new(cfg).expect("agent");
+    let runner = h.clone();
+    tokio::spawn(async move { runner.run(std::future::pending()).await });
+    let mut rx = h.seam().svid_updates();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
+        .await
+        .expect("enrolled")
+        .expect("watch");
+    let old_seq = h.seam().bundle_updates().borrow().as_ref().expect("bundle").sequence;
+    let held_at = Arc::new(AtomicU64::new(old_seq));
+    let (url, seq) = (format!("{}/workload/v1/notices?wait=1", ca.url()), held_at.clone());
+    let held = h.clone();
+    let reporter = tokio::spawn(async move {
+        loop {
+            let svid = held.seam().svid_updates().borrow().clone().expect("svid");
+            let roots = held.seam().bundle_updates().borrow().as_ref().expect("bundle").roots.clone();
+            let tls = http::tls_config(&roots, Some((svid.chain.clone(), svid.key.clone_key()))).expect("tls");
+            let report = format!(r#"{{"bundle_sequence":{}}}"#, seq.load(Ordering::SeqCst));
+            let headers = [("lanyard-trust-report", report)];
+            match http::request_with(tls, Method::GET, &url, &headers, Vec::new(), Duration::from_secs(10)).await {
+                Ok(r) => assert!(r.status.is_success(), "held report: {} {}", r.status, r.error_detail()),
+                Err(e) => println!("held report failed (retrying): {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    wait_for_metrics(&ca, "three live workloads", |p| p.contains("lanyard_fleet_workloads{state=\"live\"} 3")).await;
+
+    // Two services keep doing mTLS for the whole test.
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
+    let (la, lb, lai, lbi) = (a.clone(), b.clone(), a_id.clone(), b_id.clone());
+    let load = tokio::spawn(async move {
+        mtls_loop(&la, &lb, &lai, &lbi, Duration::from_secs(240), move || done.load(Ordering::SeqCst)).await
+    });
+
+    let before = ca.journal().await.expect("journal");
+    let old_int = before
+        .iter()
+        .find(|r| r.kind == IssuerKind::Intermediate && r.state == IssuerState::Active)
+        .expect("active")
+        .clone();
+    println!("{}", ca.cli(&["rotate", "root"]).expect("rotate root").trim());
+    let journal = ca.journal().await.expect("journal");
+    let new_root = journal
+        .iter()
+        .find(|r| r.kind == IssuerKind::Root && r.state == IssuerState::Prepared)
+        .expect("new root")
+        .clone();
+    let new_int = journal
+        .iter()
+        .find(|r| r.kind == IssuerKind::Intermediate && r.parent_id.as_deref() == Some(new_root.id.as_str()))
+        .expect("new intermediate")
+        .clone();
+
+    // The overlap (2 s) passes; a and b install the new bundle, the held workload does not: the
+    // gate holds the new root, and says why.
+    let page = wait_for_metrics(&ca, "the gate waiting on 2 of 3", |p| {
+        p.lines().any(|l| l.starts_with("lanyard_rotation_gate_waiting{step=\"activate_root\"") && l.ends_with(" 1"))
+            && p.lines().any(|l| l.starts_with("lanyard_rotation_gate_confirmed_workloads{") && l.ends_with(" 2"))
+    })
+    .await;
+    println!("{}", fleet_lines(&page));
+    let new_seq = a.seam().bundle_updates().borrow().as_ref().expect("bundle").sequence;
+    assert!(new_seq > old_seq, "a installed the bundle with both roots: {old_seq} -> {new_seq}");
+    assert!(page.contains(&format!(
+        "lanyard_rotation_gate_required_workloads{{step=\"activate_root\",issuer=\"{}\"}} 3",
+        new_root.id
+    )));
+    // It stays held: several checks later, still prepared, nothing signed under it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let journal = ca.journal().await.expect("journal");
+    let state = |j: &[ca::IssuerRecord], id: &str| j.iter().find(|r| r.id == id).map(|r| r.state);
+    assert_eq!(state(&journal, &new_root.id), Some(IssuerState::Prepared));
+    assert_eq!(state(&journal, &new_int.id), Some(IssuerState::Prepared));
+    assert_eq!(state(&journal, &old_int.id), Some(IssuerState::Active));
+    for agent in [&a, &b, &h] {
+        let svid = agent.seam().svid_updates().borrow().clone().expect("svid");
+        assert_ne!(authority_key_id(svid.chain[0].as_ref()), new_int.ski, "nothing is signed under the new root yet");
+    }
+
+    // Release: the held workload installs the new bundle and says so. The rotation proceeds.
+    held_at.store(new_seq, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let j = ca.journal().await.expect("journal");
+        if state(&j, &new_root.id) == Some(IssuerState::Active) {
+            assert_eq!(state(&j, &new_int.id), Some(IssuerState::Active));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the root did not activate after the held workload confirmed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let audit = ca.cli(&["audit", "list", "--kind", "root.activate", "--format", "jsonl"]).expect("audit");
+    assert!(audit.contains(&format!("fleet confirmed bundle {new_seq}: 3 of 3 live workloads")), "{audit}");
+    let page = ca.metrics().await.expect("metrics");
+    assert!(!page.lines().any(|l| l.starts_with("lanyard_rotation_gate_waiting{")), "{}", fleet_lines(&page));
+
+    // The services renew under the new root while the load runs; then stop the load.
+    for agent in [&a, &b] {
+        let mut rx = agent.seam().svid_updates();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            rx.wait_for(|s| s.as_ref().is_some_and(|s| authority_key_id(s.chain[0].as_ref()) == new_int.ski)),
+        )
+        .await
+        .expect("renewed under the new root")
+        .expect("watch");
+    }
+    finished.store(true, Ordering::SeqCst);
+    let rep = load.await.expect("load task").expect("mTLS loop");
+    reporter.abort();
+    println!("{} handshakes, {} failures through the gated root rotation", rep.handshakes, rep.failures.len());
+    assert!(rep.handshakes > 50, "{}", rep.handshakes);
+    assert!(rep.failures.is_empty(), "failed handshakes: {:?}", &rep.failures[..rep.failures.len().min(5)]);
+}

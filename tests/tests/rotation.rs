@@ -209,7 +209,7 @@ async fn killed_manual_rotations_resume_cleanly() {
 async fn root_rotation_under_mtls_load() {
     let ca = WorkloadCa::start_with(
         "min_issuer_remaining = \"3s\"",
-        "[init]\nintermediate_lifetime = \"60s\"\n[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"8s\"\n",
+        "[init]\nintermediate_lifetime = \"60s\"\n[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"8s\"\n[policy.fleet]\nwarmup = \"1s\"\n",
     )
     .expect("CA");
     let old_root = ca.fingerprint().expect("fp");
@@ -398,7 +398,11 @@ fn pem_blocks(pem: &str) -> Vec<String> {
 /// either root alone, and a `Link: rel="alternate"` chain that stops at the new root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_signed_chains_verify_from_either_root() {
-    let ca = WorkloadCa::start_with("", "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"1s\"\n").expect("CA");
+    let ca = WorkloadCa::start_with(
+        "",
+        "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"1s\"\n[policy.fleet]\nwarmup = \"1s\"\n",
+    )
+    .expect("CA");
     let data = ca.dir.path().join("data");
     let old_root = std::fs::read_to_string(data.join("root.pem")).expect("root");
     // The new root is made by OpenSSL and imported, as a separate team's offline root would be.

@@ -154,7 +154,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 async fn clients_holding_either_root_alone_reach_the_ca_through_a_root_rotation() {
     let ca = WorkloadCa::start_with(
         "min_issuer_remaining = \"3s\"",
-        "[init]\nintermediate_lifetime = \"60s\"\n[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"10s\"\n",
+        "[init]\nintermediate_lifetime = \"60s\"\n[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"10s\"\n[policy.fleet]\nwarmup = \"1s\"\n",
     )
     .expect("CA");
     let work = tempfile::tempdir().expect("tmp");

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use super::gate::{self, Verdict};
 use super::{RotationKeys, RotationPolicy, Step, load_root_key, plan, rotation_id};
 use crate::audit::{AuditEvent, Outcome};
 use crate::authority::sign_intermediate;
+use crate::fleet::{Fleet, GateStatus};
 use crate::issuers::{IssuerKind, IssuerRecord, IssuerState, rfc3339};
 use crate::keys::{encrypt_key_pem, generate_key};
 use crate::{CaError, Store};
@@ -150,34 +152,105 @@ pub async fn prepare_intermediate(store: &Store, keys: &RotationKeys, rotation: 
 }
 
 /// Runs every due step. Returns the steps taken. A step another replica took first is skipped.
+///
+/// With `fleet` (and `[rotation] fleet_gate`), root steps wait for the fleet ([`super::gate`]):
+/// a step the gate holds is skipped this time (later due steps still run) and published as the
+/// fleet's gate status; once past `fleet_deadline` it is audited once as overdue.
 pub async fn run_due(
     store: &Store,
     keys: &RotationKeys,
     p: &RotationPolicy,
     now: i64,
     rotation: &str,
+    fleet: Option<&Fleet>,
 ) -> Result<Vec<Step>, CaError> {
+    let fleet = fleet.filter(|_| p.fleet_gate);
     let mut taken = Vec::new();
+    let mut waiting = None;
     // Bounded: each step changes the journal, and there are only so many issuers.
-    for _ in 0..8 {
+    'passes: for _ in 0..8 {
         let journal = store.issuers().await?;
         let mut last = std::collections::HashMap::new();
         for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
             last.insert(r.id.clone(), store.last_signed_not_after(&r.id).await?);
         }
         let planned = plan(&journal, &|id| last.get(id).copied().flatten(), p);
-        let Some(next) = planned.into_iter().find(|s| s.at <= now) else { break };
-        let done = execute(store, keys, &next.step, rotation).await?;
-        if !done {
-            break;
+        for next in planned.into_iter().filter(|s| s.at <= now) {
+            let note = match fleet {
+                Some(f) => {
+                    let at = OffsetDateTime::from_unix_timestamp(now).map_err(|e| CaError::Config(e.to_string()))?;
+                    match gate::check(store, f, p, &journal, &next.step, next.at, at).await? {
+                        Verdict::Proceed(note) => note,
+                        Verdict::Wait(status) => {
+                            waiting = Some(status);
+                            continue;
+                        }
+                    }
+                }
+                None => String::new(),
+            };
+            if !execute_noted(store, keys, &next.step, rotation, &note).await? {
+                break 'passes;
+            }
+            taken.push(next.step);
+            // The journal changed: plan again.
+            continue 'passes;
         }
-        taken.push(next.step);
+        break;
+    }
+    if let Some(f) = fleet {
+        publish_gate(store, f, waiting, rotation).await?;
     }
     Ok(taken)
 }
 
+/// Publishes the gate's status; logs and audits (once) a step past its deadline.
+async fn publish_gate(
+    store: &Store,
+    fleet: &Fleet,
+    waiting: Option<GateStatus>,
+    rotation: &str,
+) -> Result<(), CaError> {
+    let previous = fleet.gate();
+    let Some(mut status) = waiting else {
+        fleet.set_gate(None);
+        return Ok(());
+    };
+    let same = previous.as_ref().filter(|p| p.step == status.step && p.issuer == status.issuer);
+    status.alerted = same.is_some_and(|p| p.alerted);
+    if status.overdue {
+        warn!(rotation, step = status.step, issuer = %status.issuer, reason = %status.reason, "rotation step overdue: still waiting for the fleet");
+        if !status.alerted {
+            let ev = AuditEvent::now(
+                "ca",
+                "rotation.gate_overdue",
+                &status.issuer,
+                Outcome::Failed,
+                format!("rotation {rotation}: {} past its fleet deadline; {}", status.step, status.reason),
+            );
+            store.append_audit(ev).await?;
+            status.alerted = true;
+        }
+    } else if same.is_none() {
+        info!(rotation, step = status.step, issuer = %status.issuer, reason = %status.reason, "rotation step waits for the fleet");
+    }
+    fleet.set_gate(Some(status));
+    Ok(())
+}
+
 /// Executes one step; false when the journal was no longer in the expected state.
 pub async fn execute(store: &Store, keys: &RotationKeys, step: &Step, rotation: &str) -> Result<bool, CaError> {
+    execute_noted(store, keys, step, rotation, "").await
+}
+
+/// [`execute`], with `note` (what the fleet gate saw) appended to the step's audit event.
+async fn execute_noted(
+    store: &Store,
+    keys: &RotationKeys,
+    step: &Step,
+    rotation: &str,
+    note: &str,
+) -> Result<bool, CaError> {
     let now = OffsetDateTime::now_utc();
     match step {
         Step::Prepare { active } => {
@@ -205,7 +278,9 @@ pub async fn execute(store: &Store, keys: &RotationKeys, step: &Step, rotation: 
                 "root.activate",
                 root,
                 Outcome::Success,
-                format!("rotation {rotation}: root {root} and intermediate {intermediate} active; {old_root} retired"),
+                format!(
+                    "rotation {rotation}: root {root} and intermediate {intermediate} active; {old_root} retired{note}"
+                ),
             );
             let ok = store.activate_root(root, intermediate, old_root, old_intermediate, now, &ev).await?;
             if ok {
@@ -219,7 +294,7 @@ pub async fn execute(store: &Store, keys: &RotationKeys, step: &Step, rotation: 
                 "root.expire",
                 root,
                 Outcome::Success,
-                format!("rotation {rotation}: every intermediate under it has expired; leaves the trust bundle"),
+                format!("rotation {rotation}: every intermediate under it has expired; leaves the trust bundle{note}"),
             );
             let ok = store.transition_issuer(root, IssuerState::Retired, IssuerState::Expired, now, &ev).await?;
             if ok {

@@ -13,6 +13,7 @@
 //!
 //! - [`timing`]: when each step is due, a pure function of the journal ([`plan`]).
 //! - [`manager`]: the scheduled driver that prepares, activates and retires ([`run_due`]).
+//! - [`gate`]: root steps wait for the fleet's trust reports.
 //! - [`emergency`]: the emergency rotation that revokes a suspect intermediate.
 //! - The root CRL that such a revocation needs is signed in `crate::crl::root`.
 
@@ -23,6 +24,7 @@ use crate::authority::InitOptions;
 use crate::keys::{Passphrase, decrypt_key_pem};
 
 mod emergency;
+pub mod gate;
 mod manager;
 mod timing;
 

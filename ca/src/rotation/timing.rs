@@ -27,6 +27,16 @@ pub struct RotationPolicy {
     /// several `[workload] bundle_refresh_hint`s).
     #[serde(with = "humantime_serde")]
     pub root_overlap: Duration,
+    /// Gate root steps on the fleet's trust reports (`ca::fleet`): the new root's activation waits
+    /// until the live fleet has installed the bundle that carries it, and an old root leaves the
+    /// bundle only once no live workload serves a chain under it.
+    pub fleet_gate: bool,
+    /// Share of the live workloads that must confirm (0 < quorum <= 1; 1: every one).
+    pub fleet_quorum: f64,
+    /// How long past its time on the clock a gated step may wait before the rotation alerts
+    /// (warning log, audit event, `lanyard_rotation_gate_overdue`). It keeps waiting after that.
+    #[serde(with = "humantime_serde")]
+    pub fleet_deadline: Duration,
 }
 
 impl Default for RotationPolicy {
@@ -37,6 +47,9 @@ impl Default for RotationPolicy {
             activate_at: 5.0 / 6.0,
             check_interval: Duration::from_secs(30),
             root_overlap: Duration::from_secs(3600),
+            fleet_gate: true,
+            fleet_quorum: 1.0,
+            fleet_deadline: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -46,6 +59,9 @@ impl RotationPolicy {
     pub fn validate(&self) -> Result<(), CaError> {
         if !(self.prepare_at > 0.0 && self.prepare_at < self.activate_at && self.activate_at < 1.0) {
             return Err(CaError::Config("[rotation] needs 0 < prepare_at < activate_at < 1".into()));
+        }
+        if !(self.fleet_quorum > 0.0 && self.fleet_quorum <= 1.0) {
+            return Err(CaError::Config("[rotation] fleet_quorum must be in (0, 1]".into()));
         }
         if self.check_interval.is_zero() {
             return Err(CaError::Config("[rotation] check_interval must be > 0".into()));
