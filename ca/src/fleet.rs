@@ -197,6 +197,52 @@ pub struct Fleet {
 struct State {
     latest: HashMap<String, Latest>,
     totals: FleetTotals,
+    /// Rotations whose fleet convergence is being watched (the "rotation windows").
+    windows: Vec<Window>,
+    /// Refused handshakes reported during each recent rotation's window, by rotation id (M5),
+    /// newest last; at most [`MAX_WINDOW_TOTALS`].
+    refused_in_window: Vec<(String, u64)>,
+}
+
+/// Rotation ids whose refused-handshake totals are kept (bounds the metric's label set).
+pub const MAX_WINDOW_TOTALS: usize = 20;
+
+/// What a rotation waits for the live fleet to reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every live workload installed this bundle sequence or a newer one (a new root).
+    Bundle(u64),
+    /// Every live workload serves a certificate of this issuer (SHA-256 hex of its certificate):
+    /// an intermediate rotation, scheduled or emergency.
+    Serving(String),
+}
+
+/// A rotation being watched until the fleet converges on its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// The rotation id.
+    pub rotation: String,
+    /// `intermediate`, `root` or `emergency`.
+    pub kind: &'static str,
+    /// What converged means.
+    pub target: Target,
+    /// When the rotation was triggered.
+    pub started: OffsetDateTime,
+    /// Not converged by then: the rotation counts as a partial failure (M3).
+    pub deadline: OffsetDateTime,
+}
+
+/// A watched rotation that ended: converged, or given up at its deadline (a partial failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The rotation.
+    pub window: Window,
+    /// From trigger to converged (or to the deadline).
+    pub took: Duration,
+    /// Whether every live workload reached the target.
+    pub converged: bool,
+    /// Live workloads not at the target when it closed.
+    pub unconverged: usize,
 }
 
 impl Fleet {
@@ -240,6 +286,14 @@ impl Fleet {
         for (reason, n) in &report.refused {
             let t = st.totals.refused.entry(*reason).or_default();
             *t = t.saturating_add(*n);
+        }
+        let refused: u64 = report.refused.values().sum();
+        if refused > 0 {
+            for w in &st.windows {
+                if let Some((_, n)) = st.refused_in_window.iter_mut().find(|(id, _)| *id == w.rotation) {
+                    *n = n.saturating_add(refused);
+                }
+            }
         }
         if let Some(l) = report.fetch_latency {
             st.totals.fetch_latency_sum += l.as_secs_f64();
@@ -287,6 +341,60 @@ impl Fleet {
         }
         c.behind.sort();
         c
+    }
+
+    /// Starts watching `window`'s rotation until the live fleet converges on its target.
+    pub fn open_window(&self, window: Window) {
+        let mut st = self.state();
+        st.refused_in_window.retain(|(id, _)| *id != window.rotation);
+        st.refused_in_window.push((window.rotation.clone(), 0));
+        if st.refused_in_window.len() > MAX_WINDOW_TOTALS {
+            st.refused_in_window.remove(0);
+        }
+        // A newer rotation of the same kind, or one with the same target (an emergency seen first
+        // as a change of the active intermediate), supersedes the one still watched.
+        st.windows.retain(|w| w.kind != window.kind && w.target != window.target);
+        st.windows.push(window);
+    }
+
+    /// The rotations being watched.
+    pub fn windows(&self) -> Vec<Window> {
+        self.state().windows.clone()
+    }
+
+    /// Refused handshakes reported during each recent rotation's window (rotation id, count).
+    pub fn refused_in_windows(&self) -> Vec<(String, u64)> {
+        self.state().refused_in_window.clone()
+    }
+
+    /// Closes the windows whose fleet converged, and those past their deadline (partial). A
+    /// window only converges once the view is warm.
+    pub fn close_windows(&self, now: OffsetDateTime) -> Vec<Closed> {
+        let warm = self.warm(now);
+        let mut st = self.state();
+        let cutoff = now - self.policy.horizon;
+        let mut closed = Vec::new();
+        let mut open = Vec::new();
+        for w in std::mem::take(&mut st.windows) {
+            let live: Vec<&Latest> = st.latest.values().filter(|e| e.seen >= cutoff).collect();
+            let behind = live
+                .iter()
+                .filter(|e| match &w.target {
+                    Target::Bundle(seq) => e.bundle_sequence < *seq,
+                    Target::Serving(fp) => e.serving_issuer.as_deref() != Some(fp.as_str()),
+                })
+                .count();
+            let took = Duration::try_from(now - w.started).unwrap_or_default();
+            if warm && behind == 0 {
+                closed.push(Closed { window: w, took, converged: true, unconverged: 0 });
+            } else if now >= w.deadline {
+                closed.push(Closed { window: w, took, converged: false, unconverged: behind });
+            } else {
+                open.push(w);
+            }
+        }
+        st.windows = open;
+        closed
     }
 
     /// Live workloads by the issuer (SHA-256 hex) of the certificate they serve.
@@ -355,6 +463,53 @@ mod tests {
         assert!(fleet.record("spiffe://td/a", "05", &report(2), t0), "known workloads still update");
         assert_eq!(fleet.totals().untracked_reports, 1);
         assert_eq!(fleet.convergence(1, t0).live, 2);
+    }
+
+    #[test]
+    fn windows_close_when_the_fleet_converges_or_at_the_deadline() {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_000_000).expect("time");
+        let policy = FleetPolicy { warmup: Duration::ZERO, ..FleetPolicy::default() };
+        let fleet = Fleet::started_at(policy, t0);
+        let serving = |issuer: &str, seq: u64| TrustReport {
+            bundle_sequence: seq,
+            serving_issuer: Some(issuer.to_owned()),
+            ..TrustReport::default()
+        };
+        fleet.record("spiffe://td/a", "01", &serving("old", 1), t0);
+        fleet.record("spiffe://td/b", "02", &serving("old", 1), t0);
+        let deadline = t0 + Duration::from_secs(60);
+        fleet.open_window(Window {
+            rotation: "r1".into(),
+            kind: "intermediate",
+            target: Target::Serving("new".into()),
+            started: t0,
+            deadline,
+        });
+        fleet.open_window(Window {
+            rotation: "r2".into(),
+            kind: "root",
+            target: Target::Bundle(2),
+            started: t0,
+            deadline,
+        });
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(fleet.close_windows(t1).is_empty());
+        // A refusal reported while both are open counts for both.
+        let mut r = serving("new", 2);
+        r.refused.insert(RefusalReason::UnknownIssuer, 2);
+        fleet.record("spiffe://td/a", "03", &r, t1);
+        assert_eq!(fleet.refused_in_windows(), vec![("r1".into(), 2), ("r2".into(), 2)]);
+        // b installs bundle 2 but still serves the old issuer: the root window closes, converged.
+        fleet.record("spiffe://td/b", "04", &serving("old", 2), t1);
+        let closed = fleet.close_windows(t1 + Duration::from_secs(1));
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].window.rotation.as_str(), closed[0].converged), ("r2", true));
+        assert_eq!(closed[0].took, Duration::from_secs(6));
+        // The intermediate window reaches its deadline with b unconverged: a partial failure.
+        fleet.record("spiffe://td/b", "05", &serving("old", 2), t0 + Duration::from_secs(61));
+        let closed = fleet.close_windows(t0 + Duration::from_secs(61));
+        assert_eq!((closed[0].converged, closed[0].unconverged), (false, 1));
+        assert!(fleet.windows().is_empty());
     }
 
     #[test]

@@ -31,6 +31,11 @@ impl Views {
         self.store.bundle_sequence(digest).await
     }
 
+    /// (events in the audit chain, events outside it).
+    pub async fn audit_counts(&self) -> Result<(i64, i64), CaError> {
+        self.store.audit_counts().await
+    }
+
     /// How many unexpired, unrevoked certificates `issuer_id` signed.
     pub async fn valid_certificates_of(&self, issuer_id: &str, now: i64) -> Result<i64, CaError> {
         self.store.valid_certificates_of(issuer_id, now).await
@@ -80,6 +85,17 @@ impl RotationDriver {
     /// The issuer journal.
     pub async fn issuers(&self) -> Result<Vec<IssuerRecord>, CaError> {
         self.store.issuers().await
+    }
+
+    /// The sequence of the trust bundle the journal makes now.
+    pub async fn bundle_sequence_now(&self) -> Result<u64, CaError> {
+        let journal = self.store.issuers().await?;
+        self.store.bundle_sequence(&crate::TrustBundle::from_journal(&journal).digest()).await
+    }
+
+    /// The fleet view rotation steps are gated on and watched with.
+    pub fn fleet(&self) -> &std::sync::Arc<crate::fleet::Fleet> {
+        &self.fleet
     }
 
     /// Re-signs root `root_id`'s CRL when due, or now with `force` ([`crate::rotation::sign_root_crl`]).

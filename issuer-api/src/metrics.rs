@@ -42,6 +42,16 @@ struct PurgedKind {
     kind: &'static str,
 }
 
+/// `kind` of the rotation convergence families (intermediate, root, emergency).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RotationKind {
+    kind: &'static str,
+}
+
+/// Buckets of `lanyard_rotation_converge_seconds`: seconds to a day.
+const CONVERGE_BUCKETS: [f64; 13] =
+    [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0];
+
 /// `listener` of the `lanyard_listener_*` families.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerName {
@@ -65,6 +75,10 @@ pub struct Metrics {
     pub validations_in_flight: Gauge,
     /// Challenge POSTs refused because every validation slot was busy.
     pub validations_refused: Counter,
+    /// M2: from a rotation's trigger to the live fleet converged on it, by kind.
+    rotation_converge: Family<RotationKind, prometheus_client::metrics::histogram::Histogram>,
+    /// M1/M3: watched rotations that ended, by kind and result (converged, partial).
+    rotations_finished: Family<StepResult, Counter>,
     /// Counters of the HTTPS listener.
     pub https_listener: ListenerStats,
     /// Counters of the metrics listener.
@@ -125,6 +139,23 @@ impl Metrics {
             "Challenge POSTs answered rateLimited because every validation slot was busy",
             validations_refused.clone(),
         );
+        let rotation_converge =
+            Family::<RotationKind, prometheus_client::metrics::histogram::Histogram>::new_with_constructor(|| {
+                prometheus_client::metrics::histogram::Histogram::new(CONVERGE_BUCKETS)
+            });
+        registry.register(
+            "lanyard_rotation_converge_seconds",
+            "M2: from a rotation's trigger to every live workload on it (its bundle installed, or serving the new \
+             intermediate), by kind",
+            rotation_converge.clone(),
+        );
+        let rotations_finished = Family::default();
+        registry.register(
+            "lanyard_rotations_finished",
+            "M1/M3: watched rotations that ended, by kind (step) and result: converged, or partial (fleet_deadline \
+             passed with live workloads not on it)",
+            rotations_finished.clone(),
+        );
         registry.register_collector(Box::new(Issuance(authority)));
         let (https_listener, metrics_listener) = register_listeners(registry);
         registry.register_collector(Box::new(TaskUp(tasks)));
@@ -138,6 +169,8 @@ impl Metrics {
             rate_limits,
             validations_in_flight,
             validations_refused,
+            rotation_converge,
+            rotations_finished,
             https_listener,
             metrics_listener,
         })
@@ -152,6 +185,16 @@ impl Metrics {
     pub fn rotation_step(&self, step: &str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.rotation_steps.get_or_create(&StepResult { step: step.to_owned(), result }).inc();
+    }
+
+    /// Records a watched rotation that ended (M1, M2, M3).
+    pub fn rotation_finished(&self, closed: &ca::fleet::Closed) {
+        let kind = closed.window.kind;
+        if closed.converged {
+            self.rotation_converge.get_or_create(&RotationKind { kind }).observe(closed.took.as_secs_f64());
+        }
+        let result = if closed.converged { "converged" } else { "partial" };
+        self.rotations_finished.get_or_create(&StepResult { step: kind.to_owned(), result }).inc();
     }
 
     /// Counts ACME rows purged after their retention.
@@ -358,6 +401,12 @@ struct Journal {
     fleet: ca::fleet::FleetTotals,
     /// The rotation step waiting for the fleet, if any.
     gate: Option<ca::fleet::GateStatus>,
+    /// (events in the audit chain, events outside it): M8.
+    audit: (i64, i64),
+    /// Rotations being watched.
+    windows: Vec<ca::fleet::Window>,
+    /// Refused handshakes per recent rotation window.
+    refused_in_windows: Vec<(String, u64)>,
 }
 
 impl Journal {
@@ -408,6 +457,9 @@ impl Journal {
             serving: fleet.serving_issuers(at),
             fleet: fleet.totals(),
             gate: fleet.gate(),
+            audit: views.audit_counts().await?,
+            windows: fleet.windows(),
+            refused_in_windows: fleet.refused_in_windows(),
         })
     }
 }
@@ -537,6 +589,33 @@ impl Journal {
             count(&mut f, &[("outcome", "refused"), ("reason", reason.as_str())], n)?;
         }
         type GateField = fn(&ca::fleet::GateStatus) -> i64;
+        let mut f = encoder.encode_descriptor(
+            "lanyard_audit_events",
+            "M8: audit events in the hash chain (every audited state change) and outside it (should be 0; \
+             `lanyard-ca audit verify` checks the chain).",
+            None,
+            gauge,
+        )?;
+        sample(&mut f, &[("chain", "in")], self.audit.0)?;
+        sample(&mut f, &[("chain", "outside")], self.audit.1)?;
+        let mut f = encoder.encode_descriptor(
+            "lanyard_rotation_window_open",
+            "Rotations whose fleet convergence is being watched (1 each), by rotation id and kind.",
+            None,
+            gauge,
+        )?;
+        for w in &self.windows {
+            sample(&mut f, &[("rotation", w.rotation.as_str()), ("kind", w.kind)], 1)?;
+        }
+        let mut f = encoder.encode_descriptor(
+            "lanyard_rotation_refused_handshakes",
+            "M5: handshakes agents reported refused while a rotation's window was open, by rotation id (the 20 latest).",
+            None,
+            counter,
+        )?;
+        for (rotation, n) in &self.refused_in_windows {
+            count(&mut f, &[("rotation", rotation.as_str())], *n)?;
+        }
         let gates: [(&str, &str, GateField); 4] = [
             (
                 "lanyard_rotation_gate_waiting",

@@ -36,6 +36,8 @@ pub fn spawn(
         let mut tick = tokio::time::interval(REFRESH.min(policy.check_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned_offline = false;
+        // The active intermediate last seen: a change made elsewhere opens a convergence window.
+        let mut last_active = authority.active_issuer().ok().map(|a| a.record.id.clone());
         let mut next_step = tokio::time::Instant::now();
         loop {
             tick.tick().await;
@@ -57,6 +59,7 @@ pub fn spawn(
                                     for s in &steps {
                                         metrics.rotation_step(step_name(s), true);
                                     }
+                                    watch_steps(&driver, &steps, &rotation, &policy).await;
                                     let took = started.elapsed();
                                     metrics.last_rotation_seconds.set(took.as_secs_f64());
                                     let ms = took.as_millis();
@@ -68,6 +71,7 @@ pub fn spawn(
                                     warn!(rotation, error = %e, "rotation step failed; will retry");
                                 }
                             }
+                            watch_root_rotation(&driver, &policy).await;
                             // Root CRLs (listing intermediates revoked in an emergency) are
                             // re-signed here, where the root key is, before half their validity.
                             if let Ok(journal) = driver.issuers().await {
@@ -97,12 +101,81 @@ pub fn spawn(
             match authority.refresh_active(&pass).await {
                 Ok(true) => {
                     metrics.issuer_changes.inc();
+                    // A change made elsewhere (another replica, `lanyard-ca rotate`): watch the
+                    // fleet move to it too, unless a step of ours already does.
+                    if let Ok(a) = authority.active_issuer()
+                        && last_active.as_deref() != Some(a.record.id.as_str())
+                    {
+                        last_active = Some(a.record.id.clone());
+                        let target = ca::fleet::Target::Serving(a.record.fingerprint.clone());
+                        let fleet = driver.fleet();
+                        if !fleet.windows().iter().any(|w| w.target == target) {
+                            let started = time::OffsetDateTime::now_utc();
+                            fleet.open_window(ca::fleet::Window {
+                                rotation: format!("issuer-{}", a.record.id),
+                                kind: "intermediate",
+                                target,
+                                started,
+                                deadline: started + policy.converge_deadline,
+                            });
+                        }
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "cannot load the active intermediate"),
             }
-            track_emergencies(&driver, now, &notices).await;
+            track_emergencies(&driver, now, &notices, &policy).await;
+            for closed in driver.fleet().close_windows(time::OffsetDateTime::now_utc()) {
+                metrics.rotation_finished(&closed);
+                let (w, took_s) = (&closed.window, closed.took.as_secs());
+                if closed.converged {
+                    info!(rotation = %w.rotation, kind = w.kind, took_s, "the live fleet converged on the rotation");
+                } else {
+                    warn!(rotation = %w.rotation, kind = w.kind, took_s, unconverged = closed.unconverged, "rotation window closed with live workloads not on it (partial)");
+                }
+            }
         }
+    });
+}
+
+/// Starts watching the fleet's convergence on what the steps just taken changed: the newly active
+/// intermediate (its certificates served by every live workload). A root rotation is watched from
+/// its trigger instead ([`watch_root_rotation`]).
+async fn watch_steps(driver: &ca::views::RotationDriver, steps: &[Step], rotation: &str, policy: &RotationPolicy) {
+    let started = time::OffsetDateTime::now_utc();
+    for step in steps {
+        let Step::Activate { prepared, .. } = step else { continue };
+        let Ok(journal) = driver.issuers().await else { continue };
+        let Some(r) = journal.iter().find(|r| &r.id == prepared) else { continue };
+        driver.fleet().open_window(ca::fleet::Window {
+            rotation: rotation.to_owned(),
+            kind: "intermediate",
+            target: ca::fleet::Target::Serving(r.fingerprint.clone()),
+            started,
+            deadline: started + policy.converge_deadline,
+        });
+    }
+}
+
+/// Watches a root rotation from its trigger (`lanyard-ca rotate root`): converged once every live
+/// workload serves a certificate of the new root's intermediate.
+async fn watch_root_rotation(driver: &ca::views::RotationDriver, policy: &RotationPolicy) {
+    let Ok(journal) = driver.issuers().await else { return };
+    let Some(root) = journal.iter().find(|r| r.kind == ca::IssuerKind::Root && r.state == ca::IssuerState::Prepared)
+    else {
+        return;
+    };
+    let Some(int) = journal.iter().find(|r| r.parent_id.as_deref() == Some(root.id.as_str())) else { return };
+    let target = ca::fleet::Target::Serving(int.fingerprint.clone());
+    if driver.fleet().windows().iter().any(|w| w.target == target) {
+        return;
+    }
+    driver.fleet().open_window(ca::fleet::Window {
+        rotation: format!("root-{}", root.id),
+        kind: "root",
+        target,
+        started: root.created_at,
+        deadline: root.created_at + policy.root_overlap + policy.converge_deadline,
     });
 }
 
@@ -121,11 +194,32 @@ fn step_name(s: &Step) -> &'static str {
 /// root CRLs that enforce them when their time has come: at the planned time, or `settle_secs`
 /// after the fleet has renewed if that is earlier (fleet-gated enforcement, `ca::rotation`).
 /// Every replica runs this; the database makes each publication happen once.
-async fn track_emergencies(driver: &ca::views::RotationDriver, now: i64, notices: &crate::notices::NoticeBoard) {
+async fn track_emergencies(
+    driver: &ca::views::RotationDriver,
+    now: i64,
+    notices: &crate::notices::NoticeBoard,
+    policy: &RotationPolicy,
+) {
     let Ok(list) = driver.emergencies().await else { return };
     if notices.observe(&list) {
         let waiters = notices.waiters();
         info!(waiters, "emergency rotation seen: waking the agents waiting for notices");
+        // Watch the fleet move to the intermediate active now (the emergency's successor).
+        if let (Some(e), Ok(journal)) =
+            (list.iter().filter(|e| e.completed_at.is_none()).max_by_key(|e| e.started_at), driver.issuers().await)
+            && let Some(active) =
+                journal.iter().find(|r| r.kind == ca::IssuerKind::Intermediate && r.state == ca::IssuerState::Active)
+        {
+            let started = time::OffsetDateTime::from_unix_timestamp(e.started_at)
+                .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+            driver.fleet().open_window(ca::fleet::Window {
+                rotation: e.id.clone(),
+                kind: "emergency",
+                target: ca::fleet::Target::Serving(active.fingerprint.clone()),
+                started,
+                deadline: started + policy.converge_deadline,
+            });
+        }
     }
     for e in list.iter().filter(|e| e.completed_at.is_none() || !e.enforced(now)) {
         match driver.emergency_outstanding(&e.issuer_id, now).await {

@@ -174,7 +174,7 @@ async fn root_activation_waits_for_a_held_workload() {
 
     let ca = WorkloadCa::start_with(
         "",
-        "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"2s\"\n[policy.fleet]\nwarmup = \"1s\"\nhorizon = \"30s\"\n",
+        "[rotation]\ncheck_interval = \"1s\"\nroot_overlap = \"2s\"\nfleet_deadline = \"8s\"\nconverge_deadline = \"40s\"\n[policy.fleet]\nwarmup = \"1s\"\nhorizon = \"30s\"\n",
     )
     .expect("CA");
     let a_id = format!("spiffe://{TD}/svc-a");
@@ -186,6 +186,7 @@ async fn root_activation_waits_for_a_held_workload() {
     // its own; this test reports for it, naming the bundle it is held on.
     let mut cfg = ca.agent_config(&h_id, &ca.token(&h_id, &[]).expect("token"), 0.3).expect("cfg");
     cfg.renewal.notices = false;
+    cfg.renewal.trust_reports = false;
     let h = workload_agent::Agent::new(cfg).expect("agent");
     let runner = h.clone();
     tokio::spawn(async move { runner.run(std::future::pending()).await });
@@ -196,17 +197,30 @@ async fn root_activation_waits_for_a_held_workload() {
         .expect("watch");
     let old_seq = h.seam().bundle_updates().borrow().as_ref().expect("bundle").sequence;
     let held_at = Arc::new(AtomicU64::new(old_seq));
-    let (url, seq) = (format!("{}/workload/v1/notices?wait=1", ca.url()), held_at.clone());
-    let held = h.clone();
+    // Refusals the held workload reports once, with its next report (M5).
+    let refuse_once = Arc::new(AtomicU64::new(0));
+    // The issuer it says it serves: its real one, until the test freezes it (M3 below).
+    let frozen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let (url, seq, refuse) = (format!("{}/workload/v1/notices?wait=1", ca.url()), held_at.clone(), refuse_once.clone());
+    let (held, freeze) = (h.clone(), frozen.clone());
     let reporter = tokio::spawn(async move {
         loop {
             let svid = held.seam().svid_updates().borrow().clone().expect("svid");
             let roots = held.seam().bundle_updates().borrow().as_ref().expect("bundle").roots.clone();
             let tls = http::tls_config(&roots, Some((svid.chain.clone(), svid.key.clone_key()))).expect("tls");
-            let report = format!(r#"{{"bundle_sequence":{}}}"#, seq.load(Ordering::SeqCst));
+            let serving =
+                freeze.lock().expect("lock").clone().unwrap_or_else(|| {
+                    hex::encode(ring::digest::digest(&ring::digest::SHA256, svid.chain[1].as_ref()))
+                });
+            let report = format!(
+                r#"{{"bundle_sequence":{},"serving_issuer":"{serving}","refused":{{"unknown_issuer":{}}}}}"#,
+                seq.load(Ordering::SeqCst),
+                refuse.swap(0, Ordering::SeqCst)
+            );
             let headers = [("lanyard-trust-report", report)];
             match http::request_with(tls, Method::GET, &url, &headers, Vec::new(), Duration::from_secs(10)).await {
-                Ok(r) => assert!(r.status.is_success(), "held report: {} {}", r.status, r.error_detail()),
+                Ok(r) if r.status.is_success() => {}
+                Ok(r) => println!("held report refused (retrying): {} {}", r.status, r.error_detail()),
                 Err(e) => println!("held report failed (retrying): {e:#}"),
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -222,6 +236,7 @@ async fn root_activation_waits_for_a_held_workload() {
         mtls_loop(&la, &lb, &lai, &lbi, Duration::from_secs(240), move || done.load(Ordering::SeqCst)).await
     });
 
+    let audited_before = metric(&ca.metrics().await.expect("metrics"), "lanyard_audit_events{chain=\"in\"}");
     let before = ca.journal().await.expect("journal");
     let old_int = before
         .iter()
@@ -255,8 +270,14 @@ async fn root_activation_waits_for_a_held_workload() {
         "lanyard_rotation_gate_required_workloads{{step=\"activate_root\",issuer=\"{}\"}} 3",
         new_root.id
     )));
-    // It stays held: several checks later, still prepared, nothing signed under it.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // It stays held, past its deadline: the rotation alerts (metric, audit event) and still waits.
+    wait_for_metrics(&ca, "the gate overdue", |p| {
+        p.lines().any(|l| l.starts_with("lanyard_rotation_gate_overdue{step=\"activate_root\"") && l.ends_with(" 1"))
+    })
+    .await;
+    let overdue = ca.cli(&["audit", "list", "--kind", "rotation.gate_overdue", "--format", "jsonl"]).expect("audit");
+    assert_eq!(overdue.lines().count(), 1, "one overdue alert: {overdue}");
+    assert!(overdue.contains("svc") || overdue.contains("held"), "the alert names who is behind: {overdue}");
     let journal = ca.journal().await.expect("journal");
     let state = |j: &[ca::IssuerRecord], id: &str| j.iter().find(|r| r.id == id).map(|r| r.state);
     assert_eq!(state(&journal, &new_root.id), Some(IssuerState::Prepared));
@@ -268,6 +289,7 @@ async fn root_activation_waits_for_a_held_workload() {
     }
 
     // Release: the held workload installs the new bundle and says so. The rotation proceeds.
+    refuse_once.store(1, Ordering::SeqCst);
     held_at.store(new_seq, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -284,8 +306,8 @@ async fn root_activation_waits_for_a_held_workload() {
     let page = ca.metrics().await.expect("metrics");
     assert!(!page.lines().any(|l| l.starts_with("lanyard_rotation_gate_waiting{")), "{}", fleet_lines(&page));
 
-    // The services renew under the new root while the load runs; then stop the load.
-    for agent in [&a, &b] {
+    // Every workload renews under the new root while the load runs.
+    for agent in [&a, &b, &h] {
         let mut rx = agent.seam().svid_updates();
         tokio::time::timeout(
             Duration::from_secs(60),
@@ -295,7 +317,52 @@ async fn root_activation_waits_for_a_held_workload() {
         .expect("renewed under the new root")
         .expect("watch");
     }
+
+    // The SLIs moved as defined (README "Rotation SLIs").
+    let page = wait_for_metrics(&ca, "the root rotation converged", |p| {
+        p.contains("lanyard_rotations_finished_total{step=\"root\",result=\"converged\"} 1")
+    })
+    .await;
+    let sli = |name: &str| {
+        page.lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    assert_eq!(metric(&page, "lanyard_rotation_steps_total{step=\"activate_root\",result=\"success\"}"), 1.0, "M1");
+    assert_eq!(metric(&page, "lanyard_rotation_converge_seconds_count{kind=\"root\"}"), 1.0, "M2");
+    assert!(metric(&page, "lanyard_rotation_converge_seconds_sum{kind=\"root\"}") >= 8.0, "M2 counts from the trigger");
+    assert!(sli("lanyard_fleet_reported_fetches_total") >= 2.0, "M4: a and b reported their renewals");
+    assert!(sli("lanyard_issuance_duration_seconds_count") >= 2.0, "M4: as the CA serves it");
+    assert!(sli("lanyard_rotation_refused_handshakes_total{") >= 1.0, "M5");
+    assert!(
+        metric(&page, &format!("lanyard_certificates_valid_under_retired_issuer{{issuer=\"{}\"}}", old_int.id)) >= 1.0,
+        "M6"
+    );
+    assert_eq!(metric(&page, "lanyard_audit_events{chain=\"outside\"}"), 0.0, "M8");
+    assert!(metric(&page, "lanyard_audit_events{chain=\"in\"}") > audited_before, "M8");
+    ca.cli(&["audit", "verify"]).expect("the audit chain verifies");
+    println!("{}", page.lines().filter(|l| l.starts_with("lanyard_rotation")).collect::<Vec<_>>().join("\n"));
+
+    // M3: an intermediate rotation that the held workload never follows (it keeps saying it
+    // serves the previous intermediate) ends partial at converge_deadline (40 s).
+    *frozen.lock().expect("lock") = Some(hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        h.seam().svid_updates().borrow().clone().expect("svid").chain[1].as_ref(),
+    )));
+    println!("{}", ca.cli(&["rotate", "intermediate"]).expect("rotate intermediate").trim());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let p = ca.metrics().await.expect("metrics");
+        if p.contains("lanyard_rotations_finished_total{step=\"intermediate\",result=\"partial\"} 1") {
+            assert!(p.contains("lanyard_fleet_workloads{state=\"live\"} 3"), "the held workload is live, not gone");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no partial intermediate rotation:\n{p}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     finished.store(true, Ordering::SeqCst);
+
     let rep = load.await.expect("load task").expect("mTLS loop");
     reporter.abort();
     println!("{} handshakes, {} failures through the gated root rotation", rep.handshakes, rep.failures.len());

@@ -114,6 +114,10 @@ pub struct Renewal {
     /// idle agent: keep it well under the CA's `[policy.fleet] horizon`. At most 300 s.
     #[serde(with = "humantime_serde")]
     pub notices_wait: Duration,
+    /// Send the trust report (`Lanyard-Trust-Report`: bundle sequence, serving issuer, handshake
+    /// counts) with renewals and notices polls. Off, the CA's rotation gate cannot count this
+    /// workload as confirmed, and it counts as gone once the CA's fleet horizon passes.
+    pub trust_reports: bool,
 }
 
 impl Default for Renewal {
@@ -128,6 +132,7 @@ impl Default for Renewal {
             notices: true,
             notices_unsupported_retry: Duration::from_secs(300),
             notices_wait: Duration::from_secs(55),
+            trust_reports: true,
         }
     }
 }

@@ -37,6 +37,11 @@ pub struct RotationPolicy {
     /// (warning log, audit event, `lanyard_rotation_gate_overdue`). It keeps waiting after that.
     #[serde(with = "humantime_serde")]
     pub fleet_deadline: Duration,
+    /// A rotation whose live fleet has not converged on it this long after its trigger (for a
+    /// root rotation: after its overlap) counts as a partial failure
+    /// (`lanyard_rotations_finished_total{result="partial"}`, M3).
+    #[serde(with = "humantime_serde")]
+    pub converge_deadline: Duration,
 }
 
 impl Default for RotationPolicy {
@@ -50,6 +55,7 @@ impl Default for RotationPolicy {
             fleet_gate: true,
             fleet_quorum: 1.0,
             fleet_deadline: Duration::from_secs(24 * 3600),
+            converge_deadline: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -315,6 +315,9 @@ pub(super) const PAGE: i64 = 5000;
 pub(super) const BEYOND_HEAD: &str = "SELECT MIN(seq) AS s FROM audit_events WHERE seq > $1";
 /// Events without a position.
 pub(super) const UNCHAINED: &str = "SELECT COUNT(*) AS n FROM audit_events WHERE seq IS NULL";
+/// Chained events (the head's position) and events outside the chain, for the M8 gauges.
+pub(super) const COUNTS: &str = "SELECT (SELECT COALESCE(MAX(seq), 0) FROM audit_chain_head) AS chained, \
+     (SELECT COUNT(*) FROM audit_events WHERE seq IS NULL) AS unchained";
 /// An event without a position written after the first chained one.
 pub(super) const SLIPPED_IN: &str = "SELECT id FROM audit_events WHERE seq IS NULL \
      AND at > (SELECT MIN(at) FROM audit_events WHERE seq IS NOT NULL) ORDER BY id LIMIT 1";

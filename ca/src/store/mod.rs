@@ -226,6 +226,11 @@ impl Store {
         on_backend!(self, audit_query(filter))
     }
 
+    /// (events in the audit chain, events outside it): the M8 audit-coverage gauges.
+    pub async fn audit_counts(&self) -> Result<(i64, i64), CaError> {
+        on_backend!(self, audit_counts())
+    }
+
     /// Walks the audit chain from its first event to its head in one snapshot, recomputing every
     /// digest and checking every link, that positions have no gap and that the head names the
     /// last event; reports the first break ([`audit_log`] says what it can and cannot detect).

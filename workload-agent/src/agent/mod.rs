@@ -68,9 +68,10 @@ impl Agent {
     pub fn new(cfg: AgentConfig) -> anyhow::Result<Agent> {
         cfg.validate()?;
         let seam = CredentialSeam::new(&cfg.spiffe_id).map_err(|e| anyhow!("spiffe_id: {e}"))?;
-        let reporter = Arc::new(report::TrustReporter::new(seam.clone()));
-        let client = CaClient::new(&cfg.ca_url, &cfg.pin(), seam.trust_domain(), cfg.renewal.request_timeout)
-            .with_reporter(reporter);
+        let mut client = CaClient::new(&cfg.ca_url, &cfg.pin(), seam.trust_domain(), cfg.renewal.request_timeout);
+        if cfg.renewal.trust_reports {
+            client = client.with_reporter(Arc::new(report::TrustReporter::new(seam.clone())));
+        }
         let (registry, metrics) = metrics::registry();
         metrics.started.store(now(), Ordering::Relaxed);
         Ok(Agent { cfg, client, seam, metrics, registry: Arc::new(registry) })

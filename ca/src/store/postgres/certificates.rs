@@ -121,6 +121,12 @@ impl PgDb {
         Ok(out)
     }
 
+    /// (chained events, events outside the chain).
+    pub(in crate::store) async fn audit_counts(&self) -> Result<(i64, i64), CaError> {
+        let row = sqlx::query(audit_log::COUNTS).fetch_one(&self.pool).await.map_err(db_err)?;
+        Ok((get(&row, "chained")?, get(&row, "unchained")?))
+    }
+
     /// One repeatable-read transaction: the head and every page of rows from one snapshot, while
     /// the replicas go on writing.
     pub(in crate::store) async fn audit_verify(&self) -> Result<VerifyReport, CaError> {

@@ -117,6 +117,15 @@ impl SqliteDb {
         Ok(out)
     }
 
+    /// (chained events, events outside the chain).
+    pub(in crate::store) async fn audit_counts(&self) -> Result<(i64, i64), CaError> {
+        self.read(|c| {
+            Ok(one(c, audit_log::COUNTS, [], |r| Ok((get::<i64>(r, "chained")?, get::<i64>(r, "unchained")?)))?
+                .unwrap_or((0, 0)))
+        })
+        .await
+    }
+
     /// One read transaction on the reader thread: the head and every row from one snapshot.
     pub(in crate::store) async fn audit_verify(&self) -> Result<VerifyReport, CaError> {
         self.read(|c| {
