@@ -156,6 +156,19 @@ impl Metrics {
              passed with live workloads not on it)",
             rotations_finished.clone(),
         );
+        // Every known series starts at 0, so dashboards and alerts see them before the first
+        // rotation (a missing series reads as "no data", not as "none").
+        for kind in ["intermediate", "root", "emergency"] {
+            drop(rotation_converge.get_or_create(&RotationKind { kind }));
+            for result in ["converged", "partial"] {
+                drop(rotations_finished.get_or_create(&StepResult { step: kind.to_owned(), result }));
+            }
+        }
+        for step in ["prepare", "activate", "expire", "activate_root", "expire_root"] {
+            for result in ["success", "failure"] {
+                drop(rotation_steps.get_or_create(&StepResult { step: step.to_owned(), result }));
+            }
+        }
         registry.register_collector(Box::new(Issuance(authority)));
         let (https_listener, metrics_listener) = register_listeners(registry);
         registry.register_collector(Box::new(TaskUp(tasks)));
@@ -737,7 +750,7 @@ mod tests {
     use super::*;
 
     /// Every family README.md documents for `lanyard-ca` (Metrics, ACME limits), with its type.
-    const DOCUMENTED: [(&str, &str); 28] = [
+    const DOCUMENTED: [(&str, &str); 44] = [
         ("lanyard_issuer_not_after_timestamp_seconds", "gauge"),
         ("lanyard_issuers", "gauge"),
         ("lanyard_certificates_valid_under_retired_issuer", "gauge"),
@@ -766,6 +779,22 @@ mod tests {
         ("lanyard_acme_validations_in_flight", "gauge"),
         ("lanyard_acme_validations_refused_total", "counter"),
         ("lanyard_acme_purged_rows_total", "counter"),
+        ("lanyard_fleet_workloads", "gauge"),
+        ("lanyard_fleet_bundle_confirmed_workloads", "gauge"),
+        ("lanyard_fleet_serving_workloads", "gauge"),
+        ("lanyard_fleet_reports_total", "counter"),
+        ("lanyard_fleet_handshakes_total", "counter"),
+        ("lanyard_fleet_reported_fetches_total", "counter"),
+        ("lanyard_fleet_reported_fetch_seconds_total", "counter"),
+        ("lanyard_audit_events", "gauge"),
+        ("lanyard_rotation_window_open", "gauge"),
+        ("lanyard_rotation_refused_handshakes_total", "counter"),
+        ("lanyard_rotation_gate_waiting", "gauge"),
+        ("lanyard_rotation_gate_overdue", "gauge"),
+        ("lanyard_rotation_gate_confirmed_workloads", "gauge"),
+        ("lanyard_rotation_gate_required_workloads", "gauge"),
+        ("lanyard_rotation_converge_seconds", "histogram"),
+        ("lanyard_rotations_finished_total", "counter"),
     ];
 
     /// Parses a text exposition (format 0.0.4) into family -> type, checking that every family
