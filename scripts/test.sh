@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lanyard's whole test suite, as the README documents it and CI runs it.
 #
-# On a fresh Debian machine with Rust this installs what the tests need (PostgreSQL, openssl,
+# On a fresh Debian machine with Rust this installs what the tests need (PostgreSQL, openssl, chromium
+# for the operator page test,
 # the ACME clients lego and uacme, python3 with venv),
 # builds a throwaway Python virtualenv under target/python-clients with the Workload API's
 # Python clients (py-spiffe and grpcio, pinned in workload-agent/tests/python/requirements.txt;
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-packages=(postgresql openssl ca-certificates lego uacme pebble curl util-linux python3 python3-venv)
+packages=(postgresql openssl ca-certificates lego uacme pebble curl util-linux python3 python3-venv chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

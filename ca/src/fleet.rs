@@ -202,6 +202,8 @@ struct State {
     /// Refused handshakes reported during each recent rotation's window, by rotation id (M5),
     /// newest last; at most [`MAX_WINDOW_TOTALS`].
     refused_in_window: Vec<(String, u64)>,
+    /// The latest closed windows, newest last; at most [`MAX_WINDOW_TOTALS`].
+    closed: Vec<Closed>,
 }
 
 /// Rotation ids whose refused-handshake totals are kept (bounds the metric's label set).
@@ -394,7 +396,15 @@ impl Fleet {
             }
         }
         st.windows = open;
+        st.closed.extend(closed.iter().cloned());
+        let excess = st.closed.len().saturating_sub(MAX_WINDOW_TOTALS);
+        st.closed.drain(..excess);
         closed
+    }
+
+    /// The latest rotations whose windows closed (converged or partial), newest last.
+    pub fn recent_closed(&self) -> Vec<Closed> {
+        self.state().closed.clone()
     }
 
     /// Live workloads by the issuer (SHA-256 hex) of the certificate they serve.

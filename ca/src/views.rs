@@ -31,6 +31,12 @@ impl Views {
         self.store.bundle_sequence(digest).await
     }
 
+    /// The newest `limit` audit events, oldest first.
+    pub async fn recent_audit(&self, limit: i64) -> Result<Vec<crate::store::audit_log::AuditRecord>, CaError> {
+        let filter = crate::store::audit_log::AuditFilter { limit: Some(limit), ..Default::default() };
+        self.store.audit_query(&filter).await
+    }
+
     /// (events in the audit chain, events outside it).
     pub async fn audit_counts(&self) -> Result<(i64, i64), CaError> {
         self.store.audit_counts().await

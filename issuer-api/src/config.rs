@@ -39,6 +39,21 @@ pub struct Config {
     pub workload: crate::enroll::WorkloadConfig,
     /// Automatic intermediate rotation.
     pub rotation: ca::rotation::RotationPolicy,
+    /// The operator page on the metrics listener.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the operator page (`/ops` on the metrics listener): the issuer journal on a
+/// timeline, rotations in progress with fleet convergence, the SLIs and recent audit events. It
+/// shows no secrets, but names every issuer and rotation: off by default, and served on loopback
+/// only unless `allow_non_loopback` says otherwise.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/ops` and `/ops/state.json` on `metrics_listen`.
+    pub page: bool,
+    /// Allow the page on a metrics listener that is not a loopback address.
+    pub allow_non_loopback: bool,
 }
 
 /// Log output format.
@@ -68,6 +83,7 @@ impl Default for Config {
             acme: crate::acme::AcmeConfig::default(),
             workload: crate::enroll::WorkloadConfig::default(),
             rotation: ca::rotation::RotationPolicy::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -126,8 +142,24 @@ impl Config {
             durations.push(("workload.jwt.max_token_lifetime", j.max_token_lifetime));
             durations.push(("workload.jwt.jwks_refresh", j.jwks_refresh));
         }
+        durations.extend([
+            ("rotation.fleet_deadline", self.rotation.fleet_deadline),
+            ("rotation.converge_deadline", self.rotation.converge_deadline),
+            ("policy.fleet.horizon", self.policy.fleet.horizon),
+            ("policy.fleet.warmup", self.policy.fleet.warmup),
+        ]);
         for (name, d) in durations {
             ca::check_duration(name, d)?;
+        }
+        if self.admin.page {
+            match self.metrics_listen {
+                None => bail!("[admin] page needs metrics_listen: the page is served on the metrics listener"),
+                Some(a) if !a.ip().is_loopback() && !self.admin.allow_non_loopback => bail!(
+                    "[admin] page on the non-loopback metrics listener {a}: set [admin] allow_non_loopback = true \
+                     if that network is private"
+                ),
+                Some(_) => {}
+            }
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod jose;
 pub mod listener;
 pub mod metrics;
 pub mod notices;
+pub mod operator_page;
 pub mod ops;
 pub mod problem;
 pub mod rotation;
@@ -85,8 +86,12 @@ pub async fn run_server(
         println!("lanyard-ca: metrics on http://{}/metrics", ml.local_addr()?);
         let limits = cfg.listener.with_max_connections(listener::METRICS_MAX_CONNECTIONS);
         let (authority, registry, stats) = (authority.clone(), registry.clone(), metrics.metrics_listener.clone());
+        let page = cfg.admin.page;
+        if page {
+            println!("lanyard-ca: operator page on http://{}/ops", ml.local_addr()?);
+        }
         tasks.spawn("metrics", async move {
-            metrics::serve(ml, registry, authority, limits, stats).await;
+            metrics::serve(ml, registry, authority, limits, stats, page).await;
             Err(anyhow::anyhow!("the metrics listener stopped"))
         });
     }

@@ -707,6 +707,7 @@ pub async fn serve(
     authority: Arc<Authority>,
     limits: ListenerConfig,
     stats: ListenerStats,
+    page: bool,
 ) {
     use http_body_util::Full;
     use hyper::body::Bytes;
@@ -718,9 +719,14 @@ pub async fn serve(
         let (authority, registry, limits, stats) = (authority.clone(), registry.clone(), limits.clone(), stats.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |_req| {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let (authority, registry) = (authority.clone(), registry.clone());
                 async move {
+                    if req.uri().path().starts_with("/ops") {
+                        // Off by default: then the page's paths do not exist.
+                        let path = if page { req.uri().path() } else { "" };
+                        return operator_page_response(path, &authority).await;
+                    }
                     let (status, body) = match render(&registry, &authority).await {
                         Ok(b) => (200, b),
                         Err(e) => {
@@ -739,6 +745,39 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// `/ops` (the page), `/ops/app.js` and `/ops/state.json` ([`crate::operator_page`]).
+async fn operator_page_response(
+    path: &str,
+    authority: &Authority,
+) -> Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, hyper::http::Error> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let (status, content_type, body) = match path {
+        "/ops" | "/ops/" => {
+            (200, "text/html; charset=utf-8", Bytes::from_static(crate::operator_page::PAGE.as_bytes()))
+        }
+        "/ops/app.js" => {
+            (200, "text/javascript; charset=utf-8", Bytes::from_static(crate::operator_page::SCRIPT.as_bytes()))
+        }
+        "/ops/state.json" => match crate::operator_page::state(authority).await {
+            Ok(v) => (200, "application/json", Bytes::from(v.to_string())),
+            Err(e) => {
+                tracing::warn!(error = %e, "operator page state unavailable");
+                let problem = serde_json::to_vec(&crate::problem::Problem::from(e)).unwrap_or_default();
+                (503, "application/problem+json", Bytes::from(problem))
+            }
+        },
+        _ => (404, "text/plain; charset=utf-8", Bytes::from_static(b"not found\n")),
+    };
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-security-policy", crate::operator_page::CSP)
+        .header("x-content-type-options", "nosniff")
+        .header("cache-control", "no-store")
+        .body(Full::new(body))
 }
 
 #[cfg(test)]
@@ -843,7 +882,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stats = metrics.metrics_listener.clone();
-        let server = tokio::spawn(serve(listener, Arc::new(registry), authority, ListenerConfig::default(), stats));
+        let server =
+            tokio::spawn(serve(listener, Arc::new(registry), authority, ListenerConfig::default(), stats, false));
         let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
         let mut page = String::new();

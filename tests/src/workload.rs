@@ -148,14 +148,20 @@ spiffe_id_template = "spiffe://{TD}/ns/{{/kubernetes.io/namespace}}/sa/{{/kubern
         self.process = None;
     }
 
-    /// The metrics page (plain HTTP).
-    pub async fn metrics(&self) -> anyhow::Result<String> {
+    /// The metrics listener's address (`127.0.0.1:port`), from the server's banner.
+    pub fn metrics_addr(&self) -> anyhow::Result<String> {
         let banner = &self.process.as_ref().context("CA stopped")?.banner;
-        let addr = banner
+        banner
             .lines()
             .find_map(|l| l.strip_prefix("lanyard-ca: metrics on http://"))
             .and_then(|a| a.strip_suffix("/metrics"))
-            .context("no metrics address in the banner")?;
+            .map(str::to_owned)
+            .context("no metrics address in the banner")
+    }
+
+    /// The metrics page (plain HTTP).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let addr = self.metrics_addr()?;
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
@@ -396,4 +402,81 @@ pub async fn mtls_loop(
     server.abort();
     let mut rep = report.lock().expect("lock");
     Ok(std::mem::take(&mut *rep))
+}
+
+/// Trust reports sent on behalf of a workload whose agent sends none (`[renewal] trust_reports =
+/// false`): the test decides what the workload claims to have installed and to serve, so it can
+/// hold a workload on an old bundle. Every 300 ms, a notices poll authenticated with the agent's
+/// current certificate carries the report. Stops when dropped.
+#[derive(Debug)]
+pub struct HeldReports {
+    /// The bundle sequence reported.
+    pub sequence: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Refused handshakes (reason `unknown_issuer`) to report once, with the next report.
+    pub refuse_once: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The serving issuer reported (SHA-256 hex); `None`: the agent's real one.
+    pub frozen_serving: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HeldReports {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts reporting for `agent` (enrolled) against the CA at `ca_url`, claiming bundle `sequence`.
+pub fn held_reports(ca_url: &str, agent: &workload_agent::Agent, sequence: u64) -> HeldReports {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use workload_agent::agent::http;
+    let seq = Arc::new(AtomicU64::new(sequence));
+    let refuse_once = Arc::new(AtomicU64::new(0));
+    let frozen_serving: Arc<Mutex<Option<String>>> = Arc::default();
+    let (url, s, r, f) =
+        (format!("{ca_url}/workload/v1/notices?wait=1"), seq.clone(), refuse_once.clone(), frozen_serving.clone());
+    let held = agent.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let svid = held.seam().svid_updates().borrow().clone();
+            let roots = held.seam().bundle_updates().borrow().as_ref().map(|b| b.roots.clone());
+            if let (Some(svid), Some(roots)) = (svid, roots)
+                && let Ok(tls) = http::tls_config(&roots, Some((svid.chain.clone(), svid.key.clone_key())))
+            {
+                let real = svid.chain.get(1).map(|c| ca::sha256_fingerprint(c.as_ref())).unwrap_or_default();
+                let serving = f.lock().map(|g| g.clone()).ok().flatten().unwrap_or(real);
+                let report = format!(
+                    r#"{{"bundle_sequence":{},"serving_issuer":"{serving}","refused":{{"unknown_issuer":{}}}}}"#,
+                    s.load(Ordering::SeqCst),
+                    r.swap(0, Ordering::SeqCst)
+                );
+                let headers = [("lanyard-trust-report", report)];
+                match http::request_with(tls, hyper::Method::GET, &url, &headers, Vec::new(), Duration::from_secs(10))
+                    .await
+                {
+                    Ok(resp) if resp.status.is_success() => {}
+                    Ok(resp) => println!("held report refused (retrying): {} {}", resp.status, resp.error_detail()),
+                    Err(e) => println!("held report failed (retrying): {e:#}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    HeldReports { sequence: seq, refuse_once, frozen_serving, task }
+}
+
+/// A running agent for `id` that sends no trust reports of its own (see [`held_reports`]) and
+/// does not long-poll notices, enrolled when this returns.
+pub async fn silent_agent(ca: &WorkloadCa, id: &str, fraction: f64) -> anyhow::Result<workload_agent::Agent> {
+    let mut cfg = ca.agent_config(id, &ca.token(id, &[])?, fraction)?;
+    cfg.renewal.notices = false;
+    cfg.renewal.trust_reports = false;
+    let agent = workload_agent::Agent::new(cfg)?;
+    let runner = agent.clone();
+    tokio::spawn(async move { runner.run(std::future::pending()).await });
+    let mut rx = agent.seam().svid_updates();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
+        .await
+        .context("the silent agent did not enroll within 30 s")??;
+    Ok(agent)
 }

@@ -169,8 +169,8 @@ async fn agents_report_bundle_issuer_and_handshakes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_activation_waits_for_a_held_workload() {
     use ca::{IssuerKind, IssuerState};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use tests::workload::{authority_key_id, mtls_loop};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tests::workload::{authority_key_id, held_reports, mtls_loop, silent_agent};
 
     let ca = WorkloadCa::start_with(
         "",
@@ -184,48 +184,9 @@ async fn root_activation_waits_for_a_held_workload() {
     let (a, b) = (agents[0].clone(), agents[1].clone());
     // The held workload: a real agent that keeps its certificate fresh but sends no reports of
     // its own; this test reports for it, naming the bundle it is held on.
-    let mut cfg = ca.agent_config(&h_id, &ca.token(&h_id, &[]).expect("token"), 0.3).expect("cfg");
-    cfg.renewal.notices = false;
-    cfg.renewal.trust_reports = false;
-    let h = workload_agent::Agent::new(cfg).expect("agent");
-    let runner = h.clone();
-    tokio::spawn(async move { runner.run(std::future::pending()).await });
-    let mut rx = h.seam().svid_updates();
-    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
-        .await
-        .expect("enrolled")
-        .expect("watch");
+    let h = silent_agent(&ca, &h_id, 0.3).await.expect("held agent");
     let old_seq = h.seam().bundle_updates().borrow().as_ref().expect("bundle").sequence;
-    let held_at = Arc::new(AtomicU64::new(old_seq));
-    // Refusals the held workload reports once, with its next report (M5).
-    let refuse_once = Arc::new(AtomicU64::new(0));
-    // The issuer it says it serves: its real one, until the test freezes it (M3 below).
-    let frozen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let (url, seq, refuse) = (format!("{}/workload/v1/notices?wait=1", ca.url()), held_at.clone(), refuse_once.clone());
-    let (held, freeze) = (h.clone(), frozen.clone());
-    let reporter = tokio::spawn(async move {
-        loop {
-            let svid = held.seam().svid_updates().borrow().clone().expect("svid");
-            let roots = held.seam().bundle_updates().borrow().as_ref().expect("bundle").roots.clone();
-            let tls = http::tls_config(&roots, Some((svid.chain.clone(), svid.key.clone_key()))).expect("tls");
-            let serving =
-                freeze.lock().expect("lock").clone().unwrap_or_else(|| {
-                    hex::encode(ring::digest::digest(&ring::digest::SHA256, svid.chain[1].as_ref()))
-                });
-            let report = format!(
-                r#"{{"bundle_sequence":{},"serving_issuer":"{serving}","refused":{{"unknown_issuer":{}}}}}"#,
-                seq.load(Ordering::SeqCst),
-                refuse.swap(0, Ordering::SeqCst)
-            );
-            let headers = [("lanyard-trust-report", report)];
-            match http::request_with(tls, Method::GET, &url, &headers, Vec::new(), Duration::from_secs(10)).await {
-                Ok(r) if r.status.is_success() => {}
-                Ok(r) => println!("held report refused (retrying): {} {}", r.status, r.error_detail()),
-                Err(e) => println!("held report failed (retrying): {e:#}"),
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    });
+    let held = held_reports(&ca.url(), &h, old_seq);
     wait_for_metrics(&ca, "three live workloads", |p| p.contains("lanyard_fleet_workloads{state=\"live\"} 3")).await;
 
     // Two services keep doing mTLS for the whole test.
@@ -289,8 +250,8 @@ async fn root_activation_waits_for_a_held_workload() {
     }
 
     // Release: the held workload installs the new bundle and says so. The rotation proceeds.
-    refuse_once.store(1, Ordering::SeqCst);
-    held_at.store(new_seq, Ordering::SeqCst);
+    held.refuse_once.store(1, Ordering::SeqCst);
+    held.sequence.store(new_seq, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let j = ca.journal().await.expect("journal");
@@ -346,7 +307,7 @@ async fn root_activation_waits_for_a_held_workload() {
 
     // M3: an intermediate rotation that the held workload never follows (it keeps saying it
     // serves the previous intermediate) ends partial at converge_deadline (40 s).
-    *frozen.lock().expect("lock") = Some(hex::encode(ring::digest::digest(
+    *held.frozen_serving.lock().expect("lock") = Some(hex::encode(ring::digest::digest(
         &ring::digest::SHA256,
         h.seam().svid_updates().borrow().clone().expect("svid").chain[1].as_ref(),
     )));
@@ -364,7 +325,7 @@ async fn root_activation_waits_for_a_held_workload() {
     finished.store(true, Ordering::SeqCst);
 
     let rep = load.await.expect("load task").expect("mTLS loop");
-    reporter.abort();
+    drop(held);
     println!("{} handshakes, {} failures through the gated root rotation", rep.handshakes, rep.failures.len());
     assert!(rep.handshakes > 50, "{}", rep.handshakes);
     assert!(rep.failures.is_empty(), "failed handshakes: {:?}", &rep.failures[..rep.failures.len().min(5)]);
