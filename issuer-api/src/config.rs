@@ -209,6 +209,20 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_page_needs_a_loopback_metrics_listener_unless_allowed() {
+        let parse = |t: &str| toml::from_str::<Config>(t).expect("parses");
+        let e = parse("[admin]\npage = true\n").validate().expect_err("no metrics listener");
+        assert!(e.to_string().contains("metrics_listen"), "{e}");
+        let e = parse("metrics_listen = \"0.0.0.0:9102\"\n[admin]\npage = true\n").validate().expect_err("public");
+        assert!(e.to_string().contains("allow_non_loopback"), "{e}");
+        parse("metrics_listen = \"0.0.0.0:9102\"\n[admin]\npage = true\nallow_non_loopback = true\n")
+            .validate()
+            .expect("allowed");
+        parse("metrics_listen = \"[::1]:9102\"\n[admin]\npage = true\n").validate().expect("loopback");
+        assert!(toml::from_str::<Config>("[admin]\npages = true\n").is_err(), "unknown keys");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").is_err());
         assert!(toml::from_str::<Config>("listen = \"not an address\"\n").is_err());
