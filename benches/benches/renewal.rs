@@ -16,13 +16,13 @@
 //! 10, after 1 s of warm-up), `LANYARD_BENCH_RENEWAL_CSRS` (pre-generated CSRs per client, 32),
 //! `LANYARD_BENCH_RENEWAL_SIDES` (any of lanyard,cfssl-http,cfssl-mtls-db; default all).
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::lanyard_proc::{Killed, bin, bin_dir, build_binaries, start_lanyard};
 use benches::renewal_load::{Client, Stats, Target, proc_status_kb, run};
 use ca::rcgen::{self, BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, SanType};
 use hyper::body::Bytes;
@@ -46,78 +46,6 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // Best effort in Drop: the child may have exited already.
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-/// `target/<profile>`: the bench runs from `target/<profile>/deps`.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
-}
-
-/// Builds `lanyard-ca` and `lanyard-agent` in the bench's own profile, so that the processes
-/// measured are the current code (`cargo bench -p benches` builds only this package's targets).
-fn build_binaries(dir: &Path) {
-    if std::env::var_os("LANYARD_BENCH_NO_BUILD").is_some() {
-        return;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "issuer-api", "-p", "workload-agent", "--bin", "lanyard-ca", "--bin", "lanyard-agent"]);
-    match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(other) => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    eprintln!("renewal bench: building lanyard-ca and lanyard-agent ({})", dir.display());
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build of lanyard-ca and lanyard-agent failed");
-}
-
-fn bin(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    assert!(p.exists(), "{} is not built (cargo build --release -p issuer-api -p workload-agent --bins)", p.display());
-    p
-}
-
-/// Starts `lanyard-ca serve` and waits for its listening line.
-fn start_lanyard(ca_bin: &Path, config: &Path, pass: &str, log: &Path) -> (Killed, SocketAddr) {
-    let mut child = Command::new(ca_bin)
-        .arg("--config")
-        .arg(config)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("LANYARD_CA_PASSPHRASE", pass)
-        .env("LANYARD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start lanyard-ca");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let Some(Ok(line)) = lines.next() else {
-            child.kill().ok(); // it may have exited on its own
-            panic!("lanyard-ca exited before listening: {}", std::fs::read_to_string(log).unwrap_or_default());
-        };
-        if let Some(a) = line.strip_prefix("lanyard-ca: listening on https://") {
-            break a.parse().expect("listen address");
-        }
-    };
-    // Keep draining stdout so the server never blocks on (or fails writing to) a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Killed(child), addr)
 }
 
 fn create_token(ca_bin: &Path, config: &Path, spiffe_id: &str) -> String {

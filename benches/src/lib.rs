@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme_load;
+pub mod lanyard_proc;
 pub mod renewal_load;
 
 use std::time::Duration;
