@@ -226,9 +226,21 @@ spiffe_id_template = "spiffe://{TD}/ns/{{/kubernetes.io/namespace}}/sa/{{/kubern
     /// Agents for `ids` (join tokens, renewing at `fraction`), running in the background and
     /// enrolled (each holds its first SVID) when this returns.
     pub async fn enrolled_agents(&self, ids: &[&str], fraction: f64) -> anyhow::Result<Vec<workload_agent::Agent>> {
+        self.enrolled_agents_with(ids, fraction, |_| {}).await
+    }
+
+    /// [`WorkloadCa::enrolled_agents`], with `tweak` applied to each agent's configuration.
+    pub async fn enrolled_agents_with(
+        &self,
+        ids: &[&str],
+        fraction: f64,
+        tweak: impl Fn(&mut workload_agent::AgentConfig),
+    ) -> anyhow::Result<Vec<workload_agent::Agent>> {
         let mut agents = Vec::new();
         for id in ids {
-            let agent = workload_agent::Agent::new(self.agent_config(id, &self.token(id, &[])?, fraction)?)?;
+            let mut cfg = self.agent_config(id, &self.token(id, &[])?, fraction)?;
+            tweak(&mut cfg);
+            let agent = workload_agent::Agent::new(cfg)?;
             let runner = agent.clone();
             tokio::spawn(async move { runner.run(std::future::pending()).await });
             agents.push(agent);

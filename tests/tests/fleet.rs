@@ -39,23 +39,12 @@ fn fleet_lines(page: &str) -> String {
 async fn agents_report_bundle_issuer_and_handshakes() {
     let ca = WorkloadCa::start_with_hint("", "[rotation]\nenabled = false\n", "10m").expect("CA");
     let ids: Vec<String> = ["a", "b", "c"].iter().map(|n| format!("spiffe://{TD}/fleet/{n}")).collect();
-    let mut agents = Vec::new();
-    for id in &ids {
-        let mut cfg = ca.agent_config(id, &ca.token(id, &[]).expect("token"), 0.9).expect("cfg");
-        // A short poll, so the next report (with the handshake counts) comes within a second.
-        cfg.renewal.notices_wait = Duration::from_secs(1);
-        let agent = workload_agent::Agent::new(cfg).expect("agent");
-        let runner = agent.clone();
-        tokio::spawn(async move { runner.run(std::future::pending()).await });
-        agents.push(agent);
-    }
-    for agent in &agents {
-        let mut rx = agent.seam().svid_updates();
-        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.is_some()))
-            .await
-            .expect("enrolled")
-            .expect("watch");
-    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // A short poll, so the next report (with the handshake counts) comes within a second.
+    let agents = ca
+        .enrolled_agents_with(&refs, 0.9, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1))
+        .await
+        .expect("agents");
     let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
 
     // Every agent is live and has installed the current bundle.
