@@ -107,6 +107,11 @@ async fn agents_report_bundle_issuer_and_handshakes() {
     }
     let a_counts = a.seam().handshake_counts();
     assert_eq!((a_counts.accepted, a_counts.refused_for(Refusal::Identity)), (5, 3), "{a_counts:?}");
+    // The agent's own metrics say the same.
+    let page = a.render_metrics();
+    assert!(page.contains("lanyard_agent_handshakes_total{outcome=\"accepted\",reason=\"\"} 5"), "{page}");
+    assert!(page.contains("lanyard_agent_handshakes_total{outcome=\"refused\",reason=\"identity\"} 3"), "{page}");
+    assert!(page.contains("lanyard_agent_handshakes_total{outcome=\"refused\",reason=\"unknown_issuer\"} 0"), "{page}");
 
     // The next polls carry the counts: 5 (a) + 5 (b) + 3 (c) accepted, 3 refused for identity.
     let page = wait_for_metrics(&ca, "the handshake counts", |p| {

@@ -166,6 +166,36 @@ impl Metrics {
     }
 }
 
+/// Registers `lanyard_agent_handshakes_total{outcome,reason}`: the handshakes `seam`'s
+/// verifiers accepted and refused (by reason), the same counts the agent reports to the CA.
+pub fn register_handshakes(registry: &mut Registry, seam: crate::tls::CredentialSeam) {
+    registry.register_collector(Box::new(Handshakes(seam)));
+}
+
+/// The seam's handshake counts, read when scraped.
+#[derive(Debug)]
+struct Handshakes(crate::tls::CredentialSeam);
+
+impl Collector for Handshakes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.0.handshake_counts();
+        let mut f = encoder.encode_descriptor(
+            "lanyard_agent_handshakes",
+            "Handshakes the in-process seam verifiers accepted and refused, refusals by reason (unknown_issuer, \
+             expired, revoked, identity, no_bundle, other).",
+            None,
+            MetricType::Counter,
+        )?;
+        f.encode_family(&[("outcome", "accepted"), ("reason", "")])?
+            .encode_counter::<NoLabelSet, _, u64>(&counts.accepted, None)?;
+        for why in crate::tls::Refusal::ALL {
+            f.encode_family(&[("outcome", "refused"), ("reason", why.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(&counts.refused_for(why), None)?;
+        }
+        Ok(())
+    }
+}
+
 /// The registry `lanyard-agent` exposes and the handles registered in it.
 pub fn registry() -> (Registry, Arc<Metrics>) {
     let mut registry = Registry::default();

@@ -72,7 +72,8 @@ impl Agent {
         if cfg.renewal.trust_reports {
             client = client.with_reporter(Arc::new(report::TrustReporter::new(seam.clone())));
         }
-        let (registry, metrics) = metrics::registry();
+        let (mut registry, metrics) = metrics::registry();
+        metrics::register_handshakes(&mut registry, seam.clone());
         metrics.started.store(now(), Ordering::Relaxed);
         Ok(Agent { cfg, client, seam, metrics, registry: Arc::new(registry) })
     }
