@@ -377,8 +377,9 @@ impl Fleet {
         let cutoff = now - self.policy.horizon;
         let mut closed = Vec::new();
         let mut open = Vec::new();
-        for w in std::mem::take(&mut st.windows) {
-            let live: Vec<&Latest> = st.latest.values().filter(|e| e.seen >= cutoff).collect();
+        let windows = std::mem::take(&mut st.windows);
+        let live: Vec<&Latest> = st.latest.values().filter(|e| e.seen >= cutoff).collect();
+        for w in windows {
             let behind = live
                 .iter()
                 .filter(|e| match &w.target {

@@ -8,21 +8,8 @@ use std::sync::Arc;
 
 use ca::CaError;
 use ca::ra::OrderStatus;
-use ca::store::acme::{AcmeAccount, AcmeAuthz, AcmeChallenge, AcmeOrder, EabKey};
-use common::{databases, event};
-
-fn account(id: &str, eab: Option<&str>) -> AcmeAccount {
-    AcmeAccount {
-        id: id.to_owned(),
-        thumbprint: format!("thumb-{id}"),
-        jwk: format!(r#"{{"kty":"EC","crv":"P-256","x":"{id}","y":"y"}}"#),
-        status: "valid".into(),
-        contact: vec![format!("mailto:{id}@example.test")],
-        eab_kid: eab.map(str::to_owned),
-        created_at: 1_700_000_000,
-        allowed_suffixes: vec![],
-    }
-}
+use ca::store::acme::{AcmeAuthz, AcmeChallenge, AcmeOrder, EabKey};
+use common::{account, databases, event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_acme_changes_undo_only_themselves_and_races_have_one_winner() {
