@@ -14,10 +14,13 @@
 //! 3. an emergency rotation of every workload (`--window`, default 2 min): from the command to the
 //!    last affected certificate renewed, with the CA's CPU sampled every second (goal: under 5
 //!    minutes, the CA under 80 % of the machine);
-//! 4. a root rotation gated on the fleet: from `rotate root` to every live workload confirming the
-//!    new bundle and the new root taking over;
-//! 5. a canary that goes bad rolling back by itself: canary activation is not built yet, so this
-//!    phase reports that instead of a figure.
+//! 4. a canary that goes bad and rolls back by itself: a successor intermediate canaried on 5 %
+//!    of the fleet (`rotate intermediate --canary-fraction 0.05`); the canaries move to it; then
+//!    one workload in ten reports handshakes refused for `unknown_issuer` (peers refusing the
+//!    new chain): from the first refusal to the CA's rollback, and to every canary back on the
+//!    previous intermediate;
+//! 5. a root rotation gated on the fleet: from `rotate root` to every live workload confirming the
+//!    new bundle and the new root taking over.
 //!
 //! `cargo bench -p benches --bench fleet` (env `LANYARD_BENCH_FLEET_WORKLOADS`, default 10000;
 //! `LANYARD_BENCH_FLEET_WAIT` notices wait in seconds, default 30;
@@ -79,6 +82,9 @@ struct Shared {
     renewal_failures: AtomicU64,
     poll_failures: AtomicU64,
     polls: AtomicU64,
+    /// While set, one workload in ten reports a handshake refused for `unknown_issuer` with
+    /// every report: the canary's peers that refuse the new chain.
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 /// An ES256 JWT signer standing in for a Kubernetes service-account issuer.
@@ -183,6 +189,9 @@ async fn live(i: usize, mut me: Identity, shared: Arc<Shared>, wait: u64, sequen
         }
         let mut report =
             serde_json::json!({"bundle_sequence": sequence, "serving_issuer": me.serving(), "accepted": 1});
+        if i.is_multiple_of(10) && shared.refusing.load(Ordering::Relaxed) {
+            report["refused"] = serde_json::json!({"unknown_issuer": 1});
+        }
         if let Some(ms) = last_fetch_ms.take() {
             report["fetch_ms"] = ms.into();
         }
@@ -291,6 +300,51 @@ fn cli(ca_bin: &Path, config: &Path, pass: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Phase 4: canary on 5 % of the fleet, peers refuse, the CA rolls back by itself.
+async fn canary_phase(ca_bin: &Path, config: &Path, pass: &str, shared: &Shared, maddr: SocketAddr, pid: u32) {
+    let renewed0 = shared.renewals.load(Ordering::Relaxed);
+    let out = cli(ca_bin, config, pass, &["rotate", "intermediate", "--canary-fraction", "0.05", "--soak", "1h"]);
+    let asked: u64 = out
+        .split(" canary certificates asked")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    println!("canary: {}", out.lines().next().unwrap_or_default());
+    let moved = |target: u64| move |_: &str| shared.renewals.load(Ordering::Relaxed) >= renewed0 + target;
+    let limit = Duration::from_secs(300);
+    match watch(maddr, pid, limit, moved(asked)).await {
+        Some((took, mean, max)) => println!(
+            "canary: {asked} canaries (5 % of the fleet) on the successor {:.1} s after the command; CA CPU mean {mean:.0} %, max {max:.0} %",
+            took.as_secs_f64()
+        ),
+        None => println!("canary: NOT all {asked} canaries moved within {} s", limit.as_secs()),
+    }
+    // Their peers refuse the new chain: one workload in ten reports a refusal with each poll.
+    let renewed1 = shared.renewals.load(Ordering::Relaxed);
+    let t = Instant::now();
+    shared.refusing.store(true, Ordering::Relaxed);
+    let rolled_back =
+        |p: &str| value(p, "lanyard_rotation_canaries_total{step=\"canary\",result=\"rolled_back\"}") >= 1.0;
+    match watch(maddr, pid, limit, rolled_back).await {
+        Some((took, _, _)) => println!(
+            "canary: peers started refusing; the CA rolled the canary back by itself {:.1} s later (notices wait bounds how soon reports arrive)",
+            took.as_secs_f64()
+        ),
+        None => println!("canary: NOT rolled back within {} s: {}", limit.as_secs(), metrics(maddr).await),
+    }
+    shared.refusing.store(false, Ordering::Relaxed);
+    let back = |_: &str| shared.renewals.load(Ordering::Relaxed) >= renewed1 + asked;
+    match watch(maddr, pid, limit, back).await {
+        Some((took, mean, max)) => println!(
+            "canary: all {asked} canaries back on the previous intermediate {:.1} s after the first refusal; CA CPU mean {mean:.0} %, max {max:.0} %; {} renewal failures in all",
+            t.elapsed().as_secs_f64().max(took.as_secs_f64()),
+            shared.renewal_failures.load(Ordering::Relaxed)
+        ),
+        None => println!("canary: NOT all canaries back within {} s", limit.as_secs()),
+    }
+}
+
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = usize::try_from(env_u64("LANYARD_BENCH_FLEET_WORKLOADS", if quick { 50 } else { 10_000 })).unwrap_or(50);
@@ -352,6 +406,7 @@ root_overlap = "5s"
         renewal_failures: AtomicU64::new(0),
         poll_failures: AtomicU64::new(0),
         polls: AtomicU64::new(0),
+        refusing: std::sync::atomic::AtomicBool::new(false),
     });
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
@@ -426,7 +481,10 @@ root_overlap = "5s"
             ),
             None => println!("emergency: NOT complete within {} s: {}", window + 300, metrics(maddr).await),
         }
-        // 4. Root rotation gated on the fleet.
+        // 4. A canary that goes bad.
+        canary_phase(&ca_bin, &config, &pass, &shared, maddr, pid).await;
+
+        // 5. Root rotation gated on the fleet.
         let t = Instant::now();
         let out = cli(&ca_bin, &config, &pass, &["rotate", "root"]);
         println!("root rotation: {}", out.lines().next().unwrap_or_default());
@@ -462,9 +520,6 @@ root_overlap = "5s"
             value(&page, "lanyard_audit_events{chain=\"outside\"}"),
             shared.poll_failures.load(Ordering::Relaxed)
         );
-
-        // 5. Canary.
-        println!("canary: not measured: canary activation and automatic rollback are not built yet (issue 15)");
     });
     drop(ca);
 }

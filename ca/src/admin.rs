@@ -121,6 +121,41 @@ impl Admin {
         crate::rotation::rotate_intermediate_now(&self.store, keys).await
     }
 
+    /// `rotate intermediate --canary-*`: prepares a successor if there is none and starts its
+    /// canary ([`crate::rotation::canary::begin`]); the servers' rotation loop judges it. Returns
+    /// the canary and how many live certificates were asked to move to the successor.
+    pub async fn start_canary(
+        &self,
+        keys: &RotationKeys,
+        spec: &crate::rotation::canary::CanarySpec,
+        spread: Duration,
+    ) -> Result<(crate::store::canary::Canary, i64), CaError> {
+        let rotation = crate::rotation::rotation_id();
+        if crate::rotation::canary::soaking(&self.store).await?.is_some() {
+            return Err(CaError::Config("a canary is already soaking; roll it back or let it finish".into()));
+        }
+        let journal = self.store.issuers().await?;
+        if !journal.iter().any(|r| r.kind == crate::IssuerKind::Intermediate && r.state == crate::IssuerState::Prepared)
+        {
+            crate::rotation::prepare_intermediate(&self.store, keys, &rotation).await?;
+        }
+        crate::rotation::canary::begin(&self.store, spec, spread, &rotation, "operator").await
+    }
+
+    /// `rotate rollback` ([`crate::rotation::canary::rollback`]).
+    pub async fn rollback(
+        &self,
+        spread: Duration,
+        reason: &str,
+    ) -> Result<crate::rotation::canary::CanaryDecision, CaError> {
+        crate::rotation::canary::rollback(&self.store, spread, reason).await
+    }
+
+    /// Every canary, newest first.
+    pub async fn canaries(&self) -> Result<Vec<crate::store::canary::Canary>, CaError> {
+        self.store.canaries().await
+    }
+
     /// Audit events matching `filter`, oldest first, with their place in the hash chain.
     pub async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, CaError> {
         self.store.audit_query(filter).await

@@ -204,6 +204,9 @@ struct State {
     refused_in_window: Vec<(String, u64)>,
     /// The latest closed windows, newest last; at most [`MAX_WINDOW_TOTALS`].
     closed: Vec<Closed>,
+    /// Handshakes reported since each canary started (rotation id, accepted, refused for a
+    /// trust reason: every reason but `identity`), newest last; at most [`MAX_WINDOW_TOTALS`].
+    tallies: Vec<(String, u64, u64)>,
 }
 
 /// Rotation ids whose refused-handshake totals are kept (bounds the metric's label set).
@@ -290,6 +293,12 @@ impl Fleet {
             *t = t.saturating_add(*n);
         }
         let refused: u64 = report.refused.values().sum();
+        let trust_refused: u64 =
+            report.refused.iter().filter(|(r, _)| **r != RefusalReason::Identity).map(|(_, n)| *n).sum();
+        for (_, accepted, refused) in &mut st.tallies {
+            *accepted = accepted.saturating_add(report.accepted);
+            *refused = refused.saturating_add(trust_refused);
+        }
         if refused > 0 {
             for w in &st.windows {
                 if let Some((_, n)) = st.refused_in_window.iter_mut().find(|(id, _)| *id == w.rotation) {
@@ -357,6 +366,24 @@ impl Fleet {
         // as a change of the active intermediate), supersedes the one still watched.
         st.windows.retain(|w| w.kind != window.kind && w.target != window.target);
         st.windows.push(window);
+    }
+
+    /// Starts counting the handshakes reported for canary `rotation` ([`Fleet::tally`]).
+    pub fn start_tally(&self, rotation: &str) {
+        let mut st = self.state();
+        if st.tallies.iter().any(|(id, _, _)| id == rotation) {
+            return;
+        }
+        st.tallies.push((rotation.to_owned(), 0, 0));
+        if st.tallies.len() > MAX_WINDOW_TOTALS {
+            st.tallies.remove(0);
+        }
+    }
+
+    /// Handshakes reported since canary `rotation` started: (accepted, refused for a trust
+    /// reason). None when this view never started counting for it.
+    pub fn tally(&self, rotation: &str) -> Option<(u64, u64)> {
+        self.state().tallies.iter().find(|(id, _, _)| id == rotation).map(|(_, a, r)| (*a, *r))
     }
 
     /// The rotations being watched.

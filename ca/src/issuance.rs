@@ -111,6 +111,8 @@ struct Prepared {
     csr: crate::csr::VerifiedCsr,
     names: Vec<Name>,
     issuer: Arc<ActiveIssuer>,
+    /// The canary rotation whose successor signs this one, if it does.
+    canary: Option<String>,
     serial: Serial,
     params: rcgen::CertificateParams,
     spki: rcgen::SubjectPublicKeyInfo,
@@ -127,6 +129,16 @@ pub struct Authority {
     pub(crate) crl: crate::crl::CrlCache,
     stats: crate::stats::IssuanceStats,
     fleet: Arc<crate::fleet::Fleet>,
+    /// The successor on trial while a canary soaks ([`crate::rotation::canary`]).
+    canary: RwLock<Option<Arc<CanaryIssuer>>>,
+    canary_counters: Arc<crate::rotation::canary::CanaryCounters>,
+}
+
+/// A canary's successor, loaded for signing the canaries' certificates.
+#[derive(Debug)]
+struct CanaryIssuer {
+    canary: crate::store::canary::Canary,
+    issuer: Arc<ActiveIssuer>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -174,6 +186,8 @@ impl Authority {
             crl: Default::default(),
             stats: crate::stats::IssuanceStats::default(),
             fleet,
+            canary: RwLock::new(None),
+            canary_counters: Arc::default(),
         })
     }
 
@@ -182,6 +196,7 @@ impl Authority {
     /// they started with, which stays trusted as "retired". True when the issuer changed.
     pub async fn refresh_active(&self, pass: &Passphrase) -> Result<bool, CaError> {
         let journal = self.store.issuers().await?;
+        self.refresh_canary(&journal, pass).await?;
         let record = journal
             .iter()
             .find(|r| r.kind == IssuerKind::Intermediate && r.state == crate::IssuerState::Active)
@@ -207,6 +222,72 @@ impl Authority {
         info!(issuer = %id, not_after = %crate::issuers::rfc3339(active.record.not_after), "active issuer changed");
         *self.active.write().map_err(|_| CaError::NoActiveIssuer)? = Some(active);
         Ok(true)
+    }
+
+    /// Loads the successor of a canary that started (or drops the one whose canary ended). A
+    /// successor that cannot be loaded counts as a failed canary renewal, which rolls it back.
+    async fn refresh_canary(&self, journal: &[crate::IssuerRecord], pass: &Passphrase) -> Result<(), CaError> {
+        let soaking = crate::rotation::canary::soaking(&self.store).await?;
+        let loaded =
+            self.canary.read().map_err(|_| CaError::NoActiveIssuer)?.as_ref().map(|c| c.canary.rotation.clone());
+        let Some(c) = soaking else {
+            if loaded.is_some() {
+                info!("canary ended: its successor signs nothing more on this replica");
+                *self.canary.write().map_err(|_| CaError::NoActiveIssuer)? = None;
+            }
+            return Ok(());
+        };
+        if loaded.as_deref() == Some(c.rotation.as_str()) {
+            return Ok(());
+        }
+        let load = || -> Result<ActiveIssuer, CaError> {
+            let record = journal
+                .iter()
+                .find(|r| r.id == c.successor && r.state == crate::IssuerState::Prepared)
+                .ok_or_else(|| CaError::Config(format!("canary successor {} is not prepared", c.successor)))?;
+            let key_pem = record.key_pem_enc.as_deref().ok_or_else(|| {
+                CaError::Config(format!("the canary successor {} has no key in the store", record.id))
+            })?;
+            let key = decrypt_key_pem(key_pem, pass, &format!("intermediate {}", record.id))?;
+            ActiveIssuer::new(record.clone(), key)?.with_cross_chain(journal)
+        };
+        match load() {
+            Ok(issuer) => {
+                self.store
+                    .append_audit(AuditEvent::now(
+                        "ca",
+                        "key.load",
+                        &c.successor,
+                        Outcome::Success,
+                        format!("rotation {}: canary successor loaded", c.rotation),
+                    ))
+                    .await?;
+                info!(rotation = %c.rotation, successor = %c.successor, "canary successor loaded: it signs for the canaries");
+                *self.canary.write().map_err(|_| CaError::NoActiveIssuer)? =
+                    Some(Arc::new(CanaryIssuer { canary: c, issuer: Arc::new(issuer) }));
+            }
+            Err(e) => {
+                warn!(rotation = %c.rotation, successor = %c.successor, error = %e, "cannot load the canary successor");
+                self.canary_counters.failed(&c.rotation);
+            }
+        }
+        Ok(())
+    }
+
+    /// Signings and failures under the soaking canary's successor, on this replica.
+    pub fn canary_counters(&self) -> &Arc<crate::rotation::canary::CanaryCounters> {
+        &self.canary_counters
+    }
+
+    /// The issuer for a certificate with `names`: the canary's successor when a canary soaks and
+    /// picks the SPIFFE ID, else the active intermediate.
+    fn issuer_for(&self, names: &[Name]) -> Result<(Arc<ActiveIssuer>, Option<String>), CaError> {
+        if let Some(c) = self.canary.read().map_err(|_| CaError::NoActiveIssuer)?.as_ref()
+            && names.iter().any(|n| matches!(n, Name::Spiffe(_)) && c.canary.selects(&n.to_string()))
+        {
+            return Ok((c.issuer.clone(), Some(c.canary.rotation.clone())));
+        }
+        Ok((self.active_issuer()?, None))
     }
 
     /// The newest trust-state report of each workload ([`crate::fleet`]).
@@ -345,7 +426,7 @@ impl Authority {
         profile: Profile,
         lifetime: Option<Duration>,
     ) -> Result<Prepared, CaError> {
-        let issuer = self.active_issuer()?;
+        let (issuer, canary) = self.issuer_for(&names)?;
         let now = OffsetDateTime::now_utc();
         let (not_before, not_after) = self.policy.validity(profile, lifetime, now, issuer.record.not_after)?;
         let serial = Serial::random(&self.rng)?;
@@ -364,10 +445,11 @@ impl Authority {
         let spki = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
             .map_err(|e| CaError::UnsupportedKey(format!("cannot encode the subject key: {e}")))?;
         let subject = common_name.map(|cn| format!("CN={cn}")).unwrap_or_default();
-        Ok(Prepared { csr, names, issuer, serial, params, spki, subject })
+        Ok(Prepared { csr, names, issuer, canary, serial, params, spki, subject })
     }
 
-    /// Steps 1 to 3 of issuance for a prepared request; `with` rides on the record of step 3.
+    /// Steps 1 to 3 of issuance for a prepared request; `with` rides on the record of step 3. A
+    /// canary's signings and failures are counted for its verdict.
     async fn sign_and_record(
         &self,
         prepared: Prepared,
@@ -375,7 +457,28 @@ impl Authority {
         requester: &str,
         with: RecordWith<'_>,
     ) -> Result<IssuedCertificate, CaError> {
-        let Prepared { csr, names, issuer, serial, params, spki, subject } = prepared;
+        let canary = prepared.canary.clone();
+        let r = self.sign_and_record_with(prepared, profile, requester, with).await;
+        if let Some(rotation) = canary {
+            match &r {
+                Ok(_) => self.canary_counters.signed(&rotation),
+                // A lost race on an order or a lineage is the client's, not the successor's.
+                Err(e)
+                    if matches!(e.kind(), crate::error::ErrorKind::BadRequest | crate::error::ErrorKind::Rejected) => {}
+                Err(_) => self.canary_counters.failed(&rotation),
+            }
+        }
+        r
+    }
+
+    async fn sign_and_record_with(
+        &self,
+        prepared: Prepared,
+        profile: Profile,
+        requester: &str,
+        with: RecordWith<'_>,
+    ) -> Result<IssuedCertificate, CaError> {
+        let Prepared { csr, names, issuer, canary: _, serial, params, spki, subject } = prepared;
         let (not_before, not_after) = (params.not_before, params.not_after);
         let renewal = match with {
             RecordWith::Renewal(r) => Some(r),

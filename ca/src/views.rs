@@ -42,6 +42,11 @@ impl Views {
         self.store.audit_counts().await
     }
 
+    /// Every canary, newest first.
+    pub async fn canaries(&self) -> Result<Vec<crate::store::canary::Canary>, CaError> {
+        self.store.canaries().await
+    }
+
     /// How many unexpired, unrevoked certificates `issuer_id` signed.
     pub async fn valid_certificates_of(&self, issuer_id: &str, now: i64) -> Result<i64, CaError> {
         self.store.valid_certificates_of(issuer_id, now).await
@@ -69,6 +74,7 @@ impl Views {
 pub struct RotationDriver {
     store: Store,
     fleet: std::sync::Arc<crate::fleet::Fleet>,
+    canary: std::sync::Arc<crate::rotation::canary::CanaryCounters>,
 }
 
 impl RotationDriver {
@@ -91,6 +97,25 @@ impl RotationDriver {
     /// The issuer journal.
     pub async fn issuers(&self) -> Result<Vec<IssuerRecord>, CaError> {
         self.store.issuers().await
+    }
+
+    /// Judges the soaking canary and carries out the verdict ([`crate::rotation::canary::tick`]).
+    pub async fn canary_tick(
+        &self,
+        policy: &RotationPolicy,
+        now: i64,
+    ) -> Result<crate::rotation::canary::CanaryDecision, CaError> {
+        crate::rotation::canary::tick(&self.store, &self.fleet, &self.canary, &policy.canary, now).await
+    }
+
+    /// Every canary, newest first.
+    pub async fn canaries(&self) -> Result<Vec<crate::store::canary::Canary>, CaError> {
+        self.store.canaries().await
+    }
+
+    /// Signings and failures under the soaking canary's successor on this replica: (signed, failed).
+    pub fn canary_counts(&self, rotation: &str) -> (u64, u64) {
+        self.canary.get(rotation)
     }
 
     /// The sequence of the trust bundle the journal makes now.
@@ -143,6 +168,10 @@ impl Authority {
 
     /// The driver of this CA's background rotation steps.
     pub fn rotation_driver(&self) -> RotationDriver {
-        RotationDriver { store: self.store().clone(), fleet: self.fleet().clone() }
+        RotationDriver {
+            store: self.store().clone(),
+            fleet: self.fleet().clone(),
+            canary: self.canary_counters().clone(),
+        }
     }
 }

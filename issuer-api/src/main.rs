@@ -92,6 +92,19 @@ enum Command {
         /// the revocation, for renewed certificates to be installed and handshakes in flight.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
         settle: std::time::Duration,
+        /// `rotate intermediate`: canary the successor first; it signs only for SPIFFE IDs under
+        /// this prefix for --soak, then becomes active unless the fleet's reports roll it back.
+        #[arg(long)]
+        canary_prefix: Option<String>,
+        /// `rotate intermediate`: canary the successor on this share of the workloads (0 to 1).
+        #[arg(long)]
+        canary_fraction: Option<f64>,
+        /// The canary's soak ([rotation.canary] soak by default).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        soak: Option<std::time::Duration>,
+        /// `rotate rollback`: why, for the audit log.
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
     },
     /// Revoke a certificate by serial (hex): renewals with it are refused from now on.
     Revoke {
@@ -150,6 +163,10 @@ enum RotateWhat {
     /// each other, and both roots are published in the trust bundle; the new pair takes over after
     /// `[rotation] root_overlap`.
     Root,
+    /// Undo an intermediate rotation: a soaking canary is rolled back (its successor retired), or
+    /// else the intermediate the active one replaced takes over again (unexpired, unrevoked, same
+    /// root). Holders of the discarded intermediate's certificates are asked to renew at once.
+    Rollback,
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +328,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 root.fingerprint,
                 intermediate.id,
                 humantime::format_duration(cfg.rotation.root_overlap)
+            );
+            Ok(())
+        }
+        Command::Rotate { what: RotateWhat::Rollback, reason, .. } => {
+            let admin = ops::open_admin(&cfg).await?;
+            match admin.rollback(cfg.rotation.canary.renew_spread, &reason).await? {
+                ca::rotation::canary::CanaryDecision::RolledBack {
+                    rotation, successor, previous, affected, ..
+                } => {
+                    println!(
+                        "rotation {rotation} rolled back: {previous} signs for everyone, {successor} is retired;                          {affected} certificates asked to renew within {}",
+                        humantime::format_duration(cfg.rotation.canary.renew_spread)
+                    );
+                    Ok(())
+                }
+                other => anyhow::bail!("nothing rolled back: {other:?}"),
+            }
+        }
+        Command::Rotate {
+            what: RotateWhat::Intermediate,
+            emergency: false,
+            canary_prefix,
+            canary_fraction,
+            soak,
+            ..
+        } if canary_prefix.is_some() || canary_fraction.is_some() => {
+            let (pass, _) = ops::passphrase(&cfg)?
+                .ok_or(ca::CaError::MissingPassphrase { env: ca::PASSPHRASE_ENV.into() })
+                .context("rotation needs the CA passphrase")?;
+            let admin = ops::open_admin(&cfg).await?;
+            let keys = ca::rotation::RotationKeys { pass, root_key_path: cfg.root_key_path(), init: cfg.init.clone() };
+            let spec = ca::rotation::canary::CanarySpec {
+                prefix: canary_prefix,
+                fraction: canary_fraction.unwrap_or(0.0),
+                soak: soak.unwrap_or(cfg.rotation.canary.soak),
+            };
+            let (c, asked) = admin.start_canary(&keys, &spec, cfg.rotation.canary.renew_spread).await?;
+            println!(
+                "canary {}: {} signs for the canaries until {} ({} s); {} signs for everyone else; {asked} canary \
+                 certificates asked to renew. Running servers judge it from the fleet's reports: `lanyard-ca rotate \
+                 rollback` ends it by hand",
+                c.rotation,
+                c.successor,
+                c.soak_until,
+                c.soak_until - c.started_at,
+                c.previous
             );
             Ok(())
         }

@@ -79,6 +79,10 @@ pub struct Metrics {
     rotation_converge: Family<RotationKind, prometheus_client::metrics::histogram::Histogram>,
     /// M1/M3: watched rotations that ended, by kind and result (converged, partial).
     rotations_finished: Family<StepResult, Counter>,
+    /// Canaries decided by this replica, by result (completed, rolled_back).
+    canaries: Family<StepResult, Counter>,
+    /// 1 while a canary soaks (as this replica's rotation loop last saw it).
+    pub canary_soaking: Gauge,
     /// Counters of the HTTPS listener.
     pub https_listener: ListenerStats,
     /// Counters of the metrics listener.
@@ -156,6 +160,22 @@ impl Metrics {
              passed with live workloads not on it)",
             rotations_finished.clone(),
         );
+        let canaries = Family::default();
+        registry.register(
+            "lanyard_rotation_canaries",
+            "Canary activations decided by this replica's rotation loop, by result: completed (the successor \
+             became active) or rolled_back (refused handshakes, failed canary renewals, or an operator)",
+            canaries.clone(),
+        );
+        for result in ["completed", "rolled_back"] {
+            drop(canaries.get_or_create(&StepResult { step: "canary".to_owned(), result }));
+        }
+        let canary_soaking = Gauge::default();
+        registry.register(
+            "lanyard_rotation_canary_soaking",
+            "1 while a successor intermediate signs for canaries only ([rotation.canary], rotate --canary-*)",
+            canary_soaking.clone(),
+        );
         // Every known series starts at 0, so dashboards and alerts see them before the first
         // rotation (a missing series reads as "no data", not as "none").
         for kind in ["intermediate", "root", "emergency"] {
@@ -164,7 +184,7 @@ impl Metrics {
                 drop(rotations_finished.get_or_create(&StepResult { step: kind.to_owned(), result }));
             }
         }
-        for step in ["prepare", "activate", "expire", "activate_root", "expire_root"] {
+        for step in ["prepare", "activate", "begin_canary", "expire", "activate_root", "expire_root"] {
             for result in ["success", "failure"] {
                 drop(rotation_steps.get_or_create(&StepResult { step: step.to_owned(), result }));
             }
@@ -184,6 +204,8 @@ impl Metrics {
             validations_refused,
             rotation_converge,
             rotations_finished,
+            canaries,
+            canary_soaking,
             https_listener,
             metrics_listener,
         })
@@ -198,6 +220,11 @@ impl Metrics {
     pub fn rotation_step(&self, step: &str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.rotation_steps.get_or_create(&StepResult { step: step.to_owned(), result }).inc();
+    }
+
+    /// Counts a canary decided by this replica.
+    pub fn canary_decided(&self, result: &'static str) {
+        self.canaries.get_or_create(&StepResult { step: "canary".to_owned(), result }).inc();
     }
 
     /// Records a watched rotation that ended (M1, M2, M3).

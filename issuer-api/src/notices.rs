@@ -12,7 +12,7 @@ use tokio::sync::watch;
 /// What waiting handlers look at when woken.
 #[derive(Debug, Default)]
 pub struct Notices {
-    /// Bumped whenever a new emergency is seen.
+    /// Bumped whenever a new emergency (or another renewal request) is seen.
     pub generation: u64,
     /// Intermediates with an emergency rotation: only holders of their certificates re-check.
     pub issuers: BTreeSet<String>,
@@ -55,11 +55,18 @@ impl NoticeBoard {
     /// Records the emergencies in the journal; wakes the waiters if one of them is new. Returns
     /// whether it did.
     pub fn observe(&self, emergencies: &[Emergency]) -> bool {
+        self.observe_asks(emergencies.iter().map(|e| (e.id.clone(), e.issuer_id.clone())))
+    }
+
+    /// Records renewal requests (request id, issuer whose certificate holders were asked): an
+    /// emergency, a canary's start (its canaries hold certificates of the previous intermediate)
+    /// or a rollback (holders of the discarded successor's). Wakes the waiters if one is new.
+    pub fn observe_asks(&self, asks: impl IntoIterator<Item = (String, String)>) -> bool {
         self.0.send_if_modified(|n| {
             let mut new = false;
-            for e in emergencies {
-                if n.seen.insert(e.id.clone()) {
-                    n.issuers.insert(e.issuer_id.clone());
+            for (id, issuer) in asks {
+                if n.seen.insert(id) {
+                    n.issuers.insert(issuer);
                     new = true;
                 }
             }

@@ -186,6 +186,44 @@ pub async fn status(admin: &Admin, rotation: &ca::rotation::RotationPolicy) -> a
     for line in ca::rotation::describe(&plan, &journal) {
         writeln!(out, "  {line}")?;
     }
+    let canaries = admin.canaries().await?;
+    if !canaries.is_empty() {
+        writeln!(out, "\ncanaries (newest first):")?;
+    }
+    for c in canaries.iter().take(5) {
+        let who = match (&c.prefix, c.fraction_ppm) {
+            (Some(p), 0) => format!("under {p}"),
+            (Some(p), n) => format!("under {p} + {:.2} %", n as f64 / 10_000.0),
+            (None, n) => format!("{:.2} % of workloads", n as f64 / 10_000.0),
+        };
+        match c.state {
+            ca::store::canary::CanaryState::Soaking => writeln!(
+                out,
+                "  {}: soaking, {} signs for canaries ({who}) for {} s more; {} signs for the rest",
+                c.rotation,
+                c.successor,
+                (c.soak_until - now.unix_timestamp()).max(0),
+                c.previous
+            )?,
+            state => writeln!(
+                out,
+                "  {}: {} {} (previous {}): {}",
+                c.rotation,
+                c.successor,
+                state.as_str(),
+                c.previous,
+                c.reason.as_deref().unwrap_or("")
+            )?,
+        }
+    }
+    if let Some(c) = ca::rotation::canary::holding_after_rollback(&canaries, &rotation.canary, now.unix_timestamp()) {
+        writeln!(
+            out,
+            "  scheduled rotation holds after rollback {} until {}",
+            c.rotation,
+            c.decided_at.unwrap_or(0).saturating_add(ca::units::secs(rotation.canary.retry_after))
+        )?;
+    }
     let emergencies = admin.emergencies().await?;
     if !emergencies.is_empty() {
         writeln!(out, "\nemergency rotations:")?;

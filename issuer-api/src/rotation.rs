@@ -47,56 +47,29 @@ pub fn spawn(
             if step_due {
                 next_step = tokio::time::Instant::now() + policy.check_interval;
             }
-            match (&keys, policy.enabled && step_due) {
-                (Some(keys), true) => {
-                    let lease_for = ca::units::secs(policy.check_interval).saturating_mul(3).max(10);
-                    match driver.acquire_lease(LEASE, &holder, now, now + lease_for).await {
-                        Ok(true) => {
-                            let rotation = ca::rotation::rotation_id();
-                            let started = std::time::Instant::now();
-                            match driver.run_due(keys, &policy, now, &rotation).await {
-                                Ok(steps) if !steps.is_empty() => {
-                                    for s in &steps {
-                                        metrics.rotation_step(step_name(s), true);
-                                    }
-                                    watch_steps(&driver, &steps, &rotation, &policy).await;
-                                    let took = started.elapsed();
-                                    metrics.last_rotation_seconds.set(took.as_secs_f64());
-                                    let ms = took.as_millis();
-                                    info!(rotation, ?steps, took_ms = ms, "rotation steps taken");
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    metrics.rotation_step("any", false);
-                                    warn!(rotation, error = %e, "rotation step failed; will retry");
-                                }
+            if step_due {
+                let lease_for = ca::units::secs(policy.check_interval).saturating_mul(3).max(10);
+                match driver.acquire_lease(LEASE, &holder, now, now + lease_for).await {
+                    Ok(true) => {
+                        // A canary is judged wherever the lease is, with or without the root key.
+                        judge_canary(&driver, &policy, now, &metrics).await;
+                        match &keys {
+                            Some(keys) if policy.enabled => {
+                                run_steps(&driver, keys, &policy, now, &metrics).await;
                             }
-                            watch_root_rotation(&driver, &policy).await;
-                            // Root CRLs (listing intermediates revoked in an emergency) are
-                            // re-signed here, where the root key is, before half their validity.
-                            if let Ok(journal) = driver.issuers().await {
-                                for r in journal
-                                    .iter()
-                                    .filter(|r| r.kind == ca::IssuerKind::Root && r.state != ca::IssuerState::Expired)
-                                {
-                                    if let Err(e) = driver.sign_root_crl(keys, &r.id, false).await {
-                                        warn!(root = %r.id, error = %e, "cannot re-sign the root CRL");
-                                    }
-                                }
+                            None if policy.enabled && !warned_offline => {
+                                warned_offline = true;
+                                warn!(
+                                    "automatic intermediate rotation is on but the root key is not in the data \
+                                     directory; rotate with `lanyard-ca rotate intermediate` where the root key is"
+                                );
                             }
+                            _ => {}
                         }
-                        Ok(false) => {}
-                        Err(e) => warn!(error = %e, "cannot take the rotation lease"),
                     }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cannot take the rotation lease"),
                 }
-                (None, true) if !warned_offline => {
-                    warned_offline = true;
-                    warn!(
-                        "automatic intermediate rotation is on but the root key is not in the data directory; \
-                         rotate with `lanyard-ca rotate intermediate` where the root key is"
-                    );
-                }
-                _ => {}
             }
             match authority.refresh_active(&pass).await {
                 Ok(true) => {
@@ -125,6 +98,7 @@ pub fn spawn(
                 Err(e) => warn!(error = %e, "cannot load the active intermediate"),
             }
             track_emergencies(&driver, now, &notices, &policy).await;
+            track_canaries(&driver, &notices, &metrics).await;
             for closed in driver.fleet().close_windows(time::OffsetDateTime::now_utc()) {
                 metrics.rotation_finished(&closed);
                 let (w, took_s) = (&closed.window, closed.took.as_secs());
@@ -136,6 +110,96 @@ pub fn spawn(
             }
         }
     });
+}
+
+/// The due journal steps, with the root CRLs re-signed (the lease holder, with the root key).
+async fn run_steps(
+    driver: &ca::views::RotationDriver,
+    keys: &RotationKeys,
+    policy: &RotationPolicy,
+    now: i64,
+    metrics: &crate::metrics::Metrics,
+) {
+    let rotation = ca::rotation::rotation_id();
+    let started = std::time::Instant::now();
+    match driver.run_due(keys, policy, now, &rotation).await {
+        Ok(steps) if !steps.is_empty() => {
+            for s in &steps {
+                metrics.rotation_step(step_name(s), true);
+            }
+            watch_steps(driver, &steps, &rotation, policy).await;
+            let took = started.elapsed();
+            metrics.last_rotation_seconds.set(took.as_secs_f64());
+            let ms = took.as_millis();
+            info!(rotation, ?steps, took_ms = ms, "rotation steps taken");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            metrics.rotation_step("any", false);
+            warn!(rotation, error = %e, "rotation step failed; will retry");
+        }
+    }
+    watch_root_rotation(driver, policy).await;
+    // Root CRLs (listing intermediates revoked in an emergency) are re-signed here, where the
+    // root key is, before half their validity.
+    if let Ok(journal) = driver.issuers().await {
+        for r in journal.iter().filter(|r| r.kind == ca::IssuerKind::Root && r.state != ca::IssuerState::Expired) {
+            if let Err(e) = driver.sign_root_crl(keys, &r.id, false).await {
+                warn!(root = %r.id, error = %e, "cannot re-sign the root CRL");
+            }
+        }
+    }
+}
+
+/// Judges the soaking canary, if any; a completed one is watched until the fleet serves its
+/// successor.
+async fn judge_canary(
+    driver: &ca::views::RotationDriver,
+    policy: &RotationPolicy,
+    now: i64,
+    metrics: &crate::metrics::Metrics,
+) {
+    use ca::rotation::canary::CanaryDecision;
+    match driver.canary_tick(policy, now).await {
+        Ok(CanaryDecision::Soak) => {}
+        Ok(CanaryDecision::Completed { rotation, successor }) => {
+            metrics.canary_decided("completed");
+            metrics.rotation_step("activate", true);
+            let Ok(journal) = driver.issuers().await else { return };
+            if let Some(r) = journal.iter().find(|r| r.id == successor) {
+                let started = time::OffsetDateTime::now_utc();
+                driver.fleet().open_window(ca::fleet::Window {
+                    rotation,
+                    kind: "intermediate",
+                    target: ca::fleet::Target::Serving(r.fingerprint.clone()),
+                    started,
+                    deadline: started + policy.converge_deadline,
+                });
+            }
+        }
+        Ok(CanaryDecision::RolledBack { .. }) => metrics.canary_decided("rolled_back"),
+        Err(e) => warn!(error = %e, "cannot judge the canary; will retry"),
+    }
+}
+
+/// Wakes the agents whose certificates a canary's start (the canaries, under the previous
+/// intermediate) or a rollback (the discarded successor's holders) asked to renew.
+async fn track_canaries(
+    driver: &ca::views::RotationDriver,
+    notices: &crate::notices::NoticeBoard,
+    metrics: &crate::metrics::Metrics,
+) {
+    use ca::store::canary::CanaryState;
+    let Ok(list) = driver.canaries().await else { return };
+    metrics.canary_soaking.set(i64::from(list.iter().any(|c| c.state == CanaryState::Soaking)));
+    let asks = list.iter().filter_map(|c| match c.state {
+        CanaryState::Soaking => Some((format!("canary-{}", c.rotation), c.previous.clone())),
+        CanaryState::RolledBack => Some((format!("rollback-{}", c.rotation), c.successor.clone())),
+        CanaryState::Completed => None,
+    });
+    if notices.observe_asks(asks) {
+        info!(waiters = notices.waiters(), "canary start or rollback seen: waking the agents waiting for notices");
+    }
 }
 
 /// Starts watching the fleet's convergence on what the steps just taken changed: the newly active
@@ -183,6 +247,7 @@ fn step_name(s: &Step) -> &'static str {
     match s {
         Step::Prepare { .. } => "prepare",
         Step::Activate { .. } => "activate",
+        Step::BeginCanary { .. } => "begin_canary",
         Step::Expire { .. } => "expire",
         Step::ActivateRoot { .. } => "activate_root",
         Step::ExpireRoot { .. } => "expire_root",

@@ -492,3 +492,27 @@ pub async fn silent_agent(ca: &WorkloadCa, id: &str, fraction: f64) -> anyhow::R
         .context("the silent agent did not enroll within 30 s")??;
     Ok(agent)
 }
+
+impl WorkloadCa {
+    /// Every canary, newest first, read from the database.
+    pub async fn canaries(&self) -> anyhow::Result<Vec<ca::store::canary::Canary>> {
+        let url = format!("sqlite://{}", self.dir.path().join("data/lanyard.db").display());
+        let store = ca::Store::open(&url).await?;
+        let c = store.canaries().await?;
+        store.close().await;
+        Ok(c)
+    }
+
+    /// Issued certificates, newest first: (issuer id, SANs).
+    pub async fn issued_by(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let url = format!("sqlite://{}", self.dir.path().join("data/lanyard.db").display());
+        let store = ca::Store::open(&url).await?;
+        let list = store.certificates(100_000).await?;
+        store.close().await;
+        Ok(list
+            .into_iter()
+            .filter(|c| c.status == ca::store::CertificateStatus::Issued)
+            .map(|c| (c.issuer_id, c.sans))
+            .collect())
+    }
+}

@@ -14,6 +14,7 @@ use crate::authority::sign_intermediate;
 use crate::fleet::{Fleet, GateStatus};
 use crate::issuers::{IssuerKind, IssuerRecord, IssuerState, rfc3339};
 use crate::keys::{encrypt_key_pem, generate_key};
+use crate::store::canary::CanaryState;
 use crate::{CaError, Store};
 
 /// `lanyard-ca rotate root`: a new root and an intermediate under it, both prepared, and the new
@@ -170,12 +171,27 @@ pub async fn run_due(
     // Bounded: each step changes the journal, and there are only so many issuers.
     'passes: for _ in 0..8 {
         let journal = store.issuers().await?;
+        let canaries = store.canaries().await?;
+        let hold = super::canary::holding_after_rollback(&canaries, &p.canary, now);
         let mut last = std::collections::HashMap::new();
         for r in journal.iter().filter(|r| r.state == IssuerState::Retired) {
             last.insert(r.id.clone(), store.last_signed_not_after(&r.id).await?);
         }
         let planned = plan(&journal, &|id| last.get(id).copied().flatten(), p);
-        for next in planned.into_iter().filter(|s| s.at <= now) {
+        for mut next in planned.into_iter().filter(|s| s.at <= now) {
+            match &next.step {
+                // A canary decides when its successor is activated, not the clock.
+                Step::Activate { prepared, .. }
+                    if canaries.iter().any(|c| &c.successor == prepared && c.state == CanaryState::Soaking) =>
+                {
+                    continue;
+                }
+                Step::Prepare { .. } | Step::Activate { .. } if hold.is_some() => continue,
+                Step::Activate { prepared, active } if p.canary.enabled() => {
+                    next.step = Step::BeginCanary { prepared: prepared.clone(), active: active.clone() };
+                }
+                _ => {}
+            }
             let note = match fleet {
                 Some(f) => {
                     let at = OffsetDateTime::from_unix_timestamp(now).map_err(|e| CaError::Config(e.to_string()))?;
@@ -189,7 +205,7 @@ pub async fn run_due(
                 }
                 None => String::new(),
             };
-            if !execute_noted(store, keys, &next.step, rotation, &note).await? {
+            if !execute_noted(store, keys, &next.step, rotation, &note, &p.canary).await? {
                 break 'passes;
             }
             taken.push(next.step);
@@ -240,7 +256,7 @@ async fn publish_gate(
 
 /// Executes one step; false when the journal was no longer in the expected state.
 pub async fn execute(store: &Store, keys: &RotationKeys, step: &Step, rotation: &str) -> Result<bool, CaError> {
-    execute_noted(store, keys, step, rotation, "").await
+    execute_noted(store, keys, step, rotation, "", &super::canary::CanaryPolicy::default()).await
 }
 
 /// [`execute`], with `note` (what the fleet gate saw) appended to the step's audit event.
@@ -250,9 +266,14 @@ async fn execute_noted(
     step: &Step,
     rotation: &str,
     note: &str,
+    canary: &super::canary::CanaryPolicy,
 ) -> Result<bool, CaError> {
     let now = OffsetDateTime::now_utc();
     match step {
+        Step::BeginCanary { .. } => {
+            super::canary::begin(store, &canary.spec(), canary.renew_spread, rotation, "ca").await?;
+            Ok(true)
+        }
         Step::Prepare { active } => {
             let r = prepare_intermediate(store, keys, rotation).await?;
             info!(rotation, successor = %r.id, replaces = %active, not_after = %rfc3339(r.not_after), "intermediate prepared");

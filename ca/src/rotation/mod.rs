@@ -14,6 +14,8 @@
 //! - [`timing`]: when each step is due, a pure function of the journal ([`plan`]).
 //! - [`manager`]: the scheduled driver that prepares, activates and retires ([`run_due`]).
 //! - [`gate`]: root steps wait for the fleet's trust reports.
+//! - [`canary`]: a successor first signs for canaries only; it is activated after a clean soak,
+//!   or rolled back by itself (or by `lanyard-ca rotate rollback`).
 //! - [`emergency`]: the emergency rotation that revokes a suspect intermediate.
 //! - The root CRL that such a revocation needs is signed in `crate::crl::root`.
 
@@ -23,6 +25,7 @@ use crate::CaError;
 use crate::authority::InitOptions;
 use crate::keys::{Passphrase, decrypt_key_pem};
 
+pub mod canary;
 mod emergency;
 pub mod gate;
 mod manager;

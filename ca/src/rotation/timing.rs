@@ -42,6 +42,8 @@ pub struct RotationPolicy {
     /// (`lanyard_rotations_finished_total{result="partial"}`, M3).
     #[serde(with = "humantime_serde")]
     pub converge_deadline: Duration,
+    /// `[rotation.canary]`: scheduled activations first run the successor on canaries.
+    pub canary: super::canary::CanaryPolicy,
 }
 
 impl Default for RotationPolicy {
@@ -56,6 +58,7 @@ impl Default for RotationPolicy {
             fleet_quorum: 1.0,
             fleet_deadline: Duration::from_secs(24 * 3600),
             converge_deadline: Duration::from_secs(24 * 3600),
+            canary: super::canary::CanaryPolicy::default(),
         }
     }
 }
@@ -72,6 +75,7 @@ impl RotationPolicy {
         if self.check_interval.is_zero() {
             return Err(CaError::Config("[rotation] check_interval must be > 0".into()));
         }
+        self.canary.validate()?;
         Ok(())
     }
 }
@@ -89,6 +93,14 @@ pub enum Step {
         /// The successor.
         prepared: String,
         /// The one it replaces.
+        active: String,
+    },
+    /// Instead of [`Step::Activate`] when `[rotation.canary]` is on: `prepared` signs for the
+    /// canaries only, for the soak ([`super::canary`]).
+    BeginCanary {
+        /// The successor.
+        prepared: String,
+        /// The one it would replace.
         active: String,
     },
     /// Drop `retired` from the journal's trusted set: everything it signed has expired.
@@ -194,6 +206,9 @@ pub fn describe(planned: &[Planned], journal: &[IssuerRecord]) -> Vec<String> {
             }
             Step::Activate { prepared, active } => {
                 format!("{}: activate {prepared}, retire {active}", when(p.at))
+            }
+            Step::BeginCanary { prepared, active } => {
+                format!("{}: canary of {prepared} (successor of {active}) starts", when(p.at))
             }
             Step::ActivateRoot { root, intermediate, old_root, .. } => format!(
                 "{}: root rotation: activate root {root} with intermediate {intermediate}, retire root {old_root}",

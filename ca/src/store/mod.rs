@@ -27,6 +27,7 @@ macro_rules! on_backend {
 pub mod acme;
 pub mod audit_log;
 mod batch;
+pub mod canary;
 pub mod crl;
 pub mod emergency;
 pub mod lineage;

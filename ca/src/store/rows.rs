@@ -209,3 +209,19 @@ pub(super) fn audit_record(r: &impl Columns) -> Result<crate::store::audit_log::
         digest: r.opt_text("digest")?,
     })
 }
+
+/// A `canaries` row ([`crate::store::canary::CANARIES`]).
+pub(super) fn canary(r: &impl Columns) -> Result<crate::store::canary::Canary, CaError> {
+    Ok(crate::store::canary::Canary {
+        rotation: r.text("rotation")?,
+        successor: r.text("successor")?,
+        previous: r.text("previous")?,
+        prefix: r.opt_text("prefix")?,
+        fraction_ppm: r.int("fraction_ppm")?,
+        started_at: r.int("started_at")?,
+        soak_until: r.int("soak_until")?,
+        state: crate::store::canary::CanaryState::parse(&r.text("state")?)?,
+        decided_at: r.opt_int("decided_at")?,
+        reason: r.opt_text("reason")?,
+    })
+}

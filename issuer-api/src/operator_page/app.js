@@ -84,7 +84,28 @@ function fleet(s) {
 
 function canary(s) {
   const box = clear("canary-body");
-  box.append(el("p", { class: "muted" }, s.canary ? JSON.stringify(s.canary) : "No canary: canary activation is not built yet."));
+  const c = s.canary;
+  if (!c) {
+    box.append(el("p", { class: "muted", id: "canary-state" }, "No canary yet ([rotation.canary] or rotate intermediate --canary-prefix)."));
+    return;
+  }
+  const who = c.prefix ? `SPIFFE IDs under ${c.prefix}` + (c.fraction > 0 ? ` and ${c.fraction * 100} %` : "") : `${c.fraction * 100} % of workloads`;
+  const cls = { soaking: "warn", completed: "ok", rolled_back: "bad" }[c.state] || "";
+  const head = {
+    soaking: `Canary ${c.rotation} soaking until ${c.soak_until}: ${c.successor} signs for ${who}`,
+    completed: `Canary ${c.rotation} completed: ${c.successor} is active`,
+    rolled_back: `Canary ${c.rotation} rolled back: ${c.previous} signs for everyone, ${c.successor} discarded`,
+  }[c.state] || c.state;
+  box.append(el("p", { class: cls, id: "canary-state", "data-state": c.state }, head));
+  if (c.reason) box.append(el("p", { class: "muted" }, c.reason));
+  const t = el("table", { id: "canary-signals" });
+  t.append(
+    row("live workloads serving the successor", String(c.serving_successor)),
+    row("live workloads serving the previous", String(c.serving_previous)),
+    row("handshakes since start (this replica)", `${c.handshakes_accepted} accepted, ${c.handshakes_refused} refused`),
+    row("canary certificates signed / failed", `${c.signed} / ${c.failed_renewals}`),
+  );
+  box.append(t);
 }
 
 function slis(s) {

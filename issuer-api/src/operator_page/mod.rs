@@ -93,6 +93,26 @@ pub async fn state(authority: &Authority) -> Result<Value, CaError> {
                        "outstanding": outstanding, "completed": e.completed_at.is_some()}),
         );
     }
+    let canary = match views.canaries().await?.into_iter().next() {
+        Some(k) => {
+            let serving = fleet.serving_issuers(now);
+            let on = |id: &str| {
+                journal.iter().find(|r| r.id == id).and_then(|r| serving.get(&r.fingerprint)).copied().unwrap_or(0)
+            };
+            let (accepted, refused) = fleet.tally(&k.rotation).unwrap_or_default();
+            let (signed, failed) = authority.canary_counters().get(&k.rotation);
+            json!({
+                "rotation": k.rotation, "state": k.state.as_str(), "successor": k.successor, "previous": k.previous,
+                "prefix": k.prefix, "fraction": k.fraction_ppm as f64 / 1_000_000.0,
+                "started": unix_rfc(k.started_at), "soak_until": unix_rfc(k.soak_until),
+                "decided_at": k.decided_at.map(unix_rfc), "reason": k.reason,
+                "serving_successor": on(&k.successor), "serving_previous": on(&k.previous),
+                "handshakes_accepted": accepted, "handshakes_refused": refused,
+                "signed": signed, "failed_renewals": failed,
+            })
+        }
+        None => Value::Null,
+    };
     let (audited, outside) = views.audit_counts().await?;
     let audit: Vec<Value> = views
         .recent_audit(AUDIT_EVENTS)
@@ -122,7 +142,7 @@ pub async fn state(authority: &Authority) -> Result<Value, CaError> {
         },
         "gate": gate,
         "windows": windows,
-        "canary": Value::Null,
+        "canary": canary,
         "slis": {
             "m1_m3": {"converged": converged, "partial": recent.len() - converged, "recent": recent_json},
             "m2_last_seconds": recent.iter().rev().find(|c| c.converged).map(|c| c.took.as_secs()),

@@ -6,6 +6,7 @@
 //! (isolation, row locks, races between replicas).
 
 mod acme;
+mod canary;
 mod certificates;
 mod crl;
 mod emergency;

@@ -17,6 +17,7 @@
 //! which documents what it does.
 
 mod acme;
+mod canary;
 mod certificates;
 mod conn;
 mod crl;
