@@ -82,11 +82,21 @@ async fn bad_canary_rolls_back_by_itself() {
     assert_eq!(state_of(&journal, &successor), Some(ca::IssuerState::Prepared), "the successor is not active");
     assert_eq!(state_of(&journal, &previous), Some(ca::IssuerState::Active));
 
-    // Its peer refuses the successor's chain: ten refusals in the next report.
+    // The canary and a non-canary serve each other over mTLS through their seams (one root, two
+    // intermediates: both accept), and report those handshakes.
+    let report = tests::workload::mtls_loop(web, canary, &web_id, &canary_id, Duration::from_secs(30), || true)
+        .await
+        .expect("mTLS");
+    assert!(report.failures.is_empty(), "failed handshakes: {:?}", report.failures);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let list = ca.canaries().await.expect("canaries");
+    assert_eq!(list[0].state, CanaryState::Soaking, "accepted handshakes alone do not end the canary");
+    // Another peer refuses the successor's chain: ten refusals in its next report.
     peer_reports.refuse_once.store(10, std::sync::atomic::Ordering::SeqCst);
     let decided = wait_for_canary(&ca, &rotation, CanaryState::RolledBack).await;
     let reason = decided.reason.clone().unwrap_or_default();
     assert!(reason.contains("refused for a trust reason"), "rollback reason: {reason}");
+    assert!(!reason.starts_with("10 of 10 "), "the accepted handshakes were not counted: {reason}");
     println!("rolled back: {reason}");
 
     // The canary is back on the previous intermediate; the successor is retired and signs nothing.

@@ -1,0 +1,116 @@
+//! Canary activation in the CA core, on SQLite and PostgreSQL: the successor signs only for the
+//! canaries' SPIFFE IDs, the journal change of each decision commits with its audit events or not
+//! at all, a rollback retires the successor and asks its certificates to renew, and the next
+//! scheduled attempt waits.
+
+mod common;
+
+use std::time::Duration;
+
+use ca::rotation::canary::{self, CanaryDecision, CanaryPolicy, CanarySpec};
+use ca::rotation::{RotationKeys, prepare_intermediate};
+use ca::store::canary::CanaryState;
+use ca::{Authority, InitOptions, IssueRequest, IssuerState, Profile};
+use common::*;
+
+async fn issue(auth: &Authority, id: &str) -> String {
+    let csr = csr(&p256(), &[San::Uri(id)], None);
+    let req =
+        IssueRequest { csr: &csr, profile: Profile::Workload, requester: "test", lifetime: None, authorized: None };
+    auth.issue(req).await.expect("issue").issuer_id
+}
+
+fn state(journal: &[ca::IssuerRecord], id: &str) -> Option<IssuerState> {
+    journal.iter().find(|r| r.id == id).map(|r| r.state)
+}
+
+#[tokio::test]
+async fn canary_signs_for_canaries_only_and_rolls_back_atomically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let (auth, material) = authority(&url, audit_policy()).await;
+        let store = auth.store().clone();
+        let root_key = dir.path().join("root.key.pem");
+        std::fs::write(&root_key, material.root_key_pem_enc.as_deref().expect("root key")).expect("write key");
+        let keys = RotationKeys { pass: pass(), root_key_path: root_key, init: InitOptions::default() };
+        let previous = material.intermediate.id.clone();
+        assert_eq!(issue(&auth, "spiffe://example.org/canary/a").await, previous);
+        assert_eq!(issue(&auth, "spiffe://example.org/web/b").await, previous);
+        let successor = prepare_intermediate(&store, &keys, "r1").await.expect("prepare").id;
+
+        let spec = CanarySpec {
+            prefix: Some("spiffe://example.org/canary/".into()),
+            fraction: 0.0,
+            soak: Duration::from_secs(600),
+        };
+        let (c, asked) = canary::begin(&store, &spec, Duration::from_secs(5), "r1", "test").await.expect("begin");
+        assert_eq!(asked, 1, "{url}: only the canary's live certificate is asked to renew");
+        assert_eq!(c.state, CanaryState::Soaking);
+        let again = canary::begin(&store, &spec, Duration::from_secs(5), "r2", "test").await;
+        assert!(again.is_err(), "{url}: a second canary while one soaks");
+
+        // Every replica picks the successor up; it signs for the canaries only.
+        auth.refresh_active(&pass()).await.expect("refresh");
+        assert_eq!(issue(&auth, "spiffe://example.org/canary/a").await, successor, "{url}");
+        assert_eq!(issue(&auth, "spiffe://example.org/web/b").await, previous, "{url}");
+        assert_eq!(auth.canary_counters().get("r1"), (1, 0));
+
+        // A rollback whose audit event cannot be written changes nothing.
+        break_audit(&url).await;
+        assert!(canary::rollback(&store, Duration::from_secs(5), "test").await.is_err(), "{url}");
+        restore_audit(&url).await;
+        let journal = store.issuers().await.expect("journal");
+        assert_eq!(state(&journal, &successor), Some(IssuerState::Prepared), "{url}");
+        assert_eq!(store.canaries().await.expect("canaries")[0].state, CanaryState::Soaking, "{url}");
+
+        // The real one: the successor is retired and its certificate asked to renew.
+        let before = events(&store, "rotation.rollback").await;
+        let d = canary::rollback(&store, Duration::from_secs(5), "test").await.expect("rollback");
+        let CanaryDecision::RolledBack { affected, .. } = d else { panic!("{url}: {d:?}") };
+        assert_eq!(affected, 1, "{url}");
+        assert_eq!(events(&store, "rotation.rollback").await, before + 1);
+        let journal = store.issuers().await.expect("journal");
+        assert_eq!(state(&journal, &successor), Some(IssuerState::Retired), "{url}");
+        assert_eq!(state(&journal, &previous), Some(IssuerState::Active), "{url}");
+        auth.refresh_active(&pass()).await.expect("refresh");
+        assert_eq!(issue(&auth, "spiffe://example.org/canary/a").await, previous, "{url}: the successor signs no more");
+
+        // Scheduled rotation holds off for retry_after.
+        let list = store.canaries().await.expect("canaries");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(canary::holding_after_rollback(&list, &CanaryPolicy::default(), now).is_some(), "{url}");
+        assert!(canary::holding_after_rollback(&list, &CanaryPolicy::default(), now + 3601).is_none(), "{url}");
+        store.close().await;
+    }
+}
+
+#[test]
+fn judge_weighs_refusals_failures_and_the_soak() {
+    use ca::rotation::canary::{CanarySignals, judge};
+    let c = ca::store::canary::Canary {
+        rotation: "r".into(),
+        successor: "s".into(),
+        previous: "p".into(),
+        prefix: None,
+        fraction_ppm: 50_000,
+        started_at: 0,
+        soak_until: 100,
+        state: CanaryState::Soaking,
+        decided_at: None,
+        reason: None,
+    };
+    let p = CanaryPolicy::default();
+    let s = |accepted, refused, failed_renewals| CanarySignals { accepted, refused, failed_renewals };
+    assert_eq!(judge(&c, &p, &s(1000, 0, 0), 50), Ok(None), "clean and soaking");
+    assert_eq!(judge(&c, &p, &s(1000, 2, 0), 50), Ok(None), "below min_refused");
+    assert_eq!(judge(&c, &p, &s(1000, 10, 0), 50), Ok(None), "1 % is not above 1 %");
+    assert!(judge(&c, &p, &s(1000, 11, 0), 50).is_err(), "above the ratio");
+    assert!(judge(&c, &p, &s(0, 3, 0), 50).is_err(), "refusals with nothing accepted");
+    assert!(judge(&c, &p, &s(1000, 0, 1), 50).is_err(), "a failed canary renewal");
+    assert!(judge(&c, &p, &s(1000, 0, 0), 100).is_ok_and(|v| v.is_some()), "soak passed");
+    assert!(judge(&c, &p, &s(1000, 50, 0), 100).is_err(), "refusals beat the soak's end");
+    // The share is stable per SPIFFE ID and close to the fraction.
+    let picked = (0..10_000).filter(|i| c.selects(&format!("spiffe://example.org/w/{i}"))).count();
+    assert!((400..600).contains(&picked), "5 % of 10,000 picked {picked}");
+    assert!(c.selects("spiffe://example.org/w/7") == c.selects("spiffe://example.org/w/7"));
+}
