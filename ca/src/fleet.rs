@@ -12,6 +12,12 @@
 //! [`FleetPolicy::max_workloads`]; workloads are authenticated (reports only arrive over mTLS with
 //! a certificate this CA issued), so the keys are identities, never arbitrary client input. A
 //! workload beyond the bound is not tracked and is counted in [`FleetTotals::untracked_reports`].
+//!
+//! Several replicas on one PostgreSQL database share their views ([`Fleet::enable_sharing`]):
+//! every couple of seconds each replica writes the reports it received since the last exchange
+//! and its canary handshake tallies, and reads what the others wrote
+//! ([`crate::store::fleet_share`]), so the replica that holds the rotation lease gates and judges
+//! on the whole fleet's reports, whichever replica an agent talks to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -97,6 +103,13 @@ pub struct FleetPolicy {
     /// Make it longer than the agents' `notices_wait` (55 s by default).
     #[serde(with = "humantime_serde")]
     pub warmup: Duration,
+    /// On PostgreSQL, share the view with the other replicas through the database, so the
+    /// replica holding the rotation lease gates and judges on every replica's reports.
+    pub share: bool,
+    /// How often a replica exchanges its view with the others (bounds how stale the lease
+    /// holder's view of reports received elsewhere can be).
+    #[serde(with = "humantime_serde")]
+    pub share_interval: Duration,
 }
 
 impl Default for FleetPolicy {
@@ -105,6 +118,8 @@ impl Default for FleetPolicy {
             horizon: Duration::from_secs(10 * 60),
             max_workloads: 200_000,
             warmup: Duration::from_secs(2 * 60),
+            share: true,
+            share_interval: Duration::from_secs(2),
         }
     }
 }
@@ -191,6 +206,7 @@ pub struct Fleet {
     started: OffsetDateTime,
     state: Mutex<State>,
     gate: Mutex<Option<GateStatus>>,
+    sharing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -204,9 +220,48 @@ struct State {
     refused_in_window: Vec<(String, u64)>,
     /// The latest closed windows, newest last; at most [`MAX_WINDOW_TOTALS`].
     closed: Vec<Closed>,
-    /// Handshakes reported since each canary started (rotation id, accepted, refused for a
-    /// trust reason: every reason but `identity`), newest last; at most [`MAX_WINDOW_TOTALS`].
-    tallies: Vec<(String, u64, u64)>,
+    /// Handshakes reported since each canary started, newest last; at most [`MAX_WINDOW_TOTALS`].
+    tallies: Vec<Tally>,
+    /// Workloads whose report changed since the last exchange with the other replicas (only
+    /// while sharing; bounded by the view itself).
+    dirty: std::collections::HashSet<String>,
+}
+
+/// Handshakes reported since a canary started: accepted, and refused for a trust reason (every
+/// reason but `identity`).
+#[derive(Debug, Default)]
+struct Tally {
+    rotation: String,
+    accepted: u64,
+    refused: u64,
+    /// Counted here but not yet written for the other replicas.
+    pending: (u64, u64),
+    /// The whole fleet's totals as last read from the database (sharing only).
+    shared: Option<(u64, u64)>,
+}
+
+/// One workload's newest report as replicas exchange it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedReport {
+    /// The workload's SPIFFE ID.
+    pub workload: String,
+    /// Serial of the certificate it authenticated with.
+    pub serial: String,
+    /// When the report arrived (Unix milliseconds).
+    pub seen_ms: i64,
+    /// The bundle sequence it installed.
+    pub bundle_sequence: i64,
+    /// The issuer (SHA-256 hex) of the certificate it serves.
+    pub serving_issuer: Option<String>,
+}
+
+/// What a replica has not yet written for the others ([`Fleet::take_unshared`]).
+#[derive(Debug, Default)]
+pub struct Unshared {
+    /// Reports changed since the last exchange.
+    pub reports: Vec<SharedReport>,
+    /// Canary tallies counted since the last exchange: (rotation, accepted, refused).
+    pub tallies: Vec<(String, u64, u64)>,
 }
 
 /// Rotation ids whose refused-handshake totals are kept (bounds the metric's label set).
@@ -258,7 +313,13 @@ impl Fleet {
 
     /// An empty fleet view that started collecting at `started`.
     pub fn started_at(policy: FleetPolicy, started: OffsetDateTime) -> Self {
-        Fleet { policy, started, state: Mutex::new(State::default()), gate: Mutex::new(None) }
+        Fleet {
+            policy,
+            started,
+            state: Mutex::new(State::default()),
+            gate: Mutex::new(None),
+            sharing: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Whether the view has collected reports for at least [`FleetPolicy::warmup`].
@@ -295,9 +356,10 @@ impl Fleet {
         let refused: u64 = report.refused.values().sum();
         let trust_refused: u64 =
             report.refused.iter().filter(|(r, _)| **r != RefusalReason::Identity).map(|(_, n)| *n).sum();
-        for (_, accepted, refused) in &mut st.tallies {
-            *accepted = accepted.saturating_add(report.accepted);
-            *refused = refused.saturating_add(trust_refused);
+        for t in &mut st.tallies {
+            t.accepted = t.accepted.saturating_add(report.accepted);
+            t.refused = t.refused.saturating_add(trust_refused);
+            t.pending = (t.pending.0.saturating_add(report.accepted), t.pending.1.saturating_add(trust_refused));
         }
         if refused > 0 {
             for w in &st.windows {
@@ -316,6 +378,9 @@ impl Fleet {
             bundle_sequence: report.bundle_sequence,
             serving_issuer: report.serving_issuer.clone(),
         };
+        if self.sharing.load(std::sync::atomic::Ordering::Relaxed) && !st.dirty.contains(workload) {
+            st.dirty.insert(workload.to_owned());
+        }
         if let Some(e) = st.latest.get_mut(workload) {
             *e = entry;
             return true;
@@ -326,6 +391,7 @@ impl Fleet {
             st.latest.retain(|_, e| e.seen >= cutoff);
             if st.latest.len() >= self.policy.max_workloads {
                 st.totals.untracked_reports += 1;
+                st.dirty.remove(workload);
                 return false;
             }
         }
@@ -371,19 +437,107 @@ impl Fleet {
     /// Starts counting the handshakes reported for canary `rotation` ([`Fleet::tally`]).
     pub fn start_tally(&self, rotation: &str) {
         let mut st = self.state();
-        if st.tallies.iter().any(|(id, _, _)| id == rotation) {
+        if st.tallies.iter().any(|t| t.rotation == rotation) {
             return;
         }
-        st.tallies.push((rotation.to_owned(), 0, 0));
+        st.tallies.push(Tally { rotation: rotation.to_owned(), ..Tally::default() });
         if st.tallies.len() > MAX_WINDOW_TOTALS {
             st.tallies.remove(0);
         }
     }
 
     /// Handshakes reported since canary `rotation` started: (accepted, refused for a trust
-    /// reason). None when this view never started counting for it.
+    /// reason); the whole fleet's when sharing, else this replica's. None when this view never
+    /// started counting for it.
     pub fn tally(&self, rotation: &str) -> Option<(u64, u64)> {
-        self.state().tallies.iter().find(|(id, _, _)| id == rotation).map(|(_, a, r)| (*a, *r))
+        self.state().tallies.iter().find(|t| t.rotation == rotation).map(|t| match t.shared {
+            // What this replica counted after the last exchange is not in the shared totals yet.
+            Some((a, r)) => (a.saturating_add(t.pending.0), r.saturating_add(t.pending.1)),
+            None => (t.accepted, t.refused),
+        })
+    }
+
+    /// Starts sharing this view with the other replicas: reports from now on are remembered
+    /// until [`Fleet::take_unshared`] hands them out.
+    pub fn enable_sharing(&self) {
+        self.sharing.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The reports and tallies received since the last exchange, handed out once (give them back
+    /// with [`Fleet::unshared_failed`] if they could not be written).
+    pub fn take_unshared(&self) -> Unshared {
+        let mut st = self.state();
+        let st = &mut *st;
+        let reports = std::mem::take(&mut st.dirty)
+            .into_iter()
+            .filter_map(|w| {
+                let e = st.latest.get(&w)?;
+                Some(SharedReport {
+                    serial: e.serial.clone(),
+                    seen_ms: unix_ms(e.seen),
+                    bundle_sequence: i64::try_from(e.bundle_sequence).unwrap_or(i64::MAX),
+                    serving_issuer: e.serving_issuer.clone(),
+                    workload: w,
+                })
+            })
+            .collect();
+        let tallies = st
+            .tallies
+            .iter_mut()
+            .map(|t| {
+                let (a, r) = std::mem::take(&mut t.pending);
+                (t.rotation.clone(), a, r)
+            })
+            .collect();
+        Unshared { reports, tallies }
+    }
+
+    /// Gives back what [`Fleet::take_unshared`] handed out when writing it failed.
+    pub fn unshared_failed(&self, u: Unshared) {
+        let mut st = self.state();
+        for r in u.reports {
+            st.dirty.insert(r.workload);
+        }
+        for (rotation, a, r) in u.tallies {
+            if let Some(t) = st.tallies.iter_mut().find(|t| t.rotation == rotation) {
+                t.pending = (t.pending.0.saturating_add(a), t.pending.1.saturating_add(r));
+            }
+        }
+    }
+
+    /// Takes in what the other replicas wrote: newer reports replace older ones (within the
+    /// bound), and the fleet-wide canary tallies replace this replica's own.
+    pub fn merge_shared(&self, reports: Vec<SharedReport>, tallies: &[(String, u64, u64)], now: OffsetDateTime) {
+        let mut st = self.state();
+        let cutoff = now - self.policy.horizon;
+        for r in reports {
+            let Ok(seen) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.seen_ms) * 1_000_000) else {
+                continue;
+            };
+            let entry = Latest {
+                serial: r.serial,
+                seen,
+                bundle_sequence: u64::try_from(r.bundle_sequence).unwrap_or(0),
+                serving_issuer: r.serving_issuer,
+            };
+            match st.latest.get_mut(&r.workload) {
+                Some(e) if e.seen >= seen => {}
+                Some(e) => *e = entry,
+                None => {
+                    if st.latest.len() >= self.policy.max_workloads {
+                        st.latest.retain(|_, e| e.seen >= cutoff);
+                    }
+                    if st.latest.len() < self.policy.max_workloads {
+                        st.latest.insert(r.workload, entry);
+                    }
+                }
+            }
+        }
+        for (rotation, a, r) in tallies {
+            if let Some(t) = st.tallies.iter_mut().find(|t| &t.rotation == rotation) {
+                t.shared = Some((*a, *r));
+            }
+        }
     }
 
     /// The rotations being watched.
@@ -460,6 +614,60 @@ impl Fleet {
     pub fn policy(&self) -> &FleetPolicy {
         &self.policy
     }
+}
+
+/// One exchange of this replica's fleet view with the other replicas' through the store
+/// (`[policy.fleet] share`, on PostgreSQL): writes the reports, canary tallies and canary
+/// failures received since the last exchange, reads what was written since version `since`, and
+/// returns the version read up to. Nothing is lost when the database is unreachable: what was
+/// taken is given back for the next exchange.
+pub async fn exchange(
+    store: &crate::Store,
+    fleet: &Fleet,
+    counters: &crate::rotation::canary::CanaryCounters,
+    since: i64,
+    now: OffsetDateTime,
+) -> Result<i64, crate::CaError> {
+    let unshared = fleet.take_unshared();
+    let failed = counters.take_unshared();
+    let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+    let mut tallies: Vec<(String, i64, i64, i64)> =
+        unshared.tallies.iter().map(|(rot, a, r)| (rot.clone(), n(*a), n(*r), 0)).collect();
+    for (rot, f) in &failed {
+        match tallies.iter_mut().find(|t| &t.0 == rot) {
+            Some(t) => t.3 = n(*f),
+            None => tallies.push((rot.clone(), 0, 0, n(*f))),
+        }
+    }
+    let horizon_ms = i64::try_from(fleet.policy.horizon.as_millis()).unwrap_or(i64::MAX);
+    let now_ms = unix_ms(now);
+    let ex = crate::store::fleet_share::Exchange {
+        reports: unshared.reports.clone(),
+        tallies,
+        since,
+        cutoff_ms: now_ms.saturating_sub(horizon_ms),
+        prune_before: now_ms.saturating_sub(horizon_ms.saturating_mul(6)),
+    };
+    match store.exchange_fleet(ex).await {
+        Ok(x) => {
+            let u = |x: i64| u64::try_from(x).unwrap_or(0);
+            let totals: Vec<(String, u64, u64)> = x.tallies.iter().map(|(r, a, rf, _)| (r.clone(), u(*a), u(*rf))).collect();
+            fleet.merge_shared(x.reports, &totals, now);
+            for (rot, _, _, f) in &x.tallies {
+                counters.set_shared(rot, u(*f));
+            }
+            Ok(x.version)
+        }
+        Err(e) => {
+            fleet.unshared_failed(unshared);
+            counters.unshared_failed(failed);
+            Err(e)
+        }
+    }
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -113,6 +113,17 @@ impl RotationDriver {
         self.store.canaries().await
     }
 
+    /// Whether this replica shares its fleet view through the database (`[policy.fleet] share`
+    /// on PostgreSQL, where several replicas can run).
+    pub fn shares_fleet(&self) -> bool {
+        self.fleet.policy().share && self.store.backend() == crate::store::Backend::Postgres
+    }
+
+    /// One exchange of the fleet view with the other replicas ([`crate::fleet::exchange`]).
+    pub async fn exchange_fleet(&self, since: i64) -> Result<i64, CaError> {
+        crate::fleet::exchange(&self.store, &self.fleet, &self.canary, since, time::OffsetDateTime::now_utc()).await
+    }
+
     /// Signings and failures under the soaking canary's successor on this replica: (signed, failed).
     pub fn canary_counts(&self, rotation: &str) -> (u64, u64) {
         self.canary.get(rotation)

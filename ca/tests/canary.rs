@@ -114,3 +114,56 @@ fn judge_weighs_refusals_failures_and_the_soak() {
     assert!((400..600).contains(&picked), "5 % of 10,000 picked {picked}");
     assert!(c.selects("spiffe://example.org/w/7") == c.selects("spiffe://example.org/w/7"));
 }
+
+/// Two replicas' fleet views exchanged through one database: each sees the workloads that only
+/// reported to the other, a newer report wins over an older one, and canary tallies and failures
+/// add up across replicas.
+#[tokio::test]
+async fn replicas_share_the_fleet_view() {
+    use ca::fleet::{Fleet, FleetPolicy, RefusalReason, TrustReport};
+    use ca::rotation::canary::CanaryCounters;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let store = ca::Store::open(&url).await.expect("store");
+        let policy = FleetPolicy { warmup: Duration::ZERO, ..FleetPolicy::default() };
+        let (a, b) = (Fleet::new(policy.clone()), Fleet::new(policy));
+        let (ca_, cb) = (CanaryCounters::default(), CanaryCounters::default());
+        for f in [&a, &b] {
+            f.enable_sharing();
+            f.start_tally("r1");
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let report = |seq: u64, accepted: u64, refused: u64| TrustReport {
+            bundle_sequence: seq,
+            serving_issuer: Some("ab".repeat(32)),
+            accepted,
+            refused: [(RefusalReason::UnknownIssuer, refused)].into_iter().collect(),
+            fetch_latency: None,
+        };
+        assert!(a.record("spiffe://example.org/w1", "01", &report(1, 10, 0), now));
+        assert!(b.record("spiffe://example.org/w2", "02", &report(2, 5, 4), now));
+        cb.failed("r1");
+        let (va, vb) = (0, 0);
+        let va = ca::fleet::exchange(&store, &a, &ca_, va, now).await.expect("exchange a");
+        let vb = ca::fleet::exchange(&store, &b, &cb, vb, now).await.expect("exchange b");
+        let va = ca::fleet::exchange(&store, &a, &ca_, va, now).await.expect("exchange a again");
+        for (name, f) in [("a", &a), ("b", &b)] {
+            assert_eq!(f.convergence(1, now).live, 2, "{url}: replica {name} sees both workloads");
+            assert_eq!(f.convergence(2, now).confirmed, 1, "{url}: replica {name}");
+        }
+        assert_eq!(a.tally("r1"), Some((15, 4)), "{url}: tallies add up across replicas");
+        assert_eq!(ca_.get("r1").1, 1, "{url}: replica b's failed canary renewal is seen by a");
+        // A newer report on b replaces the older one everywhere; an older one changes nothing.
+        let later = now + time::Duration::seconds(5);
+        assert!(b.record("spiffe://example.org/w1", "03", &report(3, 0, 0), later));
+        let vb = ca::fleet::exchange(&store, &b, &cb, vb, later).await.expect("exchange b");
+        ca::fleet::exchange(&store, &a, &ca_, va, later).await.expect("exchange a");
+        assert_eq!(a.latest("spiffe://example.org/w1").map(|l| (l.0, l.2)), Some(("03".into(), 3)), "{url}");
+        // An exchange that brings back an older row (b's first w1 report was never written, but
+        // a's was) leaves b's newer one in place.
+        ca::fleet::exchange(&store, &b, &cb, 0, later).await.expect("exchange b from the start");
+        assert_eq!(b.latest("spiffe://example.org/w1").map(|l| l.0), Some("03".into()), "{url}");
+        assert!(vb > 0);
+        store.close().await;
+    }
+}

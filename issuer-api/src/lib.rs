@@ -71,6 +71,7 @@ pub async fn run_server(
     let (registry, metrics) = metrics::registry(authority.clone(), tasks.clone());
     let registry = Arc::new(registry);
     let notices = notices::NoticeBoard::counting(metrics.notice_waiters.clone());
+    rotation::spawn_fleet_share(&tasks, authority.clone());
     rotation::spawn(&tasks, authority.clone(), cfg.rotation.clone(), keys, pass, notices.clone(), metrics.clone());
     let identity = identity::ServerIdentity::start(&tasks, authority.clone(), cfg.server_names.clone())
         .await

@@ -112,6 +112,41 @@ pub fn spawn(
     });
 }
 
+/// On PostgreSQL (`[policy.fleet] share`), exchanges this replica's fleet view with the other
+/// replicas' every `share_interval`, so the rotation lease holder's gates and canary verdicts
+/// count every replica's reports. An exchange that fails keeps what it would have written for the
+/// next one and is retried after the interval.
+pub fn spawn_fleet_share(tasks: &crate::supervise::Tasks, authority: Arc<Authority>) {
+    let driver = authority.rotation_driver();
+    if !driver.shares_fleet() {
+        return;
+    }
+    driver.fleet().enable_sharing();
+    let every = driver.fleet().policy().share_interval;
+    tasks.spawn("fleet-share", async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since = 0;
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match driver.exchange_fleet(since).await {
+                Ok(v) => {
+                    if failing {
+                        info!("fleet view exchange with the other replicas works again");
+                    }
+                    (since, failing) = (v, false);
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!(error = %e, "cannot exchange the fleet view with the other replicas; will retry");
+                }
+                Err(e) => tracing::debug!(error = %e, "fleet view exchange still failing"),
+            }
+        }
+    });
+}
+
 /// The due journal steps, with the root CRLs re-signed (the lease holder, with the root key).
 async fn run_steps(
     driver: &ca::views::RotationDriver,
@@ -192,6 +227,11 @@ async fn track_canaries(
     use ca::store::canary::CanaryState;
     let Ok(list) = driver.canaries().await else { return };
     metrics.canary_soaking.set(i64::from(list.iter().any(|c| c.state == CanaryState::Soaking)));
+    // Every replica counts the handshakes reported to it while a canary soaks (shared with the
+    // lease holder through the database on PostgreSQL).
+    for c in list.iter().filter(|c| c.state == CanaryState::Soaking) {
+        driver.fleet().start_tally(&c.rotation);
+    }
     let asks = list.iter().filter_map(|c| match c.state {
         CanaryState::Soaking => Some((format!("canary-{}", c.rotation), c.previous.clone())),
         CanaryState::RolledBack => Some((format!("rollback-{}", c.rotation), c.successor.clone())),

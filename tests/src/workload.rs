@@ -96,12 +96,35 @@ impl WorkloadCa {
     /// [`WorkloadCa::start_with`] with `[workload] bundle_refresh_hint` (how often agents check
     /// the bundle and renewalInfo) set to `hint`, e.g. `"10m"`.
     pub fn start_with_hint(policy_extra: &str, extra: &str, hint: &str) -> anyhow::Result<WorkloadCa> {
+        Self::start_on("", None, policy_extra, extra, hint)
+    }
+
+    /// A replica on the database `db_url` (PostgreSQL), sharing it with the replica whose data
+    /// directory is `seed` (its root certificate and key are copied), or the first one (None).
+    pub fn start_replica(db_url: &str, seed: Option<&Path>, policy_extra: &str, extra: &str) -> anyhow::Result<WorkloadCa> {
+        Self::start_on(&format!("database_url = \"{db_url}\"\n"), seed, policy_extra, extra, "2s")
+    }
+
+    fn start_on(
+        top: &str,
+        seed: Option<&Path>,
+        policy_extra: &str,
+        extra: &str,
+        hint: &str,
+    ) -> anyhow::Result<WorkloadCa> {
         let dir = tempfile::tempdir()?;
         let jwt = JwtIssuer::new("k1");
         std::fs::write(dir.path().join("jwks.json"), serde_json::to_vec(&jwt.jwks())?)?;
         let data = dir.path().join("data");
+        if let Some(seed) = seed {
+            // The CA refuses a data directory others can enter.
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&data)?;
+            for f in ["root.pem", "root.key.pem"] {
+                std::fs::copy(seed.join(f), data.join(f))?;
+            }
+        }
         let cfg = format!(
-            r#"data_dir = "{data}"
+            r#"{top}data_dir = "{data}"
 metrics_listen = "127.0.0.1:0"
 [policy]
 trust_domain = "{TD}"

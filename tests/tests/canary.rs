@@ -181,3 +181,67 @@ async fn good_canary_completes_then_rollback_by_hand() {
     let again = ca.cli(&["rotate", "rollback"]).expect_err("a rollback to a discarded intermediate");
     assert!(again.to_string().contains("discarded it"), "{again:#}");
 }
+
+/// Two replicas on one PostgreSQL database. Every agent talks to replica B only; replica A holds
+/// the rotation lease and so judges the canary. A sees B's workloads live (the fleet view is
+/// shared through the database), and rolls the canary back on the refusals reported to B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_holder_judges_on_reports_sent_to_another_replica() {
+    let Some(db) = tests::throwaway_postgres("lanyard_canary_share").await else { return };
+    let policy = "[policy.fleet]\nwarmup = \"1s\"\nshare_interval = \"500ms\"\n";
+    let a = WorkloadCa::start_replica(&db, None, policy, CONFIG).expect("replica A");
+    // A takes the rotation lease at its first check and keeps it while it runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = WorkloadCa::start_replica(&db, Some(&a.dir.path().join("data")), policy, CONFIG).expect("replica B");
+    let canary_id = format!("spiffe://{TD}/ns/canary/sa/api");
+    let web_id = format!("spiffe://{TD}/ns/web/sa/front");
+    let agents = b
+        .enrolled_agents_with(&[&canary_id, &web_id], 0.5, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1))
+        .await
+        .expect("agents on B");
+    let peer = silent_agent(&b, &format!("spiffe://{TD}/ns/web/sa/peer"), 0.5).await.expect("peer");
+    let peer_reports = held_reports(&b.url(), &peer, 1);
+
+    // A never heard from these workloads itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = a.metrics().await.expect("metrics");
+        if page.contains("lanyard_fleet_workloads{state=\"live\"} 3") {
+            assert!(page.contains("lanyard_fleet_reports_total{tracked=\"true\"} 0"), "A received reports itself");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "A does not see B's workloads:\n{page}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let prefix = format!("spiffe://{TD}/ns/canary/");
+    let out = a.cli(&["rotate", "intermediate", "--canary-prefix", &prefix, "--soak", "10m"]).expect("rotate");
+    let rotation = out.split_whitespace().nth(1).expect("rotation id").trim_end_matches(':').to_owned();
+    let store = ca::Store::open(&db).await.expect("store");
+    let successor = store.canaries().await.expect("canaries")[0].successor.clone();
+    let successor_fp =
+        store.issuers().await.expect("journal").into_iter().find(|r| r.id == successor).expect("successor").fingerprint;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while agents[0].seam().svid_updates().borrow().as_ref().map(|s| ca::sha256_fingerprint(s.chain[1].as_ref()))
+        != Some(successor_fp.clone())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the canary did not move to the successor through B");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    peer_reports.refuse_once.store(10, std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = store.canaries().await.expect("canaries").into_iter().find(|c| c.rotation == rotation).expect("c");
+        if c.state == CanaryState::RolledBack {
+            println!("rolled back by A: {}", c.reason.unwrap_or_default());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not rolled back: {c:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rolled = "lanyard_rotation_canaries_total{step=\"canary\",result=\"rolled_back\"}";
+    assert!(a.metrics().await.expect("metrics").contains(&format!("{rolled} 1")), "A decided the rollback");
+    assert!(b.metrics().await.expect("metrics").contains(&format!("{rolled} 0")), "B did not decide it");
+    store.close().await;
+}

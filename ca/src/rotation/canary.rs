@@ -114,40 +114,96 @@ pub struct CanarySpec {
 }
 
 /// Signings and failures under the canary's successor, counted by [`crate::Authority`] as it
-/// issues, read by the rotation loop when it judges the canary.
+/// issues, read by the rotation loop when it judges the canary. With the fleet view shared
+/// between replicas, failures are shared too ([`crate::fleet::exchange`]).
 #[derive(Debug, Default)]
-pub struct CanaryCounters(Mutex<Option<(String, u64, u64)>>);
+pub struct CanaryCounters(Mutex<Vec<Counts>>);
+
+/// Canaries whose counts are kept (the newest).
+const KEPT: usize = 20;
+
+#[derive(Debug, Default)]
+struct Counts {
+    rotation: String,
+    signed: u64,
+    failed: u64,
+    /// Failures not yet written for the other replicas.
+    pending_failed: u64,
+    /// The fleet-wide failures as last read (sharing only).
+    shared_failed: Option<u64>,
+}
 
 impl CanaryCounters {
-    fn with<T>(&self, f: impl FnOnce(&mut Option<(String, u64, u64)>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<Counts>) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    fn bump(&self, rotation: &str, signed: u64, failed: u64) {
-        self.with(|c| {
-            if c.as_ref().is_none_or(|(r, _, _)| r != rotation) {
-                *c = Some((rotation.to_owned(), 0, 0));
+    /// The counts of `rotation`, made if new (the oldest dropped beyond [`KEPT`]).
+    fn entry<'a>(all: &'a mut Vec<Counts>, rotation: &str) -> &'a mut Counts {
+        let i = match all.iter().position(|c| c.rotation == rotation) {
+            Some(i) => i,
+            None => {
+                if all.len() >= KEPT {
+                    all.remove(0);
+                }
+                all.push(Counts { rotation: rotation.to_owned(), ..Counts::default() });
+                all.len() - 1
             }
-            if let Some((_, s, f)) = c {
-                *s += signed;
-                *f += failed;
-            }
-        })
+        };
+        &mut all[i]
     }
 
     /// One certificate signed under canary `rotation`'s successor.
     pub fn signed(&self, rotation: &str) {
-        self.bump(rotation, 1, 0);
+        self.with(|all| Self::entry(all, rotation).signed += 1);
     }
 
     /// One canary issuance that failed at the CA (signing, recording, or loading the key).
     pub fn failed(&self, rotation: &str) {
-        self.bump(rotation, 0, 1);
+        self.with(|all| {
+            let c = Self::entry(all, rotation);
+            c.failed += 1;
+            c.pending_failed += 1;
+        });
     }
 
-    /// (signed, failed) under canary `rotation` on this replica.
+    /// (signed on this replica, failed) under canary `rotation`; failures fleet-wide when shared.
     pub fn get(&self, rotation: &str) -> (u64, u64) {
-        self.with(|c| c.as_ref().filter(|(r, _, _)| r == rotation).map_or((0, 0), |(_, s, f)| (*s, *f)))
+        self.with(|all| {
+            all.iter().find(|c| c.rotation == rotation).map_or((0, 0), |c| {
+                (c.signed, c.shared_failed.map_or(c.failed, |s| s.saturating_add(c.pending_failed)))
+            })
+        })
+    }
+
+    /// Failures not yet written for the other replicas: (rotation, count), handed out once.
+    pub fn take_unshared(&self) -> Vec<(String, u64)> {
+        self.with(|all| {
+            all.iter_mut()
+                .filter(|c| c.pending_failed > 0)
+                .map(|c| (c.rotation.clone(), std::mem::take(&mut c.pending_failed)))
+                .collect()
+        })
+    }
+
+    /// Gives back what [`CanaryCounters::take_unshared`] handed out when writing it failed.
+    pub fn unshared_failed(&self, taken: Vec<(String, u64)>) {
+        self.with(|all| {
+            for (rotation, n) in taken {
+                Self::entry(all, &rotation).pending_failed += n;
+            }
+        });
+    }
+
+    /// The fleet-wide failures of the canaries this replica counts, as read from the database.
+    pub fn set_shared(&self, rotation: &str, failed: u64) {
+        self.with(|all| {
+            if let Some(c) = all.iter_mut().find(|c| c.rotation == rotation) {
+                c.shared_failed = Some(failed);
+            } else if failed > 0 {
+                Self::entry(all, rotation).shared_failed = Some(failed);
+            }
+        });
     }
 }
 

@@ -30,6 +30,7 @@ mod batch;
 pub mod canary;
 pub mod crl;
 pub mod emergency;
+pub mod fleet_share;
 pub mod lineage;
 mod postgres;
 mod records;

@@ -10,6 +10,7 @@ mod canary;
 mod certificates;
 mod crl;
 mod emergency;
+mod fleet_share;
 mod issuers;
 mod lineage;
 mod rows;

@@ -22,6 +22,7 @@ mod certificates;
 mod conn;
 mod crl;
 mod emergency;
+mod fleet_share;
 mod issuers;
 mod lineage;
 mod reader;
