@@ -93,3 +93,53 @@ impl TrustReporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(r: &TrustReporter) -> (Outgoing, serde_json::Value) {
+        let svid = Svid {
+            spiffe_id: "spiffe://example.org/a".into(),
+            chain: vec![vec![1u8].into(), vec![2u8, 3].into()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(vec![0u8].into()),
+            not_after: 0,
+            not_before: 0,
+        };
+        let bundle = TrustBundle { trust_domain: "example.org".into(), roots: Vec::new(), sequence: 7 };
+        let out = r.take(&svid, &bundle);
+        let v: serde_json::Value = serde_json::from_str(&out.value).expect("json");
+        (out, v)
+    }
+
+    #[test]
+    fn counts_are_reported_once_and_given_back_when_lost() {
+        let seam = CredentialSeam::new("spiffe://example.org/a").expect("seam");
+        let r = TrustReporter::new(seam.clone());
+        for _ in 0..3 {
+            seam.tally().accepted();
+        }
+        seam.tally().refused(Refusal::UnknownIssuer);
+        r.fetched(Duration::from_millis(40));
+        let (first, v) = report(&r);
+        assert_eq!(v["accepted"], 3);
+        assert_eq!(v["refused"]["unknown_issuer"], 1);
+        assert_eq!(v["fetch_ms"], 40);
+        assert_eq!(v["bundle_sequence"], 7);
+        assert_eq!(v["serving_issuer"].as_str().map(str::len), Some(64));
+        // A concurrent request while the first is in flight reports only what is new.
+        seam.tally().accepted();
+        let (second, v) = report(&r);
+        assert_eq!(v["accepted"], 1);
+        assert!(v.get("fetch_ms").is_none());
+        // The first never reached the CA: its counts (and the latency) come back, once.
+        r.lost(first);
+        let (_, v) = report(&r);
+        assert_eq!(v["accepted"], 3);
+        assert_eq!(v["refused"]["unknown_issuer"], 1);
+        assert_eq!(v["fetch_ms"], 40);
+        let (_, v) = report(&r);
+        assert_eq!(v["accepted"], 0);
+        drop(second);
+    }
+}

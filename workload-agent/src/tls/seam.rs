@@ -84,6 +84,12 @@ impl CredentialSeam {
         self.inner.live.handshakes.snapshot()
     }
 
+    /// The running handshake totals, for tests that count without a handshake.
+    #[cfg(test)]
+    pub(crate) fn tally(&self) -> &super::handshakes::HandshakeTally {
+        &self.inner.live.handshakes
+    }
+
     /// The trust domain of [`Self::spiffe_id`].
     pub fn trust_domain(&self) -> &str {
         self.inner.expected.trust_domain()
