@@ -651,7 +651,8 @@ pub async fn exchange(
     match store.exchange_fleet(ex).await {
         Ok(x) => {
             let u = |x: i64| u64::try_from(x).unwrap_or(0);
-            let totals: Vec<(String, u64, u64)> = x.tallies.iter().map(|(r, a, rf, _)| (r.clone(), u(*a), u(*rf))).collect();
+            let totals: Vec<(String, u64, u64)> =
+                x.tallies.iter().map(|(r, a, rf, _)| (r.clone(), u(*a), u(*rf))).collect();
             fleet.merge_shared(x.reports, &totals, now);
             for (rot, _, _, f) in &x.tallies {
                 counters.set_shared(rot, u(*f));

@@ -196,7 +196,8 @@ impl Policy {
         if self.fleet.horizon.is_zero() || self.fleet.max_workloads == 0 {
             return Err(CaError::Config("fleet: horizon and max_workloads must be positive".into()));
         }
-        if self.fleet.share && (self.fleet.share_interval.is_zero() || self.fleet.share_interval >= self.fleet.horizon) {
+        if self.fleet.share && (self.fleet.share_interval.is_zero() || self.fleet.share_interval >= self.fleet.horizon)
+        {
             return Err(CaError::Config(
                 "[policy.fleet] share_interval must be positive and shorter than horizon".into(),
             ));

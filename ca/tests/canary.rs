@@ -167,3 +167,42 @@ async fn replicas_share_the_fleet_view() {
         store.close().await;
     }
 }
+
+/// An emergency rotation during a canary discards the successor on trial; the next check ends
+/// the canary instead of waiting on it forever, and the successor's holders are asked to renew.
+#[tokio::test]
+async fn an_emergency_during_a_canary_ends_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let (auth, material) = authority(&url, audit_policy()).await;
+        let store = auth.store().clone();
+        let root_key = dir.path().join("root.key.pem");
+        std::fs::write(&root_key, material.root_key_pem_enc.as_deref().expect("root key")).expect("write key");
+        let keys = RotationKeys { pass: pass(), root_key_path: root_key, init: InitOptions::default() };
+        issue(&auth, "spiffe://example.org/canary/a").await;
+        prepare_intermediate(&store, &keys, "r1").await.expect("prepare");
+        let spec =
+            CanarySpec { prefix: Some("spiffe://example.org/".into()), fraction: 0.0, soak: Duration::from_secs(600) };
+        let (c, _) = canary::begin(&store, &spec, Duration::from_secs(5), "r1", "test").await.expect("begin");
+        auth.refresh_active(&pass()).await.expect("refresh");
+        assert_eq!(issue(&auth, "spiffe://example.org/canary/a").await, c.successor);
+        ca::rotation::emergency_rotate(
+            &store,
+            &keys,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            ca::rotation::Enforcement::Now,
+        )
+        .await
+        .expect("emergency");
+        let fleet = ca::fleet::Fleet::new(ca::fleet::FleetPolicy::default());
+        let counters = ca::rotation::canary::CanaryCounters::default();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let d = canary::tick(&store, &fleet, &counters, &CanaryPolicy::default(), now).await.expect("tick");
+        let CanaryDecision::RolledBack { reason, affected, .. } = d else { panic!("{url}: {d:?}") };
+        assert!(reason.contains("journal moved on"), "{url}: {reason}");
+        assert_eq!(affected, 1, "{url}: the canary's certificate under the discarded successor renews");
+        assert!(canary::soaking(&store).await.expect("soaking").is_none(), "{url}");
+        store.close().await;
+    }
+}

@@ -101,7 +101,12 @@ impl WorkloadCa {
 
     /// A replica on the database `db_url` (PostgreSQL), sharing it with the replica whose data
     /// directory is `seed` (its root certificate and key are copied), or the first one (None).
-    pub fn start_replica(db_url: &str, seed: Option<&Path>, policy_extra: &str, extra: &str) -> anyhow::Result<WorkloadCa> {
+    pub fn start_replica(
+        db_url: &str,
+        seed: Option<&Path>,
+        policy_extra: &str,
+        extra: &str,
+    ) -> anyhow::Result<WorkloadCa> {
         Self::start_on(&format!("database_url = \"{db_url}\"\n"), seed, policy_extra, extra, "2s")
     }
 

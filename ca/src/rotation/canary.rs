@@ -384,6 +384,12 @@ pub async fn tick(
     now: i64,
 ) -> Result<CanaryDecision, CaError> {
     let Some(c) = soaking(store).await? else { return Ok(CanaryDecision::Soak) };
+    let journal = store.issuers().await?;
+    let in_state = |id: &str, s: IssuerState| journal.iter().any(|r| r.id == id && r.state == s);
+    if !in_state(&c.successor, IssuerState::Prepared) || !in_state(&c.previous, IssuerState::Active) {
+        // An emergency or a root rotation replaced the intermediates on trial: nothing to decide.
+        return abandon(store, &c, p.renew_spread).await;
+    }
     fleet.start_tally(&c.rotation);
     let (accepted, refused) = fleet.tally(&c.rotation).unwrap_or_default();
     let failed_renewals = counters.get(&c.rotation).1;
@@ -392,6 +398,44 @@ pub async fn tick(
         Ok(None) => Ok(CanaryDecision::Soak),
         Ok(Some(note)) => complete(store, &c, &note).await,
         Err(reason) => roll_back(store, &c, &reason, "ca", p.renew_spread).await,
+    }
+}
+
+/// Ends a canary whose successor or previous intermediate was moved by something else (an
+/// emergency rotation or a root rotation discards the prepared successor): recorded as rolled
+/// back, and the holders of the successor's certificates are asked to renew under whatever is
+/// active now.
+async fn abandon(store: &Store, c: &Canary, spread: Duration) -> Result<CanaryDecision, CaError> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let start = now.saturating_add(2);
+    let reason = "the journal moved on: the successor is no longer prepared or the previous intermediate no \
+                  longer active (an emergency or a root rotation)";
+    let change = JournalChange {
+        decide: Some((c.rotation.clone(), CanaryState::RolledBack, reason.to_owned())),
+        ask_issuer: Some(c.successor.clone()),
+        window: (start, start.saturating_add(crate::units::secs(spread).max(1))),
+        at: now,
+        audit: vec![AuditEvent::now(
+            "ca",
+            "rotation.rollback",
+            &c.successor,
+            Outcome::Success,
+            format!("rotation {}: canary abandoned: {reason}", c.rotation),
+        )],
+        ..JournalChange::default()
+    };
+    match store.change_journal(change).await? {
+        Some(affected) => {
+            warn!(rotation = %c.rotation, successor = %c.successor, affected, "canary abandoned: {reason}");
+            Ok(CanaryDecision::RolledBack {
+                rotation: c.rotation.clone(),
+                successor: c.successor.clone(),
+                previous: c.previous.clone(),
+                reason: reason.to_owned(),
+                affected,
+            })
+        }
+        None => Ok(CanaryDecision::Soak),
     }
 }
 

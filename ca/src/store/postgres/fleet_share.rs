@@ -34,12 +34,8 @@ impl PgDb {
         // Read after the commit, outside the counter's lock. The version is read first: rows of a
         // version above it committed after it and are read next time.
         let version: i64 = get(&sqlx::query(LAST_VERSION).fetch_one(&self.pool).await.map_err(db_err)?, "version")?;
-        let rows = sqlx::query(REPORTS_SINCE)
-            .bind(ex.since)
-            .bind(ex.cutoff_ms)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows =
+            sqlx::query(REPORTS_SINCE).bind(ex.since).bind(ex.cutoff_ms).fetch_all(&self.pool).await.map_err(db_err)?;
         let mut reports = Vec::with_capacity(rows.len());
         for r in &rows {
             let v: i64 = get(r, "version")?;
