@@ -124,7 +124,8 @@ impl WorkloadCa {
         if let Some(seed) = seed {
             // The CA refuses a data directory others can enter.
             std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&data)?;
-            for f in ["root.pem", "root.key.pem"] {
+            // The development CA's passphrase file too: the replicas share one CA.
+            for f in ["root.pem", "root.key.pem", "dev-passphrase"] {
                 std::fs::copy(seed.join(f), data.join(f))?;
             }
         }

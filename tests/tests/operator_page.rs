@@ -114,3 +114,56 @@ async fn operator_page_shows_a_rotation_waiting_for_the_fleet() {
     println!("screenshot: {} ({} bytes)", png.display(), bytes.len());
     drop(agents);
 }
+
+/// The canary panel during a canary and after it was rolled back, as Chromium renders it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_page_shows_a_canary_and_its_rollback() {
+    let ca = WorkloadCa::start_with(
+        "[policy.fleet]\nwarmup = \"1s\"\n",
+        "[rotation]\ncheck_interval = \"1s\"\n[rotation.canary]\nrenew_spread = \"2s\"\n[admin]\npage = true\n",
+    )
+    .expect("CA");
+    let addr = ca.metrics_addr().expect("metrics address");
+    let canary_id = format!("spiffe://{TD}/ns/canary/sa/api");
+    let web_id = format!("spiffe://{TD}/ns/web/sa/front");
+    let agents = ca
+        .enrolled_agents_with(&[&canary_id, &web_id], 0.5, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1))
+        .await
+        .expect("agents");
+    let out = ca
+        .cli(&["rotate", "intermediate", "--canary-prefix", &format!("spiffe://{TD}/ns/canary/"), "--soak", "10m"])
+        .expect("canary");
+    let rotation = out.split_whitespace().nth(1).expect("rotation id").trim_end_matches(':').to_owned();
+    // Wait until the canary workload reports serving the successor.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&addr, "/ops/state.json").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("state JSON");
+        if v["canary"]["serving_successor"] == 1 && v["canary"]["serving_previous"] == 1 {
+            assert_eq!(v["canary"]["rotation"], rotation.as_str());
+            assert_eq!(v["canary"]["state"], "soaking");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the canary never showed one workload on each: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let url = format!("http://{addr}/ops");
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom", &url]).stdout).to_string();
+    assert!(dom.contains("data-state=\"soaking\""), "{dom}");
+    assert!(dom.contains(&format!("Canary {rotation} soaking until")), "{dom}");
+    assert!(dom.contains(&format!("SPIFFE IDs under spiffe://{TD}/ns/canary/")), "{dom}");
+    assert!(dom.contains("rotation.canary_start"), "the audit event is listed");
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    let png = dir.join("operator-page-canary.png");
+    let out = chromium(&["--window-size=1280,1500", &format!("--screenshot={}", png.display()), &url]);
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&png).expect("screenshot").starts_with(b"\x89PNG\r\n\x1a\n"));
+
+    ca.cli(&["rotate", "rollback", "--reason", "page test"]).expect("rollback");
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom", &url]).stdout).to_string();
+    assert!(dom.contains("data-state=\"rolled_back\""), "{dom}");
+    assert!(dom.contains("by the operator: page test"), "the reason is shown: {dom}");
+    drop(agents);
+}

@@ -343,7 +343,7 @@ pub async fn begin(
             "rotation {rotation}: {} signs for canaries ({who}) until {}, {} signs for the rest; {} live canary \
              certificates asked to renew",
             successor.id,
-            canary.soak_until,
+            OffsetDateTime::from_unix_timestamp(canary.soak_until).map(crate::issuers::rfc3339).unwrap_or_default(),
             previous.id,
             picked.len()
         ),

@@ -61,7 +61,9 @@ function rotation(s) {
     for (const w of s.windows) t.append(row(w.rotation, w.kind, w.target, w.deadline));
     box.append(t);
   }
-  if (!s.gate && !s.windows.length) box.append(el("p", { class: "ok" }, "No rotation in progress."));
+  const soaking = s.canary && s.canary.state === "soaking";
+  if (soaking) box.append(el("p", { class: "warn" }, `Canary ${s.canary.rotation}: ${s.canary.successor} on trial (see Canary).`));
+  if (!s.gate && !s.windows.length && !soaking) box.append(el("p", { class: "ok" }, "No rotation in progress."));
 }
 
 function fleet(s) {
