@@ -24,15 +24,21 @@ fn state(journal: &[ca::IssuerRecord], id: &str) -> Option<IssuerState> {
     journal.iter().find(|r| r.id == id).map(|r| r.state)
 }
 
+/// A CA in the store at `url`, its root key written to `dir` for rotations.
+async fn ca_with_root_key(url: &str, dir: &std::path::Path) -> (Authority, ca::Store, RotationKeys, ca::CaMaterial) {
+    let (auth, material) = authority(url, audit_policy()).await;
+    let store = auth.store().clone();
+    let root_key = dir.join("root.key.pem");
+    std::fs::write(&root_key, material.root_key_pem_enc.as_deref().expect("root key")).expect("write key");
+    let keys = RotationKeys { pass: pass(), root_key_path: root_key, init: InitOptions::default() };
+    (auth, store, keys, material)
+}
+
 #[tokio::test]
 async fn canary_signs_for_canaries_only_and_rolls_back_atomically() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
-        let (auth, material) = authority(&url, audit_policy()).await;
-        let store = auth.store().clone();
-        let root_key = dir.path().join("root.key.pem");
-        std::fs::write(&root_key, material.root_key_pem_enc.as_deref().expect("root key")).expect("write key");
-        let keys = RotationKeys { pass: pass(), root_key_path: root_key, init: InitOptions::default() };
+        let (auth, store, keys, material) = ca_with_root_key(&url, dir.path()).await;
         let previous = material.intermediate.id.clone();
         assert_eq!(issue(&auth, "spiffe://example.org/canary/a").await, previous);
         assert_eq!(issue(&auth, "spiffe://example.org/web/b").await, previous);
@@ -174,11 +180,7 @@ async fn replicas_share_the_fleet_view() {
 async fn an_emergency_during_a_canary_ends_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
-        let (auth, material) = authority(&url, audit_policy()).await;
-        let store = auth.store().clone();
-        let root_key = dir.path().join("root.key.pem");
-        std::fs::write(&root_key, material.root_key_pem_enc.as_deref().expect("root key")).expect("write key");
-        let keys = RotationKeys { pass: pass(), root_key_path: root_key, init: InitOptions::default() };
+        let (auth, store, keys, _) = ca_with_root_key(&url, dir.path()).await;
         issue(&auth, "spiffe://example.org/canary/a").await;
         prepare_intermediate(&store, &keys, "r1").await.expect("prepare");
         let spec =

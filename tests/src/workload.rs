@@ -545,3 +545,27 @@ impl WorkloadCa {
             .collect())
     }
 }
+
+/// The canary workload's and a non-canary workload's SPIFFE IDs in the canary tests, and the
+/// canaries' prefix.
+pub fn canary_ids() -> (String, String, String) {
+    (
+        format!("spiffe://{TD}/ns/canary/sa/api"),
+        format!("spiffe://{TD}/ns/web/sa/front"),
+        format!("spiffe://{TD}/ns/canary/"),
+    )
+}
+
+impl WorkloadCa {
+    /// Agents for [`canary_ids`] (canary first), polling notices every second.
+    pub async fn canary_and_web_agents(&self) -> anyhow::Result<Vec<workload_agent::Agent>> {
+        let (canary, web, _) = canary_ids();
+        self.enrolled_agents_with(&[&canary, &web], 0.5, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1)).await
+    }
+
+    /// `rotate intermediate --canary-prefix <canary prefix> --soak <soak>`; the rotation id.
+    pub fn start_canary(&self, soak: &str) -> anyhow::Result<String> {
+        let out = self.cli(&["rotate", "intermediate", "--canary-prefix", &canary_ids().2, "--soak", soak])?;
+        Ok(out.split_whitespace().nth(1).context("rotation id")?.trim_end_matches(':').to_owned())
+    }
+}

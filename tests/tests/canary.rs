@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use ca::store::canary::CanaryState;
-use tests::workload::{TD, WorkloadCa, held_reports, silent_agent};
+use tests::workload::{TD, WorkloadCa, canary_ids, held_reports, silent_agent};
 
 const CONFIG: &str = "[rotation]\ncheck_interval = \"1s\"\n[rotation.canary]\nmin_refused = 3\nrenew_spread = \"2s\"\n";
 
@@ -50,11 +50,9 @@ async fn wait_for_canary(ca: &WorkloadCa, rotation: &str, state: CanaryState) ->
 
 /// Starts the canary; returns (rotation id, successor, previous).
 async fn start_canary(ca: &WorkloadCa, soak: &str) -> (String, String, String) {
-    let prefix = format!("spiffe://{TD}/ns/canary/");
-    let out = ca.cli(&["rotate", "intermediate", "--canary-prefix", &prefix, "--soak", soak]).expect("rotate");
-    let rotation = out.split_whitespace().nth(1).expect("rotation id").trim_end_matches(':').to_owned();
+    let rotation = ca.start_canary(soak).expect("rotate");
     let c = ca.canaries().await.expect("canaries").into_iter().next().expect("a canary");
-    assert_eq!(c.rotation, rotation, "{out}");
+    assert_eq!(c.rotation, rotation);
     assert_eq!(c.state, CanaryState::Soaking);
     (rotation, c.successor, c.previous)
 }
@@ -62,12 +60,8 @@ async fn start_canary(ca: &WorkloadCa, soak: &str) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_canary_rolls_back_by_itself() {
     let ca = WorkloadCa::start_with("[policy.fleet]\nwarmup = \"1s\"\n", CONFIG).expect("CA");
-    let canary_id = format!("spiffe://{TD}/ns/canary/sa/api");
-    let web_id = format!("spiffe://{TD}/ns/web/sa/front");
-    let agents = ca
-        .enrolled_agents_with(&[&canary_id, &web_id], 0.5, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1))
-        .await
-        .expect("agents");
+    let (canary_id, web_id, _) = canary_ids();
+    let agents = ca.canary_and_web_agents().await.expect("agents");
     let (canary, web) = (&agents[0], &agents[1]);
     // A peer of the canary whose handshakes the test reports: it will refuse the new chain.
     let peer = silent_agent(&ca, &format!("spiffe://{TD}/ns/web/sa/peer"), 0.5).await.expect("peer");
@@ -135,12 +129,8 @@ async fn bad_canary_rolls_back_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_canary_completes_then_rollback_by_hand() {
     let ca = WorkloadCa::start_with("[policy.fleet]\nwarmup = \"1s\"\n", CONFIG).expect("CA");
-    let canary_id = format!("spiffe://{TD}/ns/canary/sa/api");
-    let web_id = format!("spiffe://{TD}/ns/web/sa/front");
-    let agents = ca
-        .enrolled_agents_with(&[&canary_id, &web_id], 0.5, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1))
-        .await
-        .expect("agents");
+    let (canary_id, web_id, _) = canary_ids();
+    let agents = ca.canary_and_web_agents().await.expect("agents");
     let (canary, web) = (&agents[0], &agents[1]);
     let (rotation, successor, previous) = start_canary(&ca, "8s").await;
     wait_on(&ca, canary, &successor, "the canary workload").await;
@@ -193,12 +183,7 @@ async fn lease_holder_judges_on_reports_sent_to_another_replica() {
     // A takes the rotation lease at its first check and keeps it while it runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let b = WorkloadCa::start_replica(&db, Some(&a.dir.path().join("data")), policy, CONFIG).expect("replica B");
-    let canary_id = format!("spiffe://{TD}/ns/canary/sa/api");
-    let web_id = format!("spiffe://{TD}/ns/web/sa/front");
-    let agents = b
-        .enrolled_agents_with(&[&canary_id, &web_id], 0.5, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1))
-        .await
-        .expect("agents on B");
+    let agents = b.canary_and_web_agents().await.expect("agents on B");
     let peer = silent_agent(&b, &format!("spiffe://{TD}/ns/web/sa/peer"), 0.5).await.expect("peer");
     let peer_reports = held_reports(&b.url(), &peer, 1);
 
@@ -214,9 +199,7 @@ async fn lease_holder_judges_on_reports_sent_to_another_replica() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    let prefix = format!("spiffe://{TD}/ns/canary/");
-    let out = a.cli(&["rotate", "intermediate", "--canary-prefix", &prefix, "--soak", "10m"]).expect("rotate");
-    let rotation = out.split_whitespace().nth(1).expect("rotation id").trim_end_matches(':').to_owned();
+    let rotation = a.start_canary("10m").expect("rotate");
     let store = ca::Store::open(&db).await.expect("store");
     let successor = store.canaries().await.expect("canaries")[0].successor.clone();
     let successor_fp =

@@ -124,16 +124,8 @@ async fn operator_page_shows_a_canary_and_its_rollback() {
     )
     .expect("CA");
     let addr = ca.metrics_addr().expect("metrics address");
-    let canary_id = format!("spiffe://{TD}/ns/canary/sa/api");
-    let web_id = format!("spiffe://{TD}/ns/web/sa/front");
-    let agents = ca
-        .enrolled_agents_with(&[&canary_id, &web_id], 0.5, |cfg| cfg.renewal.notices_wait = Duration::from_secs(1))
-        .await
-        .expect("agents");
-    let out = ca
-        .cli(&["rotate", "intermediate", "--canary-prefix", &format!("spiffe://{TD}/ns/canary/"), "--soak", "10m"])
-        .expect("canary");
-    let rotation = out.split_whitespace().nth(1).expect("rotation id").trim_end_matches(':').to_owned();
+    let agents = ca.canary_and_web_agents().await.expect("agents");
+    let rotation = ca.start_canary("10m").expect("canary");
     // Wait until the canary workload reports serving the successor.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -424,9 +424,19 @@ async fn abandon(store: &Store, c: &Canary, spread: Duration) -> Result<CanaryDe
         )],
         ..JournalChange::default()
     };
+    commit_rollback(store, c, reason, change).await
+}
+
+/// Commits a rollback's journal change; [`CanaryDecision::Soak`] when the journal had moved.
+async fn commit_rollback(
+    store: &Store,
+    c: &Canary,
+    reason: &str,
+    change: JournalChange,
+) -> Result<CanaryDecision, CaError> {
     match store.change_journal(change).await? {
         Some(affected) => {
-            warn!(rotation = %c.rotation, successor = %c.successor, affected, "canary abandoned: {reason}");
+            warn!(rotation = %c.rotation, successor = %c.successor, previous = %c.previous, affected, reason, "canary rolled back");
             Ok(CanaryDecision::RolledBack {
                 rotation: c.rotation.clone(),
                 successor: c.successor.clone(),
@@ -514,19 +524,7 @@ async fn roll_back(
         audit,
         ..JournalChange::default()
     };
-    match store.change_journal(change).await? {
-        Some(affected) => {
-            warn!(rotation = %c.rotation, successor = %c.successor, previous = %c.previous, affected, reason, "canary rolled back");
-            Ok(CanaryDecision::RolledBack {
-                rotation: c.rotation.clone(),
-                successor: c.successor.clone(),
-                previous: c.previous.clone(),
-                reason: reason.to_owned(),
-                affected,
-            })
-        }
-        None => Ok(CanaryDecision::Soak),
-    }
+    commit_rollback(store, c, reason, change).await
 }
 
 /// `lanyard-ca rotate rollback`: rolls back the soaking canary; without one, puts the
