@@ -19,7 +19,9 @@
 //!    one workload in ten reports handshakes refused for `unknown_issuer` (peers refusing the
 //!    new chain): from the first refusal to the CA's rollback, and to every canary back on the
 //!    previous intermediate;
-//! 5. a root rotation gated on the fleet: from `rotate root` to every live workload confirming the
+//! 5. an intermediate rotation judged by a canary that passes (5 %, 20 s soak): from the command
+//!    to every live workload serving the successor (the rest renew across a 60 s rollout);
+//! 6. a root rotation gated on the fleet: from `rotate root` to every live workload confirming the
 //!    new bundle and the new root taking over.
 //!
 //! `cargo bench -p benches --bench fleet` (env `LANYARD_BENCH_FLEET_WORKLOADS`, default 10000;
@@ -300,6 +302,25 @@ fn cli(ca_bin: &Path, config: &Path, pass: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Phase 5: an intermediate rotation judged by a canary: 5 % soak 20 s, then the rest of the
+/// fleet is asked to renew across the rollout window; from the command to the live fleet
+/// converged on the successor (the rotation's window closing as converged).
+async fn good_canary_phase(ca_bin: &Path, config: &Path, pass: &str, maddr: SocketAddr, pid: u32) {
+    let converged = |p: &str| value(p, "lanyard_rotations_finished_total{step=\"intermediate\",result=\"converged\"}");
+    let before = converged(&metrics(maddr).await);
+    let t = Instant::now();
+    let out = cli(ca_bin, config, pass, &["rotate", "intermediate", "--canary-fraction", "0.05", "--soak", "20s"]);
+    println!("intermediate rotation: {}", out.lines().next().unwrap_or_default());
+    let done = |p: &str| converged(p) > before;
+    match watch(maddr, pid, Duration::from_secs(600), done).await {
+        Some((_, mean, max)) => println!(
+            "intermediate rotation: canary passed its 20 s soak, the fleet renewed across the 60 s rollout and every live workload served the successor {:.1} s after the command; CA CPU mean {mean:.0} %, max {max:.0} % of the machine",
+            t.elapsed().as_secs_f64()
+        ),
+        None => println!("intermediate rotation: NOT converged within 600 s: {}", metrics(maddr).await),
+    }
+}
+
 /// Phase 4: canary on 5 % of the fleet, peers refuse, the CA rolls back by itself.
 async fn canary_phase(ca_bin: &Path, config: &Path, pass: &str, shared: &Shared, maddr: SocketAddr, pid: u32) {
     let renewed0 = shared.renewals.load(Ordering::Relaxed);
@@ -387,6 +408,9 @@ new_orders_per_account = {{ burst = 100000000, period = "1s" }}
 [rotation]
 check_interval = "1s"
 root_overlap = "5s"
+[rotation.canary]
+renew_spread = "10s"
+rollout = "60s"
 "#,
             data = d.join("data").display(),
             maxconn = n + 2048,
@@ -484,7 +508,10 @@ root_overlap = "5s"
         // 4. A canary that goes bad.
         canary_phase(&ca_bin, &config, &pass, &shared, maddr, pid).await;
 
-        // 5. Root rotation gated on the fleet.
+        // 5. A canary that passes: the fleet rolls onto the successor until converged.
+        good_canary_phase(&ca_bin, &config, &pass, maddr, pid).await;
+
+        // 6. Root rotation gated on the fleet.
         let t = Instant::now();
         let out = cli(&ca_bin, &config, &pass, &["rotate", "root"]);
         println!("root rotation: {}", out.lines().next().unwrap_or_default());

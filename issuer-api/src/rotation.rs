@@ -218,7 +218,8 @@ async fn judge_canary(
 }
 
 /// Wakes the agents whose certificates a canary's start (the canaries, under the previous
-/// intermediate) or a rollback (the discarded successor's holders) asked to renew.
+/// intermediate), its completion (everyone still under the previous one, across the rollout) or
+/// a rollback (the discarded successor's holders) asked to renew.
 async fn track_canaries(
     driver: &ca::views::RotationDriver,
     notices: &crate::notices::NoticeBoard,
@@ -232,10 +233,10 @@ async fn track_canaries(
     for c in list.iter().filter(|c| c.state == CanaryState::Soaking) {
         driver.fleet().start_tally(&c.rotation);
     }
-    let asks = list.iter().filter_map(|c| match c.state {
-        CanaryState::Soaking => Some((format!("canary-{}", c.rotation), c.previous.clone())),
-        CanaryState::RolledBack => Some((format!("rollback-{}", c.rotation), c.successor.clone())),
-        CanaryState::Completed => None,
+    let asks = list.iter().map(|c| match c.state {
+        CanaryState::Soaking => (format!("canary-{}", c.rotation), c.previous.clone()),
+        CanaryState::RolledBack => (format!("rollback-{}", c.rotation), c.successor.clone()),
+        CanaryState::Completed => (format!("complete-{}", c.rotation), c.previous.clone()),
     });
     if notices.observe_asks(asks) {
         info!(waiters = notices.waiters(), "canary start or rollback seen: waking the agents waiting for notices");

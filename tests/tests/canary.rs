@@ -12,7 +12,7 @@ use std::time::Duration;
 use ca::store::canary::CanaryState;
 use tests::workload::{TD, WorkloadCa, canary_ids, held_reports, silent_agent};
 
-const CONFIG: &str = "[rotation]\ncheck_interval = \"1s\"\n[rotation.canary]\nmin_refused = 3\nrenew_spread = \"2s\"\n";
+const CONFIG: &str = "[rotation]\ncheck_interval = \"1s\"\n[rotation.canary]\nmin_refused = 3\nrenew_spread = \"2s\"\nrollout = \"3s\"\n";
 
 /// The intermediate (journal id) that signed the agent's current certificate.
 async fn issuer_of(ca: &WorkloadCa, agent: &workload_agent::Agent) -> String {
@@ -147,7 +147,7 @@ async fn good_canary_completes_then_rollback_by_hand() {
     let state_of = |j: &[ca::IssuerRecord], id: &str| j.iter().find(|r| r.id == id).map(|r| r.state);
     assert_eq!(state_of(&journal, &successor), Some(ca::IssuerState::Active));
     assert_eq!(state_of(&journal, &previous), Some(ca::IssuerState::Retired));
-    // The rest of the fleet moves at its next renewal (half of 60 s).
+    // The rest of the fleet is asked to move across the rollout (3 s).
     wait_on(&ca, web, &successor, "the web workload after completion").await;
     let audit = ca.cli(&["audit", "list", "--rotation", &rotation]).expect("audit");
     for kind in ["rotation.canary_start", "rotation.canary_complete", "issuer.activate"] {

@@ -50,6 +50,11 @@ pub struct CanaryPolicy {
     /// holders of the successor's certificates (moving back): jitter against a thundering herd.
     #[serde(with = "humantime_serde")]
     pub renew_spread: Duration,
+    /// After a canary passes, the rest of the fleet is asked to renew onto the successor over
+    /// this window (jittered), so the rotation converges and the previous intermediate can
+    /// expire early; "0s": workloads move at their own next renewal.
+    #[serde(with = "humantime_serde")]
+    pub rollout: Duration,
     /// After a rollback, scheduled rotation waits this long before it prepares or canaries a
     /// new successor, so an operator can look before the next attempt.
     #[serde(with = "humantime_serde")]
@@ -66,6 +71,7 @@ impl Default for CanaryPolicy {
             min_refused: 3,
             max_failed_renewals: 0,
             renew_spread: Duration::from_secs(30),
+            rollout: Duration::from_secs(10 * 60),
             retry_after: Duration::from_secs(3600),
         }
     }
@@ -396,7 +402,7 @@ pub async fn tick(
     let signals = CanarySignals { accepted, refused, failed_renewals };
     match judge(&c, p, &signals, now) {
         Ok(None) => Ok(CanaryDecision::Soak),
-        Ok(Some(note)) => complete(store, &c, &note).await,
+        Ok(Some(note)) => complete(store, &c, &note, p.rollout).await,
         Err(reason) => roll_back(store, &c, &reason, "ca", p.renew_spread).await,
     }
 }
@@ -450,8 +456,11 @@ async fn commit_rollback(
 }
 
 /// Activates the canary's successor for everyone and retires the previous intermediate.
-async fn complete(store: &Store, c: &Canary, note: &str) -> Result<CanaryDecision, CaError> {
+async fn complete(store: &Store, c: &Canary, note: &str, rollout: Duration) -> Result<CanaryDecision, CaError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
+    // The rest of the fleet renews onto the successor across the rollout window.
+    let start = now.saturating_add(2);
+    let ask = (!rollout.is_zero()).then(|| c.previous.clone());
     let audit = vec![
         AuditEvent::now(
             "ca",
@@ -474,13 +483,15 @@ async fn complete(store: &Store, c: &Canary, note: &str) -> Result<CanaryDecisio
             (c.previous.clone(), IssuerState::Active, IssuerState::Retired),
             (c.successor.clone(), IssuerState::Prepared, IssuerState::Active),
         ],
+        ask_issuer: ask,
+        window: (start, start.saturating_add(crate::units::secs(rollout).max(1))),
         at: now,
         audit,
         ..JournalChange::default()
     };
     match store.change_journal(change).await? {
-        Some(_) => {
-            info!(rotation = %c.rotation, active = %c.successor, retired = %c.previous, note, "canary passed: successor active");
+        Some(asked) => {
+            info!(rotation = %c.rotation, active = %c.successor, retired = %c.previous, asked, rollout_s = rollout.as_secs(), note, "canary passed: successor active, the fleet renews onto it");
             Ok(CanaryDecision::Completed { rotation: c.rotation.clone(), successor: c.successor.clone() })
         }
         None => Ok(CanaryDecision::Soak),
