@@ -238,6 +238,8 @@ struct Tally {
     pending: (u64, u64),
     /// The whole fleet's totals as last read from the database (sharing only).
     shared: Option<(u64, u64)>,
+    /// Still soaking: reports count. A decided canary keeps its totals and counts no more.
+    open: bool,
 }
 
 /// One workload's newest report as replicas exchange it.
@@ -356,14 +358,18 @@ impl Fleet {
         let refused: u64 = report.refused.values().sum();
         let trust_refused: u64 =
             report.refused.iter().filter(|(r, _)| **r != RefusalReason::Identity).map(|(_, n)| *n).sum();
-        for t in &mut st.tallies {
+        for t in st.tallies.iter_mut().filter(|t| t.open) {
             t.accepted = t.accepted.saturating_add(report.accepted);
             t.refused = t.refused.saturating_add(trust_refused);
             t.pending = (t.pending.0.saturating_add(report.accepted), t.pending.1.saturating_add(trust_refused));
         }
         if refused > 0 {
-            for w in &st.windows {
-                if let Some((_, n)) = st.refused_in_window.iter_mut().find(|(id, _)| *id == w.rotation) {
+            // M5: a soaking canary is a rotation window too, under its rotation id.
+            let open =
+                st.windows.iter().map(|w| &w.rotation).chain(st.tallies.iter().filter(|t| t.open).map(|t| &t.rotation));
+            let ids: Vec<String> = open.cloned().collect();
+            for id in ids {
+                if let Some((_, n)) = st.refused_in_window.iter_mut().find(|(r, _)| *r == id) {
                     *n = n.saturating_add(refused);
                 }
             }
@@ -440,9 +446,22 @@ impl Fleet {
         if st.tallies.iter().any(|t| t.rotation == rotation) {
             return;
         }
-        st.tallies.push(Tally { rotation: rotation.to_owned(), ..Tally::default() });
+        st.tallies.push(Tally { rotation: rotation.to_owned(), open: true, ..Tally::default() });
         if st.tallies.len() > MAX_WINDOW_TOTALS {
             st.tallies.remove(0);
+        }
+        if !st.refused_in_window.iter().any(|(id, _)| id == rotation) {
+            st.refused_in_window.push((rotation.to_owned(), 0));
+            if st.refused_in_window.len() > MAX_WINDOW_TOTALS {
+                st.refused_in_window.remove(0);
+            }
+        }
+    }
+
+    /// Stops counting for canary `rotation` (decided); its totals stay readable.
+    pub fn end_tally(&self, rotation: &str) {
+        if let Some(t) = self.state().tallies.iter_mut().find(|t| t.rotation == rotation) {
+            t.open = false;
         }
     }
 
@@ -746,6 +765,15 @@ mod tests {
         r.refused.insert(RefusalReason::UnknownIssuer, 2);
         fleet.record("spiffe://td/a", "03", &r, t1);
         assert_eq!(fleet.refused_in_windows(), vec![("r1".into(), 2), ("r2".into(), 2)]);
+        // A canary counts as a window (M5) while it soaks, and its tally stops when decided.
+        fleet.start_tally("c1");
+        fleet.record("spiffe://td/a", "03", &r, t1);
+        assert_eq!(fleet.refused_in_windows(), vec![("r1".into(), 4), ("r2".into(), 4), ("c1".into(), 2)]);
+        assert_eq!(fleet.tally("c1"), Some((0, 2)));
+        fleet.end_tally("c1");
+        fleet.record("spiffe://td/a", "03", &r, t1);
+        assert_eq!(fleet.tally("c1"), Some((0, 2)));
+        assert_eq!(fleet.refused_in_windows()[2], ("c1".into(), 2));
         // b installs bundle 2 but still serves the old issuer: the root window closes, converged.
         fleet.record("spiffe://td/b", "04", &serving("old", 2), t1);
         let closed = fleet.close_windows(t1 + Duration::from_secs(1));

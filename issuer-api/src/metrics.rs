@@ -649,7 +649,7 @@ impl Journal {
         }
         let mut f = encoder.encode_descriptor(
             "lanyard_rotation_refused_handshakes",
-            "M5: handshakes agents reported refused while a rotation's window was open, by rotation id (the 20 latest).",
+            "M5: handshakes agents reported refused while a rotation's window was open or its canary soaked, by rotation id (the 20 latest).",
             None,
             counter,
         )?;

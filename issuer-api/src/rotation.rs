@@ -230,8 +230,12 @@ async fn track_canaries(
     metrics.canary_soaking.set(i64::from(list.iter().any(|c| c.state == CanaryState::Soaking)));
     // Every replica counts the handshakes reported to it while a canary soaks (shared with the
     // lease holder through the database on PostgreSQL).
-    for c in list.iter().filter(|c| c.state == CanaryState::Soaking) {
-        driver.fleet().start_tally(&c.rotation);
+    for c in list.iter().take(ca::fleet::MAX_WINDOW_TOTALS) {
+        if c.state == CanaryState::Soaking {
+            driver.fleet().start_tally(&c.rotation);
+        } else {
+            driver.fleet().end_tally(&c.rotation);
+        }
     }
     let asks = list.iter().map(|c| match c.state {
         CanaryState::Soaking => (format!("canary-{}", c.rotation), c.previous.clone()),

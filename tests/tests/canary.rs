@@ -122,6 +122,8 @@ async fn bad_canary_rolls_back_by_itself() {
         page.lines().filter(|l| l.contains("canar")).collect::<Vec<_>>().join("\n")
     );
     assert!(page.contains("lanyard_rotation_canary_soaking 0"));
+    // M5: the refusals counted under the canary's rotation id.
+    assert!(page.contains(&format!("lanyard_rotation_refused_handshakes_total{{rotation=\"{rotation}\"}} 10")), "M5");
     let status = ca.cli(&["status"]).expect("status");
     assert!(status.contains(&format!("{rotation}: {successor} rolled_back")), "{status}");
 }
