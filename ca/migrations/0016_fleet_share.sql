@@ -2,7 +2,8 @@
 -- replica writes the newest report of the workloads it heard from since its last exchange, and
 -- reads the rows written since the version it last saw; `version` comes from the one-row
 -- fleet_sync counter, taken under its row lock, so versions commit in order and a reader never
--- skips a row that commits late. Canary tallies add up each replica's counts per rotation.
+-- skips a row that commits late. Canary tallies (handshakes accepted and refused, certificates signed and failed) add up each
+-- replica's counts per rotation.
 CREATE TABLE fleet_reports (
     workload        TEXT PRIMARY KEY,
     serial          TEXT NOT NULL,
@@ -23,5 +24,6 @@ CREATE TABLE fleet_tallies (
     rotation TEXT PRIMARY KEY,
     accepted BIGINT NOT NULL,
     refused  BIGINT NOT NULL,
+    signed   BIGINT NOT NULL,
     failed   BIGINT NOT NULL
 );

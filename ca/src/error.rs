@@ -21,6 +21,14 @@ pub enum ErrorKind {
     Unauthenticated,
 }
 
+impl ErrorKind {
+    /// The request was refused for what it asked (malformed, or not allowed), not failed by the
+    /// CA: audited as `refused`, and no fault of the issuer that would have signed it.
+    pub fn is_refusal(self) -> bool {
+        matches!(self, ErrorKind::BadRequest | ErrorKind::Rejected)
+    }
+}
+
 /// Errors from the CA core.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

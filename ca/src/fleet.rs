@@ -227,19 +227,51 @@ struct State {
     dirty: std::collections::HashSet<String>,
 }
 
-/// Handshakes reported since a canary started: accepted, and refused for a trust reason (every
-/// reason but `identity`).
+/// What a canary is judged on, counted since it started: handshakes reported accepted and
+/// refused for a trust reason (every reason but `identity`), and certificates its successor
+/// signed and failed to sign.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CanaryTally {
+    /// Handshakes reported accepted.
+    pub accepted: u64,
+    /// Handshakes reported refused for a trust reason.
+    pub refused: u64,
+    /// Certificates signed under the canary's successor.
+    pub signed: u64,
+    /// Canary issuances that failed at the CA (signing, recording, or loading the key).
+    pub failed: u64,
+}
+
+impl CanaryTally {
+    fn plus(self, o: CanaryTally) -> CanaryTally {
+        CanaryTally {
+            accepted: self.accepted.saturating_add(o.accepted),
+            refused: self.refused.saturating_add(o.refused),
+            signed: self.signed.saturating_add(o.signed),
+            failed: self.failed.saturating_add(o.failed),
+        }
+    }
+}
+
+/// One canary's tally on this replica.
 #[derive(Debug, Default)]
 struct Tally {
     rotation: String,
-    accepted: u64,
-    refused: u64,
+    /// Counted by this replica.
+    counted: CanaryTally,
     /// Counted here but not yet written for the other replicas.
-    pending: (u64, u64),
+    pending: CanaryTally,
     /// The whole fleet's totals as last read from the database (sharing only).
-    shared: Option<(u64, u64)>,
+    shared: Option<CanaryTally>,
     /// Still soaking: reports count. A decided canary keeps its totals and counts no more.
     open: bool,
+}
+
+impl Tally {
+    fn add(&mut self, d: CanaryTally) {
+        self.counted = self.counted.plus(d);
+        self.pending = self.pending.plus(d);
+    }
 }
 
 /// One workload's newest report as replicas exchange it.
@@ -262,8 +294,8 @@ pub struct SharedReport {
 pub struct Unshared {
     /// Reports changed since the last exchange.
     pub reports: Vec<SharedReport>,
-    /// Canary tallies counted since the last exchange: (rotation, accepted, refused).
-    pub tallies: Vec<(String, u64, u64)>,
+    /// Canary tallies counted since the last exchange.
+    pub tallies: Vec<(String, CanaryTally)>,
 }
 
 /// Rotation ids whose refused-handshake totals are kept (bounds the metric's label set).
@@ -359,9 +391,7 @@ impl Fleet {
         let trust_refused: u64 =
             report.refused.iter().filter(|(r, _)| **r != RefusalReason::Identity).map(|(_, n)| *n).sum();
         for t in st.tallies.iter_mut().filter(|t| t.open) {
-            t.accepted = t.accepted.saturating_add(report.accepted);
-            t.refused = t.refused.saturating_add(trust_refused);
-            t.pending = (t.pending.0.saturating_add(report.accepted), t.pending.1.saturating_add(trust_refused));
+            t.add(CanaryTally { accepted: report.accepted, refused: trust_refused, ..CanaryTally::default() });
         }
         if refused > 0 {
             // M5: a soaking canary is a rotation window too, under its rotation id.
@@ -442,20 +472,38 @@ impl Fleet {
 
     /// Starts counting the handshakes reported for canary `rotation` ([`Fleet::tally`]).
     pub fn start_tally(&self, rotation: &str) {
-        let mut st = self.state();
-        if st.tallies.iter().any(|t| t.rotation == rotation) {
-            return;
-        }
-        st.tallies.push(Tally { rotation: rotation.to_owned(), open: true, ..Tally::default() });
-        if st.tallies.len() > MAX_WINDOW_TOTALS {
-            st.tallies.remove(0);
-        }
-        if !st.refused_in_window.iter().any(|(id, _)| id == rotation) {
-            st.refused_in_window.push((rotation.to_owned(), 0));
-            if st.refused_in_window.len() > MAX_WINDOW_TOTALS {
-                st.refused_in_window.remove(0);
+        Self::tally_mut(&mut self.state(), rotation);
+    }
+
+    /// The tally of canary `rotation`, started (with its M5 window total) if new.
+    fn tally_mut<'a>(st: &'a mut State, rotation: &str) -> &'a mut Tally {
+        let i = match st.tallies.iter().position(|t| t.rotation == rotation) {
+            Some(i) => i,
+            None => {
+                if !st.refused_in_window.iter().any(|(id, _)| id == rotation) {
+                    st.refused_in_window.push((rotation.to_owned(), 0));
+                    if st.refused_in_window.len() > MAX_WINDOW_TOTALS {
+                        st.refused_in_window.remove(0);
+                    }
+                }
+                if st.tallies.len() >= MAX_WINDOW_TOTALS {
+                    st.tallies.remove(0);
+                }
+                st.tallies.push(Tally { rotation: rotation.to_owned(), open: true, ..Tally::default() });
+                st.tallies.len() - 1
             }
-        }
+        };
+        &mut st.tallies[i]
+    }
+
+    /// Counts one certificate signed (`signed`) or failed under canary `rotation`'s successor.
+    pub fn count_canary_signing(&self, rotation: &str, signed: bool) {
+        let d = if signed {
+            CanaryTally { signed: 1, ..CanaryTally::default() }
+        } else {
+            CanaryTally { failed: 1, ..CanaryTally::default() }
+        };
+        Self::tally_mut(&mut self.state(), rotation).add(d);
     }
 
     /// Stops counting for canary `rotation` (decided); its totals stay readable.
@@ -465,14 +513,13 @@ impl Fleet {
         }
     }
 
-    /// Handshakes reported since canary `rotation` started: (accepted, refused for a trust
-    /// reason); the whole fleet's when sharing, else this replica's. None when this view never
-    /// started counting for it.
-    pub fn tally(&self, rotation: &str) -> Option<(u64, u64)> {
+    /// What canary `rotation` is judged on, since it started; the whole fleet's when sharing,
+    /// else this replica's. None when this view never started counting for it.
+    pub fn tally(&self, rotation: &str) -> Option<CanaryTally> {
         self.state().tallies.iter().find(|t| t.rotation == rotation).map(|t| match t.shared {
             // What this replica counted after the last exchange is not in the shared totals yet.
-            Some((a, r)) => (a.saturating_add(t.pending.0), r.saturating_add(t.pending.1)),
-            None => (t.accepted, t.refused),
+            Some(s) => s.plus(t.pending),
+            None => t.counted,
         })
     }
 
@@ -503,10 +550,8 @@ impl Fleet {
         let tallies = st
             .tallies
             .iter_mut()
-            .map(|t| {
-                let (a, r) = std::mem::take(&mut t.pending);
-                (t.rotation.clone(), a, r)
-            })
+            .filter(|t| t.pending != CanaryTally::default())
+            .map(|t| (t.rotation.clone(), std::mem::take(&mut t.pending)))
             .collect();
         Unshared { reports, tallies }
     }
@@ -517,16 +562,16 @@ impl Fleet {
         for r in u.reports {
             st.dirty.insert(r.workload);
         }
-        for (rotation, a, r) in u.tallies {
+        for (rotation, d) in u.tallies {
             if let Some(t) = st.tallies.iter_mut().find(|t| t.rotation == rotation) {
-                t.pending = (t.pending.0.saturating_add(a), t.pending.1.saturating_add(r));
+                t.pending = t.pending.plus(d);
             }
         }
     }
 
     /// Takes in what the other replicas wrote: newer reports replace older ones (within the
     /// bound), and the fleet-wide canary tallies replace this replica's own.
-    pub fn merge_shared(&self, reports: Vec<SharedReport>, tallies: &[(String, u64, u64)], now: OffsetDateTime) {
+    pub fn merge_shared(&self, reports: Vec<SharedReport>, tallies: &[(String, CanaryTally)], now: OffsetDateTime) {
         let mut st = self.state();
         let cutoff = now - self.policy.horizon;
         for r in reports {
@@ -552,9 +597,9 @@ impl Fleet {
                 }
             }
         }
-        for (rotation, a, r) in tallies {
+        for (rotation, total) in tallies {
             if let Some(t) = st.tallies.iter_mut().find(|t| &t.rotation == rotation) {
-                t.shared = Some((*a, *r));
+                t.shared = Some(*total);
             }
         }
     }
@@ -636,51 +681,33 @@ impl Fleet {
 }
 
 /// One exchange of this replica's fleet view with the other replicas' through the store
-/// (`[policy.fleet] share`, on PostgreSQL): writes the reports, canary tallies and canary
-/// failures received since the last exchange, reads what was written since version `since`, and
-/// returns the version read up to. Nothing is lost when the database is unreachable: what was
-/// taken is given back for the next exchange.
+/// (`[policy.fleet] share`, on PostgreSQL): writes the reports and canary tallies received since
+/// the last exchange, reads what was written since version `since`, and returns the version read
+/// up to. Nothing is lost when the database is unreachable: what was taken is given back for the
+/// next exchange.
 pub async fn exchange(
     store: &crate::Store,
     fleet: &Fleet,
-    counters: &crate::rotation::canary::CanaryCounters,
     since: i64,
     now: OffsetDateTime,
 ) -> Result<i64, crate::CaError> {
     let unshared = fleet.take_unshared();
-    let failed = counters.take_unshared();
-    let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-    let mut tallies: Vec<(String, i64, i64, i64)> =
-        unshared.tallies.iter().map(|(rot, a, r)| (rot.clone(), n(*a), n(*r), 0)).collect();
-    for (rot, f) in &failed {
-        match tallies.iter_mut().find(|t| &t.0 == rot) {
-            Some(t) => t.3 = n(*f),
-            None => tallies.push((rot.clone(), 0, 0, n(*f))),
-        }
-    }
     let horizon_ms = i64::try_from(fleet.policy.horizon.as_millis()).unwrap_or(i64::MAX);
     let now_ms = unix_ms(now);
     let ex = crate::store::fleet_share::Exchange {
         reports: unshared.reports.clone(),
-        tallies,
+        tallies: unshared.tallies.clone(),
         since,
         cutoff_ms: now_ms.saturating_sub(horizon_ms),
         prune_before: now_ms.saturating_sub(horizon_ms.saturating_mul(6)),
     };
     match store.exchange_fleet(ex).await {
         Ok(x) => {
-            let u = |x: i64| u64::try_from(x).unwrap_or(0);
-            let totals: Vec<(String, u64, u64)> =
-                x.tallies.iter().map(|(r, a, rf, _)| (r.clone(), u(*a), u(*rf))).collect();
-            fleet.merge_shared(x.reports, &totals, now);
-            for (rot, _, _, f) in &x.tallies {
-                counters.set_shared(rot, u(*f));
-            }
+            fleet.merge_shared(x.reports, &x.tallies, now);
             Ok(x.version)
         }
         Err(e) => {
             fleet.unshared_failed(unshared);
-            counters.unshared_failed(failed);
             Err(e)
         }
     }
@@ -769,10 +796,10 @@ mod tests {
         fleet.start_tally("c1");
         fleet.record("spiffe://td/a", "03", &r, t1);
         assert_eq!(fleet.refused_in_windows(), vec![("r1".into(), 4), ("r2".into(), 4), ("c1".into(), 2)]);
-        assert_eq!(fleet.tally("c1"), Some((0, 2)));
+        assert_eq!(fleet.tally("c1").map(|t| (t.accepted, t.refused)), Some((0, 2)));
         fleet.end_tally("c1");
         fleet.record("spiffe://td/a", "03", &r, t1);
-        assert_eq!(fleet.tally("c1"), Some((0, 2)));
+        assert_eq!(fleet.tally("c1").map(|t| (t.accepted, t.refused)), Some((0, 2)));
         assert_eq!(fleet.refused_in_windows()[2], ("c1".into(), 2));
         // b installs bundle 2 but still serves the old issuer: the root window closes, converged.
         fleet.record("spiffe://td/b", "04", &serving("old", 2), t1);

@@ -131,7 +131,6 @@ pub struct Authority {
     fleet: Arc<crate::fleet::Fleet>,
     /// The successor on trial while a canary soaks ([`crate::rotation::canary`]).
     canary: RwLock<Option<Arc<CanaryIssuer>>>,
-    canary_counters: Arc<crate::rotation::canary::CanaryCounters>,
 }
 
 /// A canary's successor, loaded for signing the canaries' certificates.
@@ -187,7 +186,6 @@ impl Authority {
             stats: crate::stats::IssuanceStats::default(),
             fleet,
             canary: RwLock::new(None),
-            canary_counters: Arc::default(),
         })
     }
 
@@ -268,15 +266,10 @@ impl Authority {
             }
             Err(e) => {
                 warn!(rotation = %c.rotation, successor = %c.successor, error = %e, "cannot load the canary successor");
-                self.canary_counters.failed(&c.rotation);
+                self.fleet.count_canary_signing(&c.rotation, false);
             }
         }
         Ok(())
-    }
-
-    /// Signings and failures under the soaking canary's successor, on this replica.
-    pub fn canary_counters(&self) -> &Arc<crate::rotation::canary::CanaryCounters> {
-        &self.canary_counters
     }
 
     /// The issuer for a certificate with `names`: the canary's successor when a canary soaks and
@@ -382,10 +375,7 @@ impl Authority {
                 Ok(c)
             }
             Err(e) => {
-                let outcome = match e.kind() {
-                    crate::error::ErrorKind::BadRequest | crate::error::ErrorKind::Rejected => Outcome::Refused,
-                    _ => Outcome::Failed,
-                };
+                let outcome = if e.kind().is_refusal() { Outcome::Refused } else { Outcome::Failed };
                 let counter = if outcome == Outcome::Refused { &self.stats.refused } else { &self.stats.failed };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let ev = AuditEvent::now(requester, "certificate.issue", profile.as_str(), outcome, e.to_string());
@@ -461,11 +451,10 @@ impl Authority {
         let r = self.sign_and_record_with(prepared, profile, requester, with).await;
         if let Some(rotation) = canary {
             match &r {
-                Ok(_) => self.canary_counters.signed(&rotation),
+                Ok(_) => self.fleet.count_canary_signing(&rotation, true),
                 // A lost race on an order or a lineage is the client's, not the successor's.
-                Err(e)
-                    if matches!(e.kind(), crate::error::ErrorKind::BadRequest | crate::error::ErrorKind::Rejected) => {}
-                Err(_) => self.canary_counters.failed(&rotation),
+                Err(e) if e.kind().is_refusal() => {}
+                Err(_) => self.fleet.count_canary_signing(&rotation, false),
             }
         }
         r

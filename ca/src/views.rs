@@ -74,7 +74,6 @@ impl Views {
 pub struct RotationDriver {
     store: Store,
     fleet: std::sync::Arc<crate::fleet::Fleet>,
-    canary: std::sync::Arc<crate::rotation::canary::CanaryCounters>,
 }
 
 impl RotationDriver {
@@ -105,7 +104,7 @@ impl RotationDriver {
         policy: &RotationPolicy,
         now: i64,
     ) -> Result<crate::rotation::canary::CanaryDecision, CaError> {
-        crate::rotation::canary::tick(&self.store, &self.fleet, &self.canary, &policy.canary, now).await
+        crate::rotation::canary::tick(&self.store, &self.fleet, &policy.canary, now).await
     }
 
     /// Every canary, newest first.
@@ -121,12 +120,7 @@ impl RotationDriver {
 
     /// One exchange of the fleet view with the other replicas ([`crate::fleet::exchange`]).
     pub async fn exchange_fleet(&self, since: i64) -> Result<i64, CaError> {
-        crate::fleet::exchange(&self.store, &self.fleet, &self.canary, since, time::OffsetDateTime::now_utc()).await
-    }
-
-    /// Signings and failures under the soaking canary's successor on this replica: (signed, failed).
-    pub fn canary_counts(&self, rotation: &str) -> (u64, u64) {
-        self.canary.get(rotation)
+        crate::fleet::exchange(&self.store, &self.fleet, since, time::OffsetDateTime::now_utc()).await
     }
 
     /// The sequence of the trust bundle the journal makes now.
@@ -179,10 +173,6 @@ impl Authority {
 
     /// The driver of this CA's background rotation steps.
     pub fn rotation_driver(&self) -> RotationDriver {
-        RotationDriver {
-            store: self.store().clone(),
-            fleet: self.fleet().clone(),
-            canary: self.canary_counters().clone(),
-        }
+        RotationDriver { store: self.store().clone(), fleet: self.fleet().clone() }
     }
 }

@@ -59,7 +59,7 @@ async fn canary_signs_for_canaries_only_and_rolls_back_atomically() {
         auth.refresh_active(&pass()).await.expect("refresh");
         assert_eq!(issue(&auth, "spiffe://example.org/canary/a").await, successor, "{url}");
         assert_eq!(issue(&auth, "spiffe://example.org/web/b").await, previous, "{url}");
-        assert_eq!(auth.canary_counters().get("r1"), (1, 0));
+        assert_eq!(auth.fleet().tally("r1").map(|t| (t.signed, t.failed)), Some((1, 0)));
 
         // A rollback whose audit event cannot be written changes nothing.
         break_audit(&url).await;
@@ -92,7 +92,8 @@ async fn canary_signs_for_canaries_only_and_rolls_back_atomically() {
 
 #[test]
 fn judge_weighs_refusals_failures_and_the_soak() {
-    use ca::rotation::canary::{CanarySignals, judge};
+    use ca::fleet::CanaryTally;
+    use ca::rotation::canary::judge;
     let c = ca::store::canary::Canary {
         rotation: "r".into(),
         successor: "s".into(),
@@ -106,7 +107,7 @@ fn judge_weighs_refusals_failures_and_the_soak() {
         reason: None,
     };
     let p = CanaryPolicy::default();
-    let s = |accepted, refused, failed_renewals| CanarySignals { accepted, refused, failed_renewals };
+    let s = |accepted, refused, failed| CanaryTally { accepted, refused, failed, signed: 0 };
     assert_eq!(judge(&c, &p, &s(1000, 0, 0), 50), Ok(None), "clean and soaking");
     assert_eq!(judge(&c, &p, &s(1000, 2, 0), 50), Ok(None), "below min_refused");
     assert_eq!(judge(&c, &p, &s(1000, 10, 0), 50), Ok(None), "1 % is not above 1 %");
@@ -127,13 +128,11 @@ fn judge_weighs_refusals_failures_and_the_soak() {
 #[tokio::test]
 async fn replicas_share_the_fleet_view() {
     use ca::fleet::{Fleet, FleetPolicy, RefusalReason, TrustReport};
-    use ca::rotation::canary::CanaryCounters;
     let dir = tempfile::tempdir().expect("tempdir");
     for url in databases(dir.path()).await {
         let store = ca::Store::open(&url).await.expect("store");
         let policy = FleetPolicy { warmup: Duration::ZERO, ..FleetPolicy::default() };
         let (a, b) = (Fleet::new(policy.clone()), Fleet::new(policy));
-        let (ca_, cb) = (CanaryCounters::default(), CanaryCounters::default());
         for f in [&a, &b] {
             f.enable_sharing();
             f.start_tally("r1");
@@ -148,26 +147,30 @@ async fn replicas_share_the_fleet_view() {
         };
         assert!(a.record("spiffe://example.org/w1", "01", &report(1, 10, 0), now));
         assert!(b.record("spiffe://example.org/w2", "02", &report(2, 5, 4), now));
-        cb.failed("r1");
+        b.count_canary_signing("r1", false);
         let (va, vb) = (0, 0);
-        let va = ca::fleet::exchange(&store, &a, &ca_, va, now).await.expect("exchange a");
-        let vb = ca::fleet::exchange(&store, &b, &cb, vb, now).await.expect("exchange b");
-        let va = ca::fleet::exchange(&store, &a, &ca_, va, now).await.expect("exchange a again");
+        let va = ca::fleet::exchange(&store, &a, va, now).await.expect("exchange a");
+        let vb = ca::fleet::exchange(&store, &b, vb, now).await.expect("exchange b");
+        let va = ca::fleet::exchange(&store, &a, va, now).await.expect("exchange a again");
         for (name, f) in [("a", &a), ("b", &b)] {
             assert_eq!(f.convergence(1, now).live, 2, "{url}: replica {name} sees both workloads");
             assert_eq!(f.convergence(2, now).confirmed, 1, "{url}: replica {name}");
         }
-        assert_eq!(a.tally("r1"), Some((15, 4)), "{url}: tallies add up across replicas");
-        assert_eq!(ca_.get("r1").1, 1, "{url}: replica b's failed canary renewal is seen by a");
+        assert_eq!(
+            a.tally("r1").map(|t| (t.accepted, t.refused)),
+            Some((15, 4)),
+            "{url}: tallies add up across replicas"
+        );
+        assert_eq!(a.tally("r1").map(|t| t.failed), Some(1), "{url}: replica b's failed canary renewal is seen by a");
         // A newer report on b replaces the older one everywhere; an older one changes nothing.
         let later = now + time::Duration::seconds(5);
         assert!(b.record("spiffe://example.org/w1", "03", &report(3, 0, 0), later));
-        let vb = ca::fleet::exchange(&store, &b, &cb, vb, later).await.expect("exchange b");
-        ca::fleet::exchange(&store, &a, &ca_, va, later).await.expect("exchange a");
+        let vb = ca::fleet::exchange(&store, &b, vb, later).await.expect("exchange b");
+        ca::fleet::exchange(&store, &a, va, later).await.expect("exchange a");
         assert_eq!(a.latest("spiffe://example.org/w1").map(|l| (l.0, l.2)), Some(("03".into(), 3)), "{url}");
         // An exchange that brings back an older row (b's first w1 report was never written, but
         // a's was) leaves b's newer one in place.
-        ca::fleet::exchange(&store, &b, &cb, 0, later).await.expect("exchange b from the start");
+        ca::fleet::exchange(&store, &b, 0, later).await.expect("exchange b from the start");
         assert_eq!(b.latest("spiffe://example.org/w1").map(|l| l.0), Some("03".into()), "{url}");
         assert!(vb > 0);
         store.close().await;
@@ -198,9 +201,8 @@ async fn an_emergency_during_a_canary_ends_it() {
         .await
         .expect("emergency");
         let fleet = ca::fleet::Fleet::new(ca::fleet::FleetPolicy::default());
-        let counters = ca::rotation::canary::CanaryCounters::default();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let d = canary::tick(&store, &fleet, &counters, &CanaryPolicy::default(), now).await.expect("tick");
+        let d = canary::tick(&store, &fleet, &CanaryPolicy::default(), now).await.expect("tick");
         let CanaryDecision::RolledBack { reason, affected, .. } = d else { panic!("{url}: {d:?}") };
         assert!(reason.contains("journal moved on"), "{url}: {reason}");
         assert_eq!(affected, 1, "{url}: the canary's certificate under the discarded successor renews");

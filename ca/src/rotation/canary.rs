@@ -15,14 +15,13 @@
 //! or the canaries refuse their peers — and canary renewals that failed at the CA. Every decision
 //! is an audit event that names the rotation, committed with the journal change it makes.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::audit::{AuditEvent, Outcome};
-use crate::fleet::Fleet;
+use crate::fleet::{CanaryTally, Fleet};
 use crate::issuers::{IssuerKind, IssuerRecord, IssuerState};
 use crate::store::canary::{Canary, CanaryState, JournalChange};
 use crate::{CaError, Store};
@@ -119,100 +118,6 @@ pub struct CanarySpec {
     pub soak: Duration,
 }
 
-/// Signings and failures under the canary's successor, counted by [`crate::Authority`] as it
-/// issues, read by the rotation loop when it judges the canary. With the fleet view shared
-/// between replicas, failures are shared too ([`crate::fleet::exchange`]).
-#[derive(Debug, Default)]
-pub struct CanaryCounters(Mutex<Vec<Counts>>);
-
-/// Canaries whose counts are kept (the newest).
-const KEPT: usize = 20;
-
-#[derive(Debug, Default)]
-struct Counts {
-    rotation: String,
-    signed: u64,
-    failed: u64,
-    /// Failures not yet written for the other replicas.
-    pending_failed: u64,
-    /// The fleet-wide failures as last read (sharing only).
-    shared_failed: Option<u64>,
-}
-
-impl CanaryCounters {
-    fn with<T>(&self, f: impl FnOnce(&mut Vec<Counts>) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
-    /// The counts of `rotation`, made if new (the oldest dropped beyond [`KEPT`]).
-    fn entry<'a>(all: &'a mut Vec<Counts>, rotation: &str) -> &'a mut Counts {
-        let i = match all.iter().position(|c| c.rotation == rotation) {
-            Some(i) => i,
-            None => {
-                if all.len() >= KEPT {
-                    all.remove(0);
-                }
-                all.push(Counts { rotation: rotation.to_owned(), ..Counts::default() });
-                all.len() - 1
-            }
-        };
-        &mut all[i]
-    }
-
-    /// One certificate signed under canary `rotation`'s successor.
-    pub fn signed(&self, rotation: &str) {
-        self.with(|all| Self::entry(all, rotation).signed += 1);
-    }
-
-    /// One canary issuance that failed at the CA (signing, recording, or loading the key).
-    pub fn failed(&self, rotation: &str) {
-        self.with(|all| {
-            let c = Self::entry(all, rotation);
-            c.failed += 1;
-            c.pending_failed += 1;
-        });
-    }
-
-    /// (signed on this replica, failed) under canary `rotation`; failures fleet-wide when shared.
-    pub fn get(&self, rotation: &str) -> (u64, u64) {
-        self.with(|all| {
-            all.iter().find(|c| c.rotation == rotation).map_or((0, 0), |c| {
-                (c.signed, c.shared_failed.map_or(c.failed, |s| s.saturating_add(c.pending_failed)))
-            })
-        })
-    }
-
-    /// Failures not yet written for the other replicas: (rotation, count), handed out once.
-    pub fn take_unshared(&self) -> Vec<(String, u64)> {
-        self.with(|all| {
-            all.iter_mut()
-                .filter(|c| c.pending_failed > 0)
-                .map(|c| (c.rotation.clone(), std::mem::take(&mut c.pending_failed)))
-                .collect()
-        })
-    }
-
-    /// Gives back what [`CanaryCounters::take_unshared`] handed out when writing it failed.
-    pub fn unshared_failed(&self, taken: Vec<(String, u64)>) {
-        self.with(|all| {
-            for (rotation, n) in taken {
-                Self::entry(all, &rotation).pending_failed += n;
-            }
-        });
-    }
-
-    /// The fleet-wide failures of the canaries this replica counts, as read from the database.
-    pub fn set_shared(&self, rotation: &str, failed: u64) {
-        self.with(|all| {
-            if let Some(c) = all.iter_mut().find(|c| c.rotation == rotation) {
-                c.shared_failed = Some(failed);
-            } else if failed > 0 {
-                Self::entry(all, rotation).shared_failed = Some(failed);
-            }
-        });
-    }
-}
-
 /// What the rotation loop decided about the soaking canary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CanaryDecision {
@@ -240,23 +145,12 @@ pub enum CanaryDecision {
     },
 }
 
-/// What [`judge`] looks at.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CanarySignals {
-    /// Handshakes reported accepted since the canary started.
-    pub accepted: u64,
-    /// Handshakes reported refused for a trust reason since the canary started.
-    pub refused: u64,
-    /// Canary issuances that failed at the CA.
-    pub failed_renewals: u64,
-}
-
 /// The verdict on a soaking canary at `now`: roll back (with why), complete, or keep soaking.
-pub fn judge(c: &Canary, p: &CanaryPolicy, s: &CanarySignals, now: i64) -> Result<Option<String>, String> {
-    if s.failed_renewals > p.max_failed_renewals {
+pub fn judge(c: &Canary, p: &CanaryPolicy, s: &CanaryTally, now: i64) -> Result<Option<String>, String> {
+    if s.failed > p.max_failed_renewals {
         return Err(format!(
             "{} canary renewals failed at the CA (at most {} allowed)",
-            s.failed_renewals, p.max_failed_renewals
+            s.failed, p.max_failed_renewals
         ));
     }
     let total = s.accepted.saturating_add(s.refused);
@@ -276,6 +170,14 @@ pub fn judge(c: &Canary, p: &CanaryPolicy, s: &CanarySignals, now: i64) -> Resul
         return Ok(Some(format!("soak passed: {} handshakes accepted, {} refused", s.accepted, s.refused)));
     }
     Ok(None)
+}
+
+/// The renewal window handed out at `now` (Unix seconds): it opens after two seconds, by when
+/// every replica (each re-reads the journal every second) signs with the new choice of issuer,
+/// and spans `spread` (at least a second).
+fn renewal_window(now: i64, spread: Duration) -> (i64, i64) {
+    let start = now.saturating_add(2);
+    (start, start.saturating_add(crate::units::secs(spread).max(1)))
 }
 
 fn intermediate(journal: &[IssuerRecord], state: IssuerState) -> Option<&IssuerRecord> {
@@ -332,9 +234,7 @@ pub async fn begin(
         .filter(|(_, sans)| sans.split(',').any(|s| s.starts_with("spiffe://") && canary.selects(s)))
         .map(|(serial, _)| serial)
         .collect();
-    // Every replica loads the successor within a second of the commit; start the window after it.
-    let start = now.saturating_add(2);
-    let window = (start, start.saturating_add(crate::units::secs(spread).max(1)));
+    let window = renewal_window(now, spread);
     let who = match (&spec.prefix, fraction_ppm) {
         (Some(p), 0) => format!("SPIFFE IDs under {p}"),
         (Some(p), n) => format!("SPIFFE IDs under {p} and {:.2} % of the others", n as f64 / 10_000.0),
@@ -382,13 +282,7 @@ pub async fn soaking(store: &Store) -> Result<Option<Canary>, CaError> {
 /// Judges the soaking canary (the replica holding the rotation lease, every check interval) and
 /// carries out the verdict. The fleet view counts the handshakes reported from the first time
 /// this replica looks at the canary.
-pub async fn tick(
-    store: &Store,
-    fleet: &Fleet,
-    counters: &CanaryCounters,
-    p: &CanaryPolicy,
-    now: i64,
-) -> Result<CanaryDecision, CaError> {
+pub async fn tick(store: &Store, fleet: &Fleet, p: &CanaryPolicy, now: i64) -> Result<CanaryDecision, CaError> {
     let Some(c) = soaking(store).await? else { return Ok(CanaryDecision::Soak) };
     let journal = store.issuers().await?;
     let in_state = |id: &str, s: IssuerState| journal.iter().any(|r| r.id == id && r.state == s);
@@ -397,9 +291,7 @@ pub async fn tick(
         return abandon(store, &c, p.renew_spread).await;
     }
     fleet.start_tally(&c.rotation);
-    let (accepted, refused) = fleet.tally(&c.rotation).unwrap_or_default();
-    let failed_renewals = counters.get(&c.rotation).1;
-    let signals = CanarySignals { accepted, refused, failed_renewals };
+    let signals = fleet.tally(&c.rotation).unwrap_or_default();
     match judge(&c, p, &signals, now) {
         Ok(None) => Ok(CanaryDecision::Soak),
         Ok(Some(note)) => complete(store, &c, &note, p.rollout).await,
@@ -413,13 +305,12 @@ pub async fn tick(
 /// active now.
 async fn abandon(store: &Store, c: &Canary, spread: Duration) -> Result<CanaryDecision, CaError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let start = now.saturating_add(2);
     let reason = "the journal moved on: the successor is no longer prepared or the previous intermediate no \
                   longer active (an emergency or a root rotation)";
     let change = JournalChange {
         decide: Some((c.rotation.clone(), CanaryState::RolledBack, reason.to_owned())),
         ask_issuer: Some(c.successor.clone()),
-        window: (start, start.saturating_add(crate::units::secs(spread).max(1))),
+        window: renewal_window(now, spread),
         at: now,
         audit: vec![AuditEvent::now(
             "ca",
@@ -458,8 +349,6 @@ async fn commit_rollback(
 /// Activates the canary's successor for everyone and retires the previous intermediate.
 async fn complete(store: &Store, c: &Canary, note: &str, rollout: Duration) -> Result<CanaryDecision, CaError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    // The rest of the fleet renews onto the successor across the rollout window.
-    let start = now.saturating_add(2);
     let ask = (!rollout.is_zero()).then(|| c.previous.clone());
     let audit = vec![
         AuditEvent::now(
@@ -484,7 +373,8 @@ async fn complete(store: &Store, c: &Canary, note: &str, rollout: Duration) -> R
             (c.successor.clone(), IssuerState::Prepared, IssuerState::Active),
         ],
         ask_issuer: ask,
-        window: (start, start.saturating_add(crate::units::secs(rollout).max(1))),
+        // The rest of the fleet renews onto the successor across the rollout window.
+        window: renewal_window(now, rollout),
         at: now,
         audit,
         ..JournalChange::default()
@@ -508,7 +398,6 @@ async fn roll_back(
     spread: Duration,
 ) -> Result<CanaryDecision, CaError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let start = now.saturating_add(2);
     let audit = vec![
         AuditEvent::now(
             actor,
@@ -530,7 +419,7 @@ async fn roll_back(
         guards: vec![(c.previous.clone(), IssuerState::Active)],
         moves: vec![(c.successor.clone(), IssuerState::Prepared, IssuerState::Retired)],
         ask_issuer: Some(c.successor.clone()),
-        window: (start, start.saturating_add(crate::units::secs(spread).max(1))),
+        window: renewal_window(now, spread),
         at: now,
         audit,
         ..JournalChange::default()
@@ -542,9 +431,10 @@ async fn roll_back(
 /// intermediate the active one replaced back in charge (it must be unexpired, unrevoked and under
 /// the same root) and retires the active one, whose certificates are asked to renew.
 pub async fn rollback(store: &Store, spread: Duration, reason: &str) -> Result<CanaryDecision, CaError> {
-    if let Some(c) = soaking(store).await? {
+    let canaries = store.canaries().await?;
+    if let Some(c) = canaries.iter().find(|c| c.state == CanaryState::Soaking) {
         let reason = format!("by the operator: {reason}");
-        return match roll_back(store, &c, &reason, "operator", spread).await? {
+        return match roll_back(store, c, &reason, "operator", spread).await? {
             CanaryDecision::Soak => Err(CaError::Store("the canary was decided concurrently; see status".into())),
             d => Ok(d),
         };
@@ -562,14 +452,12 @@ pub async fn rollback(store: &Store, spread: Duration, reason: &str) -> Result<C
             CaError::Config("nothing to roll back to: no retired intermediate under the active root".into())
         })?
         .clone();
-    if let Some(k) =
-        store.canaries().await?.into_iter().find(|k| k.successor == previous.id && k.state == CanaryState::RolledBack)
-    {
+    if let Some(k) = canaries.iter().find(|k| k.successor == previous.id && k.state == CanaryState::RolledBack) {
         return Err(CaError::Config(format!(
             "cannot roll back to {}: rotation {} discarded it ({})",
             previous.id,
             k.rotation,
-            k.reason.unwrap_or_default()
+            k.reason.as_deref().unwrap_or_default()
         )));
     }
     if revoked.contains(&previous.id) {
@@ -588,7 +476,6 @@ pub async fn rollback(store: &Store, spread: Duration, reason: &str) -> Result<C
     }
     let rotation = super::rotation_id();
     let at = now.unix_timestamp();
-    let start = at.saturating_add(2);
     let reason = format!("by the operator: {reason}");
     // Recorded as a canary decided at once, so the rollback shows in the canary history and holds
     // the next scheduled attempt for `retry_after`.
@@ -618,7 +505,7 @@ pub async fn rollback(store: &Store, spread: Duration, reason: &str) -> Result<C
             (previous.id.clone(), IssuerState::Retired, IssuerState::Active),
         ],
         ask_issuer: Some(current.id.clone()),
-        window: (start, start.saturating_add(crate::units::secs(spread).max(1))),
+        window: renewal_window(at, spread),
         at,
         audit,
         ..JournalChange::default()

@@ -104,7 +104,7 @@ function canary(s) {
   t.append(
     row("live workloads serving the successor", String(c.serving_successor)),
     row("live workloads serving the previous", String(c.serving_previous)),
-    row("handshakes since start (this replica)", `${c.handshakes_accepted} accepted, ${c.handshakes_refused} refused`),
+    row("handshakes reported since start", `${c.handshakes_accepted} accepted, ${c.handshakes_refused} refused`),
     row("canary certificates signed / failed", `${c.signed} / ${c.failed_renewals}`),
   );
   box.append(t);

@@ -99,16 +99,15 @@ pub async fn state(authority: &Authority) -> Result<Value, CaError> {
             let on = |id: &str| {
                 journal.iter().find(|r| r.id == id).and_then(|r| serving.get(&r.fingerprint)).copied().unwrap_or(0)
             };
-            let (accepted, refused) = fleet.tally(&k.rotation).unwrap_or_default();
-            let (signed, failed) = authority.canary_counters().get(&k.rotation);
+            let t = fleet.tally(&k.rotation).unwrap_or_default();
             json!({
                 "rotation": k.rotation, "state": k.state.as_str(), "successor": k.successor, "previous": k.previous,
                 "prefix": k.prefix, "fraction": k.fraction_ppm as f64 / 1_000_000.0,
                 "started": unix_rfc(k.started_at), "soak_until": unix_rfc(k.soak_until),
                 "decided_at": k.decided_at.map(unix_rfc), "reason": k.reason,
                 "serving_successor": on(&k.successor), "serving_previous": on(&k.previous),
-                "handshakes_accepted": accepted, "handshakes_refused": refused,
-                "signed": signed, "failed_renewals": failed,
+                "handshakes_accepted": t.accepted, "handshakes_refused": t.refused,
+                "signed": t.signed, "failed_renewals": t.failed,
             })
         }
         None => Value::Null,

@@ -26,8 +26,17 @@ impl PgDb {
                     .map_err(db_err)?;
             }
         }
-        for (rotation, a, r, f) in &ex.tallies {
-            sqlx::query(ADD_TALLY).bind(rotation).bind(a).bind(r).bind(f).execute(&mut *tx).await.map_err(db_err)?;
+        for (rotation, t) in &ex.tallies {
+            let [a, r, sg, f] = tally_columns(t);
+            sqlx::query(ADD_TALLY)
+                .bind(rotation)
+                .bind(a)
+                .bind(r)
+                .bind(sg)
+                .bind(f)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         }
         sqlx::query(PRUNE).bind(ex.prune_before).execute(&mut *tx).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
@@ -53,7 +62,10 @@ impl PgDb {
         let rows = sqlx::query(TALLIES).fetch_all(&self.pool).await.map_err(db_err)?;
         let tallies = rows
             .iter()
-            .map(|r| Ok((get(r, "rotation")?, get(r, "accepted")?, get(r, "refused")?, get(r, "failed")?)))
+            .map(|r| {
+                let counts = [get(r, "accepted")?, get(r, "refused")?, get(r, "signed")?, get(r, "failed")?];
+                Ok((get(r, "rotation")?, tally_from_columns(counts)))
+            })
             .collect::<Result<_, CaError>>()?;
         Ok(Exchanged { reports, version, tallies })
     }

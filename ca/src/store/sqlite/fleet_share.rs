@@ -21,8 +21,9 @@ impl SqliteDb {
                     )?;
                 }
             }
-            for (rotation, a, r, f) in &ex.tallies {
-                exec(c, ADD_TALLY, rusqlite::params![rotation, a, r, f])?;
+            for (rotation, t) in &ex.tallies {
+                let [a, r, sg, f] = tally_columns(t);
+                exec(c, ADD_TALLY, rusqlite::params![rotation, a, r, sg, f])?;
             }
             exec(c, PRUNE, [ex.prune_before])?;
             let reports = all(c, REPORTS_SINCE, (ex.since, ex.cutoff_ms), |r| {
@@ -36,7 +37,8 @@ impl SqliteDb {
             })?;
             let version: i64 = one(c, LAST_VERSION, [], |r| get(r, "version"))?.unwrap_or(0);
             let tallies = all(c, TALLIES, [], |r| {
-                Ok((get(r, "rotation")?, get(r, "accepted")?, get(r, "refused")?, get(r, "failed")?))
+                let counts = [get(r, "accepted")?, get(r, "refused")?, get(r, "signed")?, get(r, "failed")?];
+                Ok((get(r, "rotation")?, tally_from_columns(counts)))
             })?;
             Ok(Exchanged { reports, version, tallies })
         })
