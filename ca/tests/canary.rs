@@ -210,3 +210,42 @@ async fn an_emergency_during_a_canary_ends_it() {
         store.close().await;
     }
 }
+
+/// Bad canary input gets a clear error and changes nothing: no prefix and no share, a share
+/// outside [0, 1], no prepared successor; and the policy refuses a prefix that is no SPIFFE ID.
+#[tokio::test]
+async fn bad_canary_requests_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in databases(dir.path()).await {
+        let (_auth, store, keys, _) = ca_with_root_key(&url, dir.path()).await;
+        let spec = |prefix: Option<&str>, fraction| CanarySpec {
+            prefix: prefix.map(str::to_owned),
+            fraction,
+            soak: Duration::from_secs(60),
+        };
+        let journal = store.issuers().await.expect("journal");
+        let e = canary::begin(&store, &spec(Some("spiffe://example.org/"), 0.0), Duration::from_secs(5), "r", "t")
+            .await
+            .expect_err("no prepared successor");
+        assert!(e.to_string().contains("no prepared intermediate"), "{url}: {e}");
+        prepare_intermediate(&store, &keys, "r1").await.expect("prepare");
+        let journal_prepared = store.issuers().await.expect("journal");
+        assert_eq!(journal_prepared.len(), journal.len() + 1);
+        for (bad, why) in [(spec(None, 0.0), "prefix or a fraction"), (spec(None, 1.5), "fraction must be in [0, 1]")] {
+            let e = canary::begin(&store, &bad, Duration::from_secs(5), "r", "t").await.expect_err("refused");
+            assert!(e.to_string().contains(why), "{url}: {e}");
+        }
+        assert!(store.canaries().await.expect("canaries").is_empty(), "{url}: nothing recorded");
+        assert_eq!(store.issuers().await.expect("journal"), journal_prepared, "{url}: the journal is unchanged");
+        let rollback = canary::rollback(&store, Duration::from_secs(5), "t").await.expect_err("nothing to roll back");
+        assert!(rollback.to_string().contains("nothing to roll back"), "{url}: {rollback}");
+        store.close().await;
+    }
+    let bad = CanaryPolicy { prefix: Some("example.org/canary".into()), ..CanaryPolicy::default() };
+    assert!(bad.validate().is_err());
+    let bad = CanaryPolicy { fraction: -0.1, ..CanaryPolicy::default() };
+    assert!(bad.validate().is_err());
+    let bad = CanaryPolicy { soak: Duration::ZERO, fraction: 0.1, ..CanaryPolicy::default() };
+    assert!(bad.validate().is_err());
+    assert!(CanaryPolicy { fraction: 0.05, ..CanaryPolicy::default() }.validate().is_ok());
+}

@@ -165,7 +165,7 @@ enum RotateWhat {
     Root,
     /// Undo an intermediate rotation: a soaking canary is rolled back (its successor retired), or
     /// else the intermediate the active one replaced takes over again (unexpired, unrevoked, same
-    /// root). Holders of the discarded intermediate's certificates are asked to renew at once.
+    /// root). Holders of the discarded intermediate's certificates are asked to renew within `[rotation.canary] renew_spread`.
     Rollback,
 }
 
@@ -298,6 +298,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Rotate {
+            what: RotateWhat::Root | RotateWhat::Rollback, canary_prefix, canary_fraction, soak, ..
+        } if canary_prefix.is_some() || canary_fraction.is_some() || soak.is_some() => {
+            anyhow::bail!("--canary-prefix, --canary-fraction and --soak apply to `rotate intermediate`")
         }
         Command::Rotate { what: RotateWhat::Root, emergency, import_root, import_root_key, .. } => {
             if emergency {

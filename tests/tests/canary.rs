@@ -160,6 +160,10 @@ async fn good_canary_completes_then_rollback_by_hand() {
 
     // By hand: the previous intermediate (unexpired, unrevoked) takes over again and every holder
     // of a certificate of the discarded one renews under it.
+    // Canary flags belong to `rotate intermediate`: elsewhere they are refused, not ignored.
+    let e = ca.cli(&["rotate", "root", "--canary-prefix", &canary_ids().2]).expect_err("flags on rotate root");
+    assert!(e.to_string().contains("apply to `rotate intermediate`"), "{e:#}");
+    assert_eq!(ca.journal().await.expect("journal").len(), journal.len(), "nothing changed");
     let out = ca.cli(&["rotate", "rollback", "--reason", "test"]).expect("rollback");
     assert!(out.contains(&format!("{previous} signs for everyone")), "{out}");
     wait_on(&ca, canary, &previous, "the canary after the manual rollback").await;
